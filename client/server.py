@@ -1,0 +1,97 @@
+"""A headless ComfyUI server on a free loopback port with the pack loaded, for one run or a test session."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import ClientError
+from .api import ComfyClient
+from .hostenv import comfyui_path, extra_model_paths_yaml, host_python
+
+log = logging.getLogger("editlab.server")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(port: int, workdir: Path, cpu: bool | None = None) -> list[str]:
+    if cpu is None:
+        cpu = os.environ.get("EDITLAB_CPU", "") == "1" or shutil.which("nvidia-smi") is None
+    cmd = [host_python(), "main.py", "--listen", "127.0.0.1", "--port", str(port),
+           "--extra-model-paths-config", str(extra_model_paths_yaml()),
+           "--output-directory", str(workdir / "output"), "--temp-directory", str(workdir),
+           "--input-directory", str(workdir / "input"), "--user-directory", str(workdir / "user"),
+           # An in-memory database: a run never writes into the user's ComfyUI folder.
+           "--database-url", "sqlite:///:memory:", "--disable-auto-launch", "--preview-method", "none"]
+    if cpu:
+        cmd.append("--cpu")
+    return cmd
+
+
+class HeadlessServer:
+    """``with HeadlessServer() as srv: srv.client...`` starts main.py and stops it on exit."""
+
+    def __init__(self, port: int | None = None, start_timeout: float = 300.0, cpu: bool | None = None,
+                 log_path: Path | None = None):
+        self.port = port or free_port()
+        self.start_timeout = start_timeout
+        self.cpu = cpu
+        self.proc: subprocess.Popen | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="editlab-server-"))
+        self.log_path = log_path or (self.workdir / "server.log")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = ComfyClient(self.url)
+
+    def start(self) -> "HeadlessServer":
+        for sub in ("output", "input", "user"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        cmd = server_command(self.port, self.workdir, self.cpu)
+        log.info("starting ComfyUI: %s", " ".join(cmd))
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=str(comfyui_path()), stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ClientError(f"ComfyUI exited with code {self.proc.returncode} while starting; "
+                                  f"its log: {self.log_path}\n{self.log_tail()}")
+            if self.client.ping(timeout=2.0):
+                # /object_info is what a run needs; it answers only once every node has loaded.
+                self.client.object_info()
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise ClientError(f"ComfyUI did not answer within {self.start_timeout:.0f} s; its log: {self.log_path}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Thin ComfyUI V3 nodes: a schema and a call into models/. One module per method."""

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: run the tour workflow on a headless ComfyUI with the pack and write its outputs to out/.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+out="${EDITLAB_OUT:-$repo/out}"
+echo "EditLab tour: no real weights are used here; EditLabTinyModels builds the real architectures with random"
+echo "weights, so the images are noise that proves the graph runs end to end."
+./editlab run workflows/editlab_tour.json --out "$out"
+echo "outputs are in $out/"
