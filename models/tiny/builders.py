@@ -56,10 +56,15 @@ def seed_parameters(module: torch.nn.Module, seed: int) -> None:
             else:
                 vals = 0.02 * vals
             p.copy_(vals.to(p.dtype))
-        for name, b in sorted(module.named_buffers(), key=lambda kv: kv[0]):
-            # Index buffers (position ids) are data, not weights; leave them as built.
-            if b.is_floating_point() and b.numel() > 0 and not torch.isfinite(b).all():
-                b.zero_()
+        # Persistent float buffers (SD3's pos_embed, say) are what a checkpoint would supply: seed them too.
+        # Non-persistent ones are computed by the model's code and stay as built.
+        params = {n for n, _ in module.named_parameters()}
+        buffers = dict(module.named_buffers())
+        for name in sorted(k for k in module.state_dict() if k not in params and k in buffers):
+            b = buffers[name]
+            if b.is_floating_point() and b.numel() > 0:
+                vals = torch.randn(b.shape, generator=gen, dtype=torch.float32)
+                b.copy_((1.0 + 0.0 * vals) if "var" in name.rsplit(".", 1)[-1] else 0.02 * vals)
 
 
 def _patcher(base_model):
