@@ -1,0 +1,77 @@
+"""The pack in a real headless ComfyUI: loading, every shipped workflow checked and run, UI == API, determinism."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from editlab.client.api import output_files
+from editlab.client.cli import pack_nodes, run_workflow
+from editlab.client.workflow import load_workflow, to_api, validate
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+
+
+def _pixels(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def test_pack_loads_with_its_nodes(object_info, server):
+    names = {n["name"] for n in pack_nodes(object_info)}
+    assert "EditLabTinyModels" in names
+    for name in names:
+        assert object_info[name]["category"].startswith("EditLab/")
+        assert object_info[name]["description"], f"{name} has no description"
+    failed = [l for l in server.log_tail(2000).splitlines() if "IMPORT FAILED" in l or "Cannot import" in l]
+    assert not [l for l in failed if "editlab" in l], failed
+
+
+def test_web_extension_is_served(server):
+    exts = server.client.get_json("/extensions")
+    assert any("editlab" in e.lower() for e in exts), exts
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_shipped_workflow_fits_live_node_definitions(path, object_info):
+    ui = load_workflow(path)
+    prompt = to_api(ui, object_info)
+    assert validate(prompt, object_info) == []
+    twin = REPO / "workflows" / "api" / path.name
+    assert twin.is_file(), f"{path.name} needs an API-format twin in workflows/api/"
+    api = load_workflow(twin)
+    strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}
+    assert strip(prompt) == strip(api), "the UI file and its API twin describe different graphs"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_workflow_through_the_client_equals_its_api_twin(path, server, editlab_cli, tmp_path):
+    outs = {}
+    for kind, file in (("ui", path), ("api", REPO / "workflows" / "api" / path.name)):
+        server.client.free()  # no cache: both runs compute every node
+        done = editlab_cli("run", file, "--server", server.url, "--out", tmp_path / kind, "-q")
+        assert done.returncode == 0, done.stderr
+        outs[kind] = sorted(Path(p) for p in done.stdout.split())
+        assert outs[kind], "the workflow produced no files"
+    assert len(outs["ui"]) == len(outs["api"])
+    for a, b in zip(outs["ui"], outs["api"]):
+        assert np.array_equal(_pixels(a), _pixels(b))
+
+
+def test_same_seed_same_outputs_bit_for_bit(server, tmp_path):
+    workflow = load_workflow(REPO / "workflows" / "api" / "editlab_tour.json")
+    runs = []
+    for i in range(2):
+        server.client.free()
+        files = run_workflow(server.client, workflow, [], tmp_path / str(i), show_progress=False)
+        runs.append(files)
+    (a,), (b,) = runs
+    assert a.name != b.name  # two distinct files on the server...
+    assert np.array_equal(_pixels(a), _pixels(b))  # ...with identical pixels
+    server.client.free()
+    other = run_workflow(server.client, workflow, ["6.seed=43"], tmp_path / "other", show_progress=False)
+    assert not np.array_equal(_pixels(a), _pixels(other[0])), "the seed must matter"
