@@ -1,0 +1,149 @@
+"""A BatchTopK sparse autoencoder over text-encoder token embeddings, with optional Matryoshka groups.
+
+Parameter names and semantics follow the SAEdit authors' released module, so their files load unchanged:
+``W_enc`` (d, m), ``b_enc`` (m; kept for the layout, not used by the encoder), ``W_dec`` (m, d, unit-norm rows),
+``b_dec`` (d) and a scalar buffer ``threshold``.
+
+- encode: ``relu((x - b_dec) @ W_enc)``; in training the top ``k * n_tokens`` activations of the whole batch are kept
+  (BatchTopK), at inference every activation above the learned ``threshold`` is kept.
+- decode: ``codes @ W_dec + b_dec``.
+- the threshold follows an EMA (rate 0.01) of the smallest activation BatchTopK kept.
+- Matryoshka: the loss averages the reconstruction error of each nested prefix of the dictionary, so the first
+  latents carry the coarsest features.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SAEConfig:
+    act_size: int
+    dict_size: int
+    top_k: int = 32
+    group_sizes: list[int] = field(default_factory=list)  # Matryoshka groups; empty means one group
+    aux_k: int = 512
+    aux_penalty: float = 1.0 / 32
+    n_batches_to_dead: int = 20
+    threshold_ema: float = 0.01
+
+    def __post_init__(self):
+        if self.act_size <= 0 or self.dict_size <= 0:
+            raise ValueError(f"act_size and dict_size must be positive; got {self.act_size}, {self.dict_size}")
+        if not 0 < self.top_k <= self.dict_size:
+            raise ValueError(f"top_k must be in 1..dict_size ({self.dict_size}); got {self.top_k}")
+        if self.group_sizes and sum(self.group_sizes) != self.dict_size:
+            raise ValueError(f"Matryoshka group sizes must add up to dict_size {self.dict_size}; "
+                             f"got {self.group_sizes} (sum {sum(self.group_sizes)})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SparseAutoencoder(nn.Module):
+    def __init__(self, config: SAEConfig):
+        super().__init__()
+        self.config = config
+        d, m = config.act_size, config.dict_size
+        self.W_enc = nn.Parameter(torch.empty(d, m))
+        self.b_enc = nn.Parameter(torch.zeros(m))
+        self.W_dec = nn.Parameter(torch.empty(m, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.register_buffer("threshold", torch.tensor(0.0))
+        # Batches since each latent last fired (training only; not saved).
+        self.register_buffer("steps_since_fired", torch.zeros(m, dtype=torch.long), persistent=False)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Decoder rows random unit vectors, encoder its transpose (the usual tied start)."""
+        with torch.no_grad():
+            w = torch.randn(self.W_dec.shape, generator=generator)
+            w /= w.norm(dim=-1, keepdim=True)
+            self.W_dec.copy_(w)
+            self.W_enc.copy_(w.T)
+            self.b_enc.zero_()
+            self.b_dec.zero_()
+            self.threshold.zero_()
+
+    @property
+    def group_bounds(self) -> list[int]:
+        sizes = self.config.group_sizes or [self.config.dict_size]
+        bounds, total = [], 0
+        for s in sizes:
+            total += s
+            bounds.append(total)
+        return bounds
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu((x - self.b_dec) @ self.W_enc)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference encoding: activations above the learned threshold (token by token, batch-independent)."""
+        acts = self.pre_activations(x)
+        return acts * (acts > self.threshold)
+
+    def batch_topk(self, acts: torch.Tensor) -> torch.Tensor:
+        flat = acts.reshape(-1)
+        n_tokens = acts.reshape(-1, acts.shape[-1]).shape[0]
+        k = min(self.config.top_k * n_tokens, flat.numel())
+        values, indices = flat.topk(k, sorted=False)
+        out = torch.zeros_like(flat).scatter_(0, indices, values)
+        return out.reshape(acts.shape)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+    def training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One batch of tokens (n, d): BatchTopK codes, Matryoshka + auxiliary loss, and the statistics to log."""
+        pre = self.pre_activations(x)
+        codes = self.batch_topk(pre)
+        losses = []
+        recon = self.b_dec.expand_as(x)
+        start = 0
+        for end in self.group_bounds:
+            recon = recon + codes[:, start:end] @ self.W_dec[start:end]
+            losses.append((recon - x).pow(2).sum(-1).mean())
+            start = end
+        recon_loss = torch.stack(losses).mean()
+
+        fired = (codes > 0).any(0)
+        with torch.no_grad():
+            self.steps_since_fired += 1
+            self.steps_since_fired[fired] = 0
+            kept = codes[codes > 0]
+            if kept.numel():
+                rate = self.config.threshold_ema
+                self.threshold.mul_(1 - rate).add_(rate * kept.min())
+        dead = self.steps_since_fired >= self.config.n_batches_to_dead
+        aux_loss = x.new_zeros(())
+        if dead.any() and self.config.aux_penalty > 0:
+            residual = (x - recon).detach()
+            dead_pre = pre[:, dead]
+            k = min(self.config.aux_k, dead_pre.shape[1])
+            values, indices = dead_pre.topk(k, dim=-1)
+            aux_codes = torch.zeros_like(dead_pre).scatter_(-1, indices, values)
+            aux_recon = aux_codes @ self.W_dec[dead]
+            aux_loss = self.config.aux_penalty * (aux_recon - residual).pow(2).sum(-1).mean()
+        total_var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        return {
+            "loss": recon_loss + aux_loss,
+            "recon_loss": recon_loss.detach(),
+            "aux_loss": aux_loss.detach(),
+            "fvu": ((recon - x).pow(2).sum(-1).mean() / total_var).detach(),
+            "l0": (codes > 0).float().sum(-1).mean().detach(),
+            "dead_fraction": dead.float().mean().detach(),
+        }
+
+
+def fraction_of_variance_unexplained(x: torch.Tensor, recon: torch.Tensor) -> float:
+    total = (x - x.mean(0)).pow(2).sum()
+    return float((recon - x).pow(2).sum() / total.clamp_min(1e-12))
