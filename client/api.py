@@ -65,10 +65,6 @@ class ComfyClient:
     def system_stats(self) -> dict:
         return self.get_json("/system_stats")
 
-    def free(self, unload_models: bool = True) -> None:
-        """Ask the server to drop its cache (and models): the next prompt recomputes every node."""
-        self._request("POST", "/free", {"unload_models": unload_models, "free_memory": True})
-
     # -- prompts ----------------------------------------------------------------------------------------------
     def queue(self, prompt: dict, extra_data: dict | None = None) -> str:
         body = {"prompt": prompt, "client_id": self.client_id}

@@ -48,17 +48,27 @@ def test_shipped_workflow_fits_live_node_definitions(path, object_info):
     assert strip(prompt) == strip(api), "the UI file and its API twin describe different graphs"
 
 
+def _evict_cache(server, tmp_path):
+    """Run a different prompt: ComfyUI's cache keeps only the last prompt's results, so the next run recomputes.
+
+    (POST /free is no substitute: the server applies it only after the next prompt has run.)
+    """
+    other = load_workflow(REPO / "workflows" / "api" / "editlab_tour.json")
+    run_workflow(server.client, other, ["6.seed=987654", "6.steps=1"], tmp_path / "evict", show_progress=False)
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_workflow_through_the_client_equals_its_api_twin(path, server, editlab_cli, tmp_path):
     outs = {}
     for kind, file in (("ui", path), ("api", REPO / "workflows" / "api" / path.name)):
-        server.client.free()  # no cache: both runs compute every node
+        _evict_cache(server, tmp_path)  # both runs compute their nodes; neither is served the other's cache
         done = editlab_cli("run", file, "--server", server.url, "--out", tmp_path / kind, "-q")
         assert done.returncode == 0, done.stderr
         outs[kind] = sorted(Path(p) for p in done.stdout.split())
         assert outs[kind], "the workflow produced no files"
     assert len(outs["ui"]) == len(outs["api"])
     for a, b in zip(outs["ui"], outs["api"]):
+        assert a.name != b.name, "each run saved its own file"
         assert np.array_equal(_pixels(a), _pixels(b))
 
 
@@ -66,12 +76,11 @@ def test_same_seed_same_outputs_bit_for_bit(server, tmp_path):
     workflow = load_workflow(REPO / "workflows" / "api" / "editlab_tour.json")
     runs = []
     for i in range(2):
-        server.client.free()
+        _evict_cache(server, tmp_path)
         files = run_workflow(server.client, workflow, [], tmp_path / str(i), show_progress=False)
         runs.append(files)
     (a,), (b,) = runs
     assert a.name != b.name  # two distinct files on the server...
     assert np.array_equal(_pixels(a), _pixels(b))  # ...with identical pixels
-    server.client.free()
     other = run_workflow(server.client, workflow, ["6.seed=43"], tmp_path / "other", show_progress=False)
     assert not np.array_equal(_pixels(a), _pixels(other[0])), "the seed must matter"
