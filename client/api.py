@@ -137,12 +137,17 @@ class ComfyClient:
                 return
 
     # -- outputs ----------------------------------------------------------------------------------------------
-    def download(self, file_ref: dict, dest_dir: Path) -> Path:
+    def view(self, file_ref: dict) -> bytes:
+        """The bytes of one output file ({filename, subfolder, type}) through /view."""
         query = urllib.parse.urlencode({"filename": file_ref["filename"], "subfolder": file_ref.get("subfolder", ""),
                                         "type": file_ref.get("type", "output")})
         data = self._request("GET", f"/view?{query}", timeout=max(self.timeout, 300))
         if len(data) > MAX_DOWNLOAD_BYTES:
             raise ClientError(f"output {file_ref['filename']} is larger than {MAX_DOWNLOAD_BYTES} bytes")
+        return data
+
+    def download(self, file_ref: dict, dest_dir: Path) -> Path:
+        data = self.view(file_ref)
         name = Path(file_ref["filename"]).name  # never let a server path escape dest_dir
         sub = Path(*[p for p in Path(file_ref.get("subfolder", "")).parts if p not in ("..", "/")])
         out = dest_dir / sub / name

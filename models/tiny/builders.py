@@ -2,19 +2,16 @@
 
 Every builder uses ComfyUI's own classes (``comfy.supported_models``, ``comfy.sd.CLIP``, ``comfy.sd.VAE``) with
 small configs, so the sampling, conditioning and patching code that runs is the host's real code. Text encoders use
-the host's real tokenizers (CLIP BPE, T5 and UMT5 sentencepiece), so token positions match what a real checkpoint
-sees. Weights are drawn from a seeded generator: same seed, same weights, bit for bit.
+the host's real tokenizers (CLIP BPE, T5 sentencepiece), so token positions match what a real checkpoint sees; for
+Wan, whose UMT5 tokenizer ships inside real weights, the host's Pile-T5 sentencepiece model stands in. Weights are drawn from a seeded generator: same seed, same weights, bit for bit.
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 from dataclasses import dataclass
 
 import torch
-
-log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("flux", "sd3", "sdxl", "sd15", "wan21_i2v")
 
@@ -90,11 +87,9 @@ def _clip(clip_cls, tokenizer_cls, model_options: dict, seed: int, tokenizer_dat
     import comfy.supported_models_base
 
     target = comfy.supported_models_base.ClipTarget(tokenizer_cls, clip_cls)
-    dev = mm.text_encoder_device()
     opts = {"dtype": torch.float32, "initial_device": mm.text_encoder_offload_device(), **model_options}
     clip = comfy.sd.CLIP(target=target, model_options=opts, tokenizer_data=tokenizer_data or {})
     seed_parameters(clip.cond_stage_model, seed)
-    log.debug("tiny text encoder on %s", dev)
     return clip
 
 

@@ -49,11 +49,7 @@ def main(url, worker, n, result_path):
         refs = [ref for _, ref in files]
         digests = []
         for ref in refs:
-            import urllib.parse
-            q = urllib.parse.urlencode({"filename": ref["filename"], "subfolder": ref["subfolder"],
-                                        "type": ref["type"]})
-            data = client._request("GET", f"/view?{q}")
-            digests.append(pixel_digest(data))
+            digests.append(pixel_digest(client.view(ref)))
         results.append({"prompt_id": prompt_id, "seed": seed, "prefix": prefix,
                         "files": [f"{r['subfolder']}/{r['filename']}" for r in refs], "digests": digests})
     with open(result_path, "w") as f:
