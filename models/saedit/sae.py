@@ -7,7 +7,8 @@ Parameter names and semantics follow the SAEdit authors' released module, so the
 - encode: ``relu((x - b_dec) @ W_enc)``; in training the top ``k * n_tokens`` activations of the whole batch are kept
   (BatchTopK), at inference every activation above the learned ``threshold`` is kept.
 - decode: ``codes @ W_dec + b_dec``.
-- the threshold follows an EMA (rate 0.01) of the smallest activation BatchTopK kept.
+- the threshold follows an EMA (rate 0.01) of the smallest activation BatchTopK kept, started at the first
+  batch's value.
 - Matryoshka: the loss averages the reconstruction error of each nested prefix of the dictionary, so the first
   latents carry the coarsest features.
 """
@@ -55,6 +56,8 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("threshold", torch.tensor(0.0))
         # Batches since each latent last fired (training only; not saved).
         self.register_buffer("steps_since_fired", torch.zeros(m, dtype=torch.long), persistent=False)
+        # Threshold updates so far: the EMA starts at the first batch's value instead of creeping up from 0.
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long), persistent=False)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Decoder rows random unit vectors, encoder its transpose (the usual tied start)."""
@@ -121,8 +124,9 @@ class SparseAutoencoder(nn.Module):
             self.steps_since_fired[fired] = 0
             kept = codes[codes > 0]
             if kept.numel():
-                rate = self.config.threshold_ema
+                rate = 1.0 if int(self.threshold_updates) == 0 else self.config.threshold_ema
                 self.threshold.mul_(1 - rate).add_(rate * kept.min())
+                self.threshold_updates += 1
         dead = self.steps_since_fired >= self.config.n_batches_to_dead
         aux_loss = x.new_zeros(())
         if dead.any() and self.config.aux_penalty > 0:

@@ -1,0 +1,91 @@
+"""Where a prompt's tokens sit in a ComfyUI conditioning tensor, for each text-encoder part.
+
+Works on a duck-typed CLIP object (``tokenize(text, return_word_ids=True)`` and ``encode_from_tokens``), so it
+needs no ComfyUI import. Layouts, as ComfyUI builds them:
+- Flux: the conditioning is the T5 tokens only (offset 0).
+- SD3/SD3.5: 77 CLIP-L+G tokens (padded to 4096 wide), then the T5 tokens (offset 77) when T5 is loaded.
+- SD1.5 / SDXL: CLIP tokens only (SDXL concatenates L and G along the width).
+- Wan: UMT5 tokens only.
+ComfyUI's word ids count weighted segments, not words, so a word is found by its token ids instead: the word is
+tokenised alone and its content tokens are matched as a contiguous run in the prompt's tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+T5_KEYS = ("t5xxl", "umt5xxl")
+CLIP_KEYS = ("l", "g")
+SD3_CLIP_TOKENS = 77
+PARTS = ("auto", "t5", "clip")
+
+
+@dataclass
+class PromptTokens:
+    embeddings: torch.Tensor  # (1, T, D): the conditioning tensor of the prompt
+    key: str  # tokenizer key of the part ("t5xxl", "l", ...)
+    offset: int  # index in the conditioning of the part's first token
+    ids: list[int]  # the part's token ids, chunks flattened
+    content: list[int]  # conditioning positions of real (non-special, non-padding) tokens
+
+
+def _flatten(chunks):
+    return [tok for chunk in chunks for tok in chunk]
+
+
+def resolve_part(token_keys, cond_len: int, part: str) -> tuple[str, int]:
+    """(tokenizer key, offset in the conditioning) of ``part`` for this encoder and conditioning length."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}; got {part!r}")
+    t5 = next((k for k in T5_KEYS if k in token_keys), None)
+    has_clip = any(k in token_keys for k in CLIP_KEYS)
+    sd3_like = t5 is not None and "g" in token_keys
+    flux_like = t5 is not None and not sd3_like
+    t5_present = t5 is not None and (not sd3_like or cond_len > SD3_CLIP_TOKENS)
+    if part == "auto":
+        part = "t5" if t5_present else "clip"
+    if part == "t5":
+        if not t5_present:
+            raise ValueError("this conditioning has no T5 tokens (an SD3 encoder loaded without T5?); use part 'clip'")
+        return t5, SD3_CLIP_TOKENS if sd3_like else 0
+    if not has_clip or flux_like:
+        raise ValueError("this conditioning carries no CLIP tokens (Flux and Wan condition on T5 only); use part 't5'")
+    return ("l" if "l" in token_keys else "g"), 0
+
+
+def prompt_tokens(clip, text: str, part: str = "auto") -> PromptTokens:
+    tokens = clip.tokenize(text, return_word_ids=True)
+    plain = {k: [[(t, w) for t, w, _ in chunk] for chunk in v] for k, v in tokens.items()}
+    cond, _ = clip.encode_from_tokens(plain, return_pooled=True)
+    key, offset = resolve_part(tokens.keys(), cond.shape[1], part)
+    flat = _flatten(tokens[key])
+    content = [offset + i for i, (_, _, word) in enumerate(flat) if word > 0]
+    if offset + len(flat) > cond.shape[1]:
+        raise ValueError(f"the {key} tokens ({len(flat)}) do not fit the conditioning ({cond.shape[1]} tokens)")
+    return PromptTokens(cond, key, offset, [t for t, _, _ in flat], content)
+
+
+def word_positions(clip, prompt: PromptTokens, word: str) -> list[int]:
+    """Conditioning positions of every occurrence of ``word`` (one or more words) in the prompt."""
+    if not word.strip():
+        raise ValueError("the word to edit is empty")
+    alone = _flatten(clip.tokenize(word.strip(), return_word_ids=True)[prompt.key])
+    target = [t for t, _, w in alone if w > 0]
+    hits = []
+    content = set(prompt.content)
+    for start in range(len(prompt.ids) - len(target) + 1):
+        if prompt.ids[start:start + len(target)] == target and prompt.offset + start in content:
+            hits.extend(prompt.offset + start + j for j in range(len(target)))
+    if not target or not hits:
+        raise ValueError(f"'{word.strip()}' is not a word of the prompt")
+    return hits
+
+
+def content_embeddings(clip, texts: list[str], part: str = "auto") -> list[torch.Tensor]:
+    """Per prompt, the (T, D) embeddings of its real tokens in the chosen part."""
+    out = []
+    for text in texts:
+        p = prompt_tokens(clip, text, part)
+        out.append(p.embeddings[0, p.content].float())
+    return out

@@ -1,0 +1,313 @@
+"""SAEdit nodes: train or load a sparse autoencoder over text-encoder tokens, find edit directions from prompt pairs,
+and slide a direction on chosen words of a conditioning with a per-step schedule."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import uuid
+from dataclasses import dataclass
+
+import comfy.hooks
+import torch
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..models.saedit import prompts as prompt_corpus
+from ..models.saedit.direction import METHODS, direction_from_pairs
+from ..models.saedit.edit import decoded_delta
+from ..models.saedit.files import SAEFileError, load_direction, load_sae, save_direction, save_sae
+from ..models.saedit.sae import SAEConfig, SparseAutoencoder
+from ..models.saedit.schedule import SCHEDULES
+from ..models.saedit.slider import ScheduledTokenEdit
+from ..models.saedit.tokens import PARTS, content_embeddings, prompt_tokens, word_positions
+from ..models.saedit.train import TrainConfig, train_sae
+from .common import CATEGORY, EditLabInputError
+
+log = logging.getLogger(__name__)
+CAT = f"{CATEGORY}/SAEdit"
+SAE_FOLDER, DIRECTION_FOLDER = "sae", "sae_directions"
+
+for _folder in (SAE_FOLDER, DIRECTION_FOLDER):
+    if _folder not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[_folder] = ([os.path.join(folder_paths.models_dir, _folder)],
+                                                        {".safetensors"})
+
+SAEType = io.Custom("EDITLAB_SAE")
+DirectionType = io.Custom("EDITLAB_SAE_DIRECTION")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+
+
+@dataclass
+class LoadedSAE:
+    sae: SparseAutoencoder
+    name: str
+    part: str  # which conditioning part it was trained on ("t5", "clip", or "" when unknown)
+
+
+@dataclass
+class LoadedDirection:
+    direction: object  # tensor (dict_size,)
+    feature_ids: object
+    weights: object
+    pairs: list
+    name: str
+
+
+def _output_path(folder: str, name: str, input_name: str) -> str:
+    if not NAME_RE.match(name):
+        raise EditLabInputError(input_name, "a file name of letters, digits, '_', '-' or '.' (no folders)", name)
+    base = name if name.endswith(".safetensors") else name + ".safetensors"
+    return os.path.join(folder_paths.get_folder_paths(folder)[0], base)
+
+
+def _read_lines(text: str, file_name: str, input_name: str) -> list[str]:
+    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
+    if file_name.strip():
+        path = os.path.abspath(os.path.join(folder_paths.get_input_directory(), file_name.strip()))
+        if not path.startswith(os.path.abspath(folder_paths.get_input_directory()) + os.sep):
+            raise EditLabInputError(f"{input_name}_file", "a path inside ComfyUI's input folder", file_name)
+        if not os.path.isfile(path):
+            raise EditLabInputError(f"{input_name}_file", "an existing .txt file in ComfyUI's input folder",
+                                    file_name)
+        with open(path, encoding="utf-8") as f:
+            lines += [l.strip() for l in f if l.strip() and not l.strip().startswith("#")]
+    return lines
+
+
+def _check_width(sae: LoadedSAE, width: int) -> None:
+    if sae.sae.config.act_size != width:
+        raise EditLabInputError("sae", f"an SAE as wide as the conditioning's tokens ({width})",
+                                f"{sae.name}, {sae.sae.config.act_size} wide")
+
+
+def _progress(total):
+    bar = comfy.utils.ProgressBar(total)
+
+    def step(i, n, stats):
+        bar.update_absolute(i, n)
+        if i % 50 == 0 or i == n:
+            log.info("SAE training step %d/%d: loss %.4f, FVU %.3f, L0 %.1f, dead %.1f%%", i, n, stats["loss"],
+                     stats["fvu"], stats["l0"], 100 * stats["dead_fraction"])
+
+    return step
+
+
+class EditLabSAETrain(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabSAETrain", display_name="SAE Train", category=CAT,
+            description="Trains a BatchTopK sparse autoencoder (optionally Matryoshka) on the token embeddings that "
+                        "this CLIP produces for a list of prompts, learns its inference threshold, and saves it to "
+                        "models/sae/. For long runs use scripts/train_sae.py.",
+            inputs=[
+                io.Clip.Input("clip"),
+                io.String.Input("prompts", multiline=True, default="",
+                                tooltip="One prompt per line (lines starting with # are skipped)."),
+                io.String.Input("prompts_file", default="", tooltip="Optional .txt in ComfyUI's input folder."),
+                io.Int.Input("generated_prompts", default=0, min=0, max=200000,
+                             tooltip="Add this many prompts from the built-in generated corpus."),
+                io.Combo.Input("part", options=list(PARTS), default="auto",
+                               tooltip="Which tokens: T5 (Flux, SD3.5) or CLIP; auto picks T5 when present."),
+                io.Int.Input("dict_size", default=4096, min=16, max=1 << 20),
+                io.Int.Input("top_k", default=32, min=1, max=4096),
+                io.String.Input("matryoshka_groups", default="",
+                                tooltip="Comma-separated group sizes adding up to dict_size; empty for none."),
+                io.Float.Input("lr", default=1e-3, min=1e-6, max=1.0, step=1e-4),
+                io.Int.Input("batch_size", default=1024, min=8, max=1 << 16),
+                io.Int.Input("epochs", default=10, min=1, max=1000),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.String.Input("name", default="my_sae", tooltip="Saved as models/sae/NAME.safetensors."),
+            ],
+            outputs=[SAEType.Output(display_name="sae"), io.String.Output(display_name="stats")],
+        )
+
+    @classmethod
+    def execute(cls, clip, prompts, prompts_file, generated_prompts, part, dict_size, top_k, matryoshka_groups,
+                lr, batch_size, epochs, seed, name) -> io.NodeOutput:
+        texts = _read_lines(prompts, prompts_file, "prompts") + prompt_corpus.corpus(generated_prompts, seed=seed)
+        if not texts:
+            raise EditLabInputError("prompts", "at least one prompt (or generated_prompts > 0)")
+        try:
+            groups = [int(g) for g in matryoshka_groups.replace(" ", "").split(",") if g]
+            config = SAEConfig(act_size=1, dict_size=dict_size, top_k=top_k, group_sizes=groups)
+        except ValueError as exc:
+            raise EditLabInputError("matryoshka_groups", f"comma-separated integers ({exc})", matryoshka_groups)
+        path = _output_path(SAE_FOLDER, name, "name")
+        try:
+            rows = content_embeddings(clip, texts, part)
+        except ValueError as exc:
+            raise EditLabInputError("part", str(exc), part) from None
+        tokens = torch.cat(rows)
+        config.act_size = tokens.shape[1]
+        train = TrainConfig(lr=lr, batch_size=batch_size, epochs=epochs, seed=seed)
+        steps = max(tokens.shape[0] // min(batch_size, tokens.shape[0]), 1) * epochs
+        sae, stats = train_sae(tokens, config, train, on_step=_progress(steps),
+                               should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
+        stats.update(prompts=len(texts), part=part)
+        save_sae(sae, path, encoder=part, stats=stats)  # atomic: a stopped run writes nothing
+        log.info("saved SAE %s: %s", path, stats)
+        return io.NodeOutput(LoadedSAE(sae, os.path.basename(path), part), json.dumps(stats))
+
+
+class EditLabSAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabSAELoader", display_name="SAE Loader", category=CAT,
+            description="Loads an SAE from models/sae/: this pack's files or the SAEdit authors' released layout "
+                        "(W_enc, b_enc, W_dec, b_dec, threshold).",
+            inputs=[io.Combo.Input("sae_name", options=folder_paths.get_filename_list(SAE_FOLDER))],
+            outputs=[SAEType.Output(display_name="sae")],
+        )
+
+    @classmethod
+    def execute(cls, sae_name) -> io.NodeOutput:
+        path = folder_paths.get_full_path(SAE_FOLDER, sae_name)
+        if path is None:
+            raise EditLabInputError("sae_name", "a file in models/sae/", sae_name)
+        try:
+            sae, info = load_sae(path)
+        except SAEFileError as exc:
+            raise EditLabInputError("sae_name", f"an SAE safetensors file: {exc}", sae_name) from None
+        return io.NodeOutput(LoadedSAE(sae, sae_name, info.get("encoder", "")))
+
+
+class EditLabSAEDirection(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabSAEDirection", display_name="SAE Direction from Pairs", category=CAT,
+            description="Finds an edit direction in SAE code space from 'source | target' prompt pairs (max-pool, "
+                        "ratio, 99.5th-percentile mask, SVD over pairs; or the mean). Saved to "
+                        "models/sae_directions/ when a name is given.",
+            inputs=[
+                io.Clip.Input("clip"), SAEType.Input("sae"),
+                io.String.Input("pairs", multiline=True, default="a man | a smiling man",
+                                tooltip="One pair per line: source | target."),
+                io.String.Input("pairs_file", default="", tooltip="Optional .txt in ComfyUI's input folder."),
+                io.Combo.Input("part", options=list(PARTS), default="auto"),
+                io.Combo.Input("method", options=list(METHODS), default="svd"),
+                io.Float.Input("percentile", default=99.5, min=50.0, max=100.0, step=0.1),
+                io.String.Input("name", default="", tooltip="Save as models/sae_directions/NAME.safetensors."),
+            ],
+            outputs=[DirectionType.Output(display_name="direction")],
+        )
+
+    @classmethod
+    def execute(cls, clip, sae, pairs, pairs_file, part, method, percentile, name) -> io.NodeOutput:
+        lines = _read_lines(pairs, pairs_file, "pairs")
+        parsed = []
+        for line in lines:
+            source, sep, target = line.partition("|")
+            if not sep or not source.strip() or not target.strip():
+                raise EditLabInputError("pairs", "one 'source | target' pair per line", line)
+            parsed.append((source.strip(), target.strip()))
+        if not parsed:
+            raise EditLabInputError("pairs", "at least one 'source | target' pair")
+        path = _output_path(DIRECTION_FOLDER, name, "name") if name.strip() else None
+        try:
+            src = content_embeddings(clip, [s for s, _ in parsed], part)
+            tgt = content_embeddings(clip, [t for _, t in parsed], part)
+        except ValueError as exc:
+            raise EditLabInputError("part", str(exc), part) from None
+        _check_width(sae, src[0].shape[1])
+        codes = [(sae.sae.encode(s), sae.sae.encode(t)) for s, t in zip(src, tgt)]
+        try:
+            found = direction_from_pairs(codes, method, percentile)
+        except ValueError as exc:
+            raise EditLabInputError("pairs", str(exc)) from None
+        if path:
+            save_direction(found["direction"], found["feature_ids"], found["weights"], path, parsed, method,
+                           sae.name)
+        return io.NodeOutput(LoadedDirection(found["direction"], found["feature_ids"], found["weights"], parsed,
+                                             os.path.basename(path) if path else "(unsaved)"))
+
+
+class EditLabSAEDirectionLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabSAEDirectionLoader", display_name="SAE Direction Loader", category=CAT,
+            description="Loads a direction saved by 'SAE Direction from Pairs' from models/sae_directions/.",
+            inputs=[io.Combo.Input("direction_name", options=folder_paths.get_filename_list(DIRECTION_FOLDER))],
+            outputs=[DirectionType.Output(display_name="direction")],
+        )
+
+    @classmethod
+    def execute(cls, direction_name) -> io.NodeOutput:
+        path = folder_paths.get_full_path(DIRECTION_FOLDER, direction_name)
+        if path is None:
+            raise EditLabInputError("direction_name", "a file in models/sae_directions/", direction_name)
+        try:
+            d = load_direction(path)
+        except SAEFileError as exc:
+            raise EditLabInputError("direction_name", str(exc), direction_name) from None
+        return io.NodeOutput(LoadedDirection(d["direction"], d["feature_ids"], d["weights"], d["pairs"],
+                                             direction_name))
+
+
+class EditLabSAESlider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabSAESlider", display_name="SAE Slider", category=CAT,
+            description="Slides an SAE direction on the chosen word(s) of a conditioning. Only the decoded delta is "
+                        "added, only at those tokens, with a per-step strength (exponential as in SAEdit, linear or "
+                        "constant) that follows the sampler's actual steps. Other tokens and the negative prompt are "
+                        "untouched; strength 0 returns the conditioning unchanged; sliders chain.",
+            inputs=[
+                io.Conditioning.Input("conditioning"), io.Clip.Input("clip"), SAEType.Input("sae"),
+                DirectionType.Input("direction"),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="The text the conditioning was encoded from (to find the word's tokens)."),
+                io.String.Input("word", default="", tooltip="The word or words to edit, as they appear in the prompt."),
+                io.Float.Input("strength", default=0.5, min=-10.0, max=10.0, step=0.05),
+                io.Combo.Input("schedule", options=list(SCHEDULES), default="exponential"),
+                io.Combo.Input("part", options=list(PARTS), default="auto"),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, conditioning, clip, sae, direction, prompt, word, strength, schedule, part) -> io.NodeOutput:
+        if not math.isfinite(strength):
+            raise EditLabInputError("strength", "a finite number", strength)
+        if not prompt.strip():
+            raise EditLabInputError("prompt", "the text the conditioning was encoded from")
+        if strength == 0.0:
+            return io.NodeOutput(conditioning)
+        try:
+            encoded = prompt_tokens(clip, prompt, part)
+        except ValueError as exc:
+            raise EditLabInputError("part", str(exc), part) from None
+        try:
+            positions = word_positions(clip, encoded, word)
+        except ValueError as exc:
+            raise EditLabInputError("word", str(exc), word) from None
+        _check_width(sae, encoded.embeddings.shape[-1])
+        if direction.direction.shape[0] != sae.sae.config.dict_size:
+            raise EditLabInputError("direction", f"a direction over this SAE's {sae.sae.config.dict_size} features",
+                                    f"{direction.name}, {direction.direction.shape[0]} features")
+        for cond, _ in conditioning:
+            if cond.shape[1:] != encoded.embeddings.shape[1:]:
+                raise EditLabInputError("prompt", f"the prompt of this conditioning (its tokens are "
+                                                  f"{tuple(cond.shape[1:])}, the prompt gives "
+                                                  f"{tuple(encoded.embeddings.shape[1:])})")
+        edit = ScheduledTokenEdit(positions, decoded_delta(sae.sae, direction.direction), strength, schedule)
+        key = f"editlab_sae_slider_{uuid.uuid4().hex}"  # unique: chained sliders each keep their wrapper
+        hook = comfy.hooks.TransformerOptionsHook(
+            {"wrappers": {comfy.patcher_extension.WrappersMP.APPLY_MODEL: {key: [edit.apply_model_wrapper]}}},
+            hook_scope=comfy.hooks.EnumHookScope.HookedOnly)
+        group = comfy.hooks.HookGroup()
+        group.add(hook)
+        return io.NodeOutput(comfy.hooks.set_hooks_for_conditioning(conditioning, group, append_hooks=True))
+
+
+NODES = [EditLabSAETrain, EditLabSAELoader, EditLabSAEDirection, EditLabSAEDirectionLoader, EditLabSAESlider]

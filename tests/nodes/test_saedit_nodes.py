@@ -1,0 +1,206 @@
+"""SAEdit nodes on the tiny Flux and tiny SD3: what the diffusion model receives, step by step."""
+import math
+
+import pytest
+import torch
+
+PROMPT = "a photo of a man on a beach with a dog"
+PAIRS = "a man | a smiling man\na dog in a park | a smiling dog in a park\na woman | a smiling woman"
+
+
+@pytest.fixture(scope="module")
+def nodes(comfy_host, tmp_path_factory):
+    import folder_paths
+
+    from editlab.nodes import saedit
+
+    root = tmp_path_factory.mktemp("models")
+    for folder in (saedit.SAE_FOLDER, saedit.DIRECTION_FOLDER):
+        (root / folder).mkdir()
+        folder_paths.folder_names_and_paths[folder] = ([str(root / folder)], {".safetensors"})
+    saedit.models_root = root
+    return saedit
+
+
+@pytest.fixture(scope="module", params=["flux", "sd3"])
+def setup(request, nodes):
+    from editlab.models.tiny import build_tiny_models
+
+    tiny = build_tiny_models(request.param, 0)
+    sae, stats = nodes.EditLabSAETrain.execute(
+        clip=tiny.clip, prompts="a man\na dog", prompts_file="", generated_prompts=200, part="auto", dict_size=128,
+        top_k=8, matryoshka_groups="32,96", lr=1e-3, batch_size=256, epochs=2, seed=0,
+        name=f"tiny_{request.param}").result
+    direction, = nodes.EditLabSAEDirection.execute(clip=tiny.clip, sae=sae, pairs=PAIRS, pairs_file="", part="auto",
+                                                   method="svd", percentile=99.5, name=f"smile_{request.param}").result
+    cond = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(PROMPT))
+    neg = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize("blurry"))
+    return {"tiny": tiny, "sae": sae, "direction": direction, "cond": cond, "neg": neg, "arch": request.param}
+
+
+def slider(nodes, s, conditioning=None, word="man", strength=0.5, schedule="exponential"):
+    return nodes.EditLabSAESlider.execute(conditioning=conditioning or s["cond"], clip=s["tiny"].clip, sae=s["sae"],
+                                          direction=s["direction"], prompt=PROMPT, word=word, strength=strength,
+                                          schedule=schedule, part="auto").result[0]
+
+
+def sample(s, positive, steps=6, cfg=2.0, sampler="euler"):
+    """Sample on the tiny model; return the output and the contexts the diffusion model received, with
+    which branch (0 cond, 1 uncond) each came from."""
+    import comfy.sample
+
+    seen = []
+
+    def record(module, args, kwargs):
+        branches = kwargs["transformer_options"]["cond_or_uncond"]
+        for i, ctx in enumerate(kwargs["context"].chunk(len(branches))):
+            seen.append((branches[i], ctx.clone()))
+
+    dm = s["tiny"].model.model.diffusion_model
+    handle = dm.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        latent = torch.zeros(1, 16, 8, 8)
+        out = comfy.sample.sample(s["tiny"].model, comfy.sample.prepare_noise(latent, 7), steps, cfg, sampler,
+                                  "simple", positive, s["neg"], latent, disable_pbar=True)
+    finally:
+        handle.remove()
+    return out, [c for b, c in seen if b == 0], [c for b, c in seen if b == 1]
+
+
+def edited_positions(nodes, s, word="man"):
+    from editlab.models.saedit.tokens import prompt_tokens, word_positions
+
+    return word_positions(s["tiny"].clip, prompt_tokens(s["tiny"].clip, PROMPT), word)
+
+
+def unit_delta(s):
+    from editlab.models.saedit.edit import decoded_delta
+
+    return decoded_delta(s["sae"].sae, s["direction"].direction)
+
+
+def test_strength_zero_is_bit_identical(nodes, setup):
+    edited = slider(nodes, setup, strength=0.0)
+    a, _, _ = sample(setup, edited)
+    b, _, _ = sample(setup, setup["cond"])
+    assert torch.equal(a, b)
+
+
+def test_only_the_edited_tokens_change_and_the_negative_is_untouched(nodes, setup):
+    out, conds, unconds = sample(setup, slider(nodes, setup, strength=0.5))
+    base = setup["cond"][0][0]
+    pos = edited_positions(nodes, setup)
+    assert pos
+    others = [i for i in range(base.shape[1]) if i not in pos]
+    assert len(conds) == 6 and len(unconds) == 6
+    for ctx in conds:
+        assert torch.equal(ctx[:, others], base[:, others])
+    assert not torch.equal(conds[-1][:, pos], base[:, pos])
+    for ctx in unconds:
+        assert torch.equal(ctx, setup["neg"][0][0])
+
+
+def test_change_grows_with_strength_and_flips_with_sign(nodes, setup):
+    base = setup["cond"][0][0]
+    pos = edited_positions(nodes, setup)
+    changes = {}
+    for strength in (-0.6, -0.2, 0.2, 0.6, 1.0):
+        _, conds, _ = sample(setup, slider(nodes, setup, strength=strength), steps=4)
+        changes[strength] = conds[-1][:, pos] - base[:, pos]
+    norms = [float(changes[s].norm()) for s in (0.2, 0.6, 1.0)]
+    assert norms[0] > 0 and norms == sorted(norms) and norms[0] < norms[-1]
+    for s in (0.2, 0.6):
+        assert torch.allclose(changes[-s], -changes[s], atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [8, 20, 40])
+def test_per_step_strength_matches_the_schedule(nodes, setup, steps):
+    from editlab.models.saedit.schedule import strengths
+
+    strength = 0.3
+    _, conds, _ = sample(setup, slider(nodes, setup, strength=strength), steps=steps, cfg=1.0)
+    assert len(conds) == steps
+    pos = edited_positions(nodes, setup)[0]
+    v = unit_delta(setup)
+    base = setup["cond"][0][0][0, pos]
+    got = [float((ctx[0, pos] - base) @ v / (v @ v)) for ctx in conds]
+    want = [min(math.exp((i / steps) * 15 * strength) - 1, 15 * strength) for i in range(steps)]
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+    assert want == pytest.approx(strengths("exponential", strength, steps))
+
+
+def test_two_chained_sliders_add_up(nodes, setup):
+    base = setup["cond"][0][0]
+    one = slider(nodes, setup, word="man", strength=0.4)
+    both = slider(nodes, setup, conditioning=one, word="dog", strength=-0.3)
+    only_dog = slider(nodes, setup, word="dog", strength=-0.3)
+    _, c_both, _ = sample(setup, both, steps=5, cfg=1.0)
+    _, c_man, _ = sample(setup, one, steps=5, cfg=1.0)
+    _, c_dog, _ = sample(setup, only_dog, steps=5, cfg=1.0)
+    for x, m, d in zip(c_both, c_man, c_dog):
+        assert torch.allclose(x - base, (m - base) + (d - base), atol=1e-6)
+    assert set(edited_positions(nodes, setup, "man")).isdisjoint(edited_positions(nodes, setup, "dog"))
+
+
+def test_works_with_a_multistep_sampler(nodes, setup):
+    out, conds, _ = sample(setup, slider(nodes, setup, strength=0.5), steps=6, sampler="dpmpp_2m")
+    assert torch.isfinite(out).all() and len(conds) == 6
+
+
+def test_train_saves_with_metadata_and_loader_reads_it_back(nodes, setup):
+    from editlab.models.saedit.files import load_sae
+
+    name = f"tiny_{setup['arch']}.safetensors"
+    path = nodes.models_root / "sae" / name
+    sae, info = load_sae(path)
+    assert info["stats"]["prompts"] == 202 and sae.config.group_sizes == [32, 96]
+    loaded, = nodes.EditLabSAELoader.execute(sae_name=name).result
+    x = setup["cond"][0][0][0, :5].float()
+    assert torch.equal(loaded.sae.encode(x), setup["sae"].sae.encode(x))
+    direction, = nodes.EditLabSAEDirectionLoader.execute(direction_name=f"smile_{setup['arch']}.safetensors").result
+    assert torch.equal(direction.direction, setup["direction"].direction)
+    assert len(direction.pairs) == 3
+
+
+def test_bad_inputs_are_named_and_write_nothing(nodes, setup):
+    from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder
+    from editlab.nodes.common import EditLabInputError
+
+    wrong = nodes.LoadedSAE(SparseAutoencoder(SAEConfig(act_size=7, dict_size=128, top_k=4)), "wrong.safetensors",
+                            "t5")
+    with pytest.raises(EditLabInputError, match="input 'sae': expected an SAE as wide as"):
+        nodes.EditLabSAESlider.execute(conditioning=setup["cond"], clip=setup["tiny"].clip, sae=wrong,
+                                       direction=setup["direction"], prompt=PROMPT, word="man", strength=0.5,
+                                       schedule="exponential", part="auto")
+    with pytest.raises(EditLabInputError, match="input 'word'.*'cat' is not a word of the prompt"):
+        slider(nodes, setup, word="cat")
+    with pytest.raises(EditLabInputError, match="input 'strength': expected a finite number"):
+        slider(nodes, setup, strength=float("nan"))
+    with pytest.raises(EditLabInputError, match="input 'pairs': expected at least one"):
+        nodes.EditLabSAEDirection.execute(clip=setup["tiny"].clip, sae=setup["sae"], pairs="  \n# none", pairs_file="",
+                                          part="auto", method="svd", percentile=99.5, name="never_written")
+    assert not (nodes.models_root / "sae_directions" / "never_written.safetensors").exists()
+    with pytest.raises(EditLabInputError, match="input 'name'"):
+        nodes.EditLabSAETrain.execute(clip=setup["tiny"].clip, prompts="a man", prompts_file="", generated_prompts=0,
+                                      part="auto", dict_size=16, top_k=2, matryoshka_groups="", lr=1e-3,
+                                      batch_size=8, epochs=1, seed=0, name="../escape")
+    with pytest.raises(EditLabInputError, match="input 'prompts_file'"):
+        nodes.EditLabSAETrain.execute(clip=setup["tiny"].clip, prompts="", prompts_file="../../etc/passwd",
+                                      generated_prompts=0, part="auto", dict_size=16, top_k=2, matryoshka_groups="",
+                                      lr=1e-3, batch_size=8, epochs=1, seed=0, name="x")
+    sae_dir = nodes.models_root / "sae"
+    (sae_dir / "truncated.safetensors").write_bytes((sae_dir / f"tiny_{setup['arch']}.safetensors").read_bytes()[:64])
+    with pytest.raises(EditLabInputError, match="input 'sae_name'.*truncated.safetensors is not a readable"):
+        nodes.EditLabSAELoader.execute(sae_name="truncated.safetensors")
+    assert sorted(p.name for p in sae_dir.iterdir() if p.name.endswith(".part")) == []
+
+
+def test_a_part_the_conditioning_lacks_is_named(nodes, setup):
+    from editlab.nodes.common import EditLabInputError
+
+    # Flux conditions on T5 only; the tiny SD3 is built without T5 (CLIP-L/G padded to 4096).
+    part, message = ("clip", "no CLIP tokens") if setup["arch"] == "flux" else ("t5", "no T5 tokens")
+    with pytest.raises(EditLabInputError, match=f"input 'part'.*{message}"):
+        nodes.EditLabSAESlider.execute(conditioning=setup["cond"], clip=setup["tiny"].clip, sae=setup["sae"],
+                                       direction=setup["direction"], prompt=PROMPT, word="man", strength=0.5,
+                                       schedule="exponential", part=part)
