@@ -14,6 +14,8 @@ import comfy.hooks
 import torch
 import comfy.model_management
 import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
@@ -21,6 +23,7 @@ from comfy_api.latest import io
 from ..models.saedit import prompts as prompt_corpus
 from ..models.saedit.direction import METHODS, direction_from_pairs
 from ..models.saedit.edit import decoded_delta
+from ..models.saedit.inversion import invert_euler
 from ..models.saedit.files import SAEFileError, load_direction, load_sae, save_direction, save_sae
 from ..models.saedit.sae import SAEConfig, SparseAutoencoder
 from ..models.saedit.schedule import SCHEDULES
@@ -310,4 +313,72 @@ class EditLabSAESlider(io.ComfyNode):
         return io.NodeOutput(comfy.hooks.set_hooks_for_conditioning(conditioning, group, append_hooks=True))
 
 
-NODES = [EditLabSAETrain, EditLabSAELoader, EditLabSAEDirection, EditLabSAEDirectionLoader, EditLabSAESlider]
+class _InversionSampler(comfy.samplers.Sampler):
+    """Runs the Euler-reversal inversion inside ComfyUI's guider, so conditioning and patches apply as in sampling."""
+
+    def __init__(self, iterations: int):
+        self.iterations = iterations
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        bar = comfy.utils.ProgressBar(len(sigmas) - 1)
+        ones = latent_image.new_ones((latent_image.shape[0],))
+
+        def denoise(x, sigma):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            return model_wrap(x, ones * sigma, **extra_args)
+
+        return invert_euler(denoise, latent_image, sigmas, self.iterations,
+                            on_step=lambda i, n: bar.update_absolute(i, n))
+
+
+class InvertedNoise:
+    """A NOISE source that returns the inverted latent (for SamplerCustomAdvanced, which then samples it back)."""
+
+    def __init__(self, noise):
+        self.noise = noise
+        self.seed = 0
+
+    def generate_noise(self, input_latent):
+        shape = tuple(input_latent["samples"].shape)
+        if shape != tuple(self.noise.shape):
+            raise EditLabInputError("latent_image", f"a latent of the inverted image's shape {tuple(self.noise.shape)}",
+                                    shape)
+        return self.noise.clone()
+
+
+class EditLabFlowInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabFlowInversion", display_name="Flow Inversion (Flux)", category=CAT,
+            description="Inverts an image latent to the noise that Euler sampling on the same sigmas and conditioning "
+                        "turns back into it (rectified-flow models: Flux family). Feed 'noise' to "
+                        "SamplerCustomAdvanced with the euler sampler and the same sigmas, then edit the conditioning "
+                        "(e.g. with SAE Slider) to edit the photo. Works for rectified-flow models (Flux, SD3).",
+            inputs=[
+                io.Model.Input("model"), io.Conditioning.Input("conditioning", tooltip="The unedited prompt."),
+                io.Latent.Input("latent"), io.Sigmas.Input("sigmas"),
+                io.Int.Input("iterations", default=3, min=1, max=50,
+                             tooltip="Fixed-point iterations per step: more is a closer inversion, and slower."),
+            ],
+            outputs=[io.Noise.Output(display_name="noise"), io.Latent.Output(display_name="inverted")],
+        )
+
+    @classmethod
+    def execute(cls, model, conditioning, latent, sigmas, iterations) -> io.NodeOutput:
+        kind = getattr(model.model.model_type, "name", str(model.model.model_type))
+        if kind not in ("FLUX", "FLOW"):
+            raise EditLabInputError("model", "a rectified-flow model (Flux family, SD3)", kind)
+        samples = latent["samples"]
+        try:
+            out = comfy.sample.sample_custom(model, torch.zeros_like(samples), 1.0, _InversionSampler(iterations),
+                                             sigmas, conditioning, conditioning, samples)
+        except ValueError as exc:
+            raise EditLabInputError("sigmas", str(exc)) from None
+        noise = model.model.process_latent_in(out)  # the guider scaled its result out of model space; undo it
+        return io.NodeOutput(InvertedNoise(noise), {"samples": out})
+
+
+NODES = [EditLabSAETrain, EditLabSAELoader, EditLabSAEDirection, EditLabSAEDirectionLoader, EditLabSAESlider,
+         EditLabFlowInversion]
