@@ -136,6 +136,32 @@ class ComfyClient:
             if msg.get("type") in ("execution_success", "execution_error", "execution_interrupted"):
                 return
 
+    def upload(self, path: Path, subfolder: str = "") -> str:
+        """Put a local image into the server's input folder (POST /upload/image); returns its name there."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read upload {path}: {exc.strerror or exc}") from None
+        boundary = uuid.uuid4().hex
+        parts = [(b'Content-Disposition: form-data; name="image"; filename="' + path.name.encode() + b'"\r\n'
+                  b"Content-Type: application/octet-stream\r\n\r\n" + data)]
+        for key, value in (("overwrite", "true"), ("type", "input"), ("subfolder", subfolder)):
+            parts.append(f'Content-Disposition: form-data; name="{key}"\r\n\r\n{value}'.encode())
+        body = b"".join(b"--" + boundary.encode() + b"\r\n" + p + b"\r\n" for p in parts)
+        body += b"--" + boundary.encode() + b"--\r\n"
+        req = urllib.request.Request(self.url + "/upload/image", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(req, timeout=max(self.timeout, 120)) as resp:
+                answer = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise ClientError(f"the server refused the upload of {path.name}: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ClientError(f"cannot reach the ComfyUI server at {self.url}: {getattr(exc, 'reason', exc)}") \
+                from None
+        return answer["name"]
+
     # -- outputs ----------------------------------------------------------------------------------------------
     def view(self, file_ref: dict) -> bytes:
         """The bytes of one output file ({filename, subfolder, type}) through /view."""
@@ -167,6 +193,16 @@ def output_files(history_entry: dict) -> list[tuple[str, dict]]:
                 for item in value:
                     if isinstance(item, dict) and "filename" in item:
                         found.append((node_id, item))
+    return found
+
+
+def text_outputs(history_entry: dict) -> list[tuple[str, int, str]]:
+    """Every text an output node showed (e.g. PreviewText): (node id, index, text)."""
+    found = []
+    for node_id, outputs in history_entry.get("outputs", {}).items():
+        for i, value in enumerate(outputs.get("text") or []):
+            if isinstance(value, str):
+                found.append((node_id, i, value))
     return found
 
 

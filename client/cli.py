@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import ClientError
-from .api import ComfyClient, output_files
+from .api import ComfyClient, output_files, text_outputs
 from .workflow import apply_overrides, load_workflow, to_api, validate
 
 log = logging.getLogger("editlab")
@@ -75,9 +75,11 @@ def _server(args):
 
 
 def run_workflow(client: ComfyClient, workflow: dict, assignments: list[str], out_dir: Path,
-                 timeout: float = 3600.0, show_progress: bool = True) -> list[Path]:
-    """Convert, override, check, queue, follow and download one workflow; return the files written."""
-    info = client.object_info()
+                 timeout: float = 3600.0, show_progress: bool = True, uploads=()) -> list[Path]:
+    """Upload inputs, convert, override, check, queue, follow and download one workflow; return the files written."""
+    for path in uploads:
+        log.info("uploaded %s", client.upload(Path(path)))
+    info = client.object_info(refresh=bool(uploads))  # LoadImage's choices now include the uploads
     prompt = apply_overrides(to_api(workflow, info), assignments, info)
     problems = validate(prompt, info)
     if problems:
@@ -92,6 +94,10 @@ def run_workflow(client: ComfyClient, workflow: dict, assignments: list[str], ou
             progress.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [client.download(ref, out_dir) for _, ref in output_files(entry)]
+    for node_id, index, text in text_outputs(entry):
+        path = out_dir / f"node{node_id}_text{index}.txt"
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
     log.info("prompt %s finished in %.1f s", prompt_id, time.monotonic() - started)
     return written
 
@@ -100,9 +106,9 @@ def cmd_run(args) -> int:
     workflow = load_workflow(args.workflow)  # a malformed file fails before any server starts
     with _server(args) as client:
         files = run_workflow(client, workflow, args.set or [], Path(args.out), args.timeout,
-                             show_progress=not args.quiet)
+                             show_progress=not args.quiet, uploads=args.upload or [])
     if not files:
-        print("the workflow ran but reported no output files (no Save/Preview node?)")
+        log.warning("the workflow ran but reported no outputs (no Save/Preview node?)")
     for path in files:
         print(path)
     return EXIT_OK
@@ -162,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("workflow", help="workflow .json, as saved by ComfyUI (UI format) or exported as API")
     run.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
                      help="change an input before queueing, e.g. --set 12.strength=0.8 (repeatable)")
+    run.add_argument("--upload", action="append", metavar="IMAGE",
+                     help="copy a local image into the server's input folder first, for LoadImage (repeatable)")
     run.add_argument("--out", default="out", help="folder for the downloaded outputs (default: out/)")
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the prompt")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")

@@ -18,7 +18,7 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..models.saedit import prompts as prompt_corpus
 from ..models.saedit.direction import METHODS, direction_from_pairs
@@ -105,7 +105,7 @@ class EditLabSAETrain(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="EditLabSAETrain", display_name="SAE Train", category=CAT,
+            node_id="EditLabSAETrain", display_name="SAE Train", category=CAT, is_output_node=True,
             description="Trains a BatchTopK sparse autoencoder (optionally Matryoshka) on the token embeddings that "
                         "this CLIP produces for a list of prompts, learns its inference threshold, and saves it to "
                         "models/sae/. For long runs use scripts/train_sae.py.",
@@ -147,16 +147,19 @@ class EditLabSAETrain(io.ComfyNode):
             rows = content_embeddings(clip, texts, part)
         except ValueError as exc:
             raise EditLabInputError("part", str(exc), part) from None
-        tokens = torch.cat(rows)
-        config.act_size = tokens.shape[1]
+        config.act_size = rows[0].shape[1]
         train = TrainConfig(lr=lr, batch_size=batch_size, epochs=epochs, seed=seed)
-        steps = max(tokens.shape[0] // min(batch_size, tokens.shape[0]), 1) * epochs
-        sae, stats = train_sae(tokens, config, train, on_step=_progress(steps),
-                               should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
+        # ComfyUI runs nodes under inference mode; training needs autograd and tensors made outside it.
+        with torch.inference_mode(False), torch.enable_grad():
+            tokens = torch.cat([r.clone() for r in rows])
+            steps = max(tokens.shape[0] // min(batch_size, tokens.shape[0]), 1) * epochs
+            sae, stats = train_sae(tokens, config, train, on_step=_progress(steps),
+                                   should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
         stats.update(prompts=len(texts), part=part)
         save_sae(sae, path, encoder=part, stats=stats)  # atomic: a stopped run writes nothing
         log.info("saved SAE %s: %s", path, stats)
-        return io.NodeOutput(LoadedSAE(sae, os.path.basename(path), part), json.dumps(stats))
+        text = json.dumps(stats)
+        return io.NodeOutput(LoadedSAE(sae, os.path.basename(path), part), text, ui=ui.PreviewText(text))
 
 
 class EditLabSAELoader(io.ComfyNode):

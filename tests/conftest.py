@@ -54,8 +54,17 @@ def server():
 
 
 @pytest.fixture(scope="session")
-def object_info(server):
-    return server.client.object_info()
+def workflow_inputs(server):
+    """The images the shipped workflows load (workflows/input/), uploaded to the session's server."""
+    files = sorted((REPO / "workflows" / "input").glob("*"))
+    for path in files:
+        server.client.upload(path)
+    return files
+
+
+@pytest.fixture(scope="session")
+def object_info(server, workflow_inputs):
+    return server.client.object_info(refresh=True)
 
 
 @pytest.fixture(scope="session")

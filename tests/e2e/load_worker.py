@@ -32,7 +32,7 @@ def seed_of(worker, i):
 
 def main(url, worker, n, result_path):
     client = ComfyClient(url)
-    with open(os.path.join(ROOT, "workflows", "api", "editlab_tour.json")) as f:
+    with open(os.path.join(ROOT, "tests", "e2e", "data", "tiny_flux_t2i.json")) as f:
         base = json.load(f)
     queued = []
     for i in range(n):

@@ -8,7 +8,7 @@ from editlab.client.server import free_port
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
-TOUR = json.loads((REPO / "workflows" / "api" / "editlab_tour.json").read_text())
+TOUR = json.loads((REPO / "tests" / "e2e" / "data" / "tiny_flux_t2i.json").read_text())
 
 
 def _write(tmp_path, prompt, name="wf.json"):

@@ -61,7 +61,7 @@ def test_four_clients_fifty_prompts_each(server, tmp_path):
     assert growth <= 1.10
 
     # Each output is the right one for its prompt: recompute a sample of them alone, from a cold cache.
-    base = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "api" / "editlab_tour.json").read_text())
+    base = json.loads((Path(__file__).with_name("data") / "tiny_flux_t2i.json").read_text())
     for r in random.Random(0).sample(results, 4):
         evict = json.loads(json.dumps(base))  # the cache keeps only the last prompt: this one forces a recompute
         evict["6"]["inputs"].update(seed=987654, steps=1)
