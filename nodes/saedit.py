@@ -28,7 +28,8 @@ from ..models.saedit.files import SAEFileError, load_direction, load_sae, save_d
 from ..models.saedit.sae import SAEConfig, SparseAutoencoder
 from ..models.saedit.schedule import SCHEDULES
 from ..models.saedit.slider import ScheduledTokenEdit
-from ..models.saedit.tokens import PARTS, content_embeddings, prompt_tokens, word_positions
+from ..models.saedit.features import feature_table, heatmap
+from ..models.saedit.tokens import PARTS, content_embeddings, prompt_tokens, token_texts, word_positions
 from ..models.saedit.train import TrainConfig, train_sae
 from .common import CATEGORY, EditLabInputError
 
@@ -316,6 +317,60 @@ class EditLabSAESlider(io.ComfyNode):
         return io.NodeOutput(comfy.hooks.set_hooks_for_conditioning(conditioning, group, append_hooks=True))
 
 
+def _direction_labels(sae_name: str, extra=None) -> dict[int, list[str]]:
+    """Feature id -> names of the saved directions made with this SAE (and the connected one) that use it."""
+    labels: dict[int, list[str]] = {}
+    found = []
+    for name in folder_paths.get_filename_list(DIRECTION_FOLDER):
+        try:
+            d = load_direction(folder_paths.get_full_path(DIRECTION_FOLDER, name))
+        except SAEFileError:
+            continue  # an unreadable file is the loader's business, not a reason to fail a view
+        if d["sae"] == sae_name:
+            found.append((os.path.splitext(name)[0], d["feature_ids"]))
+    if extra is not None:
+        found.append((os.path.splitext(extra.name)[0], extra.feature_ids))
+    for label, ids in found:
+        for f in ids.tolist():
+            if label not in labels.setdefault(int(f), []):
+                labels[int(f)].append(label)
+    return labels
+
+
+class EditLabSAEFeatures(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabSAEFeatures", display_name="SAE Features per Token", category=CAT,
+            description="Shows which SAE features fire on which token of a prompt: a heat-map IMAGE (tokens x "
+                        "features) and JSON. Features used by saved directions made with this SAE (or by the "
+                        "connected direction) are labelled with the direction's name, and drawn in green.",
+            inputs=[
+                io.Clip.Input("clip"), SAEType.Input("sae"),
+                io.String.Input("prompt", multiline=True, default="a smiling man in a park"),
+                io.Combo.Input("part", options=list(PARTS), default="auto"),
+                io.Int.Input("top_n", default=8, min=1, max=256, tooltip="Features listed per token."),
+                DirectionType.Input("direction", optional=True),
+            ],
+            outputs=[io.Image.Output(display_name="heatmap"), io.String.Output(display_name="json")],
+        )
+
+    @classmethod
+    def execute(cls, clip, sae, prompt, part, top_n, direction=None) -> io.NodeOutput:
+        if not prompt.strip():
+            raise EditLabInputError("prompt", "some text")
+        try:
+            encoded = prompt_tokens(clip, prompt, part)
+        except ValueError as exc:
+            raise EditLabInputError("part", str(exc), part) from None
+        _check_width(sae, encoded.embeddings.shape[-1])
+        codes = sae.sae.encode(encoded.embeddings[0, encoded.content].float()).detach()
+        texts = token_texts(clip, encoded)
+        table = feature_table(codes, texts, encoded.content, top_n, _direction_labels(sae.name, direction))
+        table["sae"] = sae.name
+        return io.NodeOutput(heatmap(codes, texts, table), json.dumps(table))
+
+
 class _InversionSampler(comfy.samplers.Sampler):
     """Runs the Euler-reversal inversion inside ComfyUI's guider, so conditioning and patches apply as in sampling."""
 
@@ -384,4 +439,4 @@ class EditLabFlowInversion(io.ComfyNode):
 
 
 NODES = [EditLabSAETrain, EditLabSAELoader, EditLabSAEDirection, EditLabSAEDirectionLoader, EditLabSAESlider,
-         EditLabFlowInversion]
+         EditLabSAEFeatures, EditLabFlowInversion]

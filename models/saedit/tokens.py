@@ -89,3 +89,17 @@ def content_embeddings(clip, texts: list[str], part: str = "auto") -> list[torch
         p = prompt_tokens(clip, text, part)
         out.append(p.embeddings[0, p.content].float())
     return out
+
+
+_TOKENIZER_ATTRS = {"l": "clip_l", "g": "clip_g", "t5xxl": "t5xxl", "umt5xxl": "umt5xxl"}
+
+
+def token_texts(clip, prompt: PromptTokens) -> list[str]:
+    """Readable text of the prompt's real tokens (falls back to ids where a tokenizer cannot say)."""
+    sub = getattr(getattr(clip, "tokenizer", None), _TOKENIZER_ATTRS.get(prompt.key, ""), None)
+    hf = getattr(sub, "tokenizer", None)
+    ids = [prompt.ids[p - prompt.offset] for p in prompt.content]
+    try:
+        return [t.replace("</w>", "").replace("\u2581", " ").strip() or "_" for t in hf.convert_ids_to_tokens(ids)]
+    except Exception:  # noqa: BLE001 - a sentencepiece wrapper without that method: show ids
+        return [f"#{i}" for i in ids]

@@ -255,3 +255,27 @@ def test_inversion_rejects_non_flow_models_and_partial_schedules(comfy_host, flu
     with pytest.raises(EditLabInputError, match="input 'sigmas'.*end at 0"):
         EditLabFlowInversion.execute(model=flux.model, conditioning=cond, latent={"samples": torch.zeros(1, 16, 8, 8)},
                                      sigmas=torch.tensor([1.0, 0.5]), iterations=1)
+
+
+def test_features_per_token_with_direction_labels(nodes, setup):
+    import json
+
+    image, text = nodes.EditLabSAEFeatures.execute(clip=setup["tiny"].clip, sae=setup["sae"], prompt=PROMPT,
+                                                   part="auto", top_n=4, direction=setup["direction"]).result
+    table = json.loads(text)
+    positions = [row["position"] for row in table["tokens"]]
+    from editlab.models.saedit.tokens import prompt_tokens
+
+    assert positions == prompt_tokens(setup["tiny"].clip, PROMPT).content
+    assert any("man" in row["token"] for row in table["tokens"])
+    acts = [f["activation"] for row in table["tokens"] for f in row["features"]]
+    assert acts and all(a > 0 for a in acts)
+    for row in table["tokens"]:
+        assert len(row["features"]) <= 4
+        assert [f["activation"] for f in row["features"]] == sorted((f["activation"] for f in row["features"]),
+                                                                  reverse=True)
+    direction_ids = set(setup["direction"].feature_ids.tolist())
+    labelled = {f["id"] for row in table["tokens"] for f in row["features"] if f["labels"]}
+    assert labelled <= direction_ids  # only the direction's features carry its label (saved under this SAE)
+    assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3 and 0 <= image.min() <= image.max() <= 1
+    assert image.shape[1] >= 40 + 14 * len(positions)
