@@ -21,10 +21,44 @@ class TrainConfig:
     seed: int = 0
 
 
+class DataParallel:
+    """Plain torch.distributed data parallelism for the SAE (used under torchrun).
+
+    Each process trains on its own shard; after every backward the gradients are averaged, the inference threshold
+    is averaged and a latent counts as alive if it fired in any process, so every process holds the same SAE.
+    (BatchTopK then selects within each process's batch.)
+    """
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.world = dist.get_world_size()
+        self.rank = dist.get_rank()
+
+    def broadcast_parameters(self, sae: SparseAutoencoder) -> None:
+        """Start every process from rank 0's parameters (its decoder bias came from its own shard's mean)."""
+        for p in sae.parameters():
+            self.dist.broadcast(p.data, 0)
+
+    def sync_gradients(self, sae: SparseAutoencoder) -> None:
+        for p in sae.parameters():
+            if p.grad is not None:
+                self.dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def sync_state(self, sae: SparseAutoencoder) -> None:
+        self.dist.all_reduce(sae.threshold)
+        sae.threshold /= self.world
+        self.dist.all_reduce(sae.steps_since_fired, op=self.dist.ReduceOp.MIN)
+
+
 def train_sae(tokens: torch.Tensor, sae_config: SAEConfig, train_config: TrainConfig,
               on_step: Callable[[int, int, dict], None] | None = None,
-              should_stop: Callable[[], None] | None = None) -> tuple[SparseAutoencoder, dict]:
+              should_stop: Callable[[], None] | None = None,
+              parallel: DataParallel | None = None) -> tuple[SparseAutoencoder, dict]:
     """Train on ``tokens`` (n, d). ``on_step(step, total, stats)`` reports; ``should_stop()`` may raise to stop.
+    With ``parallel``, ``tokens`` is this process's shard and every process must take the same number of steps.
 
     Returns the SAE (in eval mode, threshold learned) and its statistics on the whole set with the inference
     encoder: fraction of variance unexplained, mean L0, fraction of latents that never fire.
@@ -38,6 +72,8 @@ def train_sae(tokens: torch.Tensor, sae_config: SAEConfig, train_config: TrainCo
     sae.reset_parameters(gen)
     with torch.no_grad():  # start the decoder bias at the data's mean: the codes model what varies
         sae.b_dec.copy_(tokens.mean(0))
+    if parallel:
+        parallel.broadcast_parameters(sae)
     opt = torch.optim.Adam(sae.parameters(), lr=train_config.lr, betas=train_config.betas)
     n = tokens.shape[0]
     batch = min(train_config.batch_size, n)
@@ -54,7 +90,12 @@ def train_sae(tokens: torch.Tensor, sae_config: SAEConfig, train_config: TrainCo
             stats = sae.training_losses(x)
             opt.zero_grad(set_to_none=True)
             stats["loss"].backward()
+            if parallel:
+                parallel.sync_gradients(sae)
             opt.step()
+            if parallel:
+                with torch.no_grad():
+                    parallel.sync_state(sae)
             sae.normalize_decoder()
             step += 1
             if on_step:
