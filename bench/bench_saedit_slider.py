@@ -1,0 +1,80 @@
+"""SAEdit on the tiny Flux: slider overhead over plain sampling, and SAE training throughput at T5-XXL width.
+
+Both measured in this run on this machine; the ratio is what carries over, the absolute times do not.
+"""
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if "editlab" not in sys.modules:
+    pkg = types.ModuleType("editlab")
+    pkg.__path__ = [str(ROOT)]
+    sys.modules["editlab"] = pkg
+
+
+def host():
+    from editlab.client.hostenv import comfyui_path
+
+    sys.path.insert(0, str(comfyui_path()))
+    from comfy.cli_args import args
+
+    args.cpu = True
+
+
+def slider_overhead(steps=20, repeats=15):
+    import comfy.sample
+
+    from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder
+    from editlab.models.tiny import build_tiny_models
+    from editlab.nodes.saedit import EditLabSAESlider, LoadedDirection, LoadedSAE
+
+    tiny = build_tiny_models("flux", 0)
+    sae = SparseAutoencoder(SAEConfig(act_size=32, dict_size=1024, top_k=16))
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    direction = torch.zeros(1024)
+    direction[:8] = 1 / 8 ** 0.5
+    prompt = "a portrait of a man in a park"
+    cond = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(prompt))
+    edited, = EditLabSAESlider.execute(conditioning=cond, clip=tiny.clip, sae=LoadedSAE(sae, "bench", "t5"),
+                                       direction=LoadedDirection(direction, None, None, [], "bench"), prompt=prompt,
+                                       word="man", strength=1.0, schedule="exponential", part="auto").result
+    latent = torch.zeros(1, 16, 16, 16)
+    noise = comfy.sample.prepare_noise(latent, 0)
+
+    def run(positive):
+        t = time.perf_counter()
+        comfy.sample.sample(tiny.model, noise, steps, 1.0, "euler", "simple", positive, cond, latent,
+                            disable_pbar=True)
+        return time.perf_counter() - t
+
+    run(cond), run(edited)  # warm up
+    plain, slid = [], []
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        plain.append(run(cond))
+        slid.append(run(edited))
+    return statistics.median(plain), statistics.median(slid)
+
+
+def training_throughput(width=4096, dict_size=16384, top_k=64, tokens=8192, batch=2048):
+    from editlab.models.saedit.sae import SAEConfig
+    from editlab.models.saedit.train import TrainConfig, train_sae
+
+    data = torch.randn(tokens, width, generator=torch.Generator().manual_seed(0))
+    t = time.perf_counter()
+    train_sae(data, SAEConfig(act_size=width, dict_size=dict_size, top_k=top_k),
+              TrainConfig(batch_size=batch, epochs=1))
+    return tokens / (time.perf_counter() - t)
+
+
+if __name__ == "__main__":
+    host()
+    plain, slid = slider_overhead()
+    print(f"tiny Flux, 20 euler steps, 16x16 latent: plain {plain * 1000:.1f} ms, with SAE slider "
+          f"{slid * 1000:.1f} ms: overhead ratio {slid / plain:.3f}x")
+    tps = training_throughput()
+    print(f"SAE training at T5-XXL width (4096 -> 16384 latents, k=64), torch on this CPU: {tps:.0f} tokens/s")
