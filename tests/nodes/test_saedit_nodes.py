@@ -193,6 +193,11 @@ def test_bad_inputs_are_named_and_write_nothing(nodes, setup):
     (sae_dir / "truncated.safetensors").write_bytes((sae_dir / f"tiny_{setup['arch']}.safetensors").read_bytes()[:64])
     with pytest.raises(EditLabInputError, match="input 'sae_name'.*truncated.safetensors is not a readable"):
         nodes.EditLabSAELoader.execute(sae_name="truncated.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"lora_up.weight": torch.zeros(2, 2)}, str(sae_dir / "a_lora.safetensors"))
+    with pytest.raises(EditLabInputError, match="input 'sae_name'.*a_lora.safetensors is not an SAE file"):
+        nodes.EditLabSAELoader.execute(sae_name="a_lora.safetensors")
     assert sorted(p.name for p in sae_dir.iterdir() if p.name.endswith(".part")) == []
 
 

@@ -190,3 +190,18 @@ def test_word_positions():
     assert word_token_positions(word_ids, ["a", "smiling", "man"], "smiling man", offset=77) == [79, 80]
     with pytest.raises(ValueError, match="'woman' is not a word of the prompt"):
         word_token_positions(word_ids, ["a", "smiling", "man"], "woman")
+
+
+def test_conditioning_layouts_per_family():
+    from editlab.models.saedit.tokens import resolve_part
+
+    assert resolve_part({"l", "t5xxl"}, 256, "auto") == ("t5xxl", 0)  # Flux: T5 only
+    assert resolve_part({"l", "g", "t5xxl"}, 77 + 256, "auto") == ("t5xxl", 77)  # SD3.5: CLIP-L/G first, then T5
+    assert resolve_part({"l", "g", "t5xxl"}, 77 + 256, "clip") == ("l", 0)
+    assert resolve_part({"l", "g", "t5xxl"}, 77, "auto") == ("l", 0)  # SD3 loaded without T5
+    assert resolve_part({"l", "g"}, 77, "auto") == ("l", 0)  # SDXL
+    assert resolve_part({"umt5xxl"}, 512, "t5") == ("umt5xxl", 0)  # Wan
+    with pytest.raises(ValueError, match="no CLIP tokens"):
+        resolve_part({"l", "t5xxl"}, 256, "clip")
+    with pytest.raises(ValueError, match="no T5 tokens"):
+        resolve_part({"l", "g", "t5xxl"}, 77, "t5")
