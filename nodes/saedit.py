@@ -84,6 +84,17 @@ def _read_lines(text: str, file_name: str, input_name: str) -> list[str]:
     return lines
 
 
+def _load_from_folder(folder: str, file_name: str, input_name: str, reader):
+    """Resolve a file of a model folder and read it, with errors that name the input."""
+    path = folder_paths.get_full_path(folder, file_name)
+    if path is None:
+        raise EditLabInputError(input_name, f"a file in models/{folder}/", file_name)
+    try:
+        return reader(path)
+    except SAEFileError as exc:
+        raise EditLabInputError(input_name, f"a readable file: {exc}", file_name) from None
+
+
 def _check_width(sae: LoadedSAE, width: int) -> None:
     if sae.sae.config.act_size != width:
         raise EditLabInputError("sae", f"an SAE as wide as the conditioning's tokens ({width})",
@@ -176,13 +187,7 @@ class EditLabSAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, sae_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path(SAE_FOLDER, sae_name)
-        if path is None:
-            raise EditLabInputError("sae_name", "a file in models/sae/", sae_name)
-        try:
-            sae, info = load_sae(path)
-        except SAEFileError as exc:
-            raise EditLabInputError("sae_name", f"an SAE safetensors file: {exc}", sae_name) from None
+        sae, info = _load_from_folder(SAE_FOLDER, sae_name, "sae_name", load_sae)
         return io.NodeOutput(LoadedSAE(sae, sae_name, info.get("encoder", "")))
 
 
@@ -249,13 +254,7 @@ class EditLabSAEDirectionLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, direction_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path(DIRECTION_FOLDER, direction_name)
-        if path is None:
-            raise EditLabInputError("direction_name", "a file in models/sae_directions/", direction_name)
-        try:
-            d = load_direction(path)
-        except SAEFileError as exc:
-            raise EditLabInputError("direction_name", str(exc), direction_name) from None
+        d = _load_from_folder(DIRECTION_FOLDER, direction_name, "direction_name", load_direction)
         return io.NodeOutput(LoadedDirection(d["direction"], d["feature_ids"], d["weights"], d["pairs"],
                                              direction_name))
 
