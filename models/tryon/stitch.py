@@ -1,0 +1,133 @@
+"""Stitch a person, its mask, product images and a pose render side by side into one canvas for a DiT to inpaint,
+and paste the result back into the original photo with every pixel outside the mask unchanged.
+
+Images are float tensors (B, H, W, 3) in [0, 1] (ComfyUI's IMAGE); masks (B, H, W).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+LAYOUTS = ("side_by_side", "triptych_with_pose")
+MIN_SIDE, MAX_SIDE = 8, 8192
+MULTIPLE = 16  # Flux packs 2x2 latent patches of an 8x VAE: panel sizes in multiples of 16 pixels
+
+
+@dataclass
+class Stitch:
+    """Where everything went on the canvas (pixel boxes x0, y0, x1, y1) and the person's original size."""
+    canvas_size: tuple[int, int]
+    person_box: tuple[int, int, int, int]
+    person_size: tuple[int, int]
+    product_boxes: list = field(default_factory=list)
+    pose_box: tuple | None = None
+    layout: str = "side_by_side"
+
+    def to_dict(self) -> dict:
+        return {"canvas_size": list(self.canvas_size), "person_box": list(self.person_box),
+                "person_size": list(self.person_size), "product_boxes": [list(b) for b in self.product_boxes],
+                "pose_box": list(self.pose_box) if self.pose_box else None, "layout": self.layout}
+
+
+def check_image(image: torch.Tensor, name: str) -> None:
+    if image.ndim != 4 or image.shape[-1] != 3:
+        raise ValueError(f"{name} must be an IMAGE batch (B, H, W, 3); got {tuple(image.shape)}")
+    h, w = image.shape[1:3]
+    if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE:
+        raise ValueError(f"{name} is {w}x{h} px; each side must be between {MIN_SIDE} and {MAX_SIDE} px")
+
+
+def _round(v: float) -> int:
+    return max(MULTIPLE, int(round(v / MULTIPLE)) * MULTIPLE)
+
+
+def _resize(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return F.interpolate(image.movedim(-1, 1), size=(h, w), mode="bilinear", align_corners=False,
+                         antialias=True).movedim(1, -1).clamp(0, 1)
+
+
+def _fit(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Letterbox into (h, w) on white, keeping the aspect ratio (products are shot on white)."""
+    ih, iw = image.shape[1:3]
+    scale = min(h / ih, w / iw)
+    nh, nw = max(1, int(round(ih * scale))), max(1, int(round(iw * scale)))
+    out = torch.ones(image.shape[0], h, w, 3, dtype=image.dtype)
+    y, x = (h - nh) // 2, (w - nw) // 2
+    out[:, y:y + nh, x:x + nw] = _resize(image, nh, nw)
+    return out
+
+
+def _batch(image: torch.Tensor, b: int, name: str) -> torch.Tensor:
+    if image.shape[0] == b:
+        return image
+    if image.shape[0] == 1:
+        return image.expand(b, -1, -1, -1)
+    raise ValueError(f"{name} has a batch of {image.shape[0]}; the person batch is {b} (use 1 or {b})")
+
+
+def stitch(person: torch.Tensor, mask: torch.Tensor, products: list[torch.Tensor], pose: torch.Tensor | None = None,
+           layout: str = "side_by_side", height: int = 1024) -> tuple[torch.Tensor, torch.Tensor, Stitch]:
+    """-> canvas (B, Hc, Wc, 3), canvas mask (B, Hc, Wc) (the person's mask; 0 on every other panel), Stitch."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    check_image(person, "person")
+    if not products:
+        raise ValueError("at least one product image is needed")
+    for i, p in enumerate(products):
+        check_image(p, f"product {i + 1}")
+    if layout == "triptych_with_pose" and pose is None:
+        raise ValueError("the triptych layout needs the pose render")
+    b, h, w = person.shape[:3]
+    if mask.ndim == 2:
+        mask = mask[None]
+    mask = _batch(mask[..., None].expand(-1, -1, -1, 3), b, "mask")[..., 0]
+    if tuple(mask.shape[1:]) != (h, w):
+        raise ValueError(f"mask is {mask.shape[2]}x{mask.shape[1]}; the person image is {w}x{h}")
+    if float(mask.max()) <= 0:
+        raise ValueError("the mask is empty: nothing to replace")
+    if float(mask.min()) >= 1:
+        raise ValueError("the mask covers the whole person image: nothing would stay for the model to keep")
+    ph = _round(height)
+    pw = _round(w * ph / h)
+    panels = [_resize(person, ph, pw)]
+    info = Stitch(canvas_size=(0, 0), person_box=(0, 0, pw, ph), person_size=(h, w), layout=layout)
+    x = pw
+    column_w = _round(max(p.shape[2] * (ph / len(products)) / p.shape[1] for p in products))
+    column = torch.ones(b, ph, column_w, 3, dtype=person.dtype)
+    slot = ph // len(products)
+    for i, p in enumerate(products):
+        column[:, i * slot:(i + 1) * slot] = _fit(_batch(p, b, f"product {i + 1}"), slot, column_w)
+        info.product_boxes.append((x, i * slot, x + column_w, (i + 1) * slot))
+    panels.append(column)
+    x += column_w
+    if layout == "triptych_with_pose":
+        panels.append(_resize(_batch(pose, b, "pose"), ph, pw))
+        info.pose_box = (x, 0, x + pw, ph)
+        x += pw
+    canvas = torch.cat(panels, dim=2)
+    canvas_mask = torch.zeros(b, ph, x, dtype=person.dtype)
+    canvas_mask[:, :, :pw] = F.interpolate(mask[:, None].float(), size=(ph, pw), mode="bilinear",
+                                           align_corners=False)[:, 0].clamp(0, 1)
+    info.canvas_size = (ph, x)
+    return canvas, canvas_mask, info
+
+
+def unstitch(generated: torch.Tensor, info: Stitch, person: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Crop the person panel, bring it back to the original size, and blend it in only where ``mask`` > 0:
+    every pixel with mask 0 is the input pixel, bit for bit."""
+    b, h, w = person.shape[:3]
+    if tuple(generated.shape[1:3]) != tuple(info.canvas_size):
+        raise ValueError(f"the generated image is {generated.shape[2]}x{generated.shape[1]}; the stitch made a "
+                         f"{info.canvas_size[1]}x{info.canvas_size[0]} canvas")
+    if (h, w) != tuple(info.person_size):
+        raise ValueError(f"the person image is {w}x{h}; the stitch was made from {info.person_size[1]}x"
+                         f"{info.person_size[0]}")
+    x0, y0, x1, y1 = info.person_box
+    crop = _resize(_batch(generated, b, "generated")[:, y0:y1, x0:x1], h, w).to(person.dtype)
+    if mask.ndim == 2:
+        mask = mask[None]
+    m = _batch(mask[..., None].expand(-1, -1, -1, 3), b, "mask").to(person.dtype)
+    blended = person * (1 - m) + crop * m
+    return torch.where(m > 0, blended, person)
