@@ -13,7 +13,7 @@ class EditLabTinyModels(io.ComfyNode):
             display_name="Tiny Models (random weights)",
             category=f"{CATEGORY}/Utils",
             description=(
-                "Builds ComfyUI's own model classes (Flux, SD3, SDXL, SD1.5, Wan 2.1 I2V) at tiny sizes with RANDOM "
+                "Builds ComfyUI's own model classes (Flux, Flux Fill, SD3, SDXL, SD1.5, Wan 2.1 I2V) at tiny sizes with RANDOM "
                 "weights drawn from the seed, with the real tokenizers. Images made with them are meaningless noise: "
                 "use them to dry-run a workflow on a CPU in seconds, never for results."
             ),

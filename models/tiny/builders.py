@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-ARCHITECTURES = ("flux", "sd3", "sdxl", "sd15", "wan21_i2v")
+ARCHITECTURES = ("flux", "sd3", "sdxl", "sd15", "wan21_i2v", "flux_fill")
 
 # Text-encoder sizes. Vocabularies stay real (the tokenizers' ids must index the embedding tables).
 # Three layers: SDXL and SD3 read the penultimate layer (layer_idx -2).
@@ -122,15 +122,16 @@ def _wan21_vae(seed: int):
     return comfy.sd.VAE(sd=ref.state_dict(), dtype=torch.float32)
 
 
-def _build_flux(seed: int):
+def _build_flux(seed: int, fill: bool = False):
     import comfy.supported_models
     import comfy.text_encoders.flux
 
-    unet = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2,
+    # Flux Fill takes the noisy latent (16), the masked image's latent (16) and the 8x8-packed mask (64).
+    unet = {"image_model": "flux", "in_channels": 96 if fill else 16, "out_channels": 16, "patch_size": 2,
             "vec_in_dim": TINY_CLIP["hidden_size"], "context_in_dim": TINY_T5["d_model"], "hidden_size": 64,
             "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12],
             "theta": 10000, "qkv_bias": True, "guidance_embed": True}
-    model = _diffusion_model(comfy.supported_models.Flux, unet, seed)
+    model = _diffusion_model(comfy.supported_models.FluxInpaint if fill else comfy.supported_models.Flux, unet, seed)
     clip = _clip(comfy.text_encoders.flux.flux_clip(), comfy.text_encoders.flux.FluxTokenizer,
                  {"clip_l_model_config": dict(TINY_CLIP), "t5xxl_model_config": dict(TINY_T5)}, seed + 1)
     return model, clip, _kl_vae(16, seed + 2)
@@ -209,7 +210,7 @@ def _build_wan21_i2v(seed: int):
     return model, clip, _wan21_vae(seed + 2)
 
 
-_BUILDERS = {"flux": _build_flux, "sd3": _build_sd3, "sdxl": _build_sdxl, "sd15": _build_sd15,
+_BUILDERS = {"flux": _build_flux, "flux_fill": lambda seed: _build_flux(seed, fill=True), "sd3": _build_sd3, "sdxl": _build_sdxl, "sd15": _build_sd15,
              "wan21_i2v": _build_wan21_i2v}
 
 

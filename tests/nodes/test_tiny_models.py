@@ -25,6 +25,14 @@ def _sample(models, prompt="a red fox", seed=1, steps=3):
         pos, neg, latent = WanImageToVideo.execute(positive=cond, negative=cond, vae=models.vae, width=64,
                                                    height=64, length=5, batch_size=1, start_image=start).result
         latent, cond, neg = latent["samples"], pos, neg
+    elif models.architecture == "flux_fill":
+        from nodes import InpaintModelConditioning
+
+        pixels = torch.linspace(0, 1, 64 * 64 * 3).reshape(1, 64, 64, 3)
+        mask = torch.zeros(1, 64, 64)
+        mask[:, 16:48, 16:48] = 1
+        cond, neg, latent = InpaintModelConditioning().encode(cond, cond, pixels, models.vae, mask, True)
+        latent = latent["samples"]
     else:
         latent = torch.zeros(1, models.model.model.latent_format.latent_channels, 8, 8)
         neg = cond

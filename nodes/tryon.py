@@ -1,0 +1,179 @@
+"""DiT-VTON nodes: pose, agnostic mask, pose-image stitching, reference tokens for DiTs, and exact paste-back."""
+from __future__ import annotations
+
+import json
+
+import cv2  # noqa: F401 - imported here so a missing dependency removes only these nodes, with one log line
+import mediapipe  # noqa: F401
+import node_helpers
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from ..models.tryon.mask import CATEGORIES, tryon_mask
+from ..models.tryon.pose import estimate_pose, render_pose
+from ..models.tryon.stitch import LAYOUTS, MAX_SIDE, MIN_SIDE, check_image, stitch, unstitch
+from .common import CATEGORY, EditLabInputError
+
+CAT = f"{CATEGORY}/TryOn"
+PoseType = io.Custom("EDITLAB_POSE")
+StitchType = io.Custom("EDITLAB_STITCH")
+REFERENCE_METHODS = ("offset", "index", "uxo")
+
+
+def _uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _checked(fn, input_name: str):
+    try:
+        return fn()
+    except ValueError as exc:
+        raise EditLabInputError(input_name, str(exc)) from None
+
+
+class EditLabPoseEstimate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabPoseEstimate", display_name="Pose Estimate (MediaPipe)", category=CAT,
+            description="33 body landmarks per image (MediaPipe pose, offline) and a skeleton render on black in "
+                        "OpenPose-style colours. With allow_no_person off, an image without a person is an error; "
+                        "on, it gives an empty pose and a black render.",
+            inputs=[io.Image.Input("image"),
+                    io.Boolean.Input("allow_no_person", default=False)],
+            outputs=[PoseType.Output(display_name="pose"), io.Image.Output(display_name="pose_image"),
+                     io.String.Output(display_name="json")],
+        )
+
+    @classmethod
+    def execute(cls, image, allow_no_person) -> io.NodeOutput:
+        _checked(lambda: check_image(image, "image"), "image")
+        poses = [estimate_pose(_uint8(frame)) for frame in image]
+        missing = [i + 1 for i, p in enumerate(poses) if not p.found]
+        if missing and not allow_no_person:
+            raise EditLabInputError("image", f"a photo with a person in it; no person found in image(s) {missing} "
+                                             f"(turn on allow_no_person to pass them through)")
+        renders = torch.from_numpy(np.stack([render_pose(p) for p in poses])).float() / 255.0
+        return io.NodeOutput(poses, renders, json.dumps([p.to_dict() for p in poses]))
+
+
+class EditLabTryOnMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabTryOnMask", display_name="Try-On Mask", category=CAT,
+            description="The agnostic mask of the region to replace for a product category, from the pose and "
+                        "person segmentation. Face and hands stay out of garment masks unless asked; feathering "
+                        "softens only inside the mask. 'custom' passes your own mask through.",
+            inputs=[
+                PoseType.Input("pose"),
+                io.Combo.Input("category", options=list(CATEGORIES), default="upper"),
+                io.Int.Input("grow", default=8, min=0, max=256, tooltip="Pixels to dilate the mask by."),
+                io.Int.Input("feather", default=8, min=0, max=256, tooltip="Soft edge width, inside the mask."),
+                io.Boolean.Input("keep_face", default=True), io.Boolean.Input("keep_hands", default=True),
+                io.Mask.Input("custom_mask", optional=True),
+            ],
+            outputs=[io.Mask.Output()],
+        )
+
+    @classmethod
+    def execute(cls, pose, category, grow, feather, keep_face, keep_hands, custom_mask=None) -> io.NodeOutput:
+        if category == "custom":
+            if custom_mask is None:
+                raise EditLabInputError("custom_mask", "a MASK when category is 'custom'")
+            return io.NodeOutput(custom_mask)
+        if not all(p.found for p in pose):
+            raise EditLabInputError("pose", f"a pose with a person for category '{category}'; some images have none")
+        masks = [tryon_mask(p, category, grow, feather, keep_face, keep_hands) for p in pose]
+        return io.NodeOutput(torch.from_numpy(np.stack(masks)))
+
+
+class EditLabTryOnStitch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabTryOnStitch", display_name="Try-On Stitch", category=CAT,
+            description="Person (masked) | products | optional pose render, side by side on one canvas of the given "
+                        "height (sides in multiples of 16), with a canvas mask covering only the person's masked "
+                        "region, for inpainting with Flux Fill or an edit model. Products: "
+                        f"{MIN_SIDE} to {MAX_SIDE} px a side, letterboxed on white.",
+            inputs=[
+                io.Image.Input("person"), io.Mask.Input("mask"), io.Image.Input("product"),
+                io.Image.Input("product_2", optional=True), io.Image.Input("product_3", optional=True),
+                io.Image.Input("pose_image", optional=True),
+                io.Combo.Input("layout", options=list(LAYOUTS), default="side_by_side"),
+                io.Int.Input("height", default=1024, min=64, max=4096, step=16),
+            ],
+            outputs=[io.Image.Output(display_name="canvas"), io.Mask.Output(display_name="canvas_mask"),
+                     StitchType.Output(display_name="stitch")],
+        )
+
+    @classmethod
+    def execute(cls, person, mask, product, layout, height, product_2=None, product_3=None,
+                pose_image=None) -> io.NodeOutput:
+        products = [p for p in (product, product_2, product_3) if p is not None]
+        for name, image in (("product", product), ("product_2", product_2), ("product_3", product_3),
+                            ("person", person)):
+            if image is not None:
+                _checked(lambda: check_image(image, name), name)
+        canvas, canvas_mask, info = _checked(lambda: stitch(person, mask, products, pose_image, layout, height),
+                                             "mask")
+        return io.NodeOutput(canvas, canvas_mask, info)
+
+
+class EditLabReferenceTokens(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabReferenceTokens", display_name="Reference Tokens", category=CAT,
+            description="Appends images (products, pose render) to a DiT conditioning as reference tokens: each is "
+                        "VAE-encoded and concatenated to the image tokens by the host's reference-latent mechanism "
+                        "(Flux Kontext style), placed by the chosen offset method.",
+            inputs=[
+                io.Conditioning.Input("conditioning"), io.Vae.Input("vae"), io.Image.Input("image"),
+                io.Image.Input("image_2", optional=True), io.Image.Input("image_3", optional=True),
+                io.Combo.Input("method", options=list(REFERENCE_METHODS), default="offset"),
+                io.Int.Input("max_size", default=1024, min=64, max=4096, step=16,
+                             tooltip="Longest side after scaling (tokens grow with the area)."),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, conditioning, vae, image, method, max_size, image_2=None, image_3=None) -> io.NodeOutput:
+        latents = []
+        for name, img in (("image", image), ("image_2", image_2), ("image_3", image_3)):
+            if img is None:
+                continue
+            _checked(lambda: check_image(img, name), name)
+            h, w = img.shape[1:3]
+            scale = min(1.0, max_size / max(h, w))
+            nh, nw = max(16, int(h * scale) // 16 * 16), max(16, int(w * scale) // 16 * 16)
+            if (nh, nw) != (h, w):
+                img = torch.nn.functional.interpolate(img.movedim(-1, 1), size=(nh, nw), mode="bilinear",
+                                                      antialias=True, align_corners=False).movedim(1, -1)
+            latents.append(vae.encode(img[..., :3]))
+        out = node_helpers.conditioning_set_values(conditioning, {"reference_latents": latents}, append=True)
+        out = node_helpers.conditioning_set_values(out, {"reference_latents_method": method})
+        return io.NodeOutput(out)
+
+
+class EditLabTryOnUnstitch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabTryOnUnstitch", display_name="Try-On Unstitch", category=CAT,
+            description="Cuts the person panel out of the generated canvas, brings it back to the original size and "
+                        "blends it in only where the mask is above 0: every other pixel is the input's, bit for bit.",
+            inputs=[io.Image.Input("generated"), StitchType.Input("stitch"), io.Image.Input("person"),
+                    io.Mask.Input("mask")],
+            outputs=[io.Image.Output()],
+        )
+
+    @classmethod
+    def execute(cls, generated, stitch, person, mask) -> io.NodeOutput:
+        return io.NodeOutput(_checked(lambda: unstitch(generated, stitch, person, mask), "generated"))
+
+
+NODES = [EditLabPoseEstimate, EditLabTryOnMask, EditLabTryOnStitch, EditLabReferenceTokens, EditLabTryOnUnstitch]
