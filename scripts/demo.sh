@@ -6,5 +6,7 @@ cd "$repo"
 out="${EDITLAB_OUT:-$repo/out}"
 echo "EditLab tour: no real weights are used here; EditLabTinyModels builds the real architectures with random"
 echo "weights, so the images are noise that proves the graph runs end to end."
-./editlab run workflows/editlab_tour.json --out "$out"
+uploads=()
+for f in workflows/input/*; do uploads+=(--upload "$f"); done  # the tour's photo and product images
+./editlab run workflows/editlab_tour.json --out "$out" "${uploads[@]}"
 echo "outputs are in $out/"

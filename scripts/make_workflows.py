@@ -115,6 +115,58 @@ def ksample_save(g, models, pos, neg, latent, prefix, col, row, seed=42, steps=8
     return image
 
 
+def load_image(g, name, col, row):
+    return g.add("LoadImage", [("image", name), (UPLOAD_BUTTON, "image")], {}, ["IMAGE", "MASK"], col, row)
+
+
+def tryon(g, categories, products, prefix, row=0, col=0, layout="triptych_with_pose"):
+    """Person photo -> pose -> mask(s) -> stitch with products and pose -> Flux Fill -> unstitch -> save.
+    Also saves the real pose render and mask, which do not depend on the (tiny) model."""
+    m = g.add("EditLabTinyModels", [("architecture", "flux_fill"), ("seed", 0)], outputs=["MODEL", "CLIP", "VAE"],
+              col=col, row=row, title="Tiny Flux Fill (random weights)")
+    person = load_image(g, "editlab_photo.png", col, row + 1)
+    pose = g.add("EditLabPoseEstimate", [("allow_no_person", False)], {"image": (person, 0, "IMAGE")},
+                 ["EDITLAB_POSE", "IMAGE", "STRING"], col + 1, row + 1)
+    mask = None
+    for category in categories:
+        one = g.add("EditLabTryOnMask", [("category", category), ("grow", 4), ("feather", 4), ("keep_face", True),
+                                         ("keep_hands", True)], {"pose": (pose, 0, "EDITLAB_POSE")}, ["MASK"],
+                    col + 2, row + 1, title=f"Try-On Mask ({category})")
+        mask = one if mask is None else g.add(
+            "MaskComposite", [("x", 0), ("y", 0), ("operation", "add")],
+            {"destination": (mask, 0, "MASK"), "source": (one, 0, "MASK")}, ["MASK"], col + 3, row + 1)
+    product_inputs = {}
+    for i, name in enumerate(products):
+        image = load_image(g, name, col + 1, row + 2 + i)
+        product_inputs["product" if i == 0 else f"product_{i + 1}"] = (image, 0, "IMAGE")
+    stitched = g.add("EditLabTryOnStitch", [("layout", layout), ("height", 128)],
+                     {"person": (person, 0, "IMAGE"), "mask": (mask, 0, "MASK"), **product_inputs,
+                      "pose_image": (pose, 1, "IMAGE")}, ["IMAGE", "MASK", "EDITLAB_STITCH"], col + 4, row + 1)
+    pos = text(g, m, "the person on the left wearing the product shown in the middle", row, col + 4)
+    inpaint = g.add("InpaintModelConditioning", [("noise_mask", True)],
+                    {"positive": (pos, 0, "CONDITIONING"), "negative": (pos, 0, "CONDITIONING"),
+                     "vae": (m, 2, "VAE"), "pixels": (stitched, 0, "IMAGE"), "mask": (stitched, 1, "MASK")},
+                    ["CONDITIONING", "CONDITIONING", "LATENT"], col + 5, row)
+    k = g.add("KSampler", [("seed", 7), (SEED_CONTROL, "fixed"), ("steps", 8), ("cfg", 1.0),
+                           ("sampler_name", "euler"), ("scheduler", "simple"), ("denoise", 1.0)],
+              {"model": (m, 0, "MODEL"), "positive": (inpaint, 0, "CONDITIONING"),
+               "negative": (inpaint, 1, "CONDITIONING"), "latent_image": (inpaint, 2, "LATENT")}, ["LATENT"],
+              col + 6, row)
+    decoded = g.add("VAEDecode", [], {"samples": (k, 0, "LATENT"), "vae": (m, 2, "VAE")}, ["IMAGE"], col + 7, row)
+    final = g.add("EditLabTryOnUnstitch", [], {"generated": (decoded, 0, "IMAGE"),
+                                               "stitch": (stitched, 2, "EDITLAB_STITCH"),
+                                               "person": (person, 0, "IMAGE"), "mask": (mask, 0, "MASK")},
+                  ["IMAGE"], col + 8, row)
+    g.add("SaveImage", [("filename_prefix", f"{prefix}_result")], {"images": (final, 0, "IMAGE")}, [], col + 9, row)
+    g.add("SaveImage", [("filename_prefix", f"{prefix}_pose")], {"images": (pose, 1, "IMAGE")}, [], col + 2,
+          row + 2)
+    mask_image = g.add("MaskToImage", [], {"mask": (mask, 0, "MASK")}, ["IMAGE"], col + 3, row + 2)
+    g.add("SaveImage", [("filename_prefix", f"{prefix}_mask")], {"images": (mask_image, 0, "IMAGE")}, [], col + 4,
+          row + 3)
+    g.add("SaveImage", [("filename_prefix", f"{prefix}_canvas")], {"images": (stitched, 0, "IMAGE")}, [], col + 5,
+          row + 3)
+
+
 # -- workflows ------------------------------------------------------------------------------------------------
 def tour():
     g = Graph()
@@ -126,6 +178,28 @@ def tour():
     sae, direction = sae_and_direction(g, m, "editlab_tour_sae")
     smile = slider(g, m, pos, sae, direction, prompt, "fox", 1.0, 3, 3)
     ksample_save(g, m, smile, neg, latent, "editlab_tour/saedit_smiling_fox", 4, 3)
+    tryon(g, ["upper"], ["editlab_product_tshirt.png"], "editlab_tour/tryon", row=6)
+    return g
+
+
+def tryon_flux_fill():
+    g = Graph()
+    g.add("Note", [("text", TINY_NOTE)], row=4)
+    tryon(g, ["upper"], ["editlab_product_tshirt.png"], "tryon/shirt")
+    return g
+
+
+def tryall_bag():
+    g = Graph()
+    g.add("Note", [("text", TINY_NOTE)], row=4)
+    tryon(g, ["bag"], ["editlab_product_bag.png"], "tryon/bag", layout="side_by_side")
+    return g
+
+
+def tryon_outfit():
+    g = Graph()
+    g.add("Note", [("text", TINY_NOTE)], row=5)
+    tryon(g, ["upper", "lower"], ["editlab_product_tshirt.png", "editlab_product_trousers.png"], "tryon/outfit")
     return g
 
 
@@ -210,7 +284,8 @@ def saedit_photo_edit():
 
 WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slider_sweep,
              "saedit_sd35_slider": saedit_sd35_slider, "saedit_train_sae": saedit_train_sae,
-             "saedit_photo_edit": saedit_photo_edit}
+             "saedit_photo_edit": saedit_photo_edit, "tryon_flux_fill": tryon_flux_fill, "tryall_bag": tryall_bag,
+             "tryon_outfit": tryon_outfit}
 
 
 def main():

@@ -74,8 +74,8 @@ def test_execution_error_on_the_server_is_reported(server, editlab_cli, tmp_path
     assert done.returncode == 1, done.stderr
     assert "node 7 (VAEDecode) failed" in done.stderr
     assert server.client.ping()
-    ok = editlab_cli("run", REPO / "workflows" / "editlab_tour.json", "--server", server.url, "--out",
-                     tmp_path / "after", "-q")
+    ok = editlab_cli("run", REPO / "tests" / "e2e" / "data" / "tiny_flux_t2i.json", "--server", server.url,
+                     "--out", tmp_path / "after", "-q")
     assert ok.returncode == 0 and ok.stdout.strip(), ok.stderr
 
 

@@ -12,11 +12,14 @@ def test_client_runs_tour_on_comfyui_path(editlab_cli, tmp_path):
 
     own = tmp_path / "MyComfyUI"
     shutil.copytree(comfyui_path(), own, ignore=shutil.ignore_patterns("__pycache__", "output", "temp", "user"))
-    done = editlab_cli("run", "workflows/editlab_tour.json", "--out", tmp_path / "out", "-q",
+    uploads = [a for f in sorted((Path(__file__).resolve().parents[2] / "workflows" / "input").glob("*"))
+               for a in ("--upload", f)]
+    done = editlab_cli("run", "workflows/editlab_tour.json", "--out", tmp_path / "out", "-q", *uploads,
                        env={"COMFYUI_PATH": str(own)}, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     images = [Path(p) for p in done.stdout.split() if p.endswith(".png")]
-    assert len(images) == 2 and all(p.stat().st_size > 0 for p in images)  # plain and SAE-slider branches
+    assert len(images) >= 2 and all(p.stat().st_size > 0 for p in images)
+    assert any("saedit_smiling_fox" in p.name for p in images) and any("tryon_result" in p.name for p in images)
     assert not (own / "output").exists() or not any((own / "output").rglob("*.png")), \
         "outputs go to the run's own folder, never into the user's ComfyUI"
 
