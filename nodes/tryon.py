@@ -129,7 +129,9 @@ class EditLabReferenceTokens(io.ComfyNode):
             node_id="EditLabReferenceTokens", display_name="Reference Tokens", category=CAT,
             description="Appends images (products, pose render) to a DiT conditioning as reference tokens: each is "
                         "VAE-encoded and concatenated to the image tokens by the host's reference-latent mechanism "
-                        "(Flux Kontext style), placed by the chosen offset method.",
+                        "(Flux Kontext style), placed by the chosen offset method. For models that take reference "
+                        "latents (Flux Kontext and the like); Flux Fill does not, as its input carries the inpaint "
+                        "channels: with Fill, stitch the product into the canvas instead.",
             inputs=[
                 io.Conditioning.Input("conditioning"), io.Vae.Input("vae"), io.Image.Input("image"),
                 io.Image.Input("image_2", optional=True), io.Image.Input("image_3", optional=True),
