@@ -1,0 +1,1 @@
+"""Blendshape-guided expression editing as plain numpy/torch: encoder, edits, adapters."""
