@@ -11,7 +11,7 @@ log = logging.getLogger("editlab")
 WEB_DIRECTORY = "./web"
 
 # nodes/<module>.py, each exporting NODES: the node classes it defines.
-NODE_MODULES = ("tiny", "saedit", "tryon")
+NODE_MODULES = ("tiny", "saedit", "tryon", "expression")
 
 
 def load_node_classes():

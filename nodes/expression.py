@@ -1,0 +1,210 @@
+"""Expression nodes: blendshapes from a face, editable blendshapes, FLAME-55 values, and the expression adapter
+(blendshapes -> extra cross-attention key/value) applied to SD1.5/SDXL UNets."""
+from __future__ import annotations
+
+import json
+import os
+
+import folder_paths
+import mediapipe  # noqa: F401 - imported here so a missing dependency removes only these nodes, with one log line
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from ..models.expression.adapter import AdapterFileError, load_adapter
+from ..models.expression.blendshapes import (ARKIT_NAMES, FLAME_SIZE, PRESETS, Blendshapes, FaceEncoder, edit,
+                                             flame, landmarker_path)
+from ..models.expression.overlay import draw_overlay
+from .common import CATEGORY, EditLabInputError
+
+CAT = f"{CATEGORY}/Expression"
+ADAPTER_FOLDER, MEDIAPIPE_FOLDER = "expression_adapters", "mediapipe"
+for _folder, _exts in ((ADAPTER_FOLDER, {".safetensors", ".bin", ".pt"}), (MEDIAPIPE_FOLDER, {".task"})):
+    if _folder not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[_folder] = ([os.path.join(folder_paths.models_dir, _folder)], _exts)
+
+BlendshapesType = io.Custom("EDITLAB_BLENDSHAPES")
+AdapterType = io.Custom("EDITLAB_EXPRESSION_ADAPTER")
+_ENCODERS: dict[str, FaceEncoder] = {}  # one landmarker per model file (creating one takes ~0.1 s)
+
+
+def _encoder() -> FaceEncoder:
+    try:
+        path = landmarker_path(folder_paths.get_folder_paths(MEDIAPIPE_FOLDER))
+    except FileNotFoundError as exc:
+        raise EditLabInputError("image", str(exc)) from None
+    if path not in _ENCODERS:
+        _ENCODERS[path] = FaceEncoder(path)
+    return _ENCODERS[path]
+
+
+class EditLabFaceBlendshapes(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabFaceBlendshapes", display_name="Face Blendshapes (MediaPipe)", category=CAT,
+            description="52 ARKit blendshape coefficients, head-pose matrix, face box and landmarks of one face "
+                        "(faces ordered left to right; face_index picks one), with an overlay of the landmarks "
+                        "and the strongest coefficients. Looks for face_landmarker.task in models/mediapipe/, "
+                        "then in installed packages.",
+            inputs=[io.Image.Input("image"), io.Int.Input("face_index", default=0, min=0, max=63),
+                    io.Boolean.Input("allow_no_face", default=False,
+                                     tooltip="On: an image without a face gives neutral blendshapes.")],
+            outputs=[BlendshapesType.Output(display_name="blendshapes"), io.Image.Output(display_name="overlay"),
+                     io.String.Output(display_name="json")],
+        )
+
+    @classmethod
+    def execute(cls, image, face_index, allow_no_face) -> io.NodeOutput:
+        frame = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        faces = _encoder().faces(frame)
+        if not faces:
+            if not allow_no_face:
+                raise EditLabInputError("image", "an image with a face; none was found (or turn on allow_no_face)")
+            shapes = Blendshapes(np.zeros(52, np.float32), meta={"faces": 0})
+        elif face_index >= len(faces):
+            raise EditLabInputError("face_index", f"a face index below the {len(faces)} face(s) found", face_index)
+        else:
+            shapes = faces[face_index]
+            shapes.meta = {"faces": len(faces), "face_index": face_index}
+        overlay = torch.from_numpy(draw_overlay(frame, shapes)).float()[None] / 255.0
+        return io.NodeOutput(shapes, overlay, json.dumps({**shapes.as_dict(), **shapes.meta}))
+
+
+class EditLabBlendshapeEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabBlendshapeEdit", display_name="Blendshape Edit", category=CAT,
+            description="Starts from the given blendshapes (or neutral), applies a preset, then per-coefficient "
+                        "values (JSON, e.g. {\"mouthSmileLeft\": 0.8}); symmetric copies Left/Right edits to the "
+                        "other side; intensity scales everything; values clamp to [0, 1].",
+            inputs=[
+                io.Combo.Input("preset", options=list(PRESETS), default="neutral"),
+                io.String.Input("values", default="{}", multiline=True,
+                                tooltip="JSON object: ARKit blendshape name -> value in [0, 1]."),
+                io.Boolean.Input("symmetric", default=True),
+                io.Float.Input("intensity", default=1.0, min=0.0, max=3.0, step=0.05),
+                BlendshapesType.Input("blendshapes", optional=True),
+            ],
+            outputs=[BlendshapesType.Output(display_name="blendshapes")],
+        )
+
+    @classmethod
+    def execute(cls, preset, values, symmetric, intensity, blendshapes=None) -> io.NodeOutput:
+        try:
+            parsed = json.loads(values or "{}")
+        except json.JSONDecodeError as exc:
+            raise EditLabInputError("values", f"a JSON object ({exc.msg} at column {exc.colno})", values) from None
+        if not isinstance(parsed, dict):
+            raise EditLabInputError("values", "a JSON object of name -> number", values)
+        try:
+            return io.NodeOutput(edit(blendshapes, preset, parsed, symmetric, intensity))
+        except (ValueError, TypeError) as exc:
+            raise EditLabInputError("values", str(exc)) from None
+
+
+class EditLabFLAMEExpression(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabFLAMEExpression", display_name="FLAME Expression", category=CAT,
+            description="A FLAME-55 expression vector (50 expression coefficients in [-3, 3], 2 eyelids in [0, 1], "
+                        "3 jaw rotations in [-0.5, 0.5] rad) for adapters trained on FLAME, such as the authors'.",
+            inputs=[
+                io.String.Input("expression", default="0, 0, 0", tooltip="Up to 50 comma-separated values."),
+                io.Float.Input("eyelid_left", default=0.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("eyelid_right", default=0.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("jaw_open", default=0.0, min=-0.5, max=0.5, step=0.01),
+                io.Float.Input("jaw_yaw", default=0.0, min=-0.5, max=0.5, step=0.01),
+                io.Float.Input("jaw_roll", default=0.0, min=-0.5, max=0.5, step=0.01),
+            ],
+            outputs=[BlendshapesType.Output(display_name="blendshapes")],
+        )
+
+    @classmethod
+    def execute(cls, expression, eyelid_left, eyelid_right, jaw_open, jaw_yaw, jaw_roll) -> io.NodeOutput:
+        try:
+            coeffs = [float(v) for v in expression.replace(" ", "").split(",") if v]
+            return io.NodeOutput(flame(coeffs, [eyelid_left, eyelid_right], [jaw_open, jaw_yaw, jaw_roll]))
+        except ValueError as exc:
+            raise EditLabInputError("expression", f"up to 50 comma-separated numbers ({exc})", expression) from None
+
+
+class EditLabExpressionAdapterLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabExpressionAdapterLoader", display_name="Expression Adapter Loader", category=CAT,
+            description="Loads an expression adapter from models/expression_adapters/: the authors' IP-Adapter-style "
+                        "file (FLAME-55 -> tokens -> extra key/value per cross-attention layer; a pickled .bin read "
+                        "with weights_only=True) or this pack's safetensors (ARKit-52 or FLAME-55).",
+            inputs=[io.Combo.Input("adapter_name", options=folder_paths.get_filename_list(ADAPTER_FOLDER))],
+            outputs=[AdapterType.Output(display_name="adapter")],
+        )
+
+    @classmethod
+    def execute(cls, adapter_name) -> io.NodeOutput:
+        path = folder_paths.get_full_path(ADAPTER_FOLDER, adapter_name)
+        if path is None:
+            raise EditLabInputError("adapter_name", f"a file in models/{ADAPTER_FOLDER}/", adapter_name)
+        try:
+            adapter, info = load_adapter(path)
+        except AdapterFileError as exc:
+            raise EditLabInputError("adapter_name", f"an expression adapter file: {exc}", adapter_name) from None
+        return io.NodeOutput({"adapter": adapter, "name": adapter_name, **info})
+
+
+class EditLabApplyExpression(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabApplyExpression", display_name="Apply Expression", category=CAT,
+            description="Adds the adapter's decoupled key/value (from the blendshapes) to every cross-attention "
+                        "layer of an SD1.5/SDXL UNet, scaled by strength, between start and end percent; the "
+                        "unconditional branch uses zero blendshapes. Strength 0 returns the model unchanged.",
+            inputs=[
+                io.Model.Input("model"), AdapterType.Input("adapter"), BlendshapesType.Input("blendshapes"),
+                io.Float.Input("strength", default=1.0, min=-2.0, max=3.0, step=0.05),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, adapter, blendshapes, strength, start_percent, end_percent) -> io.NodeOutput:
+        from ..models.expression.patch import ExpressionAttentionPatch, cross_attention_layers
+
+        net = adapter["adapter"]
+        if blendshapes.values.shape[0] != net.input_dim:
+            raise EditLabInputError("blendshapes", f"{net.input_dim}-d blendshapes for this adapter "
+                                                   f"({adapter['input']})",
+                                    f"{blendshapes.values.shape[0]}-d ({blendshapes.space})")
+        if not np.isfinite(strength):
+            raise EditLabInputError("strength", "a finite number", strength)
+        if start_percent > end_percent:
+            raise EditLabInputError("end_percent", f"a value at or after start_percent ({start_percent})",
+                                    end_percent)
+        if strength == 0.0:
+            return io.NodeOutput(model)
+        layers = cross_attention_layers(model.get_model_object("diffusion_model"))
+        dims = [attn.to_q.weight.shape[0] for _, attn in layers]
+        if len(layers) != net.layers or dims != [w.weight.shape[0] for w in net.to_k_ip]:
+            raise EditLabInputError("adapter", f"an adapter for this UNet's {len(layers)} cross-attention layers",
+                                    f"{adapter['name']} with {net.layers}")
+        if net.image_proj.cross_dim != layers[0][1].to_k.weight.shape[1]:
+            raise EditLabInputError("adapter", f"tokens as wide as this model's text context "
+                                               f"({layers[0][1].to_k.weight.shape[1]})", net.image_proj.cross_dim)
+        sampling = model.get_model_object("model_sampling")
+        patch = ExpressionAttentionPatch(net, torch.from_numpy(blendshapes.values), strength, layers,
+                                         float(sampling.percent_to_sigma(start_percent)),
+                                         float(sampling.percent_to_sigma(end_percent)))
+        m = model.clone()
+        m.set_model_attn2_patch(patch.before_attention)
+        m.set_model_attn2_output_patch(patch.after_attention)
+        return io.NodeOutput(m)
+
+
+NODES = [EditLabFaceBlendshapes, EditLabBlendshapeEdit, EditLabFLAMEExpression, EditLabExpressionAdapterLoader,
+         EditLabApplyExpression]

@@ -1,0 +1,147 @@
+"""Expression nodes: blendshapes from a real face, and the adapter in the authors' layout on the tiny SD1.5."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+
+@pytest.fixture(scope="module")
+def nodes(comfy_host, tmp_path_factory):
+    import folder_paths
+
+    from editlab.nodes import expression
+
+    folder = tmp_path_factory.mktemp("expression_adapters")
+    folder_paths.folder_names_and_paths[expression.ADAPTER_FOLDER] = ([str(folder)], {".safetensors", ".bin", ".pt"})
+    expression.adapter_dir = folder
+    return expression
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy_host):
+    from editlab.models.tiny import build_tiny_models
+
+    return build_tiny_models("sd15", 0)
+
+
+@pytest.fixture(scope="module")
+def authors_file(nodes, sd15):
+    """An adapter in the authors' key layout (FLAME-55, MLP projection), sized for the tiny SD1.5, saved as .bin."""
+    from editlab.models.expression.adapter import random_adapter
+    from editlab.models.expression.patch import cross_attention_layers
+
+    layers = cross_attention_layers(sd15.model.model.diffusion_model)
+    adapter = random_adapter(55, 32, [attn.to_q.weight.shape[0] for _, attn in layers], num_tokens=4, seed=1)
+    image_proj, ip = adapter.parts()
+    torch.save({"image_proj": image_proj, "ip_adapter": ip}, nodes.adapter_dir / "exp_adapter.bin")
+    return "exp_adapter.bin"
+
+
+def test_face_blendshapes_node_on_a_real_photo(nodes):
+    image = torch.from_numpy(data.astronaut()).float()[None] / 255
+    shapes, overlay, text = nodes.EditLabFaceBlendshapes.execute(image=image, face_index=0,
+                                                                 allow_no_face=False).result
+    info = json.loads(text)
+    assert info["values"]["mouthSmileLeft"] > 0.5 and info["faces"] == 1
+    assert overlay.shape == image.shape and not torch.equal(overlay, image)
+    from editlab.nodes.common import EditLabInputError
+
+    with pytest.raises(EditLabInputError, match="input 'face_index': expected a face index below the 1 face"):
+        nodes.EditLabFaceBlendshapes.execute(image=image, face_index=1, allow_no_face=False)
+    coffee = torch.from_numpy(data.coffee()).float()[None] / 255
+    with pytest.raises(EditLabInputError, match="input 'image'.*none was found"):
+        nodes.EditLabFaceBlendshapes.execute(image=coffee, face_index=0, allow_no_face=False)
+    neutral, _, _ = nodes.EditLabFaceBlendshapes.execute(image=coffee, face_index=0, allow_no_face=True).result
+    assert not neutral.values.any()
+
+
+def _flame(nodes, jaw=0.3):
+    return nodes.EditLabFLAMEExpression.execute(expression="1.0, -0.5, 2", eyelid_left=0.2, eyelid_right=0.2,
+                                                jaw_open=jaw, jaw_yaw=0.0, jaw_roll=0.0).result[0]
+
+
+def _run(model, cond, uncond, cfg=3.0, record=None):
+    import comfy.sample
+
+    latent = torch.zeros(1, 4, 8, 8)
+    if record is not None:
+        model = model.clone()
+        model.set_model_attn2_output_patch(record)
+    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 5), 3, cfg, "euler", "simple", cond,
+                               uncond, latent, disable_pbar=True)
+
+
+@pytest.fixture(scope="module")
+def conds(sd15):
+    clip = sd15.clip
+    return (clip.encode_from_tokens_scheduled(clip.tokenize("a portrait of a woman")),
+            clip.encode_from_tokens_scheduled(clip.tokenize("")))
+
+
+def test_authors_layout_loads_and_strength_zero_is_the_base_model(nodes, sd15, authors_file, conds):
+    adapter, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name=authors_file).result
+    assert adapter["input"] == "flame55" and adapter["format"] == "authors" and adapter["adapter"].layers == 7
+    same, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
+                                                 strength=0.0, start_percent=0.0, end_percent=1.0).result
+    assert torch.equal(_run(same, *conds), _run(sd15.model, *conds))
+    moved, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
+                                                  strength=1.0, start_percent=0.0, end_percent=1.0).result
+    assert not torch.equal(_run(moved, *conds), _run(sd15.model, *conds))
+
+
+def _first_layer_outputs(nodes, sd15, adapter, shapes, strength, conds):
+    """The first cross-attention layer's output (cond and uncond rows) at the first step."""
+    seen = {}
+
+    def record(out, extra):
+        if extra.get("block") == ("input", 1) and "first" not in seen:
+            seen["first"] = (out.clone(), list(extra["cond_or_uncond"]))
+        return out
+
+    model, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=shapes,
+                                                  strength=strength, start_percent=0.0, end_percent=1.0).result
+    _run(model, *conds, record=record)
+    out, order = seen["first"]
+    chunks = out.chunk(len(order))
+    return {("cond" if c == 0 else "uncond"): chunk for c, chunk in zip(order, chunks)}
+
+
+def test_cross_attention_moves_monotonically_and_uncond_ignores_the_expression(nodes, sd15, authors_file, conds):
+    adapter, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name=authors_file).result
+    base = _first_layer_outputs(nodes, sd15, adapter, _flame(nodes), 1e-9, conds)
+    moves = []
+    for s in (0.25, 0.5, 1.0, 2.0):
+        out = _first_layer_outputs(nodes, sd15, adapter, _flame(nodes), s, conds)
+        moves.append(float((out["cond"] - base["cond"]).norm()))
+    assert moves == sorted(moves) and moves[0] > 0
+    a = _first_layer_outputs(nodes, sd15, adapter, _flame(nodes, jaw=0.4), 1.0, conds)
+    b = _first_layer_outputs(nodes, sd15, adapter, _flame(nodes, jaw=-0.4), 1.0, conds)
+    assert not torch.equal(a["cond"], b["cond"])
+    assert torch.equal(a["uncond"], b["uncond"]), "the unconditional branch sees zeros, whatever the expression"
+
+
+def test_bad_inputs(nodes, sd15, authors_file):
+    from editlab.nodes.common import EditLabInputError
+
+    adapter, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name=authors_file).result
+    arkit, = nodes.EditLabBlendshapeEdit.execute(preset="smile", values="{}", symmetric=True, intensity=1.0).result
+    with pytest.raises(EditLabInputError, match="input 'blendshapes': expected 55-d blendshapes.*got '52-d"):
+        nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=arkit, strength=1.0,
+                                             start_percent=0.0, end_percent=1.0)
+    (nodes.adapter_dir / "corrupt.bin").write_bytes(b"not a pickle at all")
+    with pytest.raises(EditLabInputError, match="input 'adapter_name': expected an expression adapter file"):
+        nodes.EditLabExpressionAdapterLoader.execute(adapter_name="corrupt.bin")
+    torch.save({"weights": torch.zeros(2)}, nodes.adapter_dir / "other.bin")
+    with pytest.raises(EditLabInputError, match="'image_proj' and 'ip_adapter'"):
+        nodes.EditLabExpressionAdapterLoader.execute(adapter_name="other.bin")
+    with pytest.raises(EditLabInputError, match="input 'values'"):
+        nodes.EditLabBlendshapeEdit.execute(preset="smile", values="{bad json", symmetric=True, intensity=1.0)
+    from editlab.models.tiny import build_tiny_models
+
+    sdxl = build_tiny_models("sdxl", 0)
+    # the tiny SDXL has as many layers as the tiny SD1.5, but a 64-wide text context
+    with pytest.raises(EditLabInputError, match="input 'adapter': expected tokens as wide as this model's text"):
+        nodes.EditLabApplyExpression.execute(model=sdxl.model, adapter=adapter, blendshapes=_flame(nodes),
+                                             strength=1.0, start_percent=0.0, end_percent=1.0)
