@@ -206,5 +206,56 @@ class EditLabApplyExpression(io.ComfyNode):
         return io.NodeOutput(m)
 
 
+class EditLabReferenceAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabReferenceAdapter", display_name="Reference Adapter", category=CAT,
+            description="Makes the UNet's self-attention also read a reference photo's features, written once by "
+                        "running the UNet on the reference at its lowest noise level, so appearance and background "
+                        "carry over while the expression changes. Strength 0 returns the model unchanged; 1 uses the "
+                        "reference-extended attention fully.",
+            inputs=[io.Model.Input("model"), io.Vae.Input("vae"), io.Image.Input("reference"),
+                    io.Float.Input("strength", default=0.8, min=0.0, max=1.0, step=0.05)],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, reference, strength) -> io.NodeOutput:
+        from ..models.expression.patch import FeatureRecorder, ReferenceAttentionPatch, transformer_blocks
+
+        if strength == 0.0:
+            return io.NodeOutput(model)
+        if reference.ndim != 4 or min(reference.shape[1:3]) < 8:
+            raise EditLabInputError("reference", "an IMAGE of at least 8x8 px", tuple(reference.shape))
+        import comfy.model_management
+
+        blocks = transformer_blocks(model.get_model_object("diffusion_model"))
+        if not blocks:
+            raise EditLabInputError("model", "a UNet with attention blocks (SD1.5, SDXL)")
+        latent = vae.encode(reference[:1, :, :, :3])
+        recorder = FeatureRecorder([key for key, _ in blocks])
+        writer = model.clone()
+        writer.set_model_attn1_patch(recorder)
+        comfy.model_management.load_models_gpu([writer])
+        base = writer.model
+        sigma = base.model_sampling.sigma_min.reshape(1).to(base.get_dtype())
+        context = torch.zeros(1, 77, blocks[0][1].attn2.to_k.weight.shape[1])
+        device = comfy.model_management.get_torch_device()
+        x = base.process_latent_in(latent).to(device)
+        extra = base.extra_conds(cross_attn=context, device=device, noise=x, pooled_output=torch.zeros(1, 1280))
+        with torch.no_grad():
+            base.apply_model(x, sigma.to(device), c_crossattn=context.to(device),
+                             transformer_options=writer.model_options.get("transformer_options", {}),
+                             **{k: v.cond for k, v in extra.items() if k != "c_crossattn" and hasattr(v, "cond")})
+        if len(recorder.features) != len(blocks):
+            raise EditLabInputError("model", "a UNet whose self-attention layers the reference pass reaches")
+        patch = ReferenceAttentionPatch(recorder.features, strength, [(key, tb.attn1) for key, tb in blocks])
+        m = model.clone()
+        m.set_model_attn1_patch(patch.before_attention)
+        m.set_model_attn1_output_patch(patch.after_attention)
+        return io.NodeOutput(m)
+
+
 NODES = [EditLabFaceBlendshapes, EditLabBlendshapeEdit, EditLabFLAMEExpression, EditLabExpressionAdapterLoader,
-         EditLabApplyExpression]
+         EditLabApplyExpression, EditLabReferenceAdapter]

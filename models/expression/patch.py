@@ -9,11 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def cross_attention_layers(unet) -> list:
-    """[((block, index), attn2)] in the adapter files' order: input blocks, output blocks, then the middle block.
-
-    ``block`` is ComfyUI's ("input" | "output" | "middle", id) and ``index`` the transformer block inside it.
-    """
+def transformer_blocks(unet) -> list:
+    """[((block, index), transformer_block)] in the adapter files' order: input blocks, output blocks, then the
+    middle block. ``block`` is ComfyUI's ("input" | "output" | "middle", id), ``index`` the block inside it."""
     found = []
     groups = [("input", list(enumerate(unet.input_blocks))), ("output", list(enumerate(unet.output_blocks))),
               ("middle", [(0, unet.middle_block)])]
@@ -21,8 +19,13 @@ def cross_attention_layers(unet) -> list:
         for block_id, block in blocks:
             for layer in block:
                 for index, tb in enumerate(getattr(layer, "transformer_blocks", [])):
-                    found.append(((name, block_id), index, tb.attn2))
-    return [((name_id, index), attn) for name_id, index, attn in found]
+                    found.append((((name, block_id), index), tb))
+    return found
+
+
+def cross_attention_layers(unet) -> list:
+    """[((block, index), attn2)], in the adapter files' order."""
+    return [(key, tb.attn2) for key, tb in transformer_blocks(unet)]
 
 
 class ExpressionAttentionPatch:
@@ -79,3 +82,58 @@ class ExpressionAttentionPatch:
             ip = self.adapter.attention(layer, q, tokens, extra["n_heads"])
             delta = torch.nn.functional.linear(ip, attn.to_out[0].weight.to(ip))
         return out + self.strength * delta.to(out.dtype)
+
+
+class ReferenceAttentionPatch:
+    """Self-attention that also sees a reference image's features: for each layer, the output moves from
+    ``attn(q, k, v)`` towards ``attn(q, [k; k_ref], [v; v_ref])`` by ``strength`` (1 = fully reference-extended).
+    The reference features are the self-attention inputs of a pass over the reference latent (written once)."""
+
+    def __init__(self, features: dict, strength: float, layers: list):
+        self.features = features  # (block, index) -> (1, N_ref, C)
+        self.strength = float(strength)
+        self.layers = dict(layers)  # (block, index) -> attn1
+        self._inputs = {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def before_attention(self, n, context, value, extra):
+        key = (extra.get("block"), extra.get("block_index", 0))
+        if key in self.features:
+            self._inputs[key] = (n, context)
+        return n, context, value
+
+    def after_attention(self, out, extra):
+        key = (extra.get("block"), extra.get("block_index", 0))
+        stashed = self._inputs.pop(key, None)
+        if stashed is None or key not in self.layers:
+            return out
+        n, context = stashed
+        attn = self.layers[key]
+        ref = self.features[key].to(n).expand(n.shape[0], -1, -1)
+        source = torch.cat([n if context is None else context, ref], dim=1)
+        q, k, v = attn.to_q(n), attn.to_k(source), attn.to_v(source)
+        heads = extra["n_heads"]
+        b, _, inner = q.shape
+        split = lambda t: t.reshape(b, -1, heads, inner // heads).transpose(1, 2)
+        extended = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+        extended = attn.to_out(extended.transpose(1, 2).reshape(b, -1, inner))
+        return out + self.strength * (extended.to(out) - out)
+
+
+class FeatureRecorder:
+    """attn1 patch that records each layer's self-attention input during one pass (the reference 'write')."""
+
+    def __init__(self, keys):
+        self.keys = set(keys)
+        self.features = {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, n, context, value, extra):
+        key = (extra.get("block"), extra.get("block_index", 0))
+        if key in self.keys:
+            self.features[key] = n[:1].detach().clone()
+        return n, context, value

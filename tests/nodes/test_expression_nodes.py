@@ -145,3 +145,28 @@ def test_bad_inputs(nodes, sd15, authors_file):
     with pytest.raises(EditLabInputError, match="input 'adapter': expected tokens as wide as this model's text"):
         nodes.EditLabApplyExpression.execute(model=sdxl.model, adapter=adapter, blendshapes=_flame(nodes),
                                              strength=1.0, start_percent=0.0, end_percent=1.0)
+
+
+def test_reference_adapter_zero_is_base_and_pulls_towards_the_reference(nodes, sd15, conds):
+    base_a = _run(sd15.model, *conds)  # seed 5: the image that becomes the reference
+    reference = sd15.vae.decode(base_a)
+    ref_latent = sd15.vae.encode(reference)
+    same, = nodes.EditLabReferenceAdapter.execute(model=sd15.model, vae=sd15.vae, reference=reference,
+                                                  strength=0.0).result
+    assert same is sd15.model
+    import comfy.sample
+
+    latent = torch.zeros(1, 4, 8, 8)
+
+    def run(model, seed):
+        return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), 3, 3.0, "euler", "simple",
+                                   *conds, latent, disable_pbar=True)
+
+    half, = nodes.EditLabReferenceAdapter.execute(model=sd15.model, vae=sd15.vae, reference=reference,
+                                                  strength=0.5).result
+    full, = nodes.EditLabReferenceAdapter.execute(model=sd15.model, vae=sd15.vae, reference=reference,
+                                                  strength=1.0).result
+    for seed in (2, 3, 4):  # other images move towards the reference, more with more strength
+        plain = float((run(sd15.model, seed) - ref_latent).norm())
+        d_half, d_full = (float((run(m, seed) - ref_latent).norm()) for m in (half, full))
+        assert d_full < d_half < plain, (seed, plain, d_half, d_full)
