@@ -257,5 +257,126 @@ class EditLabReferenceAdapter(io.ComfyNode):
         return io.NodeOutput(m)
 
 
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _face_folder_images(folder: str, resolution: int):
+    """Images of a folder inside ComfyUI's input directory, with their blendshapes; faceless ones are skipped."""
+    from PIL import Image
+
+    root = os.path.abspath(folder_paths.get_input_directory())
+    path = os.path.abspath(os.path.join(root, folder))
+    if not (path == root or path.startswith(root + os.sep)) or not os.path.isdir(path):
+        raise EditLabInputError("folder", "a folder inside ComfyUI's input directory", folder)
+    encoder, images, values, skipped = _encoder(), [], [], []
+    for name in sorted(os.listdir(path)):
+        if not name.lower().endswith(IMAGE_EXTS):
+            continue
+        with Image.open(os.path.join(path, name)) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        faces = encoder.faces(rgb)
+        if not faces:
+            skipped.append(name)
+            continue
+        small = Image.fromarray(rgb).resize((resolution, resolution), Image.LANCZOS)
+        images.append(torch.from_numpy(np.asarray(small)).float() / 255.0)
+        values.append(torch.from_numpy(faces[0].values))
+    if not images:
+        raise EditLabInputError("folder", "images with a face in them", f"{folder}: none found")
+    return torch.stack(images), torch.stack(values), skipped
+
+
+class EditLabTrainExpressionAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabTrainExpressionAdapter", display_name="Train Expression Adapter (ARKit-52)",
+            category=CAT, is_output_node=True,
+            description="Trains an ARKit-52 expression adapter on a folder of face photos (in ComfyUI's input "
+                        "directory) whose blendshapes the face encoder measures, with the diffusion loss and the "
+                        "model frozen; saves models/expression_adapters/NAME.safetensors. Interruptible.",
+            inputs=[
+                io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae"),
+                io.String.Input("folder", default="faces"),
+                io.String.Input("prompt", default="a photo of a face"),
+                io.Int.Input("resolution", default=512, min=64, max=1024, step=64),
+                io.Int.Input("steps", default=500, min=1, max=100000),
+                io.Float.Input("lr", default=1e-4, min=1e-6, max=1e-1, step=1e-5),
+                io.Int.Input("batch_size", default=2, min=1, max=64),
+                io.Int.Input("num_tokens", default=4, min=1, max=64),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.String.Input("name", default="my_expression_adapter"),
+            ],
+            outputs=[AdapterType.Output(display_name="adapter"), io.String.Output(display_name="stats")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, folder, prompt, resolution, steps, lr, batch_size, num_tokens, seed,
+                name) -> io.NodeOutput:
+        import re
+
+        import comfy.model_management
+        import comfy.utils
+        from comfy_api.latest import ui
+
+        from ..models.expression.adapter import random_adapter, save_adapter
+        from ..models.expression.patch import ExpressionAttentionPatch, cross_attention_layers
+        from ..models.expression.train import train_adapter
+
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$", name):
+            raise EditLabInputError("name", "a file name of letters, digits, '_', '-' or '.' (no folders)", name)
+        out_dir = folder_paths.get_folder_paths(ADAPTER_FOLDER)[0]
+        images, values, skipped = _face_folder_images(folder, resolution)
+        comfy.model_management.load_models_gpu([model])
+        base = model.model
+        layers = cross_attention_layers(base.diffusion_model)
+        if not layers:
+            raise EditLabInputError("model", "a UNet with cross-attention (SD1.5, SDXL)")
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+        device = comfy.model_management.get_torch_device()
+        bar = comfy.utils.ProgressBar(steps)
+        unet_flags = [p.requires_grad for p in base.parameters()]
+        with torch.inference_mode(False), torch.enable_grad():
+            with torch.no_grad():  # data, not parameters: no graph through the VAE
+                latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
+            context = cond[0][0].clone().to(device)
+            adapter = random_adapter(52, context.shape[-1], [a.to_q.weight.shape[0] for _, a in layers], num_tokens,
+                                     seed=seed).to(device).train()
+            patch = ExpressionAttentionPatch(adapter, torch.zeros(1, 52), 1.0, layers, float("inf"), 0.0)
+            options = {"patches": {"attn2_patch": [patch.before_attention],
+                                   "attn2_output_patch": [patch.after_attention]}, "cond_or_uncond": [0]}
+            pooled = cond[0][1].get("pooled_output")
+
+            def denoise(x, sigma):
+                b = x.shape[0]
+                extra = base.extra_conds(cross_attn=context.expand(b, -1, -1), device=device, noise=x,
+                                         pooled_output=None if pooled is None else pooled.expand(b, -1).to(device),
+                                         width=resolution, height=resolution)
+                conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
+                return base.apply_model(x, sigma.to(device), transformer_options={**options, "sigmas": sigma},
+                                        **conds)
+
+            try:
+                for p in base.parameters():
+                    p.requires_grad_(False)  # the model stays frozen: gradients reach only the adapter
+                stats = train_adapter(adapter, patch, latents, values.to(device), denoise,
+                                      base.model_sampling.noise_scaling,
+                                      (float(base.model_sampling.sigma_min), float(base.model_sampling.sigma_max)),
+                                      steps, lr, batch_size, seed,
+                                      on_step=lambda i, n, loss: bar.update_absolute(i, n),
+                                      should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
+            finally:
+                for p, flag in zip(base.parameters(), unet_flags):
+                    p.requires_grad_(flag)
+        adapter = adapter.cpu().eval()
+        path = os.path.join(out_dir, name if name.endswith(".safetensors") else name + ".safetensors")
+        os.makedirs(out_dir, exist_ok=True)
+        save_adapter(adapter, path, "arkit52")
+        stats.update(skipped=skipped, file=os.path.basename(path))
+        text = json.dumps(stats)
+        return io.NodeOutput({"adapter": adapter, "name": os.path.basename(path), "input": "arkit52",
+                              "format": "editlab"}, text, ui=ui.PreviewText(text))
+
+
 NODES = [EditLabFaceBlendshapes, EditLabBlendshapeEdit, EditLabFLAMEExpression, EditLabExpressionAdapterLoader,
-         EditLabApplyExpression, EditLabReferenceAdapter]
+         EditLabApplyExpression, EditLabReferenceAdapter, EditLabTrainExpressionAdapter]

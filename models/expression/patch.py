@@ -38,6 +38,7 @@ class ExpressionAttentionPatch:
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
         self._inputs = {}
         self._tokens = {}
+        self.training = False  # training: values are per row (B, D), tokens keep their gradient, nothing cached
 
     def __deepcopy__(self, memo):
         return self  # ModelPatcher.clone deep-copies model_options; this object holds the UNet's own modules
@@ -60,6 +61,8 @@ class ExpressionAttentionPatch:
 
     def tokens_for(self, cond_or_uncond: list[int], rows: int, device, dtype) -> torch.Tensor:
         """One token set per batch row: the blendshapes for cond rows, zeros for uncond rows."""
+        if self.training:
+            return self.adapter.tokens(self.values.to(device))
         key = (tuple(cond_or_uncond), rows, device, dtype)
         if key not in self._tokens:
             per = rows // max(len(cond_or_uncond), 1)
@@ -77,7 +80,7 @@ class ExpressionAttentionPatch:
         layer, attn = self.layers[key]
         cond_or_uncond = extra.get("cond_or_uncond", [0])
         tokens = self.tokens_for(list(cond_or_uncond), n.shape[0], n.device, n.dtype)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.training):
             q = attn.to_q(n)
             ip = self.adapter.attention(layer, q, tokens, extra["n_heads"])
             delta = torch.nn.functional.linear(ip, attn.to_out[0].weight.to(ip))

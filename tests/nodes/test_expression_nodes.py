@@ -170,3 +170,47 @@ def test_reference_adapter_zero_is_base_and_pulls_towards_the_reference(nodes, s
         plain = float((run(sd15.model, seed) - ref_latent).norm())
         d_half, d_full = (float((run(m, seed) - ref_latent).norm()) for m in (half, full))
         assert d_full < d_half < plain, (seed, plain, d_half, d_full)
+
+
+def test_training_lowers_the_loss_and_the_file_reads_back_identically(nodes, sd15, conds, tmp_path):
+    import os
+
+    import folder_paths
+    import matplotlib
+    from PIL import Image
+
+    faces = tmp_path / "input" / "faces"
+    faces.mkdir(parents=True)
+    astronaut = Image.fromarray(data.astronaut())
+    grace = Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")).convert("RGB")
+    astronaut.save(faces / "a.png")
+    astronaut.transpose(Image.FLIP_LEFT_RIGHT).save(faces / "b.png")
+    grace.save(faces / "c.png")
+    Image.fromarray(data.coffee()).save(faces / "no_face.png")
+    old = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    try:
+        with torch.inference_mode():  # as the server runs nodes
+            adapter, text = nodes.EditLabTrainExpressionAdapter.execute(
+                model=sd15.model, clip=sd15.clip, vae=sd15.vae, folder="faces", prompt="a photo of a face",
+                resolution=64, steps=40, lr=3e-3, batch_size=2, num_tokens=2, seed=0, name="trained").result
+        from editlab.nodes.common import EditLabInputError
+
+        with pytest.raises(EditLabInputError, match="input 'folder'"):
+            nodes.EditLabTrainExpressionAdapter.execute(
+                model=sd15.model, clip=sd15.clip, vae=sd15.vae, folder="../..", prompt="x", resolution=64, steps=1,
+                lr=1e-3, batch_size=1, num_tokens=1, seed=0, name="never")
+    finally:
+        folder_paths.set_input_directory(old)
+    stats = json.loads(text)
+    assert stats["images"] == 3 and stats["skipped"] == ["no_face.png"]
+    assert stats["loss_after"] < stats["loss_before"], stats
+    loaded, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name="trained.safetensors").result
+    assert loaded["input"] == "arkit52"
+    smile, = nodes.EditLabBlendshapeEdit.execute(preset="smile", values="{}", symmetric=True, intensity=1.0).result
+    outs = []
+    for a in (adapter, loaded):
+        m, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=a, blendshapes=smile, strength=1.0,
+                                                  start_percent=0.0, end_percent=1.0).result
+        outs.append(_run(m, *conds))
+    assert torch.equal(outs[0], outs[1])
