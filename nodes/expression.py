@@ -257,6 +257,23 @@ class EditLabReferenceAdapter(io.ComfyNode):
         return io.NodeOutput(m)
 
 
+def _frozen_autograd_ready(module: torch.nn.Module) -> None:
+    """Freeze the model so gradients reach only the adapter, and swap any inference tensors (made while ComfyUI
+    ran a node in inference mode) for ordinary tensors with the same values: autograd cannot save inference
+    tensors for the backward pass through the model's layers."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is None:
+                continue
+            if p.is_inference():
+                sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+            else:
+                p.requires_grad_(False)
+        for name, b in list(sub._buffers.items()):
+            if b is not None and b.is_inference():
+                sub._buffers[name] = b.detach().clone()
+
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -335,7 +352,6 @@ class EditLabTrainExpressionAdapter(io.ComfyNode):
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
         device = comfy.model_management.get_torch_device()
         bar = comfy.utils.ProgressBar(steps)
-        unet_flags = [p.requires_grad for p in base.parameters()]
         with torch.inference_mode(False), torch.enable_grad():
             with torch.no_grad():  # data, not parameters: no graph through the VAE
                 latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
@@ -356,18 +372,12 @@ class EditLabTrainExpressionAdapter(io.ComfyNode):
                 return base.apply_model(x, sigma.to(device), transformer_options={**options, "sigmas": sigma},
                                         **conds)
 
-            try:
-                for p in base.parameters():
-                    p.requires_grad_(False)  # the model stays frozen: gradients reach only the adapter
-                stats = train_adapter(adapter, patch, latents, values.to(device), denoise,
-                                      base.model_sampling.noise_scaling,
-                                      (float(base.model_sampling.sigma_min), float(base.model_sampling.sigma_max)),
-                                      steps, lr, batch_size, seed,
-                                      on_step=lambda i, n, loss: bar.update_absolute(i, n),
-                                      should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
-            finally:
-                for p, flag in zip(base.parameters(), unet_flags):
-                    p.requires_grad_(flag)
+            _frozen_autograd_ready(base.diffusion_model)
+            stats = train_adapter(adapter, patch, latents, values.to(device), denoise,
+                                  base.model_sampling.noise_scaling,
+                                  (float(base.model_sampling.sigma_min), float(base.model_sampling.sigma_max)),
+                                  steps, lr, batch_size, seed, on_step=lambda i, n, loss: bar.update_absolute(i, n),
+                                  should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
         adapter = adapter.cpu().eval()
         path = os.path.join(out_dir, name if name.endswith(".safetensors") else name + ".safetensors")
         os.makedirs(out_dir, exist_ok=True)

@@ -167,6 +167,41 @@ def tryon(g, categories, products, prefix, row=0, col=0, layout="triptych_with_p
           row + 3)
 
 
+def expression_base(g, col=0, row=0):
+    """Tiny SD1.5, the photo, its blendshapes (overlay saved) and an ARKit adapter trained in-graph on the input
+    folder (for real use: an Expression Adapter Loader with your adapter file instead)."""
+    m = g.add("EditLabTinyModels", [("architecture", "sd15"), ("seed", 0)], outputs=["MODEL", "CLIP", "VAE"],
+              col=col, row=row, title="Tiny SD1.5 (random weights)")
+    photo = load_image(g, "editlab_photo.png", col, row + 1)
+    shapes = g.add("EditLabFaceBlendshapes", [("face_index", 0), ("allow_no_face", False)],
+                   {"image": (photo, 0, "IMAGE")}, ["EDITLAB_BLENDSHAPES", "IMAGE", "STRING"], col + 1, row + 1)
+    adapter = g.add("EditLabTrainExpressionAdapter",
+                    [("folder", "."), ("prompt", "a photo of a face"), ("resolution", 64), ("steps", 10),
+                     ("lr", 0.001), ("batch_size", 1), ("num_tokens", 2), ("seed", 0), ("name", "tiny_expression")],
+                    {"model": (m, 0, "MODEL"), "clip": (m, 1, "CLIP"), "vae": (m, 2, "VAE")},
+                    ["EDITLAB_EXPRESSION_ADAPTER", "STRING"], col + 1, row + 2)
+    return m, photo, shapes, adapter
+
+
+def expression_sample(g, m, model, prefix, col, row, prompt="a portrait photo of a person"):
+    pos, neg = text(g, m, prompt, row, col), text(g, m, "", row + 1, col)
+    latent = g.add("EmptyLatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], col,
+                   row + 2)
+    k = g.add("KSampler", [("seed", 3), (SEED_CONTROL, "fixed"), ("steps", 8), ("cfg", 3.0),
+                           ("sampler_name", "euler"), ("scheduler", "simple"), ("denoise", 1.0)],
+              {"model": (model, 0, "MODEL"), "positive": (pos, 0, "CONDITIONING"),
+               "negative": (neg, 0, "CONDITIONING"), "latent_image": (latent, 0, "LATENT")}, ["LATENT"], col + 1,
+              row)
+    image = g.add("VAEDecode", [], {"samples": (k, 0, "LATENT"), "vae": (m, 2, "VAE")}, ["IMAGE"], col + 2, row)
+    g.add("SaveImage", [("filename_prefix", prefix)], {"images": (image, 0, "IMAGE")}, [], col + 3, row)
+
+
+def apply_expression(g, m, adapter, shapes, col, row, strength=1.0, model=None):
+    return g.add("EditLabApplyExpression", [("strength", strength), ("start_percent", 0.0), ("end_percent", 1.0)],
+                 {"model": (model or m, 0, "MODEL"), "adapter": (adapter, 0, "EDITLAB_EXPRESSION_ADAPTER"),
+                  "blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")}, ["MODEL"], col, row)
+
+
 # -- workflows ------------------------------------------------------------------------------------------------
 def tour():
     g = Graph()
@@ -179,6 +214,50 @@ def tour():
     smile = slider(g, m, pos, sae, direction, prompt, "fox", 1.0, 3, 3)
     ksample_save(g, m, smile, neg, latent, "editlab_tour/saedit_smiling_fox", 4, 3)
     tryon(g, ["upper"], ["editlab_product_tshirt.png"], "editlab_tour/tryon", row=6)
+    photo = load_image(g, "editlab_photo.png", 0, 11)
+    shapes = g.add("EditLabFaceBlendshapes", [("face_index", 0), ("allow_no_face", False)],
+                   {"image": (photo, 0, "IMAGE")}, ["EDITLAB_BLENDSHAPES", "IMAGE", "STRING"], 1, 11)
+    g.add("SaveImage", [("filename_prefix", "editlab_tour/blendshapes_overlay")], {"images": (shapes, 1, "IMAGE")},
+          [], 2, 11)
+    return g
+
+
+def expression_from_photo():
+    g = Graph()
+    g.add("Note", [("text", TINY_NOTE)], row=5)
+    m, photo, shapes, adapter = expression_base(g)
+    g.add("SaveImage", [("filename_prefix", "expression/overlay")], {"images": (shapes, 1, "IMAGE")}, [], 2, 1)
+    model = apply_expression(g, m, adapter, shapes, 2, 2)
+    expression_sample(g, m, model, "expression/from_photo", 3, 0)
+    return g
+
+
+def expression_sliders():
+    g = Graph()
+    g.add("Note", [("text", TINY_NOTE)], row=5)
+    m, photo, shapes, adapter = expression_base(g)
+    edited = g.add("EditLabBlendshapeEdit", [("preset", "smile"), ("values", '{"jawOpen": 0.4, "eyeWideLeft": 0.3}'),
+                                             ("symmetric", True), ("intensity", 1.0)],
+                   {"blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")}, ["EDITLAB_BLENDSHAPES"], 2, 1)
+    model = apply_expression(g, m, adapter, edited, 2, 2)
+    expression_sample(g, m, model, "expression/sliders", 3, 0)
+    return g
+
+
+def expression_reference_edit():
+    g = Graph()
+    g.add("Note", [("text", TINY_NOTE)], row=5)
+    m, photo, shapes, adapter = expression_base(g)
+    scaled = g.add("ImageScale", [("upscale_method", "bilinear"), ("width", 64), ("height", 64), ("crop", "center")],
+                   {"image": (photo, 0, "IMAGE")}, ["IMAGE"], 1, 3)
+    reference = g.add("EditLabReferenceAdapter", [("strength", 0.8)],
+                      {"model": (m, 0, "MODEL"), "vae": (m, 2, "VAE"), "reference": (scaled, 0, "IMAGE")},
+                      ["MODEL"], 2, 3)
+    surprised = g.add("EditLabBlendshapeEdit", [("preset", "surprise"), ("values", "{}"), ("symmetric", True),
+                                                ("intensity", 1.0)], {"blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")},
+                      ["EDITLAB_BLENDSHAPES"], 2, 1)
+    model = apply_expression(g, m, adapter, surprised, 3, 3, model=reference)
+    expression_sample(g, m, model, "expression/reference_edit", 4, 0)
     return g
 
 
@@ -285,7 +364,8 @@ def saedit_photo_edit():
 WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slider_sweep,
              "saedit_sd35_slider": saedit_sd35_slider, "saedit_train_sae": saedit_train_sae,
              "saedit_photo_edit": saedit_photo_edit, "tryon_flux_fill": tryon_flux_fill, "tryall_bag": tryall_bag,
-             "tryon_outfit": tryon_outfit}
+             "tryon_outfit": tryon_outfit, "expression_from_photo": expression_from_photo,
+             "expression_sliders": expression_sliders, "expression_reference_edit": expression_reference_edit}
 
 
 def main():
