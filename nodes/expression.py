@@ -15,7 +15,7 @@ from ..models.expression.adapter import AdapterFileError, load_adapter
 from ..models.expression.blendshapes import (ARKIT_NAMES, FLAME_SIZE, PRESETS, Blendshapes, FaceEncoder, edit,
                                              flame, landmarker_path)
 from ..models.expression.overlay import draw_overlay
-from .common import CATEGORY, EditLabInputError
+from .common import CATEGORY, EditLabInputError, checked_file_name
 
 CAT = f"{CATEGORY}/Expression"
 ADAPTER_FOLDER, MEDIAPIPE_FOLDER = "expression_adapters", "mediapipe"
@@ -330,8 +330,6 @@ class EditLabTrainExpressionAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, folder, prompt, resolution, steps, lr, batch_size, num_tokens, seed,
                 name) -> io.NodeOutput:
-        import re
-
         import comfy.model_management
         import comfy.utils
         from comfy_api.latest import ui
@@ -340,8 +338,7 @@ class EditLabTrainExpressionAdapter(io.ComfyNode):
         from ..models.expression.patch import ExpressionAttentionPatch, cross_attention_layers
         from ..models.expression.train import train_adapter
 
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$", name):
-            raise EditLabInputError("name", "a file name of letters, digits, '_', '-' or '.' (no folders)", name)
+        file_name = checked_file_name(name, "name")
         out_dir = folder_paths.get_folder_paths(ADAPTER_FOLDER)[0]
         images, values, skipped = _face_folder_images(folder, resolution)
         comfy.model_management.load_models_gpu([model])
@@ -379,7 +376,7 @@ class EditLabTrainExpressionAdapter(io.ComfyNode):
                                   steps, lr, batch_size, seed, on_step=lambda i, n, loss: bar.update_absolute(i, n),
                                   should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
         adapter = adapter.cpu().eval()
-        path = os.path.join(out_dir, name if name.endswith(".safetensors") else name + ".safetensors")
+        path = os.path.join(out_dir, file_name)
         os.makedirs(out_dir, exist_ok=True)
         save_adapter(adapter, path, "arkit52")
         stats.update(skipped=skipped, file=os.path.basename(path))

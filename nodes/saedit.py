@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import re
 import uuid
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from ..models.saedit.slider import ScheduledTokenEdit
 from ..models.saedit.features import feature_table, heatmap
 from ..models.saedit.tokens import PARTS, content_embeddings, prompt_tokens, token_texts, word_positions
 from ..models.saedit.train import TrainConfig, train_sae
-from .common import CATEGORY, EditLabInputError
+from .common import CATEGORY, EditLabInputError, checked_file_name
 
 log = logging.getLogger(__name__)
 CAT = f"{CATEGORY}/SAEdit"
@@ -44,7 +43,6 @@ for _folder in (SAE_FOLDER, DIRECTION_FOLDER):
 
 SAEType = io.Custom("EDITLAB_SAE")
 DirectionType = io.Custom("EDITLAB_SAE_DIRECTION")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
 
 @dataclass
@@ -64,10 +62,7 @@ class LoadedDirection:
 
 
 def _output_path(folder: str, name: str, input_name: str) -> str:
-    if not NAME_RE.match(name):
-        raise EditLabInputError(input_name, "a file name of letters, digits, '_', '-' or '.' (no folders)", name)
-    base = name if name.endswith(".safetensors") else name + ".safetensors"
-    return os.path.join(folder_paths.get_folder_paths(folder)[0], base)
+    return os.path.join(folder_paths.get_folder_paths(folder)[0], checked_file_name(name, input_name))
 
 
 def _read_lines(text: str, file_name: str, input_name: str) -> list[str]:
