@@ -3,6 +3,7 @@
 - unit/: plain torch and plain Python; never imports ComfyUI.
 - nodes/: imports ComfyUI in-process (the ``comfy_host`` fixture) and calls nodes' ``execute``.
 - e2e/: one real ``main.py`` server per session (the ``server`` fixture), driven over HTTP.
+- browser/: the front end with the pack's web extension, in headless Chromium (skipped where Chromium is missing).
 
 The repo is imported as the package ``editlab`` (as ComfyUI imports it), without putting the repo root on sys.path.
 """
