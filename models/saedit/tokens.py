@@ -34,23 +34,46 @@ def _flatten(chunks):
     return [tok for chunk in chunks for tok in chunk]
 
 
-def resolve_part(token_keys, cond_len: int, part: str) -> tuple[str, int]:
-    """(tokenizer key, offset in the conditioning) of ``part`` for this encoder and conditioning length."""
+_ENCODER_ATTRS = {"l": "clip_l", "g": "clip_g", "t5xxl": "t5xxl"}
+
+
+def loaded_encoders(clip) -> set | None:
+    """Which of CLIP-L, CLIP-G and T5 the CLIP object actually loaded (an SD3 encoder may lack any of them);
+    None when the object does not say."""
+    model = getattr(clip, "cond_stage_model", None)
+    if model is None or not any(hasattr(model, a) for a in _ENCODER_ATTRS.values()):
+        return None
+    return {k for k, a in _ENCODER_ATTRS.items() if getattr(model, a, None) is not None}
+
+
+def resolve_part(token_keys, cond_len: int, part: str, loaded: set | None = None) -> tuple[str, int]:
+    """(tokenizer key, offset in the conditioning) of ``part`` for this encoder and conditioning.
+
+    ``loaded`` (from :func:`loaded_encoders`) settles which SD3 encoders are present; without it the conditioning's
+    length decides, which cannot tell T5-only from CLIP-only SD3 (both 77 tokens for short prompts)."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(PARTS)}; got {part!r}")
     t5 = next((k for k in T5_KEYS if k in token_keys), None)
-    has_clip = any(k in token_keys for k in CLIP_KEYS)
     sd3_like = t5 is not None and "g" in token_keys
     flux_like = t5 is not None and not sd3_like
-    t5_present = t5 is not None and (not sd3_like or cond_len > SD3_CLIP_TOKENS)
+    if sd3_like and loaded is not None:
+        sd3_clip = bool(loaded & {"l", "g"})
+        t5_present = "t5xxl" in loaded
+        has_clip = sd3_clip
+    else:
+        sd3_clip = True
+        has_clip = any(k in token_keys for k in CLIP_KEYS)
+        t5_present = t5 is not None and (not sd3_like or cond_len > SD3_CLIP_TOKENS)
     if part == "auto":
         part = "t5" if t5_present else "clip"
     if part == "t5":
         if not t5_present:
             raise ValueError("this conditioning has no T5 tokens (an SD3 encoder loaded without T5?); use part 'clip'")
-        return t5, SD3_CLIP_TOKENS if sd3_like else 0
+        return t5, SD3_CLIP_TOKENS if sd3_like and sd3_clip else 0
     if not has_clip or flux_like:
         raise ValueError("this conditioning carries no CLIP tokens (Flux and Wan condition on T5 only); use part 't5'")
+    if loaded is not None and sd3_like:
+        return ("l" if "l" in loaded else "g"), 0
     return ("l" if "l" in token_keys else "g"), 0
 
 
@@ -58,7 +81,7 @@ def prompt_tokens(clip, text: str, part: str = "auto") -> PromptTokens:
     tokens = clip.tokenize(text, return_word_ids=True)
     plain = {k: [[(t, w) for t, w, _ in chunk] for chunk in v] for k, v in tokens.items()}
     cond, _ = clip.encode_from_tokens(plain, return_pooled=True)
-    key, offset = resolve_part(tokens.keys(), cond.shape[1], part)
+    key, offset = resolve_part(tokens.keys(), cond.shape[1], part, loaded_encoders(clip))
     flat = _flatten(tokens[key])
     content = [offset + i for i, (_, _, word) in enumerate(flat) if word > 0]
     if offset + len(flat) > cond.shape[1]:

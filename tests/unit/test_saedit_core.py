@@ -201,6 +201,13 @@ def test_conditioning_layouts_per_family():
     assert resolve_part({"l", "g", "t5xxl"}, 77, "auto") == ("l", 0)  # SD3 loaded without T5
     assert resolve_part({"l", "g"}, 77, "auto") == ("l", 0)  # SDXL
     assert resolve_part({"umt5xxl"}, 512, "t5") == ("umt5xxl", 0)  # Wan
+    # SD3 with the loaded encoders known: T5-only and CLIP-only both give 77 tokens for a short prompt
+    assert resolve_part({"l", "g", "t5xxl"}, 77, "auto", loaded={"t5xxl"}) == ("t5xxl", 0)
+    assert resolve_part({"l", "g", "t5xxl"}, 77, "auto", loaded={"l", "g"}) == ("l", 0)
+    assert resolve_part({"l", "g", "t5xxl"}, 77 + 77, "t5", loaded={"l", "g", "t5xxl"}) == ("t5xxl", 77)
+    assert resolve_part({"l", "g", "t5xxl"}, 77, "clip", loaded={"g"}) == ("g", 0)
+    with pytest.raises(ValueError, match="no CLIP tokens"):
+        resolve_part({"l", "g", "t5xxl"}, 77, "clip", loaded={"t5xxl"})
     with pytest.raises(ValueError, match="no CLIP tokens"):
         resolve_part({"l", "t5xxl"}, 256, "clip")
     with pytest.raises(ValueError, match="no T5 tokens"):
