@@ -34,7 +34,20 @@ def server_command(port: int, workdir: Path, cpu: bool | None = None) -> list[st
            "--database-url", "sqlite:///:memory:", "--disable-auto-launch", "--preview-method", "none"]
     if cpu:
         cmd.append("--cpu")
+    if host_knows_flag("--cache-classic"):
+        # Newer hosts default to a RAM-pressure cache; the classic one keeps cache behaviour the same everywhere.
+        cmd.append("--cache-classic")
     return cmd
+
+
+def host_knows_flag(flag: str) -> bool:
+    """Whether the host's argument parser (comfy/cli_args.py) defines ``flag``, read as text: the client never
+    imports ComfyUI."""
+    try:
+        text = (comfyui_path() / "comfy" / "cli_args.py").read_text(errors="replace")
+    except OSError:
+        return False
+    return f'"{flag}"' in text or f"'{flag}'" in text
 
 
 class HeadlessServer:

@@ -14,6 +14,12 @@ from dataclasses import dataclass
 import torch
 
 ARCHITECTURES = ("flux", "sd3", "sdxl", "sd15", "wan21_i2v", "flux_fill")
+# How the weights are stored, as the stock loaders offer it ("weight_dtype" of UNETLoader / CLIPLoader):
+# fp32, bf16 and fp16 compute in their own dtype; fp8 weights are stored in fp8 and cast per layer for compute
+# (the host's manual cast, here to bf16 as on a CUDA GPU).
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp8_e4m3fn")
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                 "fp8_e4m3fn": torch.float8_e4m3fn}
 
 # Text-encoder sizes. Vocabularies stay real (the tokenizers' ids must index the embedding tables).
 # Three layers: SDXL and SD3 read the penultimate layer (layer_idx -2).
@@ -32,6 +38,7 @@ class TinyModels:
     vae: object  # comfy.sd.VAE
     architecture: str
     seed: int
+    weight_dtype: str = "fp32"
 
 
 def seed_parameters(module: torch.nn.Module, seed: int) -> None:
@@ -72,22 +79,29 @@ def _patcher(base_model):
     return comfy.model_patcher.ModelPatcher(base_model, load_device=dev, offload_device=mm.unet_offload_device())
 
 
-def _diffusion_model(model_cls, unet_config: dict, seed: int):
+def _diffusion_model(model_cls, unet_config: dict, seed: int, weight_dtype: str = "fp32"):
     config = model_cls(dict(unet_config))
-    config.set_inference_dtype(torch.float32, None)
+    dtype = _TORCH_DTYPES[weight_dtype]
+    if weight_dtype.startswith("fp8"):
+        # fp8 storage, each layer's weight cast for compute (comfy.ops manual cast) to bf16, as on a CUDA GPU;
+        # a CPU host would pick float32 (mm.unet_manual_cast), which tests nothing that bf16 does not.
+        config.set_inference_dtype(dtype, torch.bfloat16)
+    else:
+        config.set_inference_dtype(dtype, None)
     base = config.get_model({})
     seed_parameters(base.diffusion_model, seed)
     base.eval()
     return _patcher(base)
 
 
-def _clip(clip_cls, tokenizer_cls, model_options: dict, seed: int, tokenizer_data=None):
+def _clip(clip_cls, tokenizer_cls, model_options: dict, seed: int, tokenizer_data=None,
+          weight_dtype: str = "fp32"):
     import comfy.model_management as mm
     import comfy.sd
     import comfy.supported_models_base
 
     target = comfy.supported_models_base.ClipTarget(tokenizer_cls, clip_cls)
-    opts = {"dtype": torch.float32, "initial_device": mm.text_encoder_offload_device(), **model_options}
+    opts = {"dtype": _TORCH_DTYPES[weight_dtype], "initial_device": mm.text_encoder_offload_device(), **model_options}
     clip = comfy.sd.CLIP(target=target, model_options=opts, tokenizer_data=tokenizer_data or {})
     seed_parameters(clip.cond_stage_model, seed)
     return clip
@@ -122,7 +136,7 @@ def _wan21_vae(seed: int):
     return comfy.sd.VAE(sd=ref.state_dict(), dtype=torch.float32)
 
 
-def _build_flux(seed: int, fill: bool = False):
+def _build_flux(seed: int, dt: str = "fp32", fill: bool = False):
     import comfy.supported_models
     import comfy.text_encoders.flux
 
@@ -131,13 +145,15 @@ def _build_flux(seed: int, fill: bool = False):
             "vec_in_dim": TINY_CLIP["hidden_size"], "context_in_dim": TINY_T5["d_model"], "hidden_size": 64,
             "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12],
             "theta": 10000, "qkv_bias": True, "guidance_embed": True}
-    model = _diffusion_model(comfy.supported_models.FluxInpaint if fill else comfy.supported_models.Flux, unet, seed)
+    model = _diffusion_model(comfy.supported_models.FluxInpaint if fill else comfy.supported_models.Flux, unet, seed,
+                             dt)
     clip = _clip(comfy.text_encoders.flux.flux_clip(), comfy.text_encoders.flux.FluxTokenizer,
-                 {"clip_l_model_config": dict(TINY_CLIP), "t5xxl_model_config": dict(TINY_T5)}, seed + 1)
+                 {"clip_l_model_config": dict(TINY_CLIP), "t5xxl_model_config": dict(TINY_T5)}, seed + 1,
+                 None, dt)
     return model, clip, _kl_vae(16, seed + 2)
 
 
-def _build_sd3(seed: int):
+def _build_sd3(seed: int, dt: str = "fp32"):
     import comfy.supported_models
     import comfy.text_encoders.sd3_clip
 
@@ -148,12 +164,13 @@ def _build_sd3(seed: int):
                                         "params": {"in_features": SD3_CONTEXT_DIM, "out_features": hidden}},
             "num_patches": 64 * 64, "pos_embed_max_size": 64, "pos_embed_scaling_factor": None,
             "x_block_self_attn_layers": []}
-    model = _diffusion_model(comfy.supported_models.SD3, unet, seed)
+    model = _diffusion_model(comfy.supported_models.SD3, unet, seed, dt)
     # T5 is left out: ComfyUI concatenates it after CLIP-L/G tokens padded to 4096 wide, which would need a
     # 4096-wide T5 (130M parameters). The CLIP-L/G path, padding included, is the real one.
     clip_cls = comfy.text_encoders.sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=False)
     clip = _clip(clip_cls, comfy.text_encoders.sd3_clip.SD3Tokenizer,
-                 {"clip_l_model_config": dict(TINY_CLIP), "clip_g_model_config": dict(TINY_CLIP)}, seed + 1)
+                 {"clip_l_model_config": dict(TINY_CLIP), "clip_g_model_config": dict(TINY_CLIP)}, seed + 1,
+                 None, dt)
     return model, clip, _kl_vae(16, seed + 2)
 
 
@@ -168,30 +185,31 @@ def _unet_config(context_dim: int, adm_in_channels):
             "num_classes": "sequential" if adm_in_channels else None}
 
 
-def _build_sd15(seed: int):
+def _build_sd15(seed: int, dt: str = "fp32"):
     import comfy.sd1_clip
     import comfy.supported_models
 
     unet = _unet_config(TINY_CLIP["hidden_size"], None)
     unet["use_linear_in_transformer"] = False
-    model = _diffusion_model(comfy.supported_models.SD15, unet, seed)
+    model = _diffusion_model(comfy.supported_models.SD15, unet, seed, dt)
     clip = _clip(comfy.sd1_clip.SD1ClipModel, comfy.sd1_clip.SD1Tokenizer,
-                 {"clip_l_model_config": dict(TINY_CLIP)}, seed + 1)
+                 {"clip_l_model_config": dict(TINY_CLIP)}, seed + 1, None, dt)
     return model, clip, _kl_vae(4, seed + 2)
 
 
-def _build_sdxl(seed: int):
+def _build_sdxl(seed: int, dt: str = "fp32"):
     import comfy.sdxl_clip
     import comfy.supported_models
 
     unet = _unet_config(2 * TINY_CLIP["hidden_size"], TINY_CLIP["projection_dim"] + SDXL_SIZE_EMBED_DIM)
-    model = _diffusion_model(comfy.supported_models.SDXL, unet, seed)
+    model = _diffusion_model(comfy.supported_models.SDXL, unet, seed, dt)
     clip = _clip(comfy.sdxl_clip.SDXLClipModel, comfy.sdxl_clip.SDXLTokenizer,
-                 {"clip_l_model_config": dict(TINY_CLIP), "clip_g_model_config": dict(TINY_CLIP)}, seed + 1)
+                 {"clip_l_model_config": dict(TINY_CLIP), "clip_g_model_config": dict(TINY_CLIP)}, seed + 1,
+                 None, dt)
     return model, clip, _kl_vae(4, seed + 2)
 
 
-def _build_wan21_i2v(seed: int):
+def _build_wan21_i2v(seed: int, dt: str = "fp32"):
     import comfy.supported_models
     import comfy.text_encoders.wan
 
@@ -199,26 +217,30 @@ def _build_wan21_i2v(seed: int):
             "dim": 32, "ffn_dim": 64, "freq_dim": 256, "text_dim": TINY_T5["d_model"], "out_dim": 16,
             "num_heads": 2, "num_layers": 1, "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True,
             "eps": 1e-6}
-    model = _diffusion_model(comfy.supported_models.WAN21_I2V, unet, seed)
+    model = _diffusion_model(comfy.supported_models.WAN21_I2V, unet, seed, dt)
     # Wan checkpoints carry their UMT5 sentencepiece model inside the weights; ComfyUI ships none. The host's
     # Pile-T5 sentencepiece model stands in (same tokenizer class and code path, a 32k vocabulary).
     spiece = os.path.join(os.path.dirname(comfy.text_encoders.wan.__file__), "t5_pile_tokenizer", "tokenizer.model")
     with open(spiece, "rb") as f:
         tokenizer_data = {"spiece_model": f.read()}
     clip = _clip(comfy.text_encoders.wan.te(), comfy.text_encoders.wan.WanT5Tokenizer,
-                 {"umt5xxl_model_config": {**TINY_T5, "vocab_size": 32128}}, seed + 1, tokenizer_data)
+                 {"umt5xxl_model_config": {**TINY_T5, "vocab_size": 32128}}, seed + 1, tokenizer_data, dt)
     return model, clip, _wan21_vae(seed + 2)
 
 
-_BUILDERS = {"flux": _build_flux, "flux_fill": lambda seed: _build_flux(seed, fill=True), "sd3": _build_sd3, "sdxl": _build_sdxl, "sd15": _build_sd15,
-             "wan21_i2v": _build_wan21_i2v}
+_BUILDERS = {"flux": _build_flux, "flux_fill": lambda seed, dt: _build_flux(seed, fill=True, dt=dt), "sd3": _build_sd3,
+             "sdxl": _build_sdxl, "sd15": _build_sd15, "wan21_i2v": _build_wan21_i2v}
 
 
-def build_tiny_models(architecture: str, seed: int = 0) -> TinyModels:
-    """Build MODEL, CLIP and VAE of ``architecture`` at tiny size with weights drawn from ``seed``."""
+def build_tiny_models(architecture: str, seed: int = 0, weight_dtype: str = "fp32") -> TinyModels:
+    """Build MODEL, CLIP and VAE of ``architecture`` at tiny size with weights drawn from ``seed``, the diffusion
+    model and text encoders stored in ``weight_dtype`` (the same draws, rounded; the VAE stays float32)."""
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}; got {weight_dtype!r}")
     if architecture not in _BUILDERS:
         raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}; got {architecture!r}")
     if not 0 <= int(seed) < 2**63:
         raise ValueError(f"seed must be between 0 and 2**63-1; got {seed}")
-    model, clip, vae = _BUILDERS[architecture](int(seed))
-    return TinyModels(model=model, clip=clip, vae=vae, architecture=architecture, seed=int(seed))
+    model, clip, vae = _BUILDERS[architecture](int(seed), weight_dtype)
+    return TinyModels(model=model, clip=clip, vae=vae, architecture=architecture, seed=int(seed),
+                      weight_dtype=weight_dtype)
