@@ -230,6 +230,8 @@ class EditLabReferenceAdapter(io.ComfyNode):
             raise EditLabInputError("reference", "an IMAGE of at least 8x8 px", tuple(reference.shape))
         import comfy.model_management
 
+        from ..models.expression.reference import record_reference_features
+
         blocks = transformer_blocks(model.get_model_object("diffusion_model"))
         if not blocks:
             raise EditLabInputError("model", "a UNet with attention blocks (SD1.5, SDXL)")
@@ -238,16 +240,9 @@ class EditLabReferenceAdapter(io.ComfyNode):
         writer = model.clone()
         writer.set_model_attn1_patch(recorder)
         comfy.model_management.load_models_gpu([writer])
-        base = writer.model
-        sigma = base.model_sampling.sigma_min.reshape(1).to(base.get_dtype())
-        context = torch.zeros(1, 77, blocks[0][1].attn2.to_k.weight.shape[1])
-        device = comfy.model_management.get_torch_device()
-        x = base.process_latent_in(latent).to(device)
-        extra = base.extra_conds(cross_attn=context, device=device, noise=x, pooled_output=torch.zeros(1, 1280))
-        with torch.no_grad():
-            base.apply_model(x, sigma.to(device), c_crossattn=context.to(device),
-                             transformer_options=writer.model_options.get("transformer_options", {}),
-                             **{k: v.cond for k, v in extra.items() if k != "c_crossattn" and hasattr(v, "cond")})
+        record_reference_features(writer.model, latent, blocks[0][1].attn2.to_k.weight.shape[1],
+                                  writer.model_options.get("transformer_options", {}), recorder,
+                                  comfy.model_management.get_torch_device())
         if len(recorder.features) != len(blocks):
             raise EditLabInputError("model", "a UNet whose self-attention layers the reference pass reaches")
         patch = ReferenceAttentionPatch(recorder.features, strength, [(key, tb.attn1) for key, tb in blocks])
@@ -255,23 +250,6 @@ class EditLabReferenceAdapter(io.ComfyNode):
         m.set_model_attn1_patch(patch.before_attention)
         m.set_model_attn1_output_patch(patch.after_attention)
         return io.NodeOutput(m)
-
-
-def _frozen_autograd_ready(module: torch.nn.Module) -> None:
-    """Freeze the model so gradients reach only the adapter, and swap any inference tensors (made while ComfyUI
-    ran a node in inference mode) for ordinary tensors with the same values: autograd cannot save inference
-    tensors for the backward pass through the model's layers."""
-    for sub in module.modules():
-        for name, p in list(sub._parameters.items()):
-            if p is None:
-                continue
-            if p.is_inference():
-                sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
-            else:
-                p.requires_grad_(False)
-        for name, b in list(sub._buffers.items()):
-            if b is not None and b.is_inference():
-                sub._buffers[name] = b.detach().clone()
 
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -335,46 +313,29 @@ class EditLabTrainExpressionAdapter(io.ComfyNode):
         from comfy_api.latest import ui
 
         from ..models.expression.adapter import random_adapter, save_adapter
-        from ..models.expression.patch import ExpressionAttentionPatch, cross_attention_layers
-        from ..models.expression.train import train_adapter
+        from ..models.expression.patch import cross_attention_layers
+        from ..models.expression.train import train_unet_adapter
 
         file_name = checked_file_name(name, "name")
         out_dir = folder_paths.get_folder_paths(ADAPTER_FOLDER)[0]
         images, values, skipped = _face_folder_images(folder, resolution)
-        comfy.model_management.load_models_gpu([model])
-        base = model.model
-        layers = cross_attention_layers(base.diffusion_model)
+        layers = cross_attention_layers(model.get_model_object("diffusion_model"))
         if not layers:
             raise EditLabInputError("model", "a UNet with cross-attention (SD1.5, SDXL)")
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        device = comfy.model_management.get_torch_device()
-        bar = comfy.utils.ProgressBar(steps)
-        with torch.inference_mode(False), torch.enable_grad():
-            with torch.no_grad():  # data, not parameters: no graph through the VAE
-                latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
+        comfy.model_management.load_models_gpu([model])
+        base, device = model.model, comfy.model_management.get_torch_device()
+        with torch.inference_mode(False), torch.no_grad():  # data, not parameters: no graph through the VAE
+            latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
             context = cond[0][0].clone().to(device)
+            pooled = cond[0][1].get("pooled_output")
+            pooled = None if pooled is None else pooled.clone().to(device)
             adapter = random_adapter(52, context.shape[-1], [a.to_q.weight.shape[0] for _, a in layers], num_tokens,
                                      seed=seed).to(device).train()
-            patch = ExpressionAttentionPatch(adapter, torch.zeros(1, 52), 1.0, layers, float("inf"), 0.0)
-            options = {"patches": {"attn2_patch": [patch.before_attention],
-                                   "attn2_output_patch": [patch.after_attention]}, "cond_or_uncond": [0]}
-            pooled = cond[0][1].get("pooled_output")
-
-            def denoise(x, sigma):
-                b = x.shape[0]
-                extra = base.extra_conds(cross_attn=context.expand(b, -1, -1), device=device, noise=x,
-                                         pooled_output=None if pooled is None else pooled.expand(b, -1).to(device),
-                                         width=resolution, height=resolution)
-                conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
-                return base.apply_model(x, sigma.to(device), transformer_options={**options, "sigmas": sigma},
-                                        **conds)
-
-            _frozen_autograd_ready(base.diffusion_model)
-            stats = train_adapter(adapter, patch, latents, values.to(device), denoise,
-                                  base.model_sampling.noise_scaling,
-                                  (float(base.model_sampling.sigma_min), float(base.model_sampling.sigma_max)),
-                                  steps, lr, batch_size, seed, on_step=lambda i, n, loss: bar.update_absolute(i, n),
-                                  should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
+        bar = comfy.utils.ProgressBar(steps)
+        stats = train_unet_adapter(base, adapter, layers, context, pooled, latents, values, resolution, steps, lr,
+                                   batch_size, seed, device, on_step=lambda i, n, loss: bar.update_absolute(i, n),
+                                   should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
         adapter = adapter.cpu().eval()
         path = os.path.join(out_dir, file_name)
         os.makedirs(out_dir, exist_ok=True)
