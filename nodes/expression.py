@@ -9,6 +9,7 @@ import folder_paths
 import mediapipe  # noqa: F401 - imported here so a missing dependency removes only these nodes, with one log line
 import numpy as np
 import torch
+from comfy.model_patcher import ModelPatcher
 from comfy_api.latest import io
 
 from ..models.expression.adapter import AdapterFileError, load_adapter
@@ -56,7 +57,7 @@ class EditLabFaceBlendshapes(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, face_index, allow_no_face) -> io.NodeOutput:
-        frame = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        frame = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         faces = _encoder().faces(frame)
         if not faces:
             if not allow_no_face:
@@ -186,8 +187,6 @@ class EditLabApplyExpression(io.ComfyNode):
         if start_percent > end_percent:
             raise EditLabInputError("end_percent", f"a value at or after start_percent ({start_percent})",
                                     end_percent)
-        if strength == 0.0:
-            return io.NodeOutput(model)
         layers = cross_attention_layers(model.get_model_object("diffusion_model"))
         dims = [attn.to_q.weight.shape[0] for _, attn in layers]
         if len(layers) != net.layers or dims != [w.weight.shape[0] for w in net.to_k_ip]:
@@ -200,9 +199,11 @@ class EditLabApplyExpression(io.ComfyNode):
         patch = ExpressionAttentionPatch(net, torch.from_numpy(blendshapes.values), strength, layers,
                                          float(sampling.percent_to_sigma(start_percent)),
                                          float(sampling.percent_to_sigma(end_percent)))
+        # The adapter as a host model: load_models_gpu counts, loads and offloads it with the UNet.
+        patch.extra_models = [ModelPatcher(net, load_device=model.load_device, offload_device=model.offload_device)]
         m = model.clone()
-        m.set_model_attn2_patch(patch.before_attention)
-        m.set_model_attn2_output_patch(patch.after_attention)
+        m.set_model_attn2_patch(patch.input_hook)
+        m.set_model_attn2_output_patch(patch.output_hook)
         return io.NodeOutput(m)
 
 

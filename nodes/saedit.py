@@ -157,11 +157,14 @@ class EditLabSAETrain(io.ComfyNode):
         config.act_size = rows[0].shape[1]
         train = TrainConfig(lr=lr, batch_size=batch_size, epochs=epochs, seed=seed)
         # ComfyUI runs nodes under inference mode; training needs autograd and tensors made outside it.
+        # On the host's compute device (a GPU where there is one), in float32 whatever the text encoder's dtype.
+        device = comfy.model_management.get_torch_device()
         with torch.inference_mode(False), torch.enable_grad():
-            tokens = torch.cat([r.clone() for r in rows])
+            tokens = torch.cat([r.clone() for r in rows]).to(device=device, dtype=torch.float32)
             steps = max(tokens.shape[0] // min(batch_size, tokens.shape[0]), 1) * epochs
             sae, stats = train_sae(tokens, config, train, on_step=_progress(steps),
                                    should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
+        sae = sae.cpu()
         stats.update(prompts=len(texts), part=part)
         save_sae(sae, path, encoder=part, stats=stats)  # atomic: a stopped run writes nothing
         log.info("saved SAE %s: %s", path, stats)

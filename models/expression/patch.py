@@ -28,6 +28,28 @@ def cross_attention_layers(unet) -> list:
     return [(key, tb.attn2) for key, tb in transformer_blocks(unet)]
 
 
+class Hook:
+    """One attention hook as the host's patch lists want it: callable, and with ``to`` / ``models`` so that
+    ComfyUI's memory management moves what the patch holds along with the model (``ModelPatcher.model_patches_to``
+    calls ``to`` with the load/offload device and with the model's dtype) and loads the models it names."""
+
+    def __init__(self, fn, owner, report_models: bool):
+        self.fn, self.owner, self.report_models = fn, owner, report_models
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def to(self, device_or_dtype):
+        self.owner.to(device_or_dtype)
+        return self
+
+    def models(self) -> list:
+        return list(self.owner.extra_models) if self.report_models else []
+
+    def __deepcopy__(self, memo):
+        return self  # ModelPatcher.clone deep-copies model_options; the patch is shared, never copied
+
+
 class ExpressionAttentionPatch:
     def __init__(self, adapter, values: torch.Tensor, strength: float, layers: list, sigma_start: float,
                  sigma_end: float):
@@ -39,9 +61,20 @@ class ExpressionAttentionPatch:
         self._inputs = {}
         self._tokens = {}
         self.training = False  # training: values are per row (B, D), tokens keep their gradient, nothing cached
+        self.extra_models = []  # host model wrappers of the adapter (set by the node) for memory management
+        self.input_hook = Hook(self.before_attention, self, report_models=False)
+        self.output_hook = Hook(self.after_attention, self, report_models=True)
 
     def __deepcopy__(self, memo):
         return self  # ModelPatcher.clone deep-copies model_options; this object holds the UNet's own modules
+
+    def to(self, device_or_dtype):
+        """Devices move the adapter; dtypes are ignored: the adapter keeps its own precision (the model's may be
+        fp8 storage) and its tokens are cast to the activations' dtype where they meet them."""
+        if not isinstance(device_or_dtype, torch.dtype):
+            self.adapter.to(device_or_dtype)
+            self._tokens = {}
+        return self
 
     def _key(self, extra):
         return extra.get("block"), extra.get("block_index", 0)
@@ -67,9 +100,12 @@ class ExpressionAttentionPatch:
         if key not in self._tokens:
             per = rows // max(len(cond_or_uncond), 1)
             vals = torch.stack([self.values if c == 0 else torch.zeros_like(self.values) for c in cond_or_uncond])
-            adapter = self.adapter.to(device=device, dtype=dtype)
-            with torch.no_grad():
-                self._tokens = {key: adapter.tokens(vals.to(device)).repeat_interleave(per, dim=0)}
+            weight = next(self.adapter.parameters())
+            if weight.device != torch.device(device):
+                self.to(device)  # normally done by the host through Hook.to when it loads the model
+            with torch.no_grad():  # in the adapter's own dtype; cast where they meet the activations
+                tokens = self.adapter.tokens(vals.to(device=device, dtype=weight.dtype))
+            self._tokens = {key: tokens.repeat_interleave(per, dim=0)}
         return self._tokens[key]
 
     def after_attention(self, out, extra):
@@ -83,7 +119,10 @@ class ExpressionAttentionPatch:
         with torch.set_grad_enabled(self.training):
             q = attn.to_q(n)
             ip = self.adapter.attention(layer, q, tokens, extra["n_heads"])
-            delta = torch.nn.functional.linear(ip, attn.to_out[0].weight.to(ip))
+            # to_out without its bias, through the layer itself so the host's weight handling applies (fp8 or
+            # GGUF casting, low-VRAM offload, LoRA weight patches): to_out(ip) - to_out(0).
+            proj = attn.to_out[0]
+            delta = proj(ip) - proj(ip.new_zeros((1, 1, ip.shape[-1])))
         return out + self.strength * delta.to(out.dtype)
 
 

@@ -32,7 +32,7 @@ def heatmap(codes: torch.Tensor, token_texts: list[str], table: dict, max_column
             used[f["id"]] = max(used.get(f["id"], 0.0), f["activation"])
     columns = sorted(used, key=lambda k: -used[k])[:max_columns] or [0]
     labelled = {f["id"] for row in table["tokens"] for f in row["features"] if f["labels"]}
-    values = codes[:, columns].float().numpy() if codes.numel() else np.zeros((len(token_texts), 1))
+    values = codes[:, columns].float().cpu().numpy() if codes.numel() else np.zeros((len(token_texts), 1))
     values = values / max(float(values.max()), 1e-12)
     left, top = 110, 40
     width, height = left + cell * len(columns) + 4, top + cell * max(len(token_texts), 1) + 4

@@ -82,7 +82,7 @@ def train_sae(tokens: torch.Tensor, sae_config: SAEConfig, train_config: TrainCo
     step = 0
     sae.train()
     for _ in range(train_config.epochs):
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen).to(tokens.device)  # drawn on the CPU: the same on every device
         for b in range(steps_per_epoch):
             if should_stop:
                 should_stop()

@@ -160,6 +160,12 @@ def test_expression_nodes_in_half_precision(expression, dtype):
                                                       strength=1.0, start_percent=0.0, end_percent=1.0).result
     moved = _sample(full, pos, neg, channels=4)
     assert torch.isfinite(moved).all() and not torch.equal(moved, base)
+    # the host's memory management loaded the adapter with the UNet, and left its precision alone
+    import comfy.model_management
+
+    net = adapter["adapter"]
+    assert any(lm.model.model is net for lm in comfy.model_management.current_loaded_models)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
     reference = sd15.vae.decode(base)
     ref_model, = expression.EditLabReferenceAdapter.execute(model=sd15.model, vae=sd15.vae, reference=reference,
                                                             strength=1.0).result
