@@ -17,26 +17,22 @@ from ..models.expression.blendshapes import (ARKIT_NAMES, FLAME_SIZE, PRESETS, B
                                              flame, landmarker_path)
 from ..models.expression.overlay import draw_overlay
 from .common import CATEGORY, EditLabInputError, checked_file_name
+from .host import mediapipe_dirs, model_folder
 
 CAT = f"{CATEGORY}/Expression"
-ADAPTER_FOLDER, MEDIAPIPE_FOLDER = "expression_adapters", "mediapipe"
-for _folder, _exts in ((ADAPTER_FOLDER, {".safetensors", ".bin", ".pt"}), (MEDIAPIPE_FOLDER, {".task"})):
-    if _folder not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[_folder] = ([os.path.join(folder_paths.models_dir, _folder)], _exts)
+ADAPTER_FOLDER = model_folder("expression_adapters", {".safetensors", ".bin", ".pt"})
 
 BlendshapesType = io.Custom("EDITLAB_BLENDSHAPES")
 AdapterType = io.Custom("EDITLAB_EXPRESSION_ADAPTER")
-_ENCODERS: dict[str, FaceEncoder] = {}  # one landmarker per model file (creating one takes ~0.1 s)
 
 
 def _encoder() -> FaceEncoder:
+    """A face landmarker for one node run; use it as a context manager so its native graph is closed after."""
     try:
-        path = landmarker_path(folder_paths.get_folder_paths(MEDIAPIPE_FOLDER))
+        path = landmarker_path(mediapipe_dirs())
     except FileNotFoundError as exc:
         raise EditLabInputError("image", str(exc)) from None
-    if path not in _ENCODERS:
-        _ENCODERS[path] = FaceEncoder(path)
-    return _ENCODERS[path]
+    return FaceEncoder(path)
 
 
 class EditLabFaceBlendshapes(io.ComfyNode):
@@ -58,7 +54,8 @@ class EditLabFaceBlendshapes(io.ComfyNode):
     @classmethod
     def execute(cls, image, face_index, allow_no_face) -> io.NodeOutput:
         frame = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        faces = _encoder().faces(frame)
+        with _encoder() as encoder:
+            faces = encoder.faces(frame)
         if not faces:
             if not allow_no_face:
                 raise EditLabInputError("image", "an image with a face; none was found (or turn on allow_no_face)")

@@ -11,9 +11,10 @@ import torch
 from comfy_api.latest import io
 
 from ..models.tryon.mask import CATEGORIES, tryon_mask
-from ..models.tryon.pose import estimate_pose, render_pose
+from ..models.tryon.pose import PoseEstimator, pose_model_path, render_pose
 from ..models.tryon.stitch import LAYOUTS, MAX_SIDE, MIN_SIDE, check_image, stitch, unstitch
 from .common import CATEGORY, EditLabInputError
+from .host import mediapipe_dirs
 
 CAT = f"{CATEGORY}/TryOn"
 PoseType = io.Custom("EDITLAB_POSE")
@@ -49,7 +50,12 @@ class EditLabPoseEstimate(io.ComfyNode):
     @classmethod
     def execute(cls, image, allow_no_person) -> io.NodeOutput:
         _checked(lambda: check_image(image, "image"), "image")
-        poses = [estimate_pose(_uint8(frame)) for frame in image]
+        try:
+            model_path = pose_model_path(mediapipe_dirs())
+        except FileNotFoundError as exc:
+            raise EditLabInputError("image", str(exc)) from None
+        with PoseEstimator(model_path) as estimator:
+            poses = [estimator(_uint8(frame)) for frame in image]
         missing = [i + 1 for i, p in enumerate(poses) if not p.found]
         if missing and not allow_no_person:
             raise EditLabInputError("image", f"a photo with a person in it; no person found in image(s) {missing} "
