@@ -245,8 +245,8 @@ class EditLabReferenceAdapter(io.ComfyNode):
             raise EditLabInputError("model", "a UNet whose self-attention layers the reference pass reaches")
         patch = ReferenceAttentionPatch(recorder.features, strength, [(key, tb.attn1) for key, tb in blocks])
         m = model.clone()
-        m.set_model_attn1_patch(patch.before_attention)
-        m.set_model_attn1_output_patch(patch.after_attention)
+        m.set_model_attn1_patch(patch.input_hook)
+        m.set_model_attn1_output_patch(patch.output_hook)
         return io.NodeOutput(m)
 
 

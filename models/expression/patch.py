@@ -136,8 +136,17 @@ class ReferenceAttentionPatch:
         self.strength = float(strength)
         self.layers = dict(layers)  # (block, index) -> attn1
         self._inputs = {}
+        self.extra_models = []
+        self.input_hook = Hook(self.before_attention, self, report_models=False)
+        self.output_hook = Hook(self.after_attention, self, report_models=False)
 
     def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        """The host moves the recorded features with the model (devices only: they keep their precision)."""
+        if not isinstance(device_or_dtype, torch.dtype):
+            self.features = {k: v.to(device_or_dtype) for k, v in self.features.items()}
         return self
 
     def before_attention(self, n, context, value, extra):
