@@ -116,11 +116,13 @@ def checked_image_size(height: int, width: int, input_name: str, min_side: int =
 
 
 def rgb_images(image, input_name: str, min_side: int = 8, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS):
-    """An IMAGE batch (B, H, W, C) checked for size, as RGB: alpha dropped, gray repeated."""
+    """An IMAGE batch (B, H, W, C) checked for size and finite values, as RGB: alpha dropped, gray repeated."""
     shape = tuple(getattr(image, "shape", ()))
     if len(shape) != 4 or shape[0] < 1 or shape[-1] not in (1, 3, 4):
         raise EditLabInputError(input_name, "an IMAGE batch (B, H, W, 3), RGB or RGBA", shape or type(image).__name__)
     checked_image_size(shape[1], shape[2], input_name, min_side, max_side, max_pixels)
+    if image.is_floating_point() and not bool(image.isfinite().all()):
+        raise EditLabInputError(input_name, "finite pixel values (this IMAGE holds NaN or infinite values)")
     if shape[-1] == 4:
         return image[..., :3]
     if shape[-1] == 1:

@@ -57,6 +57,8 @@ def _mask(mask: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
     if mask.ndim != 3 or tuple(mask.shape[1:]) != (h, w):
         raise StitchInputError("mask", f"mask is {'x'.join(map(str, tuple(mask.shape)[::-1][:2]))}; the person "
                                        f"image is {w}x{h} (a MASK of the same size)")
+    if not bool(mask.isfinite().all()):
+        raise StitchInputError("mask", "the mask holds NaN or infinite values")
     return _batch(mask[..., None].expand(-1, -1, -1, 3), b, "mask")[..., 0]
 
 
@@ -164,6 +166,8 @@ def unstitch(generated: torch.Tensor, info: Stitch, person: torch.Tensor, mask: 
     if generated.ndim != 4 or tuple(generated.shape[1:3]) != tuple(info.canvas_size):
         raise StitchInputError("generated", f"the generated image is {tuple(generated.shape)}; the stitch made a "
                                             f"{info.canvas_size[1]}x{info.canvas_size[0]} canvas")
+    if not bool(generated.isfinite().all()):
+        raise StitchInputError("generated", "the generated image holds NaN or infinite values")
     m = _mask(mask, b, h, w)[..., None].expand(-1, -1, -1, 3).to(person.dtype)
     x0, y0, x1, y1 = info.person_box
     crop = _resize(_batch(generated[..., :3], b, "generated")[:, y0:y1, x0:x1], h, w).to(person.dtype)
