@@ -29,6 +29,7 @@ AdapterType = io.Custom("EDITLAB_EXPRESSION_ADAPTER")
 _ENCODERS: dict[str, FaceEncoder] = {}  # one landmarker per model file (creating one takes ~0.1 s)
 MIN_FACE_IMAGE_SIDE = 16  # px; smaller images hold no face the landmarker can find
 MAX_VALUES_CHARS = 100_000  # Blendshape Edit's JSON
+MAX_PROMPT_CHARS = 4000  # the adapter trainer's prompt
 
 
 def _encoder() -> FaceEncoder:
@@ -371,6 +372,8 @@ class EditLabTrainExpressionAdapter(EditLabNode):
         from ..models.expression.train import train_adapter
 
         path = output_file(ADAPTER_FOLDER, name, "name", overwrite)
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise EditLabInputError("prompt", f"a prompt of at most {MAX_PROMPT_CHARS} characters", prompt)
         images, values, skipped, unreadable = _face_folder_images(folder, resolution)
         comfy.model_management.load_models_gpu([model])
         base = model.model

@@ -170,7 +170,8 @@ class EditLabSAETrain(EditLabNode):
         if not texts:
             raise EditLabInputError("prompts", "at least one prompt (or generated_prompts > 0)")
         try:
-            rows = content_embeddings(clip, texts, part)
+            rows = content_embeddings(clip, texts, part,
+                                      should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
         except ValueError as exc:
             raise EditLabInputError("part", str(exc), part) from None
         config.act_size = rows[0].shape[1]
@@ -243,8 +244,9 @@ class EditLabSAEDirection(EditLabNode):
         if not parsed:
             raise EditLabInputError("pairs", "at least one 'source | target' pair")
         try:
-            src = content_embeddings(clip, [s for s, _ in parsed], part)
-            tgt = content_embeddings(clip, [t for _, t in parsed], part)
+            stop = comfy.model_management.throw_exception_if_processing_interrupted
+            src = content_embeddings(clip, [s for s, _ in parsed], part, should_stop=stop)
+            tgt = content_embeddings(clip, [t for _, t in parsed], part, should_stop=stop)
         except ValueError as exc:
             raise EditLabInputError("part", str(exc), part) from None
         _check_width(sae, src[0].shape[1])
@@ -302,6 +304,8 @@ class EditLabSAESlider(EditLabNode):
     @classmethod
     def execute(cls, conditioning, clip, sae, direction, prompt, word, strength, schedule, part) -> io.NodeOutput:
         _checked_prompt(prompt, expected="the text the conditioning was encoded from")
+        if len(word) > MAX_PROMPT_CHARS:
+            raise EditLabInputError("word", f"a word of the prompt (at most {MAX_PROMPT_CHARS} characters)", word)
         if strength == 0.0:
             return io.NodeOutput(conditioning)
         try:
@@ -447,6 +451,10 @@ class EditLabFlowInversion(EditLabNode):
         if kind not in ("FLUX", "FLOW"):
             raise EditLabInputError("model", "a rectified-flow model (Flux family, SD3)", kind)
         samples = latent["samples"]
+        if not bool(torch.isfinite(sigmas).all()) or sigmas.ndim != 1 or len(sigmas) < 2:
+            raise EditLabInputError("sigmas", "a finite, 1-D schedule of at least 2 sigmas", tuple(sigmas.shape))
+        if not bool(torch.isfinite(samples).all()):
+            raise EditLabInputError("latent", "a latent of finite values (it holds NaN or infinite values)")
         try:
             out = comfy.sample.sample_custom(model, torch.zeros_like(samples), 1.0, _InversionSampler(iterations),
                                              sigmas, conditioning, conditioning, samples)
