@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 TOKEN = f"badinput{uuid.uuid4().hex[:8]}"
 MODEL_FOLDERS = ("sae", "sae_directions", "expression_adapters")
 SECRET = "SECRET-FIRST-LINE-of-a-file-outside-the-input-folder"
-NAN, INF = float("nan"), float("inf")
+NAN = float("nan")
 
 
 # -- graph pieces ---------------------------------------------------------------------------------------------------
@@ -81,6 +81,16 @@ def sae_slider(**over):
             "3": N("CLIPTextEncode", text=prompt, clip=["1", 1]),
             "4": N("EditLabSAEDirectionLoader", direction_name=f"{TOKEN}_ok.safetensors"),
             "9": N("EditLabSAESlider", **inputs)}
+
+
+def flow_inversion(sigma=1.0, multiplier=1.0):
+    return {"1": tiny(), "2": N("CLIPTextEncode", text="a fox", clip=["1", 1]),
+            "3": N("EmptySD3LatentImage", width=64, height=64, batch_size=1),
+            "4": N("LatentMultiply", samples=["3", 0], multiplier=multiplier),
+            "5": N("BasicScheduler", model=["1", 0], scheduler="simple", steps=2, denoise=1.0),
+            "6": N("SetFirstSigma", sigmas=["5", 0], sigma=sigma),
+            "9": N("EditLabFlowInversion", model=["1", 0], conditioning=["2", 0], latent=["4", 0], sigmas=["6", 0],
+                   iterations=1)}
 
 
 def stitch(person=None, mask=None, product=None, **over):
@@ -174,6 +184,8 @@ CASES = {
     "sae features 10 kB prompt": Case(sae_features(prompt="a smiling man " * 800), "prompt", "4000 characters"),
     "sae features 1500 tokens": Case(sae_features(prompt="a " * 1500), "prompt", "512 tokens"),
     "sae slider 1 MB prompt": Case(sae_slider(prompt=BIG_TEXT), "prompt", "4000 characters"),
+    "sae slider 1 MB word": Case(sae_slider(word=BIG_TEXT), "word", "4000 characters"),
+    "adapter trainer 1 MB prompt": Case(train_adapter(prompt=BIG_TEXT), "prompt", "4000 characters"),
     "sae train 5 kB prompt line": Case(sae_train(prompts="a" * 5000), "prompts", "4000 characters"),
     # -- nothing escapes ---------------------------------------------------------------------------------------
     "prompts_file links out": Case(sae_train(prompts_file=f"{TOKEN}_link.txt"), "prompts_file", "inside",
@@ -204,6 +216,13 @@ CASES = {
     "sae train lr NaN": Case(sae_train(lr=NAN), "lr", "finite"),
     "sae slider strength NaN": Case(sae_slider(strength=NAN), "strength", "finite"),
     "adapter trainer lr NaN": Case(train_adapter(lr=NAN), "lr", "finite"),
+    "apply expression end_percent NaN from a link": Case(apply_expression(end_percent=["5", 0]) |
+                                                         {"5": N("PrimitiveFloat", value=NAN)}, "end_percent",
+                                                         "finite"),
+    "flame jaw NaN from a link": Case(flame(jaw_open=["5", 0]) | {"5": N("PrimitiveFloat", value=NAN)}, "jaw_open",
+                                      "finite"),
+    "flow inversion sigmas of NaN": Case(flow_inversion(sigma=NAN), "sigmas", "finite"),
+    "flow inversion latent of NaN": Case(flow_inversion(multiplier=NAN), "latent", "finite"),
     "stitch mask of NaN": Case(stitch(mask=solid(NAN)), "mask", "NaN"),
     "stitch product of NaN": Case({**stitch(product=N("MaskToImage", mask=["5", 0])), "5": solid(NAN, 32, 32)},
                                   "product", "finite"),
