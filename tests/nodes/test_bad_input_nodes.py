@@ -216,3 +216,54 @@ def test_input_paths_never_leave_the_input_folder(pack, tmp_path):
     with pytest.raises(common.EditLabInputError, match="input 'pairs_file': expected a UTF-8 text file") as caught:
         common.read_text_lines("latin1.txt", "pairs_file")
     assert "caf" not in str(caught.value)
+
+
+@pytest.fixture
+def interrupted(comfy_host):
+    import comfy.model_management as mm
+
+    mm.interrupt_current_processing(True)
+    yield mm.InterruptProcessingException
+    mm.interrupt_current_processing(False)
+
+
+def test_reference_tokens_stop_when_interrupted(pack, interrupted):
+    from editlab.nodes.tryon import EditLabReferenceTokens
+
+    class NeverEncode:
+        def encode(self, image):
+            raise AssertionError("encoded after an interrupt")
+
+    with pytest.raises(interrupted):
+        EditLabReferenceTokens.execute(conditioning=[], vae=NeverEncode(), image=torch.rand(2, 64, 64, 3),
+                                       method="offset", max_size=64)
+
+
+def test_sae_training_prompts_stop_when_interrupted(pack, interrupted):
+    from editlab.models.tiny import build_tiny_models
+
+    clip = build_tiny_models("flux", 0).clip
+    with pytest.raises(interrupted):
+        pack["saedit"].EditLabSAETrain.execute(clip=clip, prompts="a man\na dog", prompts_file="",
+                                               generated_prompts=0, part="auto", dict_size=16, top_k=2,
+                                               matryoshka_groups="", lr=1e-3, batch_size=8, epochs=1, seed=0,
+                                               name="never_saved")
+    assert not (pack["root"] / "sae" / "never_saved.safetensors").exists()
+
+
+def test_a_huge_reference_is_scaled_before_encoding(pack):
+    import time
+
+    from editlab.nodes.tryon import EditLabReferenceTokens
+
+    seen = []
+
+    class RecordingVAE:
+        def encode(self, image):
+            seen.append(tuple(image.shape))
+            return torch.zeros(1, 16, image.shape[1] // 8, image.shape[2] // 8)
+
+    start = time.monotonic()
+    EditLabReferenceTokens.execute(conditioning=[], vae=RecordingVAE(), image=torch.rand(1, 8000, 6000, 3),
+                                   method="offset", max_size=1024)
+    assert seen == [(1, 1024, 768, 3)] and time.monotonic() - start < 30
