@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import comfy.model_management
+import comfy.utils
 import cv2  # noqa: F401 - imported here so a missing dependency removes only these nodes, with one log line
 import mediapipe  # noqa: F401
 import node_helpers
@@ -60,7 +62,10 @@ class EditLabPoseEstimate(EditLabNode):
     @classmethod
     def execute(cls, image, allow_no_person) -> io.NodeOutput:
         image = _checked(lambda: _image(image, "image"), "image")
-        poses = [estimate_pose(_uint8(frame)) for frame in image]
+        poses = []
+        for frame in image:  # a batch can be long: interruptible between frames
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            poses.append(estimate_pose(_uint8(frame)))
         missing = [i + 1 for i, p in enumerate(poses) if not p.found]
         if missing and not allow_no_person:
             raise EditLabInputError("image", f"a photo with a person in it; no person found in image(s) {missing} "
@@ -156,9 +161,6 @@ class EditLabReferenceTokens(EditLabNode):
 
     @classmethod
     def execute(cls, conditioning, vae, image, method, max_size, image_2=None, image_3=None) -> io.NodeOutput:
-        import comfy.model_management
-        import comfy.utils
-
         given = [(name, _checked(lambda: _image(img, name), name))
                  for name, img in (("image", image), ("image_2", image_2), ("image_3", image_3)) if img is not None]
         bar = comfy.utils.ProgressBar(sum(img.shape[0] for _, img in given))

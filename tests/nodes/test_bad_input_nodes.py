@@ -269,3 +269,11 @@ def test_a_huge_reference_is_scaled_before_encoding(pack):
     EditLabReferenceTokens.execute(conditioning=[], vae=RecordingVAE(), image=torch.rand(1, 8000, 6000, 3),
                                    method="offset", max_size=1024)
     assert seen == [(1, 1024, 768, 3)] and time.monotonic() - start < 30
+
+
+def test_pose_estimate_stops_when_interrupted(pack, interrupted, monkeypatch):
+    from editlab.nodes import tryon
+
+    monkeypatch.setattr(tryon, "estimate_pose", lambda frame: pytest.fail("a frame was estimated after an interrupt"))
+    with pytest.raises(interrupted):
+        tryon.EditLabPoseEstimate.execute(image=torch.rand(3, 32, 32, 3), allow_no_person=True)
