@@ -1,21 +1,190 @@
-"""Shared pieces of the node modules: socket types, the error users see, and the category root."""
+"""Shared pieces of the node modules: the error users see, the checks every node shares, and the category root.
+
+One place for what a hostile or careless input must never get past:
+- ``EditLabNode``: the base of every node; before ``execute`` runs, each FLOAT input must be finite and each COMBO
+  value one of its options (the host's min/max check lets NaN through, and does not check linked values).
+- ``checked_image_size``: sizes checked before MediaPipe or OpenCV see an image (a side of 32,768 px aborts the process
+  inside OpenCV, with no Python exception to catch).
+- ``input_file`` / ``input_folder``: real paths, inside ComfyUI's input folder, never followed out by a symlink.
+- ``output_file``: a plain file name in a model folder, refused when it exists unless ``overwrite`` says so.
+- ``excerpt``: errors quote at most a short excerpt of a bad value.
+"""
 from __future__ import annotations
 
+import functools
+import inspect
+import math
+import os
 import re
 
+from comfy_api.latest import io
+
 CATEGORY = "EditLab"
+EXCERPT_CHARS = 200  # an error quotes at most this much of a bad value
+MAX_EXPECTED_CHARS = 1000  # ... and at most this much of what was expected (messages may carry user text)
+MAX_SIDE = 16384  # px: any image side handed to MediaPipe / OpenCV (they abort the process at 32,768)
+MAX_PIXELS = 8192 * 8192  # px per image: 67 MP, 768 MB as a float IMAGE already
+MAX_TEXT_FILE_BYTES = 64 * 2**20  # prompts_file / pairs_file
+
+
+def excerpt(value, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)``, cut to about ``limit`` characters with the full length said."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class EditLabInputError(ValueError):
     """Bad input to an EditLab node. The message names the input and says what was expected.
 
     Raised from ``execute`` it becomes ComfyUI's execution error for that prompt; the server goes on serving.
+    ``got`` is quoted as a short excerpt only.
     """
 
     def __init__(self, input_name: str, expected: str, got=None):
-        detail = f"; got {got!r}" if got is not None else ""
+        expected = str(expected)
+        if len(expected) > MAX_EXPECTED_CHARS:
+            expected = expected[:MAX_EXPECTED_CHARS] + "..."
+        detail = f"; got {excerpt(got)}" if got is not None else ""
         super().__init__(f"input '{input_name}': expected {expected}{detail}")
         self.input_name = input_name
+
+
+# -- every node ---------------------------------------------------------------------------------------------------
+
+def check_node_inputs(schema, values: dict) -> None:
+    """Every FLOAT input of ``schema`` finite, every COMBO value one of its options (inputs not given are skipped)."""
+    for inp in schema.inputs or []:
+        if inp.id not in values or values[inp.id] is None:
+            continue
+        value = values[inp.id]
+        if isinstance(inp, io.Float.Input):
+            try:
+                finite = math.isfinite(float(value))
+            except (TypeError, ValueError):
+                finite = False
+            if not finite:
+                raise EditLabInputError(inp.id, "a finite number", value)
+        elif isinstance(inp, io.Combo.Input) and not isinstance(inp, io.MultiCombo.Input) and inp.options:
+            if value not in inp.options:
+                shown = ", ".join(map(str, inp.options[:20])) + (", ..." if len(inp.options) > 20 else "")
+                raise EditLabInputError(inp.id, f"one of {shown}", value)
+
+
+def _checked_execute(fn):
+    signature = inspect.signature(fn)
+
+    def check(cls, args, kwargs):
+        bound = signature.bind_partial(cls, *args, **kwargs)
+        check_node_inputs(cls.define_schema(), bound.arguments)
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def execute(cls, *args, **kwargs):
+            check(cls, args, kwargs)
+            return await fn(cls, *args, **kwargs)
+    else:
+        @functools.wraps(fn)
+        def execute(cls, *args, **kwargs):
+            check(cls, args, kwargs)
+            return fn(cls, *args, **kwargs)
+    execute._editlab_checked = True
+    return classmethod(execute)
+
+
+class EditLabNode(io.ComfyNode):
+    """Base of every EditLab node: ``execute`` runs only on finite FLOAT inputs and known COMBO values, however they
+    arrived (a widget, a link, an API prompt), and the error names the input."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("execute")  # the host's per-run clones inherit an already checked execute
+        if isinstance(own, classmethod) and not getattr(own.__func__, "_editlab_checked", False):
+            cls.execute = _checked_execute(own.__func__)
+
+
+# -- images -------------------------------------------------------------------------------------------------------
+
+def checked_image_size(height: int, width: int, input_name: str, min_side: int = 8, max_side: int = MAX_SIDE,
+                       max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse an image too small or too large before any native library (MediaPipe, OpenCV) sees it."""
+    height, width = int(height), int(width)
+    if min(height, width) < min_side or max(height, width) > max_side or height * width > max_pixels:
+        raise EditLabInputError(input_name, f"an image with sides of {min_side} to {max_side} px and at most "
+                                            f"{max_pixels / 1e6:.0f} megapixels", f"{width}x{height} px")
+
+
+def rgb_images(image, input_name: str, min_side: int = 8, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS):
+    """An IMAGE batch (B, H, W, C) checked for size and finite values, as RGB: alpha dropped, gray repeated."""
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) != 4 or shape[0] < 1 or shape[-1] not in (1, 3, 4):
+        raise EditLabInputError(input_name, "an IMAGE batch (B, H, W, 3), RGB or RGBA", shape or type(image).__name__)
+    checked_image_size(shape[1], shape[2], input_name, min_side, max_side, max_pixels)
+    if image.is_floating_point() and not bool(image.isfinite().all()):
+        raise EditLabInputError(input_name, "finite pixel values (this IMAGE holds NaN or infinite values)")
+    if shape[-1] == 4:
+        return image[..., :3]
+    if shape[-1] == 1:
+        return image.expand(-1, -1, -1, 3)
+    return image
+
+
+# -- files --------------------------------------------------------------------------------------------------------
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _resolve_input(name: str, input_name: str, what: str, allow_root: bool = False) -> str:
+    import folder_paths
+
+    root = os.path.realpath(folder_paths.get_input_directory())
+    name = name.strip()
+    path = os.path.realpath(os.path.join(root, name))  # symlinks resolved: a link out of the folder stays out
+    if "\x00" in name or not _inside(path, root) or (path == root and not allow_root):
+        raise EditLabInputError(input_name, f"{what} inside ComfyUI's input folder (no links or '..' out of it)",
+                                name)
+    return path
+
+
+def input_file(name: str, input_name: str) -> str:
+    """The real path of a text file in ComfyUI's input folder; nothing outside it, even through a symlink."""
+    path = _resolve_input(name, input_name, "a file")
+    if not os.path.isfile(path):
+        raise EditLabInputError(input_name, "an existing file in ComfyUI's input folder", name)
+    if os.path.getsize(path) > MAX_TEXT_FILE_BYTES:
+        raise EditLabInputError(input_name, f"a text file of at most {MAX_TEXT_FILE_BYTES >> 20} MB", name)
+    return path
+
+
+def read_text_lines(name: str, input_name: str) -> list[str]:
+    """The stripped, non-empty, non-comment lines of a UTF-8 text file in the input folder. Errors never quote the
+    file's content."""
+    path = input_file(name, input_name)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise EditLabInputError(input_name, f"a UTF-8 text file (byte {exc.start} is not UTF-8)", name) from None
+    except OSError as exc:
+        raise EditLabInputError(input_name, f"a readable file ({exc.strerror})", name) from None
+    return [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
+
+
+def input_folder(name: str, input_name: str) -> str:
+    """The real path of a folder inside ComfyUI's input folder (the folder itself with '.' or '')."""
+    path = _resolve_input(name or ".", input_name, "a folder", allow_root=True)
+    if not os.path.isdir(path):
+        raise EditLabInputError(input_name, "a folder inside ComfyUI's input folder", name)
+    return path
+
+
+def inside_input_folder(path: str) -> bool:
+    """Whether ``path`` (a file found in an input folder) really lies inside ComfyUI's input folder."""
+    import folder_paths
+
+    return _inside(os.path.realpath(path), os.path.realpath(folder_paths.get_input_directory()))
 
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
@@ -23,6 +192,27 @@ _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
 def checked_file_name(name: str, input_name: str, extension: str = ".safetensors") -> str:
     """A plain file name (no folders, nothing that escapes the model folder), with its extension."""
-    if not _FILE_NAME.match(name):
+    if not isinstance(name, str) or not _FILE_NAME.match(name):
         raise EditLabInputError(input_name, "a file name of letters, digits, '_', '-' or '.' (no folders)", name)
     return name if name.endswith(extension) else name + extension
+
+
+def output_file(folder: str, name: str, input_name: str, overwrite: bool = False,
+                extension: str = ".safetensors") -> str:
+    """Where a saving node writes NAME in the model folder ``folder`` (a folder_paths key). An existing file is
+    refused unless ``overwrite`` is on: checked here, before the work, and again by the atomic write."""
+    import folder_paths
+
+    path = os.path.join(folder_paths.get_folder_paths(folder)[0], checked_file_name(name, input_name, extension))
+    if not overwrite and os.path.lexists(path):
+        raise EditLabInputError(input_name, f"a name not used yet in models/{folder}/ (or turn on overwrite)", name)
+    return path
+
+
+def saved(write, path: str, input_name: str, overwrite: bool):
+    """Run ``write(path, overwrite)`` (an atomic writer), turning a name taken meanwhile into the input's error."""
+    try:
+        return write(path, overwrite)
+    except FileExistsError:
+        raise EditLabInputError(input_name, "a name not used yet (or turn on overwrite)",
+                                os.path.basename(path)) from None

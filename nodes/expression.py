@@ -16,7 +16,8 @@ from ..models.expression.adapter import AdapterFileError, load_adapter
 from ..models.expression.blendshapes import (ARKIT_NAMES, FLAME_SIZE, PRESETS, Blendshapes, FaceEncoder, edit,
                                              flame, landmarker_path)
 from ..models.expression.overlay import draw_overlay
-from .common import CATEGORY, EditLabInputError, checked_file_name
+from .common import (CATEGORY, EditLabInputError, EditLabNode, checked_image_size, inside_input_folder, input_folder,
+                     output_file, rgb_images, saved)
 from .host import mediapipe_dirs, model_folder
 
 CAT = f"{CATEGORY}/Expression"
@@ -24,6 +25,9 @@ ADAPTER_FOLDER = model_folder("expression_adapters", {".safetensors", ".bin", ".
 
 BlendshapesType = io.Custom("EDITLAB_BLENDSHAPES")
 AdapterType = io.Custom("EDITLAB_EXPRESSION_ADAPTER")
+MIN_FACE_IMAGE_SIDE = 16  # px; smaller images hold no face the landmarker can find
+MAX_VALUES_CHARS = 100_000  # Blendshape Edit's JSON
+MAX_PROMPT_CHARS = 4000  # the adapter trainer's prompt
 
 
 def _encoder() -> FaceEncoder:
@@ -35,7 +39,7 @@ def _encoder() -> FaceEncoder:
     return FaceEncoder(path)
 
 
-class EditLabFaceBlendshapes(io.ComfyNode):
+class EditLabFaceBlendshapes(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -53,6 +57,7 @@ class EditLabFaceBlendshapes(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, face_index, allow_no_face) -> io.NodeOutput:
+        image = rgb_images(image, "image", min_side=MIN_FACE_IMAGE_SIDE)  # before MediaPipe sees it
         frame = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         with _encoder() as encoder:
             faces = encoder.faces(frame)
@@ -69,7 +74,7 @@ class EditLabFaceBlendshapes(io.ComfyNode):
         return io.NodeOutput(shapes, overlay, json.dumps({**shapes.as_dict(), **shapes.meta}))
 
 
-class EditLabBlendshapeEdit(io.ComfyNode):
+class EditLabBlendshapeEdit(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -90,10 +95,15 @@ class EditLabBlendshapeEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, preset, values, symmetric, intensity, blendshapes=None) -> io.NodeOutput:
+        if len(values) > MAX_VALUES_CHARS:
+            raise EditLabInputError("values", f"a JSON object of at most {MAX_VALUES_CHARS} characters", values)
         try:
             parsed = json.loads(values or "{}")
         except json.JSONDecodeError as exc:
             raise EditLabInputError("values", f"a JSON object ({exc.msg} at column {exc.colno})", values) from None
+        except RecursionError:
+            raise EditLabInputError("values", "a flat JSON object of name -> number (it is nested too deeply)",
+                                    values) from None
         if not isinstance(parsed, dict):
             raise EditLabInputError("values", "a JSON object of name -> number", values)
         try:
@@ -102,7 +112,7 @@ class EditLabBlendshapeEdit(io.ComfyNode):
             raise EditLabInputError("values", str(exc)) from None
 
 
-class EditLabFLAMEExpression(io.ComfyNode):
+class EditLabFLAMEExpression(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -122,14 +132,22 @@ class EditLabFLAMEExpression(io.ComfyNode):
 
     @classmethod
     def execute(cls, expression, eyelid_left, eyelid_right, jaw_open, jaw_yaw, jaw_roll) -> io.NodeOutput:
+        parts = [v for v in expression.replace(" ", "").split(",") if v]
+        if len(parts) > 50:
+            raise EditLabInputError("expression", f"up to 50 comma-separated numbers; it has {len(parts)}", expression)
         try:
-            coeffs = [float(v) for v in expression.replace(" ", "").split(",") if v]
+            coeffs = [float(v) for v in parts]
+        except ValueError:
+            raise EditLabInputError("expression", "up to 50 comma-separated numbers", expression) from None
+        if not all(np.isfinite(coeffs)):
+            raise EditLabInputError("expression", "finite numbers (no nan or inf)", expression)
+        try:
             return io.NodeOutput(flame(coeffs, [eyelid_left, eyelid_right], [jaw_open, jaw_yaw, jaw_roll]))
         except ValueError as exc:
             raise EditLabInputError("expression", f"up to 50 comma-separated numbers ({exc})", expression) from None
 
 
-class EditLabExpressionAdapterLoader(io.ComfyNode):
+class EditLabExpressionAdapterLoader(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -153,7 +171,7 @@ class EditLabExpressionAdapterLoader(io.ComfyNode):
         return io.NodeOutput({"adapter": adapter, "name": adapter_name, **info})
 
 
-class EditLabApplyExpression(io.ComfyNode):
+class EditLabApplyExpression(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -179,8 +197,6 @@ class EditLabApplyExpression(io.ComfyNode):
             raise EditLabInputError("blendshapes", f"{net.input_dim}-d blendshapes for this adapter "
                                                    f"({adapter['input']})",
                                     f"{blendshapes.values.shape[0]}-d ({blendshapes.space})")
-        if not np.isfinite(strength):
-            raise EditLabInputError("strength", "a finite number", strength)
         if start_percent > end_percent:
             raise EditLabInputError("end_percent", f"a value at or after start_percent ({start_percent})",
                                     end_percent)
@@ -204,7 +220,7 @@ class EditLabApplyExpression(io.ComfyNode):
         return io.NodeOutput(m)
 
 
-class EditLabReferenceAdapter(io.ComfyNode):
+class EditLabReferenceAdapter(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -224,8 +240,7 @@ class EditLabReferenceAdapter(io.ComfyNode):
 
         if strength == 0.0:
             return io.NodeOutput(model)
-        if reference.ndim != 4 or min(reference.shape[1:3]) < 8:
-            raise EditLabInputError("reference", "an IMAGE of at least 8x8 px", tuple(reference.shape))
+        reference = rgb_images(reference, "reference")
         import comfy.model_management
 
         from ..models.expression.reference import record_reference_features
@@ -233,7 +248,7 @@ class EditLabReferenceAdapter(io.ComfyNode):
         blocks = transformer_blocks(model.get_model_object("diffusion_model"))
         if not blocks:
             raise EditLabInputError("model", "a UNet with attention blocks (SD1.5, SDXL)")
-        latent = vae.encode(reference[:1, :, :, :3])
+        latent = vae.encode(reference[:1])
         recorder = FeatureRecorder([key for key, _ in blocks])
         writer = model.clone()
         writer.set_model_attn1_patch(recorder)
@@ -254,32 +269,49 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def _face_folder_images(folder: str, resolution: int):
-    """Images of a folder inside ComfyUI's input directory, with their blendshapes; faceless ones are skipped."""
+    """Images of a folder inside ComfyUI's input directory, with their blendshapes. Faceless images are skipped and
+    listed; unreadable, oversized or linked-out ones too, with the reason."""
     from PIL import Image
 
-    root = os.path.abspath(folder_paths.get_input_directory())
-    path = os.path.abspath(os.path.join(root, folder))
-    if not (path == root or path.startswith(root + os.sep)) or not os.path.isdir(path):
-        raise EditLabInputError("folder", "a folder inside ComfyUI's input directory", folder)
-    encoder, images, values, skipped = _encoder(), [], [], []
-    for name in sorted(os.listdir(path)):
-        if not name.lower().endswith(IMAGE_EXTS):
-            continue
-        with Image.open(os.path.join(path, name)) as im:
-            rgb = np.asarray(im.convert("RGB"))
-        faces = encoder.faces(rgb)
-        if not faces:
-            skipped.append(name)
-            continue
-        small = Image.fromarray(rgb).resize((resolution, resolution), Image.LANCZOS)
-        images.append(torch.from_numpy(np.asarray(small)).float() / 255.0)
-        values.append(torch.from_numpy(faces[0].values))
+    import comfy.model_management
+
+    path = input_folder(folder, "folder")
+    images, values, skipped, unreadable = [], [], [], []
+    with _encoder() as encoder:  # closed when the folder is done
+        for name in sorted(os.listdir(path)):
+            if not name.lower().endswith(IMAGE_EXTS):
+                continue
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            file = os.path.join(path, name)
+            if not inside_input_folder(file):
+                unreadable.append(f"{name}: links outside the input folder")
+                continue
+            try:
+                with Image.open(file) as im:
+                    # before decoding: MediaPipe and OpenCV abort the process on some sizes
+                    checked_image_size(im.height, im.width, "folder", min_side=MIN_FACE_IMAGE_SIDE)
+                    rgb = np.asarray(im.convert("RGB"))
+            except EditLabInputError:
+                unreadable.append(f"{name}: {im.width}x{im.height} px is outside the sizes the face encoder takes")
+                continue
+            except Exception as exc:  # noqa: BLE001 - corrupt, truncated, not an image, a decompression bomb
+                unreadable.append(f"{name}: not a readable image ({type(exc).__name__})")
+                continue
+            faces = encoder.faces(rgb)
+            if not faces:
+                skipped.append(name)
+                continue
+            small = Image.fromarray(rgb).resize((resolution, resolution), Image.LANCZOS)
+            images.append(torch.from_numpy(np.asarray(small)).float() / 255.0)
+            values.append(torch.from_numpy(faces[0].values))
     if not images:
-        raise EditLabInputError("folder", "images with a face in them", f"{folder}: none found")
-    return torch.stack(images), torch.stack(values), skipped
+        raise EditLabInputError("folder", "images with a face in them",
+                                f"{folder}: none found" + (f"; unreadable: {'; '.join(unreadable)}" if unreadable
+                                                           else ""))
+    return torch.stack(images), torch.stack(values), skipped, unreadable
 
 
-class EditLabTrainExpressionAdapter(io.ComfyNode):
+class EditLabTrainExpressionAdapter(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -299,13 +331,16 @@ class EditLabTrainExpressionAdapter(io.ComfyNode):
                 io.Int.Input("num_tokens", default=4, min=1, max=64),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
                 io.String.Input("name", default="my_expression_adapter"),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Replace models/expression_adapters/NAME.safetensors if it exists (off: an "
+                                         "error)."),
             ],
             outputs=[AdapterType.Output(display_name="adapter"), io.String.Output(display_name="stats")],
         )
 
     @classmethod
     def execute(cls, model, clip, vae, folder, prompt, resolution, steps, lr, batch_size, num_tokens, seed,
-                name) -> io.NodeOutput:
+                name, overwrite=False) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
         from comfy_api.latest import ui
@@ -314,9 +349,10 @@ class EditLabTrainExpressionAdapter(io.ComfyNode):
         from ..models.expression.patch import cross_attention_layers
         from ..models.expression.train import train_unet_adapter
 
-        file_name = checked_file_name(name, "name")
-        out_dir = folder_paths.get_folder_paths(ADAPTER_FOLDER)[0]
-        images, values, skipped = _face_folder_images(folder, resolution)
+        path = output_file(ADAPTER_FOLDER, name, "name", overwrite)
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise EditLabInputError("prompt", f"a prompt of at most {MAX_PROMPT_CHARS} characters", prompt)
+        images, values, skipped, unreadable = _face_folder_images(folder, resolution)
         layers = cross_attention_layers(model.get_model_object("diffusion_model"))
         if not layers:
             raise EditLabInputError("model", "a UNet with cross-attention (SD1.5, SDXL)")
@@ -335,10 +371,8 @@ class EditLabTrainExpressionAdapter(io.ComfyNode):
                                    batch_size, seed, device, on_step=lambda i, n, loss: bar.update_absolute(i, n),
                                    should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
         adapter = adapter.cpu().eval()
-        path = os.path.join(out_dir, file_name)
-        os.makedirs(out_dir, exist_ok=True)
-        save_adapter(adapter, path, "arkit52")
-        stats.update(skipped=skipped, file=os.path.basename(path))
+        saved(lambda p, o: save_adapter(adapter, p, "arkit52", overwrite=o), path, "name", overwrite)
+        stats.update(skipped=skipped, unreadable=unreadable, file=os.path.basename(path))
         text = json.dumps(stats)
         return io.NodeOutput({"adapter": adapter, "name": os.path.basename(path), "input": "arkit52",
                               "format": "editlab"}, text, ui=ui.PreviewText(text))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from ..models.saedit.slider import ScheduledTokenEdit
 from ..models.saedit.features import feature_table, heatmap
 from ..models.saedit.tokens import PARTS, content_embeddings, prompt_tokens, token_texts, word_positions
 from ..models.saedit.train import TrainConfig, train_sae
-from .common import CATEGORY, EditLabInputError, checked_file_name
+from .common import CATEGORY, EditLabInputError, EditLabNode, excerpt, output_file, read_text_lines, saved
 
 log = logging.getLogger(__name__)
 CAT = f"{CATEGORY}/SAEdit"
@@ -61,22 +60,41 @@ class LoadedDirection:
     name: str
 
 
-def _output_path(folder: str, name: str, input_name: str) -> str:
-    return os.path.join(folder_paths.get_folder_paths(folder)[0], checked_file_name(name, input_name))
+MAX_PROMPT_CHARS = 4000  # one prompt (SAE Features, SAE Slider, each training line)
+MAX_FEATURE_ROWS = 512  # tokens in the SAE Features heat-map: one row each
 
 
 def _read_lines(text: str, file_name: str, input_name: str) -> list[str]:
     lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
+    where = input_name
     if file_name.strip():
-        path = os.path.abspath(os.path.join(folder_paths.get_input_directory(), file_name.strip()))
-        if not path.startswith(os.path.abspath(folder_paths.get_input_directory()) + os.sep):
-            raise EditLabInputError(f"{input_name}_file", "a path inside ComfyUI's input folder", file_name)
-        if not os.path.isfile(path):
-            raise EditLabInputError(f"{input_name}_file", "an existing .txt file in ComfyUI's input folder",
-                                    file_name)
-        with open(path, encoding="utf-8") as f:
-            lines += [l.strip() for l in f if l.strip() and not l.strip().startswith("#")]
+        lines += read_text_lines(file_name, f"{input_name}_file")
+        where = f"{input_name}' or '{input_name}_file"
+    long = next((l for l in lines if len(l) > MAX_PROMPT_CHARS), None)
+    if long is not None:
+        raise EditLabInputError(where, f"lines of at most {MAX_PROMPT_CHARS} characters", long)
     return lines
+
+
+def _checked_prompt(prompt: str, input_name: str = "prompt", expected: str = "some text") -> str:
+    if not prompt.strip():
+        raise EditLabInputError(input_name, expected)
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise EditLabInputError(input_name, f"a prompt of at most {MAX_PROMPT_CHARS} characters", prompt)
+    return prompt
+
+
+def _matryoshka_groups(text: str, dict_size: int) -> list[int]:
+    try:
+        groups = [int(g) for g in text.replace(" ", "").split(",") if g]
+    except ValueError:
+        raise EditLabInputError("matryoshka_groups", "comma-separated whole numbers, e.g. 64,192", text) from None
+    if any(g <= 0 for g in groups):
+        raise EditLabInputError("matryoshka_groups", "positive group sizes", text)
+    if groups and sum(groups) != dict_size:
+        raise EditLabInputError("matryoshka_groups", f"group sizes adding up to dict_size ({dict_size}); "
+                                                     f"they add up to {sum(groups)}", text)
+    return groups
 
 
 def _load_from_folder(folder: str, file_name: str, input_name: str, reader):
@@ -108,7 +126,7 @@ def _progress(total):
     return step
 
 
-class EditLabSAETrain(io.ComfyNode):
+class EditLabSAETrain(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -134,24 +152,26 @@ class EditLabSAETrain(io.ComfyNode):
                 io.Int.Input("epochs", default=10, min=1, max=1000),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
                 io.String.Input("name", default="my_sae", tooltip="Saved as models/sae/NAME.safetensors."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Replace models/sae/NAME.safetensors if it exists (off: an error)."),
             ],
             outputs=[SAEType.Output(display_name="sae"), io.String.Output(display_name="stats")],
         )
 
     @classmethod
     def execute(cls, clip, prompts, prompts_file, generated_prompts, part, dict_size, top_k, matryoshka_groups,
-                lr, batch_size, epochs, seed, name) -> io.NodeOutput:
+                lr, batch_size, epochs, seed, name, overwrite=False) -> io.NodeOutput:
+        if top_k > dict_size:
+            raise EditLabInputError("top_k", f"at most dict_size ({dict_size})", top_k)
+        groups = _matryoshka_groups(matryoshka_groups, dict_size)
+        config = SAEConfig(act_size=1, dict_size=dict_size, top_k=top_k, group_sizes=groups)
+        path = output_file(SAE_FOLDER, name, "name", overwrite)
         texts = _read_lines(prompts, prompts_file, "prompts") + prompt_corpus.corpus(generated_prompts, seed=seed)
         if not texts:
             raise EditLabInputError("prompts", "at least one prompt (or generated_prompts > 0)")
         try:
-            groups = [int(g) for g in matryoshka_groups.replace(" ", "").split(",") if g]
-            config = SAEConfig(act_size=1, dict_size=dict_size, top_k=top_k, group_sizes=groups)
-        except ValueError as exc:
-            raise EditLabInputError("matryoshka_groups", f"comma-separated integers ({exc})", matryoshka_groups)
-        path = _output_path(SAE_FOLDER, name, "name")
-        try:
-            rows = content_embeddings(clip, texts, part)
+            rows = content_embeddings(clip, texts, part,
+                                      should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
         except ValueError as exc:
             raise EditLabInputError("part", str(exc), part) from None
         config.act_size = rows[0].shape[1]
@@ -166,13 +186,14 @@ class EditLabSAETrain(io.ComfyNode):
                                    should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
         sae = sae.cpu()
         stats.update(prompts=len(texts), part=part)
-        save_sae(sae, path, encoder=part, stats=stats)  # atomic: a stopped run writes nothing
+        # atomic: a stopped run writes nothing
+        saved(lambda p, o: save_sae(sae, p, encoder=part, stats=stats, overwrite=o), path, "name", overwrite)
         log.info("saved SAE %s: %s", path, stats)
         text = json.dumps(stats)
         return io.NodeOutput(LoadedSAE(sae, os.path.basename(path), part), text, ui=ui.PreviewText(text))
 
 
-class EditLabSAELoader(io.ComfyNode):
+class EditLabSAELoader(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -189,7 +210,7 @@ class EditLabSAELoader(io.ComfyNode):
         return io.NodeOutput(LoadedSAE(sae, sae_name, info.get("encoder", "")))
 
 
-class EditLabSAEDirection(io.ComfyNode):
+class EditLabSAEDirection(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -206,12 +227,16 @@ class EditLabSAEDirection(io.ComfyNode):
                 io.Combo.Input("method", options=list(METHODS), default="svd"),
                 io.Float.Input("percentile", default=99.5, min=50.0, max=100.0, step=0.1),
                 io.String.Input("name", default="", tooltip="Save as models/sae_directions/NAME.safetensors."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Replace models/sae_directions/NAME.safetensors if it exists (off: an "
+                                         "error)."),
             ],
             outputs=[DirectionType.Output(display_name="direction")],
         )
 
     @classmethod
-    def execute(cls, clip, sae, pairs, pairs_file, part, method, percentile, name) -> io.NodeOutput:
+    def execute(cls, clip, sae, pairs, pairs_file, part, method, percentile, name, overwrite=False) -> io.NodeOutput:
+        path = output_file(DIRECTION_FOLDER, name, "name", overwrite) if name.strip() else None
         lines = _read_lines(pairs, pairs_file, "pairs")
         parsed = []
         for line in lines:
@@ -221,10 +246,10 @@ class EditLabSAEDirection(io.ComfyNode):
             parsed.append((source.strip(), target.strip()))
         if not parsed:
             raise EditLabInputError("pairs", "at least one 'source | target' pair")
-        path = _output_path(DIRECTION_FOLDER, name, "name") if name.strip() else None
         try:
-            src = content_embeddings(clip, [s for s, _ in parsed], part)
-            tgt = content_embeddings(clip, [t for _, t in parsed], part)
+            stop = comfy.model_management.throw_exception_if_processing_interrupted
+            src = content_embeddings(clip, [s for s, _ in parsed], part, should_stop=stop)
+            tgt = content_embeddings(clip, [t for _, t in parsed], part, should_stop=stop)
         except ValueError as exc:
             raise EditLabInputError("part", str(exc), part) from None
         _check_width(sae, src[0].shape[1])
@@ -234,13 +259,13 @@ class EditLabSAEDirection(io.ComfyNode):
         except ValueError as exc:
             raise EditLabInputError("pairs", str(exc)) from None
         if path:
-            save_direction(found["direction"], found["feature_ids"], found["weights"], path, parsed, method,
-                           sae.name)
+            saved(lambda p, o: save_direction(found["direction"], found["feature_ids"], found["weights"], p, parsed,
+                                              method, sae.name, overwrite=o), path, "name", overwrite)
         return io.NodeOutput(LoadedDirection(found["direction"], found["feature_ids"], found["weights"], parsed,
                                              os.path.basename(path) if path else "(unsaved)"))
 
 
-class EditLabSAEDirectionLoader(io.ComfyNode):
+class EditLabSAEDirectionLoader(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -257,7 +282,7 @@ class EditLabSAEDirectionLoader(io.ComfyNode):
                                              direction_name))
 
 
-class EditLabSAESlider(io.ComfyNode):
+class EditLabSAESlider(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -281,10 +306,9 @@ class EditLabSAESlider(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, clip, sae, direction, prompt, word, strength, schedule, part) -> io.NodeOutput:
-        if not math.isfinite(strength):
-            raise EditLabInputError("strength", "a finite number", strength)
-        if not prompt.strip():
-            raise EditLabInputError("prompt", "the text the conditioning was encoded from")
+        _checked_prompt(prompt, expected="the text the conditioning was encoded from")
+        if len(word) > MAX_PROMPT_CHARS:
+            raise EditLabInputError("word", f"a word of the prompt (at most {MAX_PROMPT_CHARS} characters)", word)
         if strength == 0.0:
             return io.NodeOutput(conditioning)
         try:
@@ -321,8 +345,10 @@ def _direction_labels(sae_name: str, extra=None) -> dict[int, list[str]]:
     for name in folder_paths.get_filename_list(DIRECTION_FOLDER):
         try:
             d = load_direction(folder_paths.get_full_path(DIRECTION_FOLDER, name))
-        except SAEFileError:
-            continue  # an unreadable file is the loader's business, not a reason to fail a view
+        except Exception as exc:  # noqa: BLE001 - an unreadable file is the loader's business, not a view's
+            log.warning("SAE Features: skipping models/%s/%s: %s", DIRECTION_FOLDER, name,
+                        excerpt(str(exc), 300))
+            continue
         if d["sae"] == sae_name:
             found.append((os.path.splitext(name)[0], d["feature_ids"]))
     if extra is not None:
@@ -334,7 +360,7 @@ def _direction_labels(sae_name: str, extra=None) -> dict[int, list[str]]:
     return labels
 
 
-class EditLabSAEFeatures(io.ComfyNode):
+class EditLabSAEFeatures(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -354,12 +380,14 @@ class EditLabSAEFeatures(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, sae, prompt, part, top_n, direction=None) -> io.NodeOutput:
-        if not prompt.strip():
-            raise EditLabInputError("prompt", "some text")
+        _checked_prompt(prompt)
         try:
             encoded = prompt_tokens(clip, prompt, part)
         except ValueError as exc:
             raise EditLabInputError("part", str(exc), part) from None
+        if len(encoded.content) > MAX_FEATURE_ROWS:
+            raise EditLabInputError("prompt", f"a prompt of at most {MAX_FEATURE_ROWS} tokens (one heat-map row "
+                                              f"each); it has {len(encoded.content)}", prompt)
         _check_width(sae, encoded.embeddings.shape[-1])
         codes = sae.sae.encode(encoded.embeddings[0, encoded.content].float()).detach()
         texts = token_texts(clip, encoded)
@@ -402,7 +430,7 @@ class InvertedNoise:
         return self.noise.clone()
 
 
-class EditLabFlowInversion(io.ComfyNode):
+class EditLabFlowInversion(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -426,6 +454,10 @@ class EditLabFlowInversion(io.ComfyNode):
         if kind not in ("FLUX", "FLOW"):
             raise EditLabInputError("model", "a rectified-flow model (Flux family, SD3)", kind)
         samples = latent["samples"]
+        if not bool(torch.isfinite(sigmas).all()) or sigmas.ndim != 1 or len(sigmas) < 2:
+            raise EditLabInputError("sigmas", "a finite, 1-D schedule of at least 2 sigmas", tuple(sigmas.shape))
+        if not bool(torch.isfinite(samples).all()):
+            raise EditLabInputError("latent", "a latent of finite values (it holds NaN or infinite values)")
         try:
             out = comfy.sample.sample_custom(model, torch.zeros_like(samples), 1.0, _InversionSampler(iterations),
                                              sigmas, conditioning, conditioning, samples)

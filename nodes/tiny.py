@@ -2,10 +2,10 @@
 from comfy_api.latest import io
 
 from ..models.tiny import ARCHITECTURES, build_tiny_models
-from .common import CATEGORY, EditLabInputError
+from .common import CATEGORY, EditLabInputError, EditLabNode
 
 
-class EditLabTinyModels(io.ComfyNode):
+class EditLabTinyModels(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import comfy.model_management
+import comfy.utils
 import cv2  # noqa: F401 - imported here so a missing dependency removes only these nodes, with one log line
 import mediapipe  # noqa: F401
 import node_helpers
@@ -12,8 +14,8 @@ from comfy_api.latest import io
 
 from ..models.tryon.mask import CATEGORIES, tryon_mask
 from ..models.tryon.pose import PoseEstimator, pose_model_path, render_pose
-from ..models.tryon.stitch import LAYOUTS, MAX_SIDE, MIN_SIDE, check_image, stitch, unstitch
-from .common import CATEGORY, EditLabInputError
+from ..models.tryon.stitch import LAYOUTS, MAX_SIDE, MIN_SIDE, check_image, scale_to_fit, stitch, unstitch
+from .common import CATEGORY, EditLabInputError, EditLabNode, rgb_images
 from .host import mediapipe_dirs
 
 CAT = f"{CATEGORY}/TryOn"
@@ -27,13 +29,24 @@ def _uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def _checked(fn, input_name: str):
+    """Run ``fn``; its ValueError becomes the error of the input it names (a StitchInputError), else of
+    ``input_name``."""
     try:
         return fn()
+    except EditLabInputError:
+        raise
     except ValueError as exc:
-        raise EditLabInputError(input_name, str(exc)) from None
+        raise EditLabInputError(getattr(exc, "input_name", input_name), str(exc)) from None
 
 
-class EditLabPoseEstimate(io.ComfyNode):
+def _image(image, name: str):
+    """An IMAGE input as RGB (alpha dropped), its size checked before MediaPipe, OpenCV or a VAE sees it."""
+    image = rgb_images(image, name, min_side=MIN_SIDE, max_side=MAX_SIDE)
+    check_image(image, name)
+    return image
+
+
+class EditLabPoseEstimate(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -49,13 +62,16 @@ class EditLabPoseEstimate(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, allow_no_person) -> io.NodeOutput:
-        _checked(lambda: check_image(image, "image"), "image")
+        image = _checked(lambda: _image(image, "image"), "image")
         try:
             model_path = pose_model_path(mediapipe_dirs())
         except FileNotFoundError as exc:
             raise EditLabInputError("image", str(exc)) from None
+        poses = []
         with PoseEstimator(model_path) as estimator:
-            poses = [estimator(_uint8(frame)) for frame in image]
+            for frame in image:  # a batch can be long: interruptible between frames
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                poses.append(estimator(_uint8(frame)))
         missing = [i + 1 for i, p in enumerate(poses) if not p.found]
         if missing and not allow_no_person:
             raise EditLabInputError("image", f"a photo with a person in it; no person found in image(s) {missing} "
@@ -64,7 +80,7 @@ class EditLabPoseEstimate(io.ComfyNode):
         return io.NodeOutput(poses, renders, json.dumps([p.to_dict() for p in poses]))
 
 
-class EditLabTryOnMask(io.ComfyNode):
+class EditLabTryOnMask(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -95,7 +111,7 @@ class EditLabTryOnMask(io.ComfyNode):
         return io.NodeOutput(torch.from_numpy(np.stack(masks)))
 
 
-class EditLabTryOnStitch(io.ComfyNode):
+class EditLabTryOnStitch(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -118,17 +134,18 @@ class EditLabTryOnStitch(io.ComfyNode):
     @classmethod
     def execute(cls, person, mask, product, layout, height, product_2=None, product_3=None,
                 pose_image=None) -> io.NodeOutput:
-        products = [p for p in (product, product_2, product_3) if p is not None]
-        for name, image in (("product", product), ("product_2", product_2), ("product_3", product_3),
-                            ("person", person)):
-            if image is not None:
-                _checked(lambda: check_image(image, name), name)
+        person = _checked(lambda: _image(person, "person"), "person")
+        products = [_checked(lambda: _image(image, name), name)
+                    for name, image in (("product", product), ("product_2", product_2), ("product_3", product_3))
+                    if image is not None]
+        if pose_image is not None:
+            pose_image = _checked(lambda: _image(pose_image, "pose_image"), "pose_image")
         canvas, canvas_mask, info = _checked(lambda: stitch(person, mask, products, pose_image, layout, height),
                                              "mask")
         return io.NodeOutput(canvas, canvas_mask, info)
 
 
-class EditLabReferenceTokens(io.ComfyNode):
+class EditLabReferenceTokens(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -150,24 +167,23 @@ class EditLabReferenceTokens(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, vae, image, method, max_size, image_2=None, image_3=None) -> io.NodeOutput:
+        given = [(name, _checked(lambda: _image(img, name), name))
+                 for name, img in (("image", image), ("image_2", image_2), ("image_3", image_3)) if img is not None]
+        bar = comfy.utils.ProgressBar(sum(img.shape[0] for _, img in given))
         latents = []
-        for name, img in (("image", image), ("image_2", image_2), ("image_3", image_3)):
-            if img is None:
-                continue
-            _checked(lambda: check_image(img, name), name)
-            h, w = img.shape[1:3]
-            scale = min(1.0, max_size / max(h, w))
-            nh, nw = max(16, int(h * scale) // 16 * 16), max(16, int(w * scale) // 16 * 16)
-            if (nh, nw) != (h, w):
-                img = torch.nn.functional.interpolate(img.movedim(-1, 1), size=(nh, nw), mode="bilinear",
-                                                      antialias=True, align_corners=False).movedim(1, -1)
-            latents.append(vae.encode(img[..., :3]))
+        for _, img in given:  # scaled and encoded one picture at a time, interruptible between them
+            encoded = []
+            for i in range(img.shape[0]):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                encoded.append(vae.encode(scale_to_fit(img[i:i + 1], max_size)))
+                bar.update(1)
+            latents.append(torch.cat(encoded))
         out = node_helpers.conditioning_set_values(conditioning, {"reference_latents": latents}, append=True)
         out = node_helpers.conditioning_set_values(out, {"reference_latents_method": method})
         return io.NodeOutput(out)
 
 
-class EditLabTryOnUnstitch(io.ComfyNode):
+class EditLabTryOnUnstitch(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -181,7 +197,7 @@ class EditLabTryOnUnstitch(io.ComfyNode):
 
     @classmethod
     def execute(cls, generated, stitch, person, mask) -> io.NodeOutput:
-        return io.NodeOutput(_checked(lambda: unstitch(generated, stitch, person, mask), "generated"))
+        return io.NodeOutput(_checked(lambda: unstitch(generated, stitch, person, mask), "stitch"))
 
 
 NODES = [EditLabPoseEstimate, EditLabTryOnMask, EditLabTryOnStitch, EditLabReferenceTokens, EditLabTryOnUnstitch]

@@ -8,5 +8,7 @@ echo "EditLab tour: no real weights are used here; EditLabTinyModels builds the 
 echo "weights, so the images are noise that proves the graph runs end to end."
 uploads=()
 for f in workflows/input/*; do uploads+=(--upload "$f"); done  # the tour's photo and product images
-./editlab run workflows/editlab_tour.json --out "$out" "${uploads[@]}"
+# The tour trains its SAE in the graph (node 9) and saves it as models/sae/editlab_tour_sae.safetensors; a saving node
+# refuses to replace an existing file unless told to, and a second demo on the same ComfyUI replaces the tour's own SAE.
+./editlab run workflows/editlab_tour.json --out "$out" "${uploads[@]}" --set 9.overwrite=true
 echo "outputs are in $out/"

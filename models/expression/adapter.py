@@ -23,6 +23,19 @@ class AdapterFileError(ValueError):
     pass
 
 
+def _shape(tensors: dict, key: str, ndim: int) -> tuple:
+    shape = tuple(tensors[key].shape)
+    if len(shape) != ndim or 0 in shape:
+        raise AdapterFileError(f"{key} must be a non-empty {ndim}-d tensor; it is {shape}")
+    return shape
+
+
+def _tokens(rows: int, width: int) -> int:
+    if rows % width:
+        raise AdapterFileError(f"the projection's {rows} outputs are not a whole number of {width}-wide tokens")
+    return rows // width
+
+
 class TokenProjection(nn.Module):
     def __init__(self, form: str, input_dim: int, cross_dim: int, num_tokens: int, hidden: int = 0):
         super().__init__()
@@ -76,32 +89,42 @@ class ExpressionAdapter(nn.Module):
     # -- files ------------------------------------------------------------------------------------------------
     @classmethod
     def from_parts(cls, image_proj: dict, ip_adapter: dict) -> "ExpressionAdapter":
+        """Build from the authors' two dicts; anything that does not fit together is an AdapterFileError."""
+        for part, what in ((image_proj, "image_proj"), (ip_adapter, "ip_adapter")):
+            if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                     for k, v in part.items()):
+                raise AdapterFileError(f"'{what}' must be a dict of name -> tensor; it is a "
+                                       f"{type(part).__name__}")
         try:
             if "proj.weight" in image_proj:
-                rows, d = image_proj["proj.weight"].shape
-                c = image_proj["norm.weight"].shape[0]
-                proj = TokenProjection("linear", d, c, rows // c)
+                rows, d = _shape(image_proj, "proj.weight", 2)
+                c, = _shape(image_proj, "norm.weight", 1)
+                proj = TokenProjection("linear", d, c, _tokens(rows, c))
             elif "proj.0.weight" in image_proj:
-                hidden, d = image_proj["proj.0.weight"].shape
-                rows = image_proj["proj.2.weight"].shape[0]
-                c = image_proj["proj.3.weight"].shape[0]
-                proj = TokenProjection("mlp", d, c, rows // c, hidden)
+                hidden, d = _shape(image_proj, "proj.0.weight", 2)
+                rows, _ = _shape(image_proj, "proj.2.weight", 2)
+                c, = _shape(image_proj, "proj.3.weight", 1)
+                proj = TokenProjection("mlp", d, c, _tokens(rows, c), hidden)
             else:
                 raise AdapterFileError(f"unknown image_proj layout (keys: {', '.join(sorted(image_proj))[:200]})")
-            numbers = sorted({int(k.split(".")[0]) for k in ip_adapter if k.endswith("to_k_ip.weight")})
+            numbers = sorted({int(k.split(".")[0]) for k in ip_adapter
+                              if k.endswith(".to_k_ip.weight") and k.split(".")[0].isdigit()})
             if not numbers:
                 raise AdapterFileError("no ip_adapter layers (N.to_k_ip.weight) in the file")
-            dims = [ip_adapter[f"{n}.to_k_ip.weight"].shape[0] for n in numbers]
+            dims = [_shape(ip_adapter, f"{n}.to_k_ip.weight", 2)[0] for n in numbers]
+            if min(dims) <= 0 or d <= 0:
+                raise AdapterFileError("zero-width layers")
             adapter = cls(proj, dims)
             state = {f"image_proj.{k}": v for k, v in image_proj.items()}
             for i, n in enumerate(numbers):
                 state[f"to_k_ip.{i}.weight"] = ip_adapter[f"{n}.to_k_ip.weight"]
                 state[f"to_v_ip.{i}.weight"] = ip_adapter[f"{n}.to_v_ip.weight"]
-            adapter.load_state_dict({k: v.float() for k, v in state.items()})
-        except (KeyError, RuntimeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, AdapterFileError):
-                raise
-            raise AdapterFileError(f"inconsistent adapter weights: {exc}") from None
+            adapter.load_state_dict({k: v.float() for k, v in state.items()})  # strict: extra keys are refused
+        except AdapterFileError:
+            raise
+        except (KeyError, RuntimeError, ValueError, AttributeError, TypeError, ZeroDivisionError) as exc:
+            raise AdapterFileError(f"inconsistent adapter weights: {type(exc).__name__}: {str(exc)[:200]}") \
+                from None
         return adapter.eval()
 
     def parts(self) -> tuple[dict, dict]:
@@ -140,23 +163,14 @@ def load_adapter(path: str) -> tuple[ExpressionAdapter, dict]:
     return adapter, {"input": space, "format": meta.get("format", "authors")}
 
 
-def save_adapter(adapter: ExpressionAdapter, path: str, input_space: str) -> None:
-    import os
-    import tempfile
-
-    from safetensors.torch import save_file
+def save_adapter(adapter: ExpressionAdapter, path: str, input_space: str, overwrite: bool = True) -> None:
+    """This pack's safetensors layout, written atomically (an existing file only with ``overwrite``)."""
+    from ..common import atomic_save_safetensors
 
     image_proj, ip = adapter.parts()
-    tensors = {**{f"image_proj.{k}": v.contiguous() for k, v in image_proj.items()},
-               **{f"ip_adapter.{k}": v.contiguous() for k, v in ip.items()}}
-    fd, tmp = tempfile.mkstemp(suffix=".part", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "input": input_space})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tensors = {**{f"image_proj.{k}": v for k, v in image_proj.items()},
+               **{f"ip_adapter.{k}": v for k, v in ip.items()}}
+    atomic_save_safetensors(tensors, path, {"format": FORMAT, "input": input_space}, overwrite=overwrite)
 
 
 def random_adapter(input_dim: int, cross_dim: int, inner_dims: list[int], num_tokens: int = 4, form: str = "mlp",

@@ -7,7 +7,6 @@ right.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,9 +154,9 @@ def edit(base: Blendshapes | None, preset: str = "neutral", values: dict | None 
     changes = {**PRESETS[preset], **(values or {})}
     for name, value in changes.items():
         if name not in ARKIT_NAMES:
-            raise ValueError(f"'{name}' is not an ARKit blendshape name (e.g. mouthSmileLeft, jawOpen)")
+            raise ValueError(f"{str(name)[:60]!r} is not an ARKit blendshape name (e.g. mouthSmileLeft, jawOpen)")
         if not np.isfinite(float(value)):
-            raise ValueError(f"'{name}' must be a finite number; got {value}")
+            raise ValueError(f"{name!r} must be a finite number; got {str(value)[:60]}")
         out[ARKIT_NAMES.index(name)] = float(value)
         if symmetric:
             for a, b in (("Left", "Right"), ("Right", "Left")):

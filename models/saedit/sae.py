@@ -36,6 +36,8 @@ class SAEConfig:
             raise ValueError(f"act_size and dict_size must be positive; got {self.act_size}, {self.dict_size}")
         if not 0 < self.top_k <= self.dict_size:
             raise ValueError(f"top_k must be in 1..dict_size ({self.dict_size}); got {self.top_k}")
+        if any(not isinstance(s, int) or s <= 0 for s in self.group_sizes):
+            raise ValueError(f"Matryoshka group sizes must be positive integers; got {self.group_sizes}")
         if self.group_sizes and sum(self.group_sizes) != self.dict_size:
             raise ValueError(f"Matryoshka group sizes must add up to dict_size {self.dict_size}; "
                              f"got {self.group_sizes} (sum {sum(self.group_sizes)})")

@@ -105,10 +105,13 @@ def word_positions(clip, prompt: PromptTokens, word: str) -> list[int]:
     return hits
 
 
-def content_embeddings(clip, texts: list[str], part: str = "auto") -> list[torch.Tensor]:
-    """Per prompt, the (T, D) embeddings of its real tokens in the chosen part."""
+def content_embeddings(clip, texts: list[str], part: str = "auto", should_stop=None) -> list[torch.Tensor]:
+    """Per prompt, the (T, D) embeddings of its real tokens in the chosen part. ``should_stop()`` is called before
+    each prompt (it raises to stop a long run)."""
     out = []
     for text in texts:
+        if should_stop is not None:
+            should_stop()
         p = prompt_tokens(clip, text, part)
         out.append(p.embeddings[0, p.content].float())
     return out

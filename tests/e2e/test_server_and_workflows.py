@@ -57,10 +57,23 @@ def _evict_cache(server, tmp_path):
     run_workflow(server.client, other, ["6.seed=987654", "6.steps=1"], tmp_path / "evict", show_progress=False)
 
 
+def overwrite_sets(api_prompt: dict, object_info: dict) -> list[str]:
+    """``--set ID.overwrite=true`` for every saving node that saves: these tests run a workflow again on purpose, and
+    a saving node refuses to replace its file otherwise (issue 9)."""
+    args = []
+    for node_id, node in api_prompt.items():
+        optional = object_info.get(node["class_type"], {}).get("input", {}).get("optional", {})
+        if "overwrite" in optional and str(node["inputs"].get("name", "")).strip():
+            args += ["--set", f"{node_id}.overwrite=true"]
+    return args
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_ui_workflow_through_the_client_equals_its_api_twin(path, server, editlab_cli, tmp_path, workflow_inputs):
+def test_ui_workflow_through_the_client_equals_its_api_twin(path, server, editlab_cli, tmp_path, workflow_inputs,
+                                                            object_info):
     outs = {}
     uploads = [arg for f in workflow_inputs for arg in ("--upload", f)]
+    uploads += overwrite_sets(load_workflow(REPO / "workflows" / "api" / path.name), object_info)
     for kind, file in (("ui", path), ("api", REPO / "workflows" / "api" / path.name)):
         _evict_cache(server, tmp_path)  # both runs compute their nodes; neither is served the other's cache
         done = editlab_cli("run", file, "--server", server.url, "--out", tmp_path / kind, "-q", *uploads)

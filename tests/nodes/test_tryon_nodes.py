@@ -115,12 +115,12 @@ def test_bad_sizes_and_batches_are_named(nodes, person, pose_and_mask):
 
     _, _, mask = pose_and_mask
     for size in ((1, 1), (10000, 16)):
-        with pytest.raises(EditLabInputError, match="input 'product': expected product is .* px; each side"):
+        with pytest.raises(EditLabInputError, match="input 'product': expected an image with sides of 8 to 8192 px"):
             nodes.EditLabTryOnStitch.execute(person=person, mask=mask, product=torch.rand(1, *size, 3),
                                              layout="side_by_side", height=128)
     with pytest.raises(EditLabInputError, match="input 'mask'.*the mask is empty"):
         nodes.EditLabTryOnStitch.execute(person=person, mask=torch.zeros(1, 128, 128),
                                          product=torch.rand(1, 32, 32, 3), layout="side_by_side", height=128)
-    with pytest.raises(EditLabInputError, match="input 'mask'.*batch of 3"):
+    with pytest.raises(EditLabInputError, match="input 'product'.*batch of 3"):
         nodes.EditLabTryOnStitch.execute(person=person.expand(2, -1, -1, -1), mask=mask,
                                          product=torch.rand(3, 32, 32, 3), layout="side_by_side", height=128)

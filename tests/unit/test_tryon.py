@@ -124,5 +124,6 @@ def test_empty_full_mask_and_batches_are_checked():
         stitch(person, torch.ones(512, 512), [torch.rand(1, 64, 64, 3)])
     mask = torch.zeros(512, 512)
     mask[100:200, 100:200] = 1
-    with pytest.raises(ValueError, match="product 1 has a batch of 3; the person batch is 2"):
+    with pytest.raises(ValueError, match="product has a batch of 3; the person batch is 2") as caught:
         stitch(person.expand(2, -1, -1, -1), mask, [torch.rand(3, 64, 64, 3)])
+    assert caught.value.input_name == "product"  # the node input at fault, not the mask
