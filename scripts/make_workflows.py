@@ -17,6 +17,25 @@ TINY_NOTE = ("Runs as shipped on EditLabTinyModels: RANDOM weights, so images ar
              "for your checkpoint / UNet + text-encoder + VAE loaders, and the SAE Train node for an SAE Loader.")
 
 
+SEED_NAMES = ("seed", "noise_seed")  # the front end adds a control widget after INT inputs with these names
+
+
+def with_seed_controls(widgets):
+    """The widget values as the front end stores them: a "control after generate" value after every seed.
+
+    ComfyUI's front end gives every INT input named seed / noise_seed (or declared with control_after_generate) a
+    second widget; a UI file that leaves its value out shifts every later value one widget along. "fixed" keeps the
+    shipped seed, so a workflow gives the same result each time it is run from the page."""
+    out = []
+    widgets = list(widgets)
+    for i, (name, value) in enumerate(widgets):
+        out.append((name, value))
+        follows = widgets[i + 1][0] if i + 1 < len(widgets) else None
+        if name in SEED_NAMES and follows is not SEED_CONTROL:
+            out.append((SEED_CONTROL, "fixed"))
+    return out
+
+
 class Graph:
     def __init__(self):
         self.nodes, self.links = [], []
@@ -26,7 +45,7 @@ class Graph:
         front-end-only values);
         inputs: {name: (source_node, slot, type)}; outputs: output types. Returns the node id."""
         node_id = len(self.nodes) + 1
-        self.nodes.append({"id": node_id, "type": type_, "widgets": list(widgets), "inputs": dict(inputs or {}),
+        self.nodes.append({"id": node_id, "type": type_, "widgets": with_seed_controls(widgets), "inputs": dict(inputs or {}),
                            "outputs": list(outputs), "pos": [40 + col * 340, 40 + row * 260], "title": title,
                            "mode": mode})
         return node_id
