@@ -39,5 +39,6 @@ if __name__ == "__main__":
                        .convert("RGB").resize((512, 512)))
     portrait = median_ms(encoder, astronaut)
     pair = median_ms(encoder, np.concatenate([astronaut, grace], 1))
+    encoder.close()
     print(f"blendshapes per image, CPU: 512x512 portrait {portrait:.1f} ms; 1024x512 two-face picture "
           f"{pair:.1f} ms (windowed search: {pair / portrait:.1f}x)")

