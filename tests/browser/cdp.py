@@ -29,7 +29,8 @@ class JSError(AssertionError):
 
 
 class Page:
-    def __init__(self, chromium: str, url: str, profile_dir: Path, width: int = 1600, height: int = 1000):
+    def __init__(self, chromium: str, url: str, profile_dir: Path, width: int = 1600, height: int = 1000,
+                 init_script: str = ""):
         import websocket
 
         from editlab.client.server import free_port
@@ -58,6 +59,8 @@ class Page:
                 self.send(f"{domain}.enable")
             self.send("Emulation.setDeviceMetricsOverride",
                       {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+            if init_script:  # runs before the page's own scripts on every load
+                self.send("Page.addScriptToEvaluateOnNewDocument", {"source": init_script})
             self.send("Page.navigate", {"url": url})
         except BaseException:
             self.close()

@@ -18,7 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "out" / "test-artifacts" / "browser"
 # Settings a first visit would otherwise show dialogs for: the templates browser that opens on a first start and the
 # missing-models dialog (the test server has no real weights). Both would cover the graph in the screenshots.
-QUIET_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False}
+# The minimap would sit over the graph's bottom-right corner too.
+QUIET_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
+                  "Comfy.Minimap.Visible": False}
+# The "Introducing Nodes 2.0" banner is dismissed in the browser's local storage, not in a setting.
+DISMISS_BANNER = "localStorage.setItem('vueNodesBannerDismissed', 'true');"
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +40,7 @@ def page(server, chromium, tmp_path_factory):
         req = urllib.request.Request(f"{server.url}/settings/{key}", data=json.dumps(value).encode(),
                                      method="POST", headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req, timeout=30).read()
-    p = Page(chromium, server.url, tmp_path_factory.mktemp("chromium"))
+    p = Page(chromium, server.url, tmp_path_factory.mktemp("chromium"), init_script=DISMISS_BANNER)
     try:
         p.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
                    "LiteGraph.registered_node_types['EditLabBlendshapeEdit'] && "
