@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import ClientError
 from .api import ComfyClient, output_files, text_outputs
+from .tiny import missing_model_files, substitute_tiny
 from .workflow import apply_overrides, load_workflow, to_api, validate
 
 log = logging.getLogger("editlab")
@@ -74,13 +75,31 @@ def _server(args):
         yield srv.client
 
 
+def prepare_prompt(prompt: dict, info: dict, tiny: str = "never") -> dict:
+    """The prompt as it will be queued: with ``tiny`` "always" (or "if-missing" and a model file is missing) the
+    stock loaders are swapped for EditLabTinyModels and each swap is said; otherwise missing model files are named
+    and nothing is queued."""
+    missing = missing_model_files(prompt, info)
+    if tiny == "always" or (tiny == "if-missing" and missing):
+        prompt, swaps = substitute_tiny(prompt)
+        if swaps:
+            log.info("--tiny: dry run on tiny random-weight models (images are noise):\n  %s", "\n  ".join(swaps))
+        return prompt
+    if missing:
+        raise ClientError("model files the workflow needs are not on this server:\n  " + "\n  ".join(missing) +
+                          "\n(add them, or dry-run on tiny random-weight models with --tiny)")
+    return prompt
+
+
 def run_workflow(client: ComfyClient, workflow: dict, assignments: list[str], out_dir: Path,
-                 timeout: float = 3600.0, show_progress: bool = True, uploads=()) -> list[Path]:
-    """Upload inputs, convert, override, check, queue, follow and download one workflow; return the files written."""
+                 timeout: float = 3600.0, show_progress: bool = True, uploads=(), tiny: str = "never") -> list[Path]:
+    """Upload inputs, convert, override, check, queue, follow and download one workflow; return the files written.
+
+    tiny: "never", "always" (--tiny) or "if-missing" (--tiny-if-missing): see :func:`prepare_prompt`."""
     for path in uploads:
         log.info("uploaded %s", client.upload(Path(path)))
     info = client.object_info(refresh=bool(uploads))  # LoadImage's choices now include the uploads
-    prompt = apply_overrides(to_api(workflow, info), assignments, info)
+    prompt = prepare_prompt(apply_overrides(to_api(workflow, info), assignments, info), info, tiny)
     problems = validate(prompt, info)
     if problems:
         raise ClientError("the workflow does not fit this server's nodes:\n  " + "\n  ".join(problems))
@@ -105,8 +124,9 @@ def run_workflow(client: ComfyClient, workflow: dict, assignments: list[str], ou
 def cmd_run(args) -> int:
     workflow = load_workflow(args.workflow)  # a malformed file fails before any server starts
     with _server(args) as client:
+        tiny = "always" if args.tiny else "if-missing" if args.tiny_if_missing else "never"
         files = run_workflow(client, workflow, args.set or [], Path(args.out), args.timeout,
-                             show_progress=not args.quiet, uploads=args.upload or [])
+                             show_progress=not args.quiet, uploads=args.upload or [], tiny=tiny)
     if not files:
         log.warning("the workflow ran but reported no outputs (no Save/Preview node?)")
     for path in files:
@@ -173,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="out", help="folder for the downloaded outputs (default: out/)")
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the prompt")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    run.add_argument("--tiny", action="store_true",
+                     help="dry run: swap the stock model loaders for EditLabTinyModels (tiny real architectures, "
+                          "random weights: the images are noise) when queueing")
+    run.add_argument("--tiny-if-missing", action="store_true",
+                     help="as --tiny, but only when a model file the workflow names is missing (used by make demo)")
     server_opts(run)
     run.set_defaults(func=cmd_run)
 
