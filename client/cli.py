@@ -135,18 +135,43 @@ def cmd_run(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from .hostenv import REPO
     from .server import HeadlessServer
 
-    srv = HeadlessServer(port=args.port, cpu=True if args.cpu else None)
+    workdir = Path(args.workdir) if args.workdir else REPO / "out" / "serve"
+    srv = HeadlessServer(port=args.port, cpu=True if args.cpu else None, workdir=workdir)
     srv.start()
-    print(f"ComfyUI with EditLab at {srv.url} (Ctrl-C stops it); log: {srv.log_path}", flush=True)
+    print(f"ComfyUI with EditLab at {srv.url} (pid {srv.proc.pid}; Ctrl-C stops it)\n"
+          f"  its folders (kept after it stops): {srv.workdir}/{{input,output,user}}; log: {srv.log_path}",
+          flush=True)
     try:
         while srv.proc.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:
-        pass
-    finally:
-        srv.__exit__(None, None, None)
+        srv.stop()
+        print(f"stopped; outputs are in {srv.workdir / 'output'}", flush=True)
+        return EXIT_OK
+    code = srv.proc.returncode
+    srv.stop()
+    print(f"editlab: error: ComfyUI exited with code {code}; its log is kept at {srv.log_path}\n{srv.log_tail(20)}",
+          file=sys.stderr, flush=True)
+    return EXIT_FAILED
+
+
+def cmd_install_inputs(args) -> int:
+    from .server import EXAMPLE_INPUTS, copy_example_inputs
+
+    comfy = Path(args.comfyui).expanduser().resolve()
+    if not (comfy / "main.py").is_file():
+        raise ClientError(f"{comfy} is not a ComfyUI folder (no main.py)")
+    target = Path(args.input_dir).expanduser().resolve() if args.input_dir else comfy / "input"
+    copied = copy_example_inputs(target)
+    kept = sorted({p.name for p in EXAMPLE_INPUTS.glob("*")} - {p.name for p in copied})
+    for path in copied:
+        print(path)
+    if kept:
+        log.info("already there, left as they are: %s", ", ".join(kept))
+    log.info("the shipped workflows' example images are in %s", target)
     return EXIT_OK
 
 
@@ -204,7 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a headless ComfyUI with the pack in the foreground")
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--cpu", action="store_true")
+    serve.add_argument("--workdir", metavar="DIR",
+                       help="where its input/, output/, user/ folders and log live, kept between runs (default: "
+                            "out/serve in the repo); the shipped workflows' example images are copied into input/")
     serve.set_defaults(func=cmd_serve)
+
+    inputs = sub.add_parser("install-inputs", help="copy the shipped workflows' example images into your ComfyUI's "
+                                                   "input folder (files already there are kept)")
+    inputs.add_argument("--comfyui", required=True, metavar="PATH", help="your ComfyUI folder")
+    inputs.add_argument("--input-dir", metavar="DIR", help="its input folder, if not PATH/input (--input-directory)")
+    inputs.set_defaults(func=cmd_install_inputs)
 
     nodes = sub.add_parser("nodes", help="list the pack's nodes")
     nodes.add_argument("--json", action="store_true")

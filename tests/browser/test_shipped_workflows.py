@@ -12,36 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from editlab.tests.browser.templates import NAMES, PACK, open_workflow
+
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
-NAMES = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
-PACK = "editlab"  # the module name the host serves the templates under (the folder name in custom_nodes/)
 MIN_SCALE = 0.6  # below this LiteGraph draws nodes without their text ("low quality")
 MENU_HEIGHT = 48  # the top menu bar covers this many pixels of the canvas
 ANNOTATIONS = ("Note", "MarkdownNote")
 FRONTEND_ONLY_WIDGETS = {"control_after_generate", "upload"}
-
-OPEN = """(async (name) => {
-  const res = await fetch('/api/workflow_templates/%(pack)s/' + name + '.json');
-  if (!res.ok) return {status: res.status};
-  const data = await res.json();
-  await app.loadGraphData(data, true, true, name, {openSource: 'template'});
-  await new Promise(r => setTimeout(r, 800));  // images, DOM widgets and sizes settle
-  app.canvas.draw(true, true);
-  const titleH = LiteGraph.NODE_TITLE_HEIGHT;
-  const nodes = app.graph.nodes.map(n => ({
-    id: n.id, type: n.type, title: n.title, registered: !!LiteGraph.registered_node_types[n.type],
-    box: [n.pos[0], n.pos[1] - titleH, n.size[0], n.size[1] + titleH],
-    widgets: (n.widgets || []).map(w => ({name: w.name, value: w.value, type: w.type,
-                                         saved: w.serialize !== false && w.options?.serialize !== false})),
-  }));
-  const groups = (app.graph.groups || app.graph._groups || []).map(g => ({title: g.title, box: Array.from(g._bounding || g.bounding)}));
-  const ds = app.canvas.ds;
-  const prompt = await app.graphToPrompt();
-  return {status: res.status, nodes, groups, scale: ds.scale, offset: Array.from(ds.offset),
-          canvas: [app.canvas.canvas.clientWidth, app.canvas.canvas.clientHeight], output: prompt.output};
-})""" % {"pack": PACK}
-
 
 def _overlap(a, b):
     w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
@@ -60,7 +38,7 @@ def opened(page, artifacts):
     results = {}
     for name in NAMES:
         since = len(page.console)
-        state = page.evaluate(f"{OPEN}({json.dumps(name)})")
+        state = open_workflow(page, name)
         state["errors"] = page.errors_from(f"/extensions/{PACK}/", since)
         state["missing_inputs"] = [m["url"] for m in page.errors_from("/view?type=input", since)]
         page.screenshot(artifacts / f"{name}.png")

@@ -1,0 +1,69 @@
+"""Every shipped workflow queued from the page, as a user presses Run, and its outputs seen in the page.
+
+The test server has no real weights, so what the page would queue (``app.graphToPrompt()``) goes through the same
+``--tiny`` substitution the client does (``client.cli.prepare_prompt``) and is queued with the front end's own
+``api.queuePrompt``; the page's client then receives the progress and output messages. The check is on the page's
+side: each Save Image node shows its images (loaded from /view), and the run ends without an execution error.
+"""
+import json
+
+import pytest
+
+from editlab.client.cli import prepare_prompt
+from editlab.tests.browser.templates import NAMES, open_workflow
+
+pytestmark = pytest.mark.e2e
+
+LISTEN = """(() => {
+  const api = window.comfyAPI.api.api;
+  if (!window.__editlab) {
+    window.__editlab = {events: []};
+    for (const kind of ['executed', 'execution_success', 'execution_error', 'execution_interrupted'])
+      api.addEventListener(kind, (e) => window.__editlab.events.push({kind, detail: e.detail}));
+  }
+  window.__editlab.events = [];
+  return true;
+})()"""
+
+QUEUE = """(async (output) => {
+  const api = window.comfyAPI.api.api;
+  const p = await app.graphToPrompt();
+  const res = await api.queuePrompt(0, {output, workflow: p.workflow});
+  return res.prompt_id;
+})"""
+
+STATE = """(() => {
+  const done = window.__editlab.events.find(e => ['execution_success', 'execution_error',
+                                                   'execution_interrupted'].includes(e.kind));
+  const saves = app.graph.nodes.filter(n => n.type === 'SaveImage').map(n => ({
+    id: n.id, title: n.title,
+    images: ((app.nodeOutputs || {})[String(n.id)]?.images || []).length,
+    shown: (n.imgs || []).filter(img => img.complete && img.naturalWidth > 0).length,
+  }));
+  return {done: done ? {kind: done.kind, detail: done.detail} : null, saves};
+})()"""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_runs_from_the_page_and_shows_its_outputs(name, page, object_info, artifacts):
+    import time
+
+    open_workflow(page, name)
+    output = page.evaluate("app.graphToPrompt().then(p => p.output)")
+    prompt = prepare_prompt(output, object_info, tiny="always")  # the client's own --tiny
+    assert not [n for n in prompt.values() if n["class_type"] in ("UNETLoader", "CheckpointLoaderSimple")]
+    page.evaluate(LISTEN)
+    page.evaluate(f"{QUEUE}({json.dumps(prompt)})")
+    deadline, state = time.monotonic() + 600, None
+    while time.monotonic() < deadline:
+        state = page.evaluate(STATE)
+        if state["done"] and (state["done"]["kind"] != "execution_success" or
+                              all(s["shown"] for s in state["saves"])):
+            break
+        time.sleep(0.5)
+    page.screenshot(artifacts / f"{name}.run.png")
+    assert state["done"], f"the run did not finish: {state}"
+    assert state["done"]["kind"] == "execution_success", json.dumps(state["done"]["detail"])[:3000]
+    assert state["saves"], "the workflow has Save Image nodes"
+    missing = [s for s in state["saves"] if not (s["images"] and s["shown"])]
+    assert not missing, f"Save Image nodes that show no image in the page: {missing}"
