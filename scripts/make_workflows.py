@@ -639,7 +639,24 @@ def saedit_photo_edit():
     return g
 
 
-# The order the templates browser lists them in (the tour first); see web/editlab.js.
+# The order the templates browser lists them in (the tour first), with the description its card shows; written to
+# web/templates.json, which web/editlab.js reads (ComfyUI's front end would otherwise show file names). The front end
+# turns '-' and '_' in descriptions into spaces: hyphens here are U+2011 and the minus sign U+2212.
+DESCRIPTIONS = {
+    "editlab_tour": "All three methods in one graph: SAEdit slider (Flux), try\u2011on (Flux Fill), face blendshapes. "
+                    "Start here.",
+    "saedit_flux_slider_sweep": "A 'smiling' SAE direction slid on one word at strengths \u22121, 0, 1 and 2 (Flux).",
+    "saedit_sd35_slider": "The SAEdit slider on Stable Diffusion 3.5: plain and slid image side by side.",
+    "saedit_train_sae": "Train a sparse autoencoder on your text encoder and save a direction from prompt pairs.",
+    "saedit_photo_edit": "Edit a photo: exact Flux inversion, then the slider on the inverted noise.",
+    "tryon_flux_fill": "Virtual try\u2011on of a shirt: pose, mask, person | product | pose canvas, Flux Fill.",
+    "tryall_bag": "Try\u2011all with an accessory: a bag placed on the person with Flux Fill.",
+    "tryon_outfit": "Two garments at once (shirt and trousers) on one canvas with Flux Fill.",
+    "expression_from_photo": "Read a face's 52 ARKit blendshapes and generate a new face with that expression "
+                             "(SD1.5).",
+    "expression_sliders": "Edit an expression with presets and per\u2011coefficient sliders, then generate it (SD1.5).",
+    "expression_reference_edit": "Change a photo's expression while a reference adapter keeps the person (SD1.5).",
+}
 WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slider_sweep,
              "saedit_sd35_slider": saedit_sd35_slider, "saedit_train_sae": saedit_train_sae,
              "saedit_photo_edit": saedit_photo_edit, "tryon_flux_fill": tryon_flux_fill, "tryall_bag": tryall_bag,
@@ -649,11 +666,15 @@ WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slide
 
 def main():
     (ROOT / "workflows" / "api").mkdir(parents=True, exist_ok=True)
+    cards = []
     for name, build in WORKFLOWS.items():
         g = build()
+        cards.append({"name": name, "title": g.title, "description": DESCRIPTIONS[name]})
         (ROOT / "workflows" / f"{name}.json").write_text(json.dumps(g.ui(), indent=1) + "\n")
         (ROOT / "workflows" / "api" / f"{name}.json").write_text(json.dumps(g.api(), indent=1) + "\n")
         print(f"wrote workflows/{name}.json and workflows/api/{name}.json ({len(g.nodes)} nodes)")
+    (ROOT / "web" / "templates.json").write_text(json.dumps(cards, indent=1) + "\n")
+    print("wrote web/templates.json (titles, descriptions and order for the templates browser)")
 
 
 if __name__ == "__main__":

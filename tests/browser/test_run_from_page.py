@@ -35,12 +35,27 @@ QUEUE = """(async (output) => {
 STATE = """(() => {
   const done = window.__editlab.events.find(e => ['execution_success', 'execution_error',
                                                    'execution_interrupted'].includes(e.kind));
-  const saves = app.graph.nodes.filter(n => n.type === 'SaveImage').map(n => ({
-    id: n.id, title: n.title,
-    images: ((app.nodeOutputs || {})[String(n.id)]?.images || []).length,
-    shown: (n.imgs || []).filter(img => img.complete && img.naturalWidth > 0).length,
-  }));
-  return {done: done ? {kind: done.kind, detail: done.detail} : null, saves};
+  return {done: done ? {kind: done.kind, detail: done.detail} : null};
+})()"""
+
+# The page's record of each Save Image node's outputs (what the node previews), each image loaded from /view as
+# the node's preview loads it.
+SHOWN = """(async () => {
+  const api = window.comfyAPI.api.api;
+  const load = (ref) => new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => resolve(img.naturalWidth > 0);
+    img.onerror = () => resolve(false);
+    img.src = api.apiURL('/view?' + new URLSearchParams({filename: ref.filename, type: ref.type,
+                                                         subfolder: ref.subfolder || ''}));
+  });
+  const out = [];
+  for (const n of app.graph.nodes.filter(n => n.type === 'SaveImage')) {
+    const refs = (app.nodeOutputs || {})[String(n.id)]?.images || [];
+    const loaded = await Promise.all(refs.map(load));
+    out.push({id: n.id, title: n.title, images: refs.length, shown: loaded.filter(Boolean).length});
+  }
+  return out;
 })()"""
 
 
@@ -54,16 +69,17 @@ def test_workflow_runs_from_the_page_and_shows_its_outputs(name, page, object_in
     assert not [n for n in prompt.values() if n["class_type"] in ("UNETLoader", "CheckpointLoaderSimple")]
     page.evaluate(LISTEN)
     page.evaluate(f"{QUEUE}({json.dumps(prompt)})")
-    deadline, state = time.monotonic() + 600, None
+    deadline, state = time.monotonic() + 300, None
     while time.monotonic() < deadline:
         state = page.evaluate(STATE)
-        if state["done"] and (state["done"]["kind"] != "execution_success" or
-                              all(s["shown"] for s in state["saves"])):
+        if state["done"]:
             break
         time.sleep(0.5)
+    page.evaluate("new Promise(r => setTimeout(r, 500))")
     page.screenshot(artifacts / f"{name}.run.png")
     assert state["done"], f"the run did not finish: {state}"
     assert state["done"]["kind"] == "execution_success", json.dumps(state["done"]["detail"])[:3000]
-    assert state["saves"], "the workflow has Save Image nodes"
-    missing = [s for s in state["saves"] if not (s["images"] and s["shown"])]
+    saves = page.evaluate(SHOWN)
+    assert saves, "the workflow has Save Image nodes"
+    missing = [s for s in saves if not (s["images"] and s["shown"] == s["images"])]
     assert not missing, f"Save Image nodes that show no image in the page: {missing}"

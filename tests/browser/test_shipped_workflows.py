@@ -130,3 +130,46 @@ def test_groups_titles_and_initial_view(name, opened):
     x, y = notes[0]["box"][:2]
     sx, sy = (x + state["offset"][0]) * state["scale"], (y + state["offset"][1]) * state["scale"]
     assert 0 <= sx < state["canvas"][0] / 2 and MENU_HEIGHT <= sy < state["canvas"][1] / 2, (sx, sy)
+
+
+BROWSER = """(async () => {
+  const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+  await app.extensionManager.command.execute('Comfy.BrowseTemplates');
+  let nav = null;
+  for (let i = 0; i < 60 && !nav; i++) {
+    await sleep(250);
+    nav = [...document.querySelectorAll('[role="dialog"] *')].find(
+      el => el.children.length <= 2 && el.textContent.trim() === 'EditLab' && el.closest('nav, aside, ul, li, button, a'));
+  }
+  if (!nav) return {error: 'no EditLab category in the templates browser',
+                    text: document.querySelector('[role="dialog"]')?.innerText?.slice(0, 2000)};
+  (nav.closest('button, a, li') || nav).click();
+  let cards = [];
+  for (let i = 0; i < 60; i++) {
+    await sleep(250);
+    cards = [...document.querySelectorAll('[data-testid^="template-workflow-"]')];
+    const imgs = cards.flatMap(c => [...c.querySelectorAll('img')]);
+    if (cards.length && imgs.length && imgs.every(img => img.complete)) break;
+  }
+  const out = cards.map(c => ({
+    name: c.dataset.testid.replace('template-workflow-', ''), text: c.innerText,
+    thumbnails: [...c.querySelectorAll('img')].map(img => ({src: img.src, ok: img.complete && img.naturalWidth > 0})),
+  }));
+  return {cards: out};
+})()"""
+
+
+def test_templates_browser_shows_titles_descriptions_thumbnails_tour_first(page, opened, artifacts):
+    cards = json.loads((REPO / "web" / "templates.json").read_text())
+    seen = page.evaluate(BROWSER)
+    page.screenshot(artifacts / "templates_browser.png")
+    page.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'})) || true")
+    assert "cards" in seen, seen
+    shown = [c for c in seen["cards"] if c["name"] in NAMES]
+    assert [c["name"] for c in shown] == [c["name"] for c in cards], "the order of templates.json, the tour first"
+    assert cards[0]["name"] == "editlab_tour"
+    for card, want in zip(shown, cards):
+        assert want["title"] in card["text"], (want["title"], card["text"])
+        assert want["description"].split(":")[0] in card["text"], (want["description"], card["text"])
+        assert card["thumbnails"] and all(t["ok"] for t in card["thumbnails"]), card
+        assert card["thumbnails"][0]["src"].endswith(f"/{card['name']}.jpg")
