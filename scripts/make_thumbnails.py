@@ -9,7 +9,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "out" / "test-artifacts" / "browser"
-SIZE = (800, 500)
+# The cards are square: the graph part of the screenshot (right of the Note, below the menu), 880 px square.
+CROP = (490, 110, 1370, 990)
+SIZE = (512, 512)
 
 
 def main():
@@ -19,7 +21,7 @@ def main():
         raise SystemExit(f"no screenshot for {missing}: run pytest tests/browser first")
     for name in names:
         with Image.open(SHOTS / f"{name}.png") as im:
-            im.convert("RGB").resize(SIZE, Image.LANCZOS).save(ROOT / "workflows" / f"{name}.jpg", quality=82)
+            im.convert("RGB").crop(CROP).resize(SIZE, Image.LANCZOS).save(ROOT / "workflows" / f"{name}.jpg", quality=82)
         print(f"wrote workflows/{name}.jpg")
     (ROOT / "docs").mkdir(exist_ok=True)
     with Image.open(SHOTS / "editlab_tour.png") as im:

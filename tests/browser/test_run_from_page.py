@@ -49,13 +49,17 @@ SHOWN = """(async () => {
     img.src = api.apiURL('/view?' + new URLSearchParams({filename: ref.filename, type: ref.type,
                                                          subfolder: ref.subfolder || ''}));
   });
-  const out = [];
-  for (const n of app.graph.nodes.filter(n => n.type === 'SaveImage')) {
-    const refs = (app.nodeOutputs || {})[String(n.id)]?.images || [];
-    const loaded = await Promise.all(refs.map(load));
-    out.push({id: n.id, title: n.title, images: refs.length, shown: loaded.filter(Boolean).length});
+  const saves = [], texts = [];
+  for (const n of app.graph.nodes) {
+    const output = (app.nodeOutputs || {})[String(n.id)] || {};
+    if (n.type === 'SaveImage') {
+      const refs = output.images || [];
+      const loaded = await Promise.all(refs.map(load));
+      saves.push({id: n.id, title: n.title, images: refs.length, shown: loaded.filter(Boolean).length});
+    }
+    if (output.text) texts.push({id: n.id, type: n.type, text: [].concat(output.text).join(' ')});
   }
-  return out;
+  return {saves, texts};
 })()"""
 
 
@@ -79,7 +83,10 @@ def test_workflow_runs_from_the_page_and_shows_its_outputs(name, page, object_in
     page.screenshot(artifacts / f"{name}.run.png")
     assert state["done"], f"the run did not finish: {state}"
     assert state["done"]["kind"] == "execution_success", json.dumps(state["done"]["detail"])[:3000]
-    saves = page.evaluate(SHOWN)
-    assert saves, "the workflow has Save Image nodes"
-    missing = [s for s in saves if not (s["images"] and s["shown"] == s["images"])]
+    shown = page.evaluate(SHOWN)
+    missing = [s for s in shown["saves"] if not (s["images"] and s["shown"] == s["images"])]
     assert not missing, f"Save Image nodes that show no image in the page: {missing}"
+    trainers = {n["id"] for n in shown["texts"] if n["type"] == "EditLabSAETrain"}
+    expected = {int(k) for k, v in prompt.items() if v["class_type"] == "EditLabSAETrain"}
+    assert trainers == expected, f"SAE Train nodes without their statistics in the page: {expected - trainers}"
+    assert shown["saves"] or shown["texts"], "the page shows no output at all"
