@@ -17,7 +17,7 @@ from editlab.tests.browser.templates import NAMES, PACK, open_workflow
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 MIN_SCALE = 0.6  # below this LiteGraph draws nodes without their text ("low quality")
-MENU_HEIGHT = 48  # the top menu bar covers this many pixels of the canvas
+MENU_HEIGHT = 100  # the tabs bar, the Run toolbar and the "Nodes 2.0" banner cover this much of the canvas
 ANNOTATIONS = ("Note", "MarkdownNote")
 FRONTEND_ONLY_WIDGETS = {"control_after_generate", "upload"}
 
