@@ -87,3 +87,18 @@ def test_model_files_are_the_ones_comfyuis_templates_use():
             for model in (node.get("properties") or {}).get("models") or []:
                 used.add((model["name"], model["directory"]))
     assert used and used <= known, sorted(used - known)
+
+
+def test_prepare_prompt_tiny_modes():
+    from editlab.client import ClientError
+    from editlab.client.cli import prepare_prompt
+
+    prompt = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors"}},
+              "2": {"class_type": "KSampler", "inputs": {"model": ["1", 0]}}}
+    have = {"UNETLoader": {"input": {"required": {"unet_name": [["flux1-dev.safetensors"], {}]}}}}
+    lack = {"UNETLoader": {"input": {"required": {"unet_name": [[], {}]}}}}
+    assert prepare_prompt(prompt, have, "if-missing") == prompt  # real weights found: used as they are
+    assert prepare_prompt(prompt, lack, "if-missing")["2"]["inputs"]["model"] == ["tiny_flux", 0]
+    assert prepare_prompt(prompt, have, "always")["2"]["inputs"]["model"] == ["tiny_flux", 0]
+    with pytest.raises(ClientError, match="flux1-dev.safetensors .*models/diffusion_models/"):
+        prepare_prompt(prompt, lack, "never")
