@@ -25,12 +25,22 @@ QUIET_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingMo
 DISMISS_BANNER = "localStorage.setItem('vueNodesBannerDismissed', 'true');"
 
 
+SKIPPED = []  # why the browser tier could not run, said again as the run's last line
+
+
 @pytest.fixture(scope="session")
 def chromium():
     path, why = ensure_chromium()
     if path is None:
-        pytest.skip(f"browser tier skipped: Chromium is missing and cannot be installed here ({why})")
+        SKIPPED.append(f"browser tier SKIPPED: Chromium is missing and cannot be installed here ({why})")
+        pytest.skip(SKIPPED[-1])
     return path
+
+
+def pytest_unconfigure(config):
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if SKIPPED and reporter is not None:
+        reporter.write_line(SKIPPED[0])
 
 
 @pytest.fixture(scope="session")
