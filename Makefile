@@ -19,5 +19,7 @@ test-unit: setup
 bench: setup
 	@$(PY) bench/run_all.py
 
+# out/serve holds ./editlab serve's inputs, outputs and settings: a user's work, kept.
 clean:
-	rm -rf .host out .pytest_cache
+	rm -rf .host .pytest_cache
+	[ ! -d out ] || find out -mindepth 1 -maxdepth 1 ! -name serve -exec rm -rf {} +

@@ -39,10 +39,8 @@ def main(runs: int = 10):
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(runs + 1):
                 t = time.monotonic()
-                # 9.overwrite: the tour's in-graph SAE may be on this host from an earlier run (issue 9)
-                uploads = sorted((ROOT / "workflows" / "input").glob("*")) if i == 0 else ()
-                run_workflow(client, workflow, [f"6.seed={100 + i}", "9.overwrite=true"], Path(tmp),
-                             show_progress=False, uploads=uploads)
+                run_workflow(client, workflow, [f"10.seed={100 + i}"], Path(tmp), show_progress=False,
+                             tiny="always")
                 wall = time.monotonic() - t
                 history = client.get_json("/history?max_items=1")
                 entry = next(iter(history.values()))

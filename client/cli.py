@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import ClientError
 from .api import ComfyClient, output_files, text_outputs
+from .tiny import missing_model_files, substitute_tiny
 from .workflow import apply_overrides, load_workflow, to_api, validate
 
 log = logging.getLogger("editlab")
@@ -74,13 +75,31 @@ def _server(args):
         yield srv.client
 
 
+def prepare_prompt(prompt: dict, info: dict, tiny: str = "never") -> dict:
+    """The prompt as it will be queued: with ``tiny`` "always" (or "if-missing" and a model file is missing) the
+    stock loaders are swapped for EditLabTinyModels and each swap is said; otherwise missing model files are named
+    and nothing is queued."""
+    missing = missing_model_files(prompt, info)
+    if tiny == "always" or (tiny == "if-missing" and missing):
+        prompt, swaps = substitute_tiny(prompt)
+        if swaps:
+            log.info("--tiny: dry run on tiny random-weight models (images are noise):\n  %s", "\n  ".join(swaps))
+        return prompt
+    if missing:
+        raise ClientError("model files the workflow needs are not on this server:\n  " + "\n  ".join(missing) +
+                          "\n(add them, or dry-run on tiny random-weight models with --tiny)")
+    return prompt
+
+
 def run_workflow(client: ComfyClient, workflow: dict, assignments: list[str], out_dir: Path,
-                 timeout: float = 3600.0, show_progress: bool = True, uploads=()) -> list[Path]:
-    """Upload inputs, convert, override, check, queue, follow and download one workflow; return the files written."""
+                 timeout: float = 3600.0, show_progress: bool = True, uploads=(), tiny: str = "never") -> list[Path]:
+    """Upload inputs, convert, override, check, queue, follow and download one workflow; return the files written.
+
+    tiny: "never", "always" (--tiny) or "if-missing" (--tiny-if-missing): see :func:`prepare_prompt`."""
     for path in uploads:
         log.info("uploaded %s", client.upload(Path(path)))
     info = client.object_info(refresh=bool(uploads))  # LoadImage's choices now include the uploads
-    prompt = apply_overrides(to_api(workflow, info), assignments, info)
+    prompt = prepare_prompt(apply_overrides(to_api(workflow, info), assignments, info), info, tiny)
     problems = validate(prompt, info)
     if problems:
         raise ClientError("the workflow does not fit this server's nodes:\n  " + "\n  ".join(problems))
@@ -105,8 +124,9 @@ def run_workflow(client: ComfyClient, workflow: dict, assignments: list[str], ou
 def cmd_run(args) -> int:
     workflow = load_workflow(args.workflow)  # a malformed file fails before any server starts
     with _server(args) as client:
+        tiny = "always" if args.tiny else "if-missing" if args.tiny_if_missing else "never"
         files = run_workflow(client, workflow, args.set or [], Path(args.out), args.timeout,
-                             show_progress=not args.quiet, uploads=args.upload or [])
+                             show_progress=not args.quiet, uploads=args.upload or [], tiny=tiny)
     if not files:
         log.warning("the workflow ran but reported no outputs (no Save/Preview node?)")
     for path in files:
@@ -115,18 +135,43 @@ def cmd_run(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from .hostenv import REPO
     from .server import HeadlessServer
 
-    srv = HeadlessServer(port=args.port, cpu=True if args.cpu else None)
+    workdir = Path(args.workdir) if args.workdir else REPO / "out" / "serve"
+    srv = HeadlessServer(port=args.port, cpu=True if args.cpu else None, workdir=workdir)
     srv.start()
-    print(f"ComfyUI with EditLab at {srv.url} (Ctrl-C stops it); log: {srv.log_path}", flush=True)
+    print(f"ComfyUI with EditLab at {srv.url} (pid {srv.proc.pid}; Ctrl-C stops it)\n"
+          f"  its folders (kept after it stops): {srv.workdir}/{{input,output,user}}; log: {srv.log_path}",
+          flush=True)
     try:
         while srv.proc.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:
-        pass
-    finally:
-        srv.__exit__(None, None, None)
+        srv.stop()
+        print(f"stopped; outputs are in {srv.workdir / 'output'}", flush=True)
+        return EXIT_OK
+    code = srv.proc.returncode
+    srv.stop()
+    print(f"editlab: error: ComfyUI exited with code {code}; its log is kept at {srv.log_path}\n{srv.log_tail(20)}",
+          file=sys.stderr, flush=True)
+    return EXIT_FAILED
+
+
+def cmd_install_inputs(args) -> int:
+    from .server import EXAMPLE_INPUTS, copy_example_inputs
+
+    comfy = Path(args.comfyui).expanduser().resolve()
+    if not (comfy / "main.py").is_file():
+        raise ClientError(f"{comfy} is not a ComfyUI folder (no main.py)")
+    target = Path(args.input_dir).expanduser().resolve() if args.input_dir else comfy / "input"
+    copied = copy_example_inputs(target)
+    kept = sorted({p.name for p in EXAMPLE_INPUTS.glob("*")} - {p.name for p in copied})
+    for path in copied:
+        print(path)
+    if kept:
+        log.info("already there, left as they are: %s", ", ".join(kept))
+    log.info("the shipped workflows' example images are in %s", target)
     return EXIT_OK
 
 
@@ -173,13 +218,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="out", help="folder for the downloaded outputs (default: out/)")
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the prompt")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    run.add_argument("--tiny", action="store_true",
+                     help="dry run: swap the stock model loaders for EditLabTinyModels (tiny real architectures, "
+                          "random weights: the images are noise) when queueing")
+    run.add_argument("--tiny-if-missing", action="store_true",
+                     help="as --tiny, but only when a model file the workflow names is missing (used by make demo)")
     server_opts(run)
     run.set_defaults(func=cmd_run)
 
     serve = sub.add_parser("serve", help="run a headless ComfyUI with the pack in the foreground")
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--cpu", action="store_true")
+    serve.add_argument("--workdir", metavar="DIR",
+                       help="where its input/, output/, user/ folders and log live, kept between runs (default: "
+                            "out/serve in the repo); the shipped workflows' example images are copied into input/")
     serve.set_defaults(func=cmd_serve)
+
+    inputs = sub.add_parser("install-inputs", help="copy the shipped workflows' example images into your ComfyUI's "
+                                                   "input folder (files already there are kept)")
+    inputs.add_argument("--comfyui", required=True, metavar="PATH", help="your ComfyUI folder")
+    inputs.add_argument("--input-dir", metavar="DIR", help="its input folder, if not PATH/input (--input-directory)")
+    inputs.set_defaults(func=cmd_install_inputs)
 
     nodes = sub.add_parser("nodes", help="list the pack's nodes")
     nodes.add_argument("--json", action="store_true")

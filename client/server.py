@@ -12,9 +12,22 @@ from pathlib import Path
 
 from . import ClientError
 from .api import ComfyClient
-from .hostenv import comfyui_path, extra_model_paths_yaml, host_python
+from .hostenv import REPO, comfyui_path, extra_model_paths_yaml, host_python
 
 log = logging.getLogger("editlab.server")
+EXAMPLE_INPUTS = REPO / "workflows" / "input"  # the images the shipped workflows load
+
+
+def copy_example_inputs(input_dir: Path) -> list[Path]:
+    """Copy the shipped workflows' example images into a ComfyUI input folder; a file already there is kept."""
+    input_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for src in sorted(EXAMPLE_INPUTS.glob("*")):
+        dst = input_dir / src.name
+        if src.is_file() and not dst.exists():
+            shutil.copy2(src, dst)
+            copied.append(dst)
+    return copied
 
 
 def free_port() -> int:
@@ -28,7 +41,7 @@ def server_command(port: int, workdir: Path, cpu: bool | None = None) -> list[st
         cpu = os.environ.get("EDITLAB_CPU", "") == "1" or shutil.which("nvidia-smi") is None
     cmd = [host_python(), "main.py", "--listen", "127.0.0.1", "--port", str(port),
            "--extra-model-paths-config", str(extra_model_paths_yaml()),
-           "--output-directory", str(workdir / "output"), "--temp-directory", str(workdir),
+           "--output-directory", str(workdir / "output"), "--temp-directory", str(workdir),  # ComfyUI clears workdir/temp
            "--input-directory", str(workdir / "input"), "--user-directory", str(workdir / "user"),
            # An in-memory database: a run never writes into the user's ComfyUI folder.
            "--database-url", "sqlite:///:memory:", "--disable-auto-launch", "--preview-method", "none"]
@@ -51,15 +64,21 @@ def host_knows_flag(flag: str) -> bool:
 
 
 class HeadlessServer:
-    """``with HeadlessServer() as srv: srv.client...`` starts main.py and stops it on exit."""
+    """``with HeadlessServer() as srv: srv.client...`` starts main.py and stops it on exit.
+
+    Its input/, output/, user/ folders and log live in ``workdir``: a given one is kept as it is (nothing in it is
+    ever deleted); without one a temporary folder is used and removed on exit. The input folder starts with the
+    shipped workflows' example images, so they run as shipped."""
 
     def __init__(self, port: int | None = None, start_timeout: float = 300.0, cpu: bool | None = None,
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, workdir: Path | None = None):
         self.port = port or free_port()
         self.start_timeout = start_timeout
         self.cpu = cpu
         self.proc: subprocess.Popen | None = None
-        self.workdir = Path(tempfile.mkdtemp(prefix="editlab-server-"))
+        self.keep = workdir is not None
+        self.workdir = Path(workdir).expanduser().resolve() if workdir else \
+            Path(tempfile.mkdtemp(prefix="editlab-server-"))
         self.log_path = log_path or (self.workdir / "server.log")
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = ComfyClient(self.url)
@@ -67,9 +86,10 @@ class HeadlessServer:
     def start(self) -> "HeadlessServer":
         for sub in ("output", "input", "user"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        copy_example_inputs(self.workdir / "input")
         cmd = server_command(self.port, self.workdir, self.cpu)
         log.info("starting ComfyUI: %s", " ".join(cmd))
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=str(comfyui_path()), stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.start_timeout
@@ -107,4 +127,5 @@ class HeadlessServer:
 
     def __exit__(self, *exc):
         self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)

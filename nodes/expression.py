@@ -48,7 +48,9 @@ class EditLabFaceBlendshapes(EditLabNode):
                         "(faces ordered left to right; face_index picks one), with an overlay of the landmarks "
                         "and the strongest coefficients. Looks for face_landmarker.task in models/mediapipe/, "
                         "then in installed packages.",
-            inputs=[io.Image.Input("image"), io.Int.Input("face_index", default=0, min=0, max=63),
+            inputs=[io.Image.Input("image", tooltip="Photo with at least one face."),
+                    io.Int.Input("face_index", default=0, min=0, max=63,
+                                 tooltip="Which face, counted left to right from 0."),
                     io.Boolean.Input("allow_no_face", default=False,
                                      tooltip="On: an image without a face gives neutral blendshapes.")],
             outputs=[BlendshapesType.Output(display_name="blendshapes"), io.Image.Output(display_name="overlay"),
@@ -83,12 +85,15 @@ class EditLabBlendshapeEdit(EditLabNode):
                         "values (JSON, e.g. {\"mouthSmileLeft\": 0.8}); symmetric copies Left/Right edits to the "
                         "other side; intensity scales everything; values clamp to [0, 1].",
             inputs=[
-                io.Combo.Input("preset", options=list(PRESETS), default="neutral"),
+                io.Combo.Input("preset", options=list(PRESETS), default="neutral",
+                               tooltip="An expression to start from (applied on top of the input blendshapes)."),
                 io.String.Input("values", default="{}", multiline=True,
                                 tooltip="JSON object: ARKit blendshape name -> value in [0, 1]."),
-                io.Boolean.Input("symmetric", default=True),
-                io.Float.Input("intensity", default=1.0, min=0.0, max=3.0, step=0.05),
-                BlendshapesType.Input("blendshapes", optional=True),
+                io.Boolean.Input("symmetric", default=True, tooltip="Copy each Left/Right edit to the other side."),
+                io.Float.Input("intensity", default=1.0, min=0.0, max=3.0, step=0.05,
+                               tooltip="Scales every coefficient (results clamp to [0, 1])."),
+                BlendshapesType.Input("blendshapes", optional=True,
+                                      tooltip="Optional: the blendshapes to edit (default: neutral)."),
             ],
             outputs=[BlendshapesType.Output(display_name="blendshapes")],
         )
@@ -121,11 +126,16 @@ class EditLabFLAMEExpression(EditLabNode):
                         "3 jaw rotations in [-0.5, 0.5] rad) for adapters trained on FLAME, such as the authors'.",
             inputs=[
                 io.String.Input("expression", default="0, 0, 0", tooltip="Up to 50 comma-separated values."),
-                io.Float.Input("eyelid_left", default=0.0, min=0.0, max=1.0, step=0.01),
-                io.Float.Input("eyelid_right", default=0.0, min=0.0, max=1.0, step=0.01),
-                io.Float.Input("jaw_open", default=0.0, min=-0.5, max=0.5, step=0.01),
-                io.Float.Input("jaw_yaw", default=0.0, min=-0.5, max=0.5, step=0.01),
-                io.Float.Input("jaw_roll", default=0.0, min=-0.5, max=0.5, step=0.01),
+                io.Float.Input("eyelid_left", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Left eyelid closure, 0 to 1."),
+                io.Float.Input("eyelid_right", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Right eyelid closure, 0 to 1."),
+                io.Float.Input("jaw_open", default=0.0, min=-0.5, max=0.5, step=0.01,
+                               tooltip="Jaw rotation opening the mouth, in radians."),
+                io.Float.Input("jaw_yaw", default=0.0, min=-0.5, max=0.5, step=0.01,
+                               tooltip="Jaw rotation left/right, in radians."),
+                io.Float.Input("jaw_roll", default=0.0, min=-0.5, max=0.5, step=0.01,
+                               tooltip="Jaw roll, in radians."),
             ],
             outputs=[BlendshapesType.Output(display_name="blendshapes")],
         )
@@ -155,7 +165,8 @@ class EditLabExpressionAdapterLoader(EditLabNode):
             description="Loads an expression adapter from models/expression_adapters/: the authors' IP-Adapter-style "
                         "file (FLAME-55 -> tokens -> extra key/value per cross-attention layer; a pickled .bin read "
                         "with weights_only=True) or this pack's safetensors (ARKit-52 or FLAME-55).",
-            inputs=[io.Combo.Input("adapter_name", options=folder_paths.get_filename_list(ADAPTER_FOLDER))],
+            inputs=[io.Combo.Input("adapter_name", options=folder_paths.get_filename_list(ADAPTER_FOLDER),
+                                   tooltip="An adapter in models/expression_adapters/ (.bin or .safetensors).")],
             outputs=[AdapterType.Output(display_name="adapter")],
         )
 
@@ -180,10 +191,17 @@ class EditLabApplyExpression(EditLabNode):
                         "layer of an SD1.5/SDXL UNet, scaled by strength, between start and end percent; the "
                         "unconditional branch uses zero blendshapes. Strength 0 returns the model unchanged.",
             inputs=[
-                io.Model.Input("model"), AdapterType.Input("adapter"), BlendshapesType.Input("blendshapes"),
-                io.Float.Input("strength", default=1.0, min=-2.0, max=3.0, step=0.05),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Model.Input("model", tooltip="An SD1.5 or SDXL model."),
+                AdapterType.Input("adapter", tooltip="The expression adapter (loader or trainer)."),
+                BlendshapesType.Input("blendshapes",
+                                      tooltip="The expression to apply (Face Blendshapes, Blendshape Edit or FLAME "
+                                              "Expression)."),
+                io.Float.Input("strength", default=1.0, min=-2.0, max=3.0, step=0.05,
+                               tooltip="Scale of the adapter's attention; 0 leaves the model unchanged."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress where the adapter starts acting."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress where the adapter stops acting."),
             ],
             outputs=[io.Model.Output()],
         )
@@ -229,8 +247,11 @@ class EditLabReferenceAdapter(EditLabNode):
                         "running the UNet on the reference at its lowest noise level, so appearance and background "
                         "carry over while the expression changes. Strength 0 returns the model unchanged; 1 uses the "
                         "reference-extended attention fully.",
-            inputs=[io.Model.Input("model"), io.Vae.Input("vae"), io.Image.Input("reference"),
-                    io.Float.Input("strength", default=0.8, min=0.0, max=1.0, step=0.05)],
+            inputs=[io.Model.Input("model", tooltip="An SD1.5 or SDXL model."),
+                    io.Vae.Input("vae", tooltip="The model's VAE, to encode the reference."),
+                    io.Image.Input("reference", tooltip="The photo whose appearance should carry over."),
+                    io.Float.Input("strength", default=0.8, min=0.0, max=1.0, step=0.05,
+                                   tooltip="0: the model unchanged; 1: self-attention reads the reference fully.")],
             outputs=[io.Model.Output()],
         )
 
@@ -321,16 +342,25 @@ class EditLabTrainExpressionAdapter(EditLabNode):
                         "directory) whose blendshapes the face encoder measures, with the diffusion loss and the "
                         "model frozen; saves models/expression_adapters/NAME.safetensors. Interruptible.",
             inputs=[
-                io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae"),
-                io.String.Input("folder", default="faces"),
-                io.String.Input("prompt", default="a photo of a face"),
-                io.Int.Input("resolution", default=512, min=64, max=1024, step=64),
-                io.Int.Input("steps", default=500, min=1, max=100000),
-                io.Float.Input("lr", default=1e-4, min=1e-6, max=1e-1, step=1e-5),
-                io.Int.Input("batch_size", default=2, min=1, max=64),
-                io.Int.Input("num_tokens", default=4, min=1, max=64),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
-                io.String.Input("name", default="my_expression_adapter"),
+                io.Model.Input("model", tooltip="The SD1.5/SDXL model the adapter is trained for (kept frozen)."),
+                io.Clip.Input("clip", tooltip="Its text encoder."),
+                io.Vae.Input("vae", tooltip="Its VAE."),
+                io.String.Input("folder", default="faces",
+                                tooltip="Folder of face photos inside ComfyUI's input folder ('.' = the input folder "
+                                        "itself)."),
+                io.String.Input("prompt", default="a photo of a face",
+                                tooltip="Caption used for every training image."),
+                io.Int.Input("resolution", default=512, min=64, max=1024, step=64,
+                             tooltip="Training image size in pixels."),
+                io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Training steps."),
+                io.Float.Input("lr", default=1e-4, min=1e-6, max=1e-1, step=1e-5, tooltip="AdamW learning rate."),
+                io.Int.Input("batch_size", default=2, min=1, max=64, tooltip="Images per step."),
+                io.Int.Input("num_tokens", default=4, min=1, max=64,
+                             tooltip="Tokens the adapter adds to each cross-attention layer."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed for the initial weights, noise and batch order."),
+                io.String.Input("name", default="my_expression_adapter",
+                                tooltip="Saved as models/expression_adapters/NAME.safetensors."),
                 io.Boolean.Input("overwrite", default=False, optional=True,
                                  tooltip="Replace models/expression_adapters/NAME.safetensors if it exists (off: an "
                                          "error)."),

@@ -135,7 +135,9 @@ class EditLabSAETrain(EditLabNode):
                         "this CLIP produces for a list of prompts, learns its inference threshold, and saves it to "
                         "models/sae/. For long runs use scripts/train_sae.py.",
             inputs=[
-                io.Clip.Input("clip"),
+                io.Clip.Input("clip",
+                              tooltip="The text encoder whose token embeddings the SAE learns (from your loader, or "
+                                      "Tiny Models)."),
                 io.String.Input("prompts", multiline=True, default="",
                                 tooltip="One prompt per line (lines starting with # are skipped)."),
                 io.String.Input("prompts_file", default="", tooltip="Optional .txt in ComfyUI's input folder."),
@@ -143,14 +145,17 @@ class EditLabSAETrain(EditLabNode):
                              tooltip="Add this many prompts from the built-in generated corpus."),
                 io.Combo.Input("part", options=list(PARTS), default="auto",
                                tooltip="Which tokens: T5 (Flux, SD3.5) or CLIP; auto picks T5 when present."),
-                io.Int.Input("dict_size", default=4096, min=16, max=1 << 20),
-                io.Int.Input("top_k", default=32, min=1, max=4096),
+                io.Int.Input("dict_size", default=4096, min=16, max=1 << 20,
+                             tooltip="Number of SAE features (dictionary size)."),
+                io.Int.Input("top_k", default=32, min=1, max=4096,
+                             tooltip="Features kept active per token (BatchTopK: on average over the batch)."),
                 io.String.Input("matryoshka_groups", default="",
                                 tooltip="Comma-separated group sizes adding up to dict_size; empty for none."),
-                io.Float.Input("lr", default=1e-3, min=1e-6, max=1.0, step=1e-4),
-                io.Int.Input("batch_size", default=1024, min=8, max=1 << 16),
-                io.Int.Input("epochs", default=10, min=1, max=1000),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Float.Input("lr", default=1e-3, min=1e-6, max=1.0, step=1e-4, tooltip="Adam learning rate."),
+                io.Int.Input("batch_size", default=1024, min=8, max=1 << 16, tooltip="Tokens per training step."),
+                io.Int.Input("epochs", default=10, min=1, max=1000, tooltip="Passes over all the prompts' tokens."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed for the generated prompts, the initial weights and the batch order."),
                 io.String.Input("name", default="my_sae", tooltip="Saved as models/sae/NAME.safetensors."),
                 io.Boolean.Input("overwrite", default=False, optional=True,
                                  tooltip="Replace models/sae/NAME.safetensors if it exists (off: an error)."),
@@ -200,7 +205,8 @@ class EditLabSAELoader(EditLabNode):
             node_id="EditLabSAELoader", display_name="SAE Loader", category=CAT,
             description="Loads an SAE from models/sae/: this pack's files or the SAEdit authors' released layout "
                         "(W_enc, b_enc, W_dec, b_dec, threshold).",
-            inputs=[io.Combo.Input("sae_name", options=folder_paths.get_filename_list(SAE_FOLDER))],
+            inputs=[io.Combo.Input("sae_name", options=folder_paths.get_filename_list(SAE_FOLDER),
+                                   tooltip="An SAE file in models/sae/ (this pack's or the SAEdit authors' layout).")],
             outputs=[SAEType.Output(display_name="sae")],
         )
 
@@ -219,13 +225,19 @@ class EditLabSAEDirection(EditLabNode):
                         "ratio, 99.5th-percentile mask, SVD over pairs; or the mean). Saved to "
                         "models/sae_directions/ when a name is given.",
             inputs=[
-                io.Clip.Input("clip"), SAEType.Input("sae"),
+                io.Clip.Input("clip", tooltip="The same text encoder the SAE was trained on."),
+                SAEType.Input("sae", tooltip="The SAE whose feature space the direction lives in."),
                 io.String.Input("pairs", multiline=True, default="a man | a smiling man",
                                 tooltip="One pair per line: source | target."),
                 io.String.Input("pairs_file", default="", tooltip="Optional .txt in ComfyUI's input folder."),
-                io.Combo.Input("part", options=list(PARTS), default="auto"),
-                io.Combo.Input("method", options=list(METHODS), default="svd"),
-                io.Float.Input("percentile", default=99.5, min=50.0, max=100.0, step=0.1),
+                io.Combo.Input("part", options=list(PARTS), default="auto",
+                               tooltip="Which tokens: T5 (Flux, SD3.5) or CLIP; auto picks T5 when present. Use the "
+                                       "SAE's part."),
+                io.Combo.Input("method", options=list(METHODS), default="svd",
+                               tooltip="svd: the authors' recipe (shared direction over pairs); mean: the average "
+                                       "change."),
+                io.Float.Input("percentile", default=99.5, min=50.0, max=100.0, step=0.1,
+                               tooltip="Only features above this percentile of the source-to-target ratio take part."),
                 io.String.Input("name", default="", tooltip="Save as models/sae_directions/NAME.safetensors."),
                 io.Boolean.Input("overwrite", default=False, optional=True,
                                  tooltip="Replace models/sae_directions/NAME.safetensors if it exists (off: an "
@@ -271,7 +283,8 @@ class EditLabSAEDirectionLoader(EditLabNode):
         return io.Schema(
             node_id="EditLabSAEDirectionLoader", display_name="SAE Direction Loader", category=CAT,
             description="Loads a direction saved by 'SAE Direction from Pairs' from models/sae_directions/.",
-            inputs=[io.Combo.Input("direction_name", options=folder_paths.get_filename_list(DIRECTION_FOLDER))],
+            inputs=[io.Combo.Input("direction_name", options=folder_paths.get_filename_list(DIRECTION_FOLDER),
+                                   tooltip="A direction file in models/sae_directions/.")],
             outputs=[DirectionType.Output(display_name="direction")],
         )
 
@@ -292,14 +305,25 @@ class EditLabSAESlider(EditLabNode):
                         "constant) that follows the sampler's actual steps. Other tokens and the negative prompt are "
                         "untouched; strength 0 returns the conditioning unchanged; sliders chain.",
             inputs=[
-                io.Conditioning.Input("conditioning"), io.Clip.Input("clip"), SAEType.Input("sae"),
-                DirectionType.Input("direction"),
+                io.Conditioning.Input("conditioning",
+                                      tooltip="The prompt's conditioning (from CLIP Text Encode) to edit."),
+                io.Clip.Input("clip",
+                              tooltip="The text encoder that made the conditioning (to find the word's tokens)."),
+                SAEType.Input("sae", tooltip="The SAE the direction was found with."),
+                DirectionType.Input("direction",
+                                    tooltip="The edit direction (from SAE Direction from Pairs or its loader)."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="The text the conditioning was encoded from (to find the word's tokens)."),
                 io.String.Input("word", default="", tooltip="The word or words to edit, as they appear in the prompt."),
-                io.Float.Input("strength", default=0.5, min=-10.0, max=10.0, step=0.05),
-                io.Combo.Input("schedule", options=list(SCHEDULES), default="exponential"),
-                io.Combo.Input("part", options=list(PARTS), default="auto"),
+                io.Float.Input("strength", default=0.5, min=-10.0, max=10.0, step=0.05,
+                               tooltip="How far to slide: 0 leaves the conditioning unchanged, negative goes the "
+                                       "other way."),
+                io.Combo.Input("schedule", options=list(SCHEDULES), default="exponential",
+                               tooltip="How the strength follows the sampler's steps: exponential (the authors'), "
+                                       "linear or constant."),
+                io.Combo.Input("part", options=list(PARTS), default="auto",
+                               tooltip="Which tokens: T5 (Flux, SD3.5) or CLIP; auto picks T5 when present. Use the "
+                                       "SAE's part."),
             ],
             outputs=[io.Conditioning.Output()],
         )
@@ -369,11 +393,15 @@ class EditLabSAEFeatures(EditLabNode):
                         "features) and JSON. Features used by saved directions made with this SAE (or by the "
                         "connected direction) are labelled with the direction's name, and drawn in green.",
             inputs=[
-                io.Clip.Input("clip"), SAEType.Input("sae"),
-                io.String.Input("prompt", multiline=True, default="a smiling man in a park"),
-                io.Combo.Input("part", options=list(PARTS), default="auto"),
+                io.Clip.Input("clip", tooltip="The text encoder the SAE was trained on."),
+                SAEType.Input("sae", tooltip="The SAE whose features are shown."),
+                io.String.Input("prompt", multiline=True, default="a smiling man in a park",
+                                tooltip="The text whose tokens are shown."),
+                io.Combo.Input("part", options=list(PARTS), default="auto",
+                               tooltip="Which tokens: T5 (Flux, SD3.5) or CLIP; auto picks T5 when present."),
                 io.Int.Input("top_n", default=8, min=1, max=256, tooltip="Features listed per token."),
-                DirectionType.Input("direction", optional=True),
+                DirectionType.Input("direction", optional=True,
+                                    tooltip="Optional: label the features this direction uses."),
             ],
             outputs=[io.Image.Output(display_name="heatmap"), io.String.Output(display_name="json")],
         )
@@ -440,8 +468,10 @@ class EditLabFlowInversion(EditLabNode):
                         "SamplerCustomAdvanced with the euler sampler and the same sigmas, then edit the conditioning "
                         "(e.g. with SAE Slider) to edit the photo. Works for rectified-flow models (Flux, SD3).",
             inputs=[
-                io.Model.Input("model"), io.Conditioning.Input("conditioning", tooltip="The unedited prompt."),
-                io.Latent.Input("latent"), io.Sigmas.Input("sigmas"),
+                io.Model.Input("model", tooltip="A rectified-flow model (Flux family, SD3)."),
+                io.Conditioning.Input("conditioning", tooltip="The unedited prompt."),
+                io.Latent.Input("latent", tooltip="The photo's latent (VAE Encode)."),
+                io.Sigmas.Input("sigmas", tooltip="The sigmas the edit will be sampled with (e.g. BasicScheduler)."),
                 io.Int.Input("iterations", default=3, min=1, max=50,
                              tooltip="Fixed-point iterations per step: more is a closer inversion, and slower."),
             ],

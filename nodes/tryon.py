@@ -54,8 +54,10 @@ class EditLabPoseEstimate(EditLabNode):
             description="33 body landmarks per image (MediaPipe pose, offline) and a skeleton render on black in "
                         "OpenPose-style colours. With allow_no_person off, an image without a person is an error; "
                         "on, it gives an empty pose and a black render.",
-            inputs=[io.Image.Input("image"),
-                    io.Boolean.Input("allow_no_person", default=False)],
+            inputs=[io.Image.Input("image", tooltip="Photo(s) of a person."),
+                    io.Boolean.Input("allow_no_person", default=False,
+                                     tooltip="On: an image without a person gives an empty pose and a black render "
+                                             "instead of an error.")],
             outputs=[PoseType.Output(display_name="pose"), io.Image.Output(display_name="pose_image"),
                      io.String.Output(display_name="json")],
         )
@@ -89,12 +91,14 @@ class EditLabTryOnMask(EditLabNode):
                         "person segmentation. Face and hands stay out of garment masks unless asked; feathering "
                         "softens only inside the mask. 'custom' passes your own mask through.",
             inputs=[
-                PoseType.Input("pose"),
-                io.Combo.Input("category", options=list(CATEGORIES), default="upper"),
+                PoseType.Input("pose", tooltip="The person's pose (Pose Estimate)."),
+                io.Combo.Input("category", options=list(CATEGORIES), default="upper",
+                               tooltip="The region the product replaces; 'custom' uses custom_mask."),
                 io.Int.Input("grow", default=8, min=0, max=256, tooltip="Pixels to dilate the mask by."),
                 io.Int.Input("feather", default=8, min=0, max=256, tooltip="Soft edge width, inside the mask."),
-                io.Boolean.Input("keep_face", default=True), io.Boolean.Input("keep_hands", default=True),
-                io.Mask.Input("custom_mask", optional=True),
+                io.Boolean.Input("keep_face", default=True, tooltip="Keep the face out of the mask."),
+                io.Boolean.Input("keep_hands", default=True, tooltip="Keep the hands out of the mask."),
+                io.Mask.Input("custom_mask", optional=True, tooltip="Your own mask, used when category is 'custom'."),
             ],
             outputs=[io.Mask.Output()],
         )
@@ -121,11 +125,16 @@ class EditLabTryOnStitch(EditLabNode):
                         "region, for inpainting with Flux Fill or an edit model. Products: "
                         f"{MIN_SIDE} to {MAX_SIDE} px a side, letterboxed on white.",
             inputs=[
-                io.Image.Input("person"), io.Mask.Input("mask"), io.Image.Input("product"),
-                io.Image.Input("product_2", optional=True), io.Image.Input("product_3", optional=True),
-                io.Image.Input("pose_image", optional=True),
-                io.Combo.Input("layout", options=list(LAYOUTS), default="side_by_side"),
-                io.Int.Input("height", default=1024, min=64, max=4096, step=16),
+                io.Image.Input("person", tooltip="The person photo."),
+                io.Mask.Input("mask", tooltip="Where the product goes on the person (Try-On Mask)."),
+                io.Image.Input("product", tooltip="The product photo."),
+                io.Image.Input("product_2", optional=True, tooltip="Optional second product."),
+                io.Image.Input("product_3", optional=True, tooltip="Optional third product."),
+                io.Image.Input("pose_image", optional=True, tooltip="Optional pose render, shown as its own panel."),
+                io.Combo.Input("layout", options=list(LAYOUTS), default="side_by_side",
+                               tooltip="Panel arrangement on the canvas (with or without the pose panel)."),
+                io.Int.Input("height", default=1024, min=64, max=4096, step=16,
+                             tooltip="Canvas height in pixels (a multiple of 16)."),
             ],
             outputs=[io.Image.Output(display_name="canvas"), io.Mask.Output(display_name="canvas_mask"),
                      StitchType.Output(display_name="stitch")],
@@ -156,9 +165,13 @@ class EditLabReferenceTokens(EditLabNode):
                         "latents (Flux Kontext and the like); Flux Fill does not, as its input carries the inpaint "
                         "channels: with Fill, stitch the product into the canvas instead.",
             inputs=[
-                io.Conditioning.Input("conditioning"), io.Vae.Input("vae"), io.Image.Input("image"),
-                io.Image.Input("image_2", optional=True), io.Image.Input("image_3", optional=True),
-                io.Combo.Input("method", options=list(REFERENCE_METHODS), default="offset"),
+                io.Conditioning.Input("conditioning", tooltip="The conditioning to append the references to."),
+                io.Vae.Input("vae", tooltip="The model's VAE, to encode the references."),
+                io.Image.Input("image", tooltip="A reference image (product or pose render)."),
+                io.Image.Input("image_2", optional=True, tooltip="Optional second reference."),
+                io.Image.Input("image_3", optional=True, tooltip="Optional third reference."),
+                io.Combo.Input("method", options=list(REFERENCE_METHODS), default="offset",
+                               tooltip="Where the reference tokens are placed (offset, index or uxo)."),
                 io.Int.Input("max_size", default=1024, min=64, max=4096, step=16,
                              tooltip="Longest side after scaling (tokens grow with the area)."),
             ],
@@ -190,8 +203,10 @@ class EditLabTryOnUnstitch(EditLabNode):
             node_id="EditLabTryOnUnstitch", display_name="Try-On Unstitch", category=CAT,
             description="Cuts the person panel out of the generated canvas, brings it back to the original size and "
                         "blends it in only where the mask is above 0: every other pixel is the input's, bit for bit.",
-            inputs=[io.Image.Input("generated"), StitchType.Input("stitch"), io.Image.Input("person"),
-                    io.Mask.Input("mask")],
+            inputs=[io.Image.Input("generated", tooltip="The decoded canvas from the sampler."),
+                    StitchType.Input("stitch", tooltip="The layout from Try-On Stitch."),
+                    io.Image.Input("person", tooltip="The original person photo."),
+                    io.Mask.Input("mask", tooltip="The try-on mask: only pixels inside it change.")],
             outputs=[io.Image.Output()],
         )
 

@@ -1,8 +1,12 @@
 """Writes the shipped workflows from one spec each: the UI-format file (workflows/NAME.json, what ComfyUI's templates
 browser opens) and its API-format twin (workflows/api/NAME.json, what /prompt takes).
 
-The e2e tests convert every UI file with the live server's /object_info and require it to equal its twin, so a
-widget order written wrongly here fails there. Run: python scripts/make_workflows.py
+Every workflow loads its models with ComfyUI's stock loaders and the file names ComfyUI's own templates use for that
+family (the comfyui-workflow-templates package), so it runs on a user's real weights as shipped; ``./editlab run
+--tiny`` swaps those loaders for EditLabTinyModels for a dry run on a CPU. Each workflow has one Note saying what it
+does and which file goes in which folder, a titled group per stage, a layout without overlaps and a saved view that
+reads at the zoom it opens with. The browser tests open every file in the real front end and check all of that
+there. Run: python scripts/make_workflows.py
 """
 from __future__ import annotations
 
@@ -12,26 +16,145 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SEED_CONTROL = object()  # marks the front end's "control after generate" value that follows a seed widget
 UPLOAD_BUTTON = object()  # marks LoadImage's upload widget value: in the UI file only
+SEED_NAMES = ("seed", "noise_seed")  # the front end adds a control widget after INT inputs with these names
 
-TINY_NOTE = ("Runs as shipped on EditLabTinyModels: RANDOM weights, so images are noise. For real results swap it "
-             "for your checkpoint / UNet + text-encoder + VAE loaders, and the SAE Train node for an SAE Loader.")
+# Model files as ComfyUI's own templates name them (comfyui-workflow-templates: flux_dev_full_text_to_image,
+# flux_fill_inpaint_example, sd3.5_simple_example, default), with the folder each goes in and where to get it.
+MODEL_FILES = {
+    "flux1-dev.safetensors": ("diffusion_models",
+                              "https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors"),
+    "flux1-fill-dev.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/"
+                                                       "split_files/diffusion_models/flux1-fill-dev.safetensors"),
+    "clip_l.safetensors": ("text_encoders",
+                           "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors"),
+    "t5xxl_fp16.safetensors": ("text_encoders", "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/"
+                                                "main/t5xxl_fp16.safetensors"),
+    "ae.safetensors": ("vae", "https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/"
+                              "split_files/vae/ae.safetensors"),
+    "sd3.5_large_fp8_scaled.safetensors": ("checkpoints", "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/"
+                                                          "resolve/main/sd3.5_large_fp8_scaled.safetensors"),
+    "v1-5-pruned-emaonly-fp16.safetensors": ("checkpoints", "https://huggingface.co/Comfy-Org/"
+                                                            "stable-diffusion-v1-5-archive/resolve/main/"
+                                                            "v1-5-pruned-emaonly-fp16.safetensors"),
+}
+
+# Layout, in graph units. A node's box is its title bar (30) plus its body; the front end only ever grows a body to
+# fit its widgets, so the sizes written here are generous lower bounds and the browser test measures the real ones.
+TITLE_H, SLOT_H, WIDGET_H = 30, 22, 26
+GAP_X, GAP_Y = 50, 40
+GROUP_PAD, GROUP_TITLE_H = 20, 46
+NOTE_W = 440
+VIEW_SCALE = 0.75
+VIEW_AT = (90, 140)  # screen pixels where the Note's top-left lands: clear of the side bar, tabs and banner
+MULTILINE = {("CLIPTextEncode", "text"), ("EditLabSAETrain", "prompts"), ("EditLabSAEDirection", "pairs"),
+             ("EditLabSAESlider", "prompt"), ("EditLabBlendshapeEdit", "values")}
+WIDE = {"CLIPTextEncode": 400, "EditLabSAETrain": 360, "EditLabSAEDirection": 380, "EditLabSAESlider": 360,
+        "KSampler": 320, "DualCLIPLoader": 340, "UNETLoader": 340, "CheckpointLoaderSimple": 360,
+        "LoadImage": 320, "SaveImage": 320, "EditLabBlendshapeEdit": 340}
+IMAGE_NODES = {"LoadImage": 300, "SaveImage": 280}  # room for the picture shown under the widgets
+
+
+def with_seed_controls(widgets):
+    """The widget values as the front end stores them: a "control after generate" value after every seed.
+
+    ComfyUI's front end gives every INT input named seed / noise_seed (or declared with control_after_generate) a
+    second widget; a UI file that leaves its value out shifts every later value one widget along. "fixed" keeps the
+    shipped seed, so a workflow gives the same result each time it is run from the page."""
+    out = []
+    widgets = list(widgets)
+    for i, (name, value) in enumerate(widgets):
+        out.append((name, value))
+        follows = widgets[i + 1][0] if i + 1 < len(widgets) else None
+        if name in SEED_NAMES and follows is not SEED_CONTROL:
+            out.append((SEED_CONTROL, "fixed"))
+    return out
+
+
+def node_size(type_, widgets, n_inputs, n_outputs):
+    width = WIDE.get(type_, 300)
+    height = max(n_inputs, n_outputs, 1) * SLOT_H + 12
+    for name, _ in widgets:
+        if name is UPLOAD_BUTTON:
+            height += WIDGET_H
+        elif (type_, name) in MULTILINE:
+            height += 110
+        else:
+            height += WIDGET_H
+    return [width, height + IMAGE_NODES.get(type_, 0)]
+
+
+class Models:
+    """Where a workflow's MODEL, CLIP and VAE come from: (node id, output slot, type) each."""
+
+    def __init__(self, model, clip, vae):
+        self.model, self.clip, self.vae = model, clip, vae
 
 
 class Graph:
-    def __init__(self):
-        self.nodes, self.links = [], []
+    def __init__(self, title: str):
+        self.title = title
+        self.nodes, self.stages, self.note = [], {}, None
 
-    def add(self, type_, widgets=(), inputs=None, outputs=(), col=0, row=0, title=None, mode=0):
-        """widgets: [(name, value)] in the node's input order (SEED_CONTROL / UPLOAD_BUTTON as the name of
-        front-end-only values);
-        inputs: {name: (source_node, slot, type)}; outputs: output types. Returns the node id."""
+    def stage(self, key, title, band, order=None):
+        """A group: stages of one band sit side by side (in ``order``), bands one under the other."""
+        self.stages[key] = {"title": title, "band": band, "order": len(self.stages) if order is None else order}
+        return key
+
+    def add(self, type_, widgets=(), inputs=None, outputs=(), stage=None, col=0, row=0, title=None, mode=0,
+            properties=None):
+        """widgets: [(name, value)] in the node's input order (UPLOAD_BUTTON as the name of the front-end-only
+        upload value; seed controls are added); inputs: {name: (source_node, slot, type)}; outputs: output types;
+        stage: the group it belongs to, col/row: its place inside the group. Returns the node id."""
         node_id = len(self.nodes) + 1
-        self.nodes.append({"id": node_id, "type": type_, "widgets": list(widgets), "inputs": dict(inputs or {}),
-                           "outputs": list(outputs), "pos": [40 + col * 340, 40 + row * 260], "title": title,
-                           "mode": mode})
+        widgets = with_seed_controls(widgets)
+        self.nodes.append({"id": node_id, "type": type_, "widgets": widgets, "inputs": dict(inputs or {}),
+                           "outputs": list(outputs), "title": title, "mode": mode, "stage": stage, "col": col,
+                           "row": row, "properties": properties or {},
+                           "size": node_size(type_, widgets, len(inputs or {}), len(outputs))})
         return node_id
 
+    def add_note(self, markdown):
+        lines = sum(1 + len(line) // 70 for line in markdown.splitlines())
+        self.note = {"text": markdown, "size": [NOTE_W, 80 + 17 * lines]}
+
+    # -- layout -------------------------------------------------------------------------------------------------
+    def _layout(self):
+        """Positions: columns inside each stage, stages side by side in bands, bands below each other, the Note at
+        the top left. Returns the groups' boxes."""
+        boxes = {}
+        for key, st in self.stages.items():  # each stage laid out at its own origin first
+            members = [n for n in self.nodes if n["stage"] == key]
+            cols = sorted({n["col"] for n in members})
+            x, placed = 0, {}
+            for c in cols:
+                column = sorted((n for n in members if n["col"] == c), key=lambda n: n["row"])
+                y = 0
+                for n in column:
+                    placed[n["id"]] = [x, y + TITLE_H]
+                    y += TITLE_H + n["size"][1] + GAP_Y
+                x += max(n["size"][0] for n in column) + GAP_X
+            width = x - GAP_X + 2 * GROUP_PAD
+            height = max(placed[n["id"]][1] + n["size"][1] for n in members) + GROUP_PAD + GROUP_TITLE_H
+            boxes[key] = {"placed": placed, "w": width, "h": height}
+        bands = sorted({st["band"] for st in self.stages.values()})
+        x0 = NOTE_W + GAP_X * 2
+        y = 0
+        groups = []
+        for band in bands:
+            keys = sorted((k for k, st in self.stages.items() if st["band"] == band),
+                          key=lambda k: self.stages[k]["order"])
+            x = x0
+            for k in keys:
+                b = boxes[k]
+                groups.append({"title": self.stages[k]["title"], "bounding": [x, y - TITLE_H, b["w"], b["h"]]})
+                for node_id, (nx, ny) in b["placed"].items():
+                    self.nodes[node_id - 1]["pos"] = [x + GROUP_PAD + nx, y - TITLE_H + GROUP_TITLE_H + ny]
+                x += b["w"] + GAP_X
+            y += max(boxes[k]["h"] for k in keys) + GAP_X
+        return groups
+
     def ui(self) -> dict:
+        groups = self._layout()
         links, out_links = [], {}
         for node in self.nodes:
             for slot, (name, (src, src_slot, type_)) in enumerate(node["inputs"].items()):
@@ -40,24 +163,32 @@ class Graph:
                 out_links.setdefault((src, src_slot), []).append(link_id)
         nodes, link_iter = [], iter(links)
         for node in self.nodes:
-            ui_node = {"id": node["id"], "type": node["type"], "pos": node["pos"], "size": [300, 130], "flags": {},
-                       "order": node["id"] - 1, "mode": node["mode"],
+            ui_node = {"id": node["id"], "type": node["type"], "pos": node["pos"], "size": node["size"],
+                       "flags": {}, "order": node["id"] - 1, "mode": node["mode"],
                        "inputs": [{"name": name, "type": t, "link": next(link_iter)[0]}
                                   for name, (_, _, t) in node["inputs"].items()],
                        "outputs": [{"name": t, "type": t, "links": out_links.get((node["id"], i), []),
                                     "slot_index": i} for i, t in enumerate(node["outputs"])],
-                       "properties": {"Node name for S&R": node["type"]},
+                       "properties": {"Node name for S&R": node["type"], **node["properties"]},
                        "widgets_values": [v for _, v in node["widgets"]]}
             if node["title"]:
                 ui_node["title"] = node["title"]
             nodes.append(ui_node)
-        return {"last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
-                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+        note_id = len(nodes) + 1
+        nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [0, 0], "size": self.note["size"], "flags": {},
+                      "order": note_id - 1, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                      "widgets_values": [self.note["text"]], "title": f"Read me: {self.title}",
+                      "color": "#432", "bgcolor": "#653"})
+        offset = [VIEW_AT[0] / VIEW_SCALE, VIEW_AT[1] / VIEW_SCALE + TITLE_H]
+        return {"last_node_id": note_id, "last_link_id": len(links), "nodes": nodes, "links": links,
+                "groups": [{"id": i + 1, "title": g["title"], "bounding": g["bounding"], "color": "#3f789e",
+                            "font_size": 24, "flags": {}} for i, g in enumerate(groups)],
+                "config": {}, "extra": {"ds": {"scale": VIEW_SCALE, "offset": offset}}, "version": 0.4}
 
     def api(self) -> dict:
         prompt = {}
         for node in self.nodes:
-            if node["type"] in ("Note", "MarkdownNote") or node["mode"] in (2, 4):
+            if node["mode"] in (2, 4):
                 continue
             inputs = {n: v for n, v in node["widgets"] if n not in (SEED_CONTROL, UPLOAD_BUTTON)}
             inputs.update({name: [str(src), slot] for name, (src, slot, _) in node["inputs"].items()})
@@ -68,299 +199,465 @@ class Graph:
         return prompt
 
 
-# -- pieces ---------------------------------------------------------------------------------------------------
-def tiny(g, arch="flux"):
-    g.add("Note", [("text", TINY_NOTE)], row=2)
-    return g.add("EditLabTinyModels", [("architecture", arch), ("seed", 0)], outputs=["MODEL", "CLIP", "VAE"])
+# -- loaders ----------------------------------------------------------------------------------------------------
+def _models_property(*names):
+    return {"models": [{"name": n, "url": MODEL_FILES[n][1], "directory": MODEL_FILES[n][0]} for n in names]}
 
 
-def text(g, models, prompt, row, col=1, title=None):
-    return g.add("CLIPTextEncode", [("text", prompt)], {"clip": (models, 1, "CLIP")}, ["CONDITIONING"], col, row,
-                 title)
+def flux_loaders(g, stage, fill=False, col=0):
+    """UNETLoader + DualCLIPLoader + VAELoader as ComfyUI's Flux (Fill) templates have them."""
+    unet_file = "flux1-fill-dev.safetensors" if fill else "flux1-dev.safetensors"
+    unet = g.add("UNETLoader", [("unet_name", unet_file), ("weight_dtype", "default")], outputs=["MODEL"],
+                 stage=stage, col=col, row=0, properties=_models_property(unet_file))
+    clip = g.add("DualCLIPLoader", [("clip_name1", "clip_l.safetensors"), ("clip_name2", "t5xxl_fp16.safetensors"),
+                                    ("type", "flux"), ("device", "default")], outputs=["CLIP"], stage=stage, col=col,
+                 row=1, properties=_models_property("clip_l.safetensors", "t5xxl_fp16.safetensors"))
+    vae = g.add("VAELoader", [("vae_name", "ae.safetensors")], outputs=["VAE"], stage=stage, col=col, row=2,
+                properties=_models_property("ae.safetensors"))
+    return Models((unet, 0, "MODEL"), (clip, 0, "CLIP"), (vae, 0, "VAE"))
 
 
-def sae_and_direction(g, models, name, row=3, part="auto",
+def checkpoint_loader(g, stage, file, col=0):
+    ckpt = g.add("CheckpointLoaderSimple", [("ckpt_name", file)], outputs=["MODEL", "CLIP", "VAE"], stage=stage,
+                 col=col, properties=_models_property(file))
+    return Models((ckpt, 0, "MODEL"), (ckpt, 1, "CLIP"), (ckpt, 2, "VAE"))
+
+
+def sd35_loader(g, stage, col=0):
+    return checkpoint_loader(g, stage, "sd3.5_large_fp8_scaled.safetensors", col)
+
+
+def sd15_loader(g, stage, col=0):
+    return checkpoint_loader(g, stage, "v1-5-pruned-emaonly-fp16.safetensors", col)
+
+
+# -- notes ------------------------------------------------------------------------------------------------------
+FLUX_FILES = ("- `flux1-dev.safetensors` in `models/diffusion_models/`\n"
+              "- `clip_l.safetensors` and `t5xxl_fp16.safetensors` in `models/text_encoders/`\n"
+              "- `ae.safetensors` in `models/vae/`")
+FILL_FILES = "- `flux1-fill-dev.safetensors` in `models/diffusion_models/` (with the Flux text encoders and VAE)"
+SD35_FILES = "- `sd3.5_large_fp8_scaled.safetensors` in `models/checkpoints/`"
+SD15_FILES = "- `v1-5-pruned-emaonly-fp16.safetensors` in `models/checkpoints/`"
+INPUTS = ("**Example images** (`{files}`) ship in the pack's `workflows/input/`: `./editlab serve` puts them in its "
+          "input folder; for your own ComfyUI run `./editlab install-inputs --comfyui /path/to/ComfyUI` once.")
+DRY_RUN = ("**No weights yet?** `./editlab run workflows/{name}.json --tiny` runs it on tiny random-weight models "
+           "(same architectures) in seconds: the images are noise, the graph is real.")
+SMALL = "The image sizes are kept small (64 px) so the dry run is quick: raise width/height for real results."
+
+
+SMALL_STITCH = ("The stitch height is kept small (128 px) so the dry run is quick: raise it (e.g. 1024) for real "
+                "results.")
+
+
+def note(title, what, files, name, inputs=(), extra=""):
+    text = f"## {title}\n\n{what}\n\n**Model files** (the loaders' names; the missing-models dialog links them):\n{files}"
+    if inputs:
+        text += "\n\n" + INPUTS.format(files="`, `".join(inputs))
+    if extra:
+        text += "\n\n" + extra
+    return text + "\n\n" + DRY_RUN.format(name=name)
+
+
+# -- pieces -----------------------------------------------------------------------------------------------------
+def text(g, clip, prompt, stage, col, row, title=None):
+    return g.add("CLIPTextEncode", [("text", prompt)], {"clip": clip}, ["CONDITIONING"], stage, col, row, title)
+
+
+def sae_and_direction(g, m, name, stage, part="auto", col=0,
                       pairs="a man | a smiling man\na woman | a smiling woman\na fox in the snow | "
                             "a smiling fox in the snow\na child on a beach | a smiling child on a beach"):
     sae = g.add("EditLabSAETrain",
                 [("prompts", ""), ("prompts_file", ""), ("generated_prompts", 300), ("part", part),
                  ("dict_size", 256), ("top_k", 16), ("matryoshka_groups", "64,192"), ("lr", 0.001),
-                 ("batch_size", 256), ("epochs", 3), ("seed", 0), ("name", name)],
-                {"clip": (models, 1, "CLIP")}, ["EDITLAB_SAE", "STRING"], col=1, row=row)
+                 ("batch_size", 256), ("epochs", 3), ("seed", 0), ("name", name), ("overwrite", True)],
+                {"clip": m.clip}, ["EDITLAB_SAE", "STRING"], stage, col, 0)
     direction = g.add("EditLabSAEDirection",
                       [("pairs", pairs), ("pairs_file", ""), ("part", part), ("method", "svd"),
-                       ("percentile", 99.5), ("name", "")],
-                      {"clip": (models, 1, "CLIP"), "sae": (sae, 0, "EDITLAB_SAE")}, ["EDITLAB_SAE_DIRECTION"],
-                      col=2, row=row)
+                       ("percentile", 99.5), ("name", ""), ("overwrite", True)],
+                      {"clip": m.clip, "sae": (sae, 0, "EDITLAB_SAE")}, ["EDITLAB_SAE_DIRECTION"], stage, col + 1, 0)
     return sae, direction
 
 
-def slider(g, models, cond, sae, direction, prompt, word, strength, col, row, part="auto"):
+def slider(g, m, cond, sae, direction, prompt, word, strength, stage, col, row, part="auto"):
     return g.add("EditLabSAESlider",
                  [("prompt", prompt), ("word", word), ("strength", strength), ("schedule", "exponential"),
                   ("part", part)],
-                 {"conditioning": (cond, 0, "CONDITIONING"), "clip": (models, 1, "CLIP"),
+                 {"conditioning": (cond, 0, "CONDITIONING"), "clip": m.clip,
                   "sae": (sae, 0, "EDITLAB_SAE"), "direction": (direction, 0, "EDITLAB_SAE_DIRECTION")},
-                 ["CONDITIONING"], col, row, title=f"SAE Slider {strength:+g}")
+                 ["CONDITIONING"], stage, col, row, title=f"SAE Slider {strength:+g}")
 
 
-def ksample_save(g, models, pos, neg, latent, prefix, col, row, seed=42, steps=8):
-    k = g.add("KSampler", [("seed", seed), (SEED_CONTROL, "fixed"), ("steps", steps), ("cfg", 1.0),
-                           ("sampler_name", "euler"), ("scheduler", "simple"), ("denoise", 1.0)],
-              {"model": (models, 0, "MODEL"), "positive": (pos, 0, "CONDITIONING"),
-               "negative": (neg, 0, "CONDITIONING"), "latent_image": (latent, 0, "LATENT")}, ["LATENT"], col, row)
-    image = g.add("VAEDecode", [], {"samples": (k, 0, "LATENT"), "vae": (models, 2, "VAE")}, ["IMAGE"], col + 1, row)
-    if prefix:
-        g.add("SaveImage", [("filename_prefix", prefix)], {"images": (image, 0, "IMAGE")}, [], col + 2, row)
-    return image
+def ksample(g, m, pos, neg, latent, stage, col, row, seed=42, steps=8, cfg=1.0, model=None):
+    return g.add("KSampler", [("seed", seed), ("steps", steps), ("cfg", cfg), ("sampler_name", "euler"),
+                              ("scheduler", "simple"), ("denoise", 1.0)],
+                 {"model": model or m.model, "positive": (pos, 0, "CONDITIONING"),
+                  "negative": (neg, 0, "CONDITIONING"), "latent_image": (latent, 0, "LATENT")}, ["LATENT"],
+                 stage, col, row)
 
 
-def load_image(g, name, col, row):
-    return g.add("LoadImage", [("image", name), (UPLOAD_BUTTON, "image")], {}, ["IMAGE", "MASK"], col, row)
+def decode(g, m, samples, stage, col, row):
+    return g.add("VAEDecode", [], {"samples": (samples, 0, "LATENT"), "vae": m.vae}, ["IMAGE"], stage, col, row)
 
 
-def tryon(g, categories, products, prefix, row=0, col=0, layout="triptych_with_pose"):
+def save(g, image, prefix, stage, col, row, slot=0, title=None):
+    return g.add("SaveImage", [("filename_prefix", prefix)], {"images": (image, slot, "IMAGE")}, [], stage, col, row,
+                 title)
+
+
+def load_image(g, name, stage, col, row, title=None):
+    return g.add("LoadImage", [("image", name), (UPLOAD_BUTTON, "image")], {}, ["IMAGE", "MASK"], stage, col, row,
+                 title)
+
+
+def tryon(g, categories, products, prefix, band=0, layout="triptych_with_pose", label=""):
     """Person photo -> pose -> mask(s) -> stitch with products and pose -> Flux Fill -> unstitch -> save.
-    Also saves the real pose render and mask, which do not depend on the (tiny) model."""
-    m = g.add("EditLabTinyModels", [("architecture", "flux_fill"), ("seed", 0)], outputs=["MODEL", "CLIP", "VAE"],
-              col=col, row=row, title="Tiny Flux Fill (random weights)")
-    person = load_image(g, "editlab_photo.png", col, row + 1)
+    Also saves the pose render, mask and canvas, which do not depend on the model."""
+    s_models = g.stage(f"tryon_models{band}", f"{label}Flux Fill models", band)
+    s_inputs = g.stage(f"tryon_inputs{band}", f"{label}Person, pose and mask", band)
+    s_stitch = g.stage(f"tryon_stitch{band}", f"{label}Stitch person | product | pose", band)
+    s_fill = g.stage(f"tryon_fill{band}", f"{label}Fill, paste back, save", band)
+    m = flux_loaders(g, s_models, fill=True)
+    person = load_image(g, "editlab_photo.png", s_inputs, 0, 0, title="Person photo")
     pose = g.add("EditLabPoseEstimate", [("allow_no_person", False)], {"image": (person, 0, "IMAGE")},
-                 ["EDITLAB_POSE", "IMAGE", "STRING"], col + 1, row + 1)
+                 ["EDITLAB_POSE", "IMAGE", "STRING"], s_inputs, 1, 0)
     mask = None
-    for category in categories:
+    for i, category in enumerate(categories):
         one = g.add("EditLabTryOnMask", [("category", category), ("grow", 4), ("feather", 4), ("keep_face", True),
                                          ("keep_hands", True)], {"pose": (pose, 0, "EDITLAB_POSE")}, ["MASK"],
-                    col + 2, row + 1, title=f"Try-On Mask ({category})")
+                    s_inputs, 1, 1 + i, title=f"Try-On Mask ({category})")
         mask = one if mask is None else g.add(
             "MaskComposite", [("x", 0), ("y", 0), ("operation", "add")],
-            {"destination": (mask, 0, "MASK"), "source": (one, 0, "MASK")}, ["MASK"], col + 3, row + 1)
+            {"destination": (mask, 0, "MASK"), "source": (one, 0, "MASK")}, ["MASK"], s_inputs, 1, 1 + len(categories))
+    save(g, pose, f"{prefix}_pose", s_inputs, 2, 0, slot=1, title="Save pose render")
+    mask_image = g.add("MaskToImage", [], {"mask": (mask, 0, "MASK")}, ["IMAGE"], s_inputs, 2, 1)
+    save(g, mask_image, f"{prefix}_mask", s_inputs, 2, 2, title="Save mask")
     product_inputs = {}
     for i, name in enumerate(products):
-        image = load_image(g, name, col + 1, row + 2 + i)
+        image = load_image(g, name, s_stitch, 0, i, title=f"Product {i + 1}")
         product_inputs["product" if i == 0 else f"product_{i + 1}"] = (image, 0, "IMAGE")
     stitched = g.add("EditLabTryOnStitch", [("layout", layout), ("height", 128)],
                      {"person": (person, 0, "IMAGE"), "mask": (mask, 0, "MASK"), **product_inputs,
-                      "pose_image": (pose, 1, "IMAGE")}, ["IMAGE", "MASK", "EDITLAB_STITCH"], col + 4, row + 1)
-    pos = text(g, m, "the person on the left wearing the product shown in the middle", row, col + 4)
+                      "pose_image": (pose, 1, "IMAGE")}, ["IMAGE", "MASK", "EDITLAB_STITCH"], s_stitch, 1, 0)
+    save(g, stitched, f"{prefix}_canvas", s_stitch, 1, 1, title="Save canvas")
+    pos = text(g, m.clip, "the person on the left wearing the product shown in the middle", s_fill, 0, 0)
     inpaint = g.add("InpaintModelConditioning", [("noise_mask", True)],
                     {"positive": (pos, 0, "CONDITIONING"), "negative": (pos, 0, "CONDITIONING"),
-                     "vae": (m, 2, "VAE"), "pixels": (stitched, 0, "IMAGE"), "mask": (stitched, 1, "MASK")},
-                    ["CONDITIONING", "CONDITIONING", "LATENT"], col + 5, row)
-    k = g.add("KSampler", [("seed", 7), (SEED_CONTROL, "fixed"), ("steps", 8), ("cfg", 1.0),
-                           ("sampler_name", "euler"), ("scheduler", "simple"), ("denoise", 1.0)],
-              {"model": (m, 0, "MODEL"), "positive": (inpaint, 0, "CONDITIONING"),
+                     "vae": m.vae, "pixels": (stitched, 0, "IMAGE"), "mask": (stitched, 1, "MASK")},
+                    ["CONDITIONING", "CONDITIONING", "LATENT"], s_fill, 0, 1)
+    k = g.add("KSampler", [("seed", 7), ("steps", 8), ("cfg", 1.0), ("sampler_name", "euler"),
+                           ("scheduler", "simple"), ("denoise", 1.0)],
+              {"model": m.model, "positive": (inpaint, 0, "CONDITIONING"),
                "negative": (inpaint, 1, "CONDITIONING"), "latent_image": (inpaint, 2, "LATENT")}, ["LATENT"],
-              col + 6, row)
-    decoded = g.add("VAEDecode", [], {"samples": (k, 0, "LATENT"), "vae": (m, 2, "VAE")}, ["IMAGE"], col + 7, row)
+              s_fill, 1, 0)
+    decoded = decode(g, m, k, s_fill, 1, 1)
     final = g.add("EditLabTryOnUnstitch", [], {"generated": (decoded, 0, "IMAGE"),
                                                "stitch": (stitched, 2, "EDITLAB_STITCH"),
                                                "person": (person, 0, "IMAGE"), "mask": (mask, 0, "MASK")},
-                  ["IMAGE"], col + 8, row)
-    g.add("SaveImage", [("filename_prefix", f"{prefix}_result")], {"images": (final, 0, "IMAGE")}, [], col + 9, row)
-    g.add("SaveImage", [("filename_prefix", f"{prefix}_pose")], {"images": (pose, 1, "IMAGE")}, [], col + 2,
-          row + 2)
-    mask_image = g.add("MaskToImage", [], {"mask": (mask, 0, "MASK")}, ["IMAGE"], col + 3, row + 2)
-    g.add("SaveImage", [("filename_prefix", f"{prefix}_mask")], {"images": (mask_image, 0, "IMAGE")}, [], col + 4,
-          row + 3)
-    g.add("SaveImage", [("filename_prefix", f"{prefix}_canvas")], {"images": (stitched, 0, "IMAGE")}, [], col + 5,
-          row + 3)
+                  ["IMAGE"], s_fill, 1, 2)
+    save(g, final, f"{prefix}_result", s_fill, 2, 0, title="Save try-on result")
 
 
-def expression_base(g, col=0, row=0):
-    """Tiny SD1.5, the photo, its blendshapes (overlay saved) and an ARKit adapter trained in-graph on the input
-    folder (for real use: an Expression Adapter Loader with your adapter file instead)."""
-    m = g.add("EditLabTinyModels", [("architecture", "sd15"), ("seed", 0)], outputs=["MODEL", "CLIP", "VAE"],
-              col=col, row=row, title="Tiny SD1.5 (random weights)")
-    photo = load_image(g, "editlab_photo.png", col, row + 1)
+def expression_base(g, band=0, label=""):
+    """SD1.5, the photo, its blendshapes (overlay saved) and an ARKit adapter trained in-graph on the input folder."""
+    s_models = g.stage(f"expr_models{band}", f"{label}SD1.5 model", band)
+    s_face = g.stage(f"expr_face{band}", f"{label}Face blendshapes and adapter", band)
+    m = sd15_loader(g, s_models)
+    photo = load_image(g, "editlab_photo.png", s_face, 0, 0, title="Face photo")
     shapes = g.add("EditLabFaceBlendshapes", [("face_index", 0), ("allow_no_face", False)],
-                   {"image": (photo, 0, "IMAGE")}, ["EDITLAB_BLENDSHAPES", "IMAGE", "STRING"], col + 1, row + 1)
+                   {"image": (photo, 0, "IMAGE")}, ["EDITLAB_BLENDSHAPES", "IMAGE", "STRING"], s_face, 1, 0)
     adapter = g.add("EditLabTrainExpressionAdapter",
                     [("folder", "."), ("prompt", "a photo of a face"), ("resolution", 64), ("steps", 10),
-                     ("lr", 0.001), ("batch_size", 1), ("num_tokens", 2), ("seed", 0), ("name", "tiny_expression")],
-                    {"model": (m, 0, "MODEL"), "clip": (m, 1, "CLIP"), "vae": (m, 2, "VAE")},
-                    ["EDITLAB_EXPRESSION_ADAPTER", "STRING"], col + 1, row + 2)
-    return m, photo, shapes, adapter
+                     ("lr", 0.001), ("batch_size", 1), ("num_tokens", 2), ("seed", 0), ("name", "tiny_expression"),
+                     ("overwrite", True)],
+                    {"model": m.model, "clip": m.clip, "vae": m.vae},
+                    ["EDITLAB_EXPRESSION_ADAPTER", "STRING"], s_face, 2, 0)
+    return m, photo, shapes, adapter, s_face
 
 
-def expression_sample(g, m, model, prefix, col, row, prompt="a portrait photo of a person"):
-    pos, neg = text(g, m, prompt, row, col), text(g, m, "", row + 1, col)
-    latent = g.add("EmptyLatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], col,
-                   row + 2)
-    k = g.add("KSampler", [("seed", 3), (SEED_CONTROL, "fixed"), ("steps", 8), ("cfg", 3.0),
-                           ("sampler_name", "euler"), ("scheduler", "simple"), ("denoise", 1.0)],
-              {"model": (model, 0, "MODEL"), "positive": (pos, 0, "CONDITIONING"),
-               "negative": (neg, 0, "CONDITIONING"), "latent_image": (latent, 0, "LATENT")}, ["LATENT"], col + 1,
-              row)
-    image = g.add("VAEDecode", [], {"samples": (k, 0, "LATENT"), "vae": (m, 2, "VAE")}, ["IMAGE"], col + 2, row)
-    g.add("SaveImage", [("filename_prefix", prefix)], {"images": (image, 0, "IMAGE")}, [], col + 3, row)
+def expression_sample(g, m, model, prefix, stage, prompt="a portrait photo of a person"):
+    pos, neg = text(g, m.clip, prompt, stage, 0, 0), text(g, m.clip, "", stage, 0, 1, title="Negative prompt")
+    latent = g.add("EmptyLatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], stage, 0,
+                   2)
+    k = ksample(g, m, pos, neg, latent, stage, 1, 0, seed=3, cfg=3.0, model=(model, 0, "MODEL"))
+    image = decode(g, m, k, stage, 1, 1)
+    save(g, image, prefix, stage, 2, 0)
 
 
-def apply_expression(g, m, adapter, shapes, col, row, strength=1.0, model=None):
+def apply_expression(g, m, adapter, shapes, stage, col, row, strength=1.0, model=None):
     return g.add("EditLabApplyExpression", [("strength", strength), ("start_percent", 0.0), ("end_percent", 1.0)],
-                 {"model": (model or m, 0, "MODEL"), "adapter": (adapter, 0, "EDITLAB_EXPRESSION_ADAPTER"),
-                  "blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")}, ["MODEL"], col, row)
+                 {"model": model or m.model, "adapter": (adapter, 0, "EDITLAB_EXPRESSION_ADAPTER"),
+                  "blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")}, ["MODEL"], stage, col, row)
 
 
-# -- workflows ------------------------------------------------------------------------------------------------
+EXPRESSION_ADAPTER = ("The **Train Expression Adapter** node trains a small adapter on the face photos in the input "
+                      "folder (`folder` is relative to it; `.` = all of it) and saves "
+                      "`models/expression_adapters/tiny_expression.safetensors`. With an adapter file of your own, "
+                      "use an **Expression Adapter Loader** (files in `models/expression_adapters/`) instead.")
+SAE_TRAINED = ("The SAE is trained in-graph on prompts encoded by your text encoder (seconds to minutes) and saved to "
+               "`models/sae/{sae}.safetensors`; once you have one, an **SAE Loader** can replace **SAE Train**.")
+
+
+# -- workflows --------------------------------------------------------------------------------------------------
 def tour():
-    g = Graph()
-    m = tiny(g)
+    g = Graph("EditLab tour")
+    g.add_note(note(
+        "EditLab tour: three methods in one graph",
+        "Row 1, **SAEdit** (Flux): trains a small sparse autoencoder on the text encoder's token embeddings, finds a "
+        "'smiling' direction from prompt pairs and slides it on the word *fox*, beside the plain image.\n"
+        "Row 2, **DiT-VTON** try-on (Flux Fill): pose, garment mask, person | product | pose canvas, fill, exact "
+        "paste-back.\nRow 3, **blendshape expressions**: the photo's 52 ARKit coefficients drawn over it (no "
+        "generative model).",
+        FLUX_FILES + "\n" + FILL_FILES, "editlab_tour", ("editlab_photo.png", "editlab_product_tshirt.png"),
+        SAE_TRAINED.format(sae="editlab_tour_sae") + " " + SMALL))
+    s_models = g.stage("models", "1 · SAEdit: Flux models", 0)
+    s_prompt = g.stage("prompt", "1 · Prompt and latent", 0)
+    s_sae = g.stage("sae", "1 · Train SAE, find 'smiling' direction, slide", 0)
+    s_out = g.stage("out", "1 · Plain vs. slid, sampled and saved", 0)
+    m = flux_loaders(g, s_models)
     prompt = "a photo of a fox in the snow"
-    pos, neg = text(g, m, prompt, 0), text(g, m, "", 1)
-    latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], 1, 2)
-    ksample_save(g, m, pos, neg, latent, "editlab_tour/flux", 2, 0)
-    sae, direction = sae_and_direction(g, m, "editlab_tour_sae")
-    smile = slider(g, m, pos, sae, direction, prompt, "fox", 1.0, 3, 3)
-    ksample_save(g, m, smile, neg, latent, "editlab_tour/saedit_smiling_fox", 4, 3)
-    tryon(g, ["upper"], ["editlab_product_tshirt.png"], "editlab_tour/tryon", row=6)
-    photo = load_image(g, "editlab_photo.png", 0, 11)
+    pos, neg = text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1, title="Negative prompt")
+    latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
+                   s_prompt, 0, 2)
+    sae, direction = sae_and_direction(g, m, "editlab_tour_sae", s_sae)
+    smile = slider(g, m, pos, sae, direction, prompt, "fox", 1.0, s_sae, 2, 0)
+    for i, (cond, prefix) in enumerate(((pos, "editlab_tour/flux"), (smile, "editlab_tour/saedit_smiling_fox"))):
+        k = ksample(g, m, cond, neg, latent, s_out, 0, i)
+        save(g, decode(g, m, k, s_out, 1, i), prefix, s_out, 2, i)
+    tryon(g, ["upper"], ["editlab_product_tshirt.png"], "editlab_tour/tryon", band=1, label="2 · ")
+    s_face = g.stage("face", "3 · Face blendshapes (MediaPipe)", 2)
+    photo = load_image(g, "editlab_photo.png", s_face, 0, 0, title="Face photo")
     shapes = g.add("EditLabFaceBlendshapes", [("face_index", 0), ("allow_no_face", False)],
-                   {"image": (photo, 0, "IMAGE")}, ["EDITLAB_BLENDSHAPES", "IMAGE", "STRING"], 1, 11)
-    g.add("SaveImage", [("filename_prefix", "editlab_tour/blendshapes_overlay")], {"images": (shapes, 1, "IMAGE")},
-          [], 2, 11)
+                   {"image": (photo, 0, "IMAGE")}, ["EDITLAB_BLENDSHAPES", "IMAGE", "STRING"], s_face, 1, 0)
+    save(g, shapes, "editlab_tour/blendshapes_overlay", s_face, 2, 0, slot=1)
     return g
 
 
 def expression_from_photo():
-    g = Graph()
-    g.add("Note", [("text", TINY_NOTE)], row=5)
-    m, photo, shapes, adapter = expression_base(g)
-    g.add("SaveImage", [("filename_prefix", "expression/overlay")], {"images": (shapes, 1, "IMAGE")}, [], 2, 1)
-    model = apply_expression(g, m, adapter, shapes, 2, 2)
-    expression_sample(g, m, model, "expression/from_photo", 3, 0)
+    g = Graph("Expression from a photo")
+    g.add_note(note("Expression from a photo",
+                    "Reads the 52 ARKit blendshapes of the face in the photo (overlay saved) and generates a new "
+                    "face with that expression through the expression adapter on SD1.5.",
+                    SD15_FILES, "expression_from_photo", ("editlab_photo.png",), EXPRESSION_ADAPTER + " " + SMALL))
+    m, photo, shapes, adapter, s_face = expression_base(g)
+    save(g, shapes, "expression/overlay", s_face, 1, 1, slot=1, title="Save overlay")
+    s_gen = g.stage("gen", "Apply expression, sample, save", 1)
+    model = apply_expression(g, m, adapter, shapes, s_gen, 0, 3)
+    expression_sample(g, m, model, "expression/from_photo", s_gen)
     return g
 
 
 def expression_sliders():
-    g = Graph()
-    g.add("Note", [("text", TINY_NOTE)], row=5)
-    m, photo, shapes, adapter = expression_base(g)
+    g = Graph("Expression sliders")
+    g.add_note(note("Expression sliders",
+                    "Measures the photo's blendshapes, then edits them (a *smile* preset plus per-coefficient values "
+                    "set with the node's picker and slider) and generates a face with the edited expression.",
+                    SD15_FILES, "expression_sliders", ("editlab_photo.png",), EXPRESSION_ADAPTER + " " + SMALL))
+    m, photo, shapes, adapter, s_face = expression_base(g)
+    s_gen = g.stage("gen", "Edit blendshapes, apply, sample, save", 1)
     edited = g.add("EditLabBlendshapeEdit", [("preset", "smile"), ("values", '{"jawOpen": 0.4, "eyeWideLeft": 0.3}'),
                                              ("symmetric", True), ("intensity", 1.0)],
-                   {"blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")}, ["EDITLAB_BLENDSHAPES"], 2, 1)
-    model = apply_expression(g, m, adapter, edited, 2, 2)
-    expression_sample(g, m, model, "expression/sliders", 3, 0)
+                   {"blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")}, ["EDITLAB_BLENDSHAPES"], s_gen, 0, 3)
+    model = apply_expression(g, m, adapter, edited, s_gen, 0, 4)
+    expression_sample(g, m, model, "expression/sliders", s_gen)
     return g
 
 
 def expression_reference_edit():
-    g = Graph()
-    g.add("Note", [("text", TINY_NOTE)], row=5)
-    m, photo, shapes, adapter = expression_base(g)
+    g = Graph("Expression edit that keeps the person")
+    g.add_note(note("Expression edit that keeps the person",
+                    "Changes the photo's expression (a *surprise* preset) while the **Reference Adapter** makes "
+                    "self-attention also read the photo's own features, so appearance stays.",
+                    SD15_FILES, "expression_reference_edit", ("editlab_photo.png",), EXPRESSION_ADAPTER + " " + SMALL))
+    m, photo, shapes, adapter, s_face = expression_base(g)
+    s_ref = g.stage("ref", "Reference and edited expression", 1)
     scaled = g.add("ImageScale", [("upscale_method", "bilinear"), ("width", 64), ("height", 64), ("crop", "center")],
-                   {"image": (photo, 0, "IMAGE")}, ["IMAGE"], 1, 3)
+                   {"image": (photo, 0, "IMAGE")}, ["IMAGE"], s_ref, 0, 0)
     reference = g.add("EditLabReferenceAdapter", [("strength", 0.8)],
-                      {"model": (m, 0, "MODEL"), "vae": (m, 2, "VAE"), "reference": (scaled, 0, "IMAGE")},
-                      ["MODEL"], 2, 3)
+                      {"model": m.model, "vae": m.vae, "reference": (scaled, 0, "IMAGE")}, ["MODEL"], s_ref, 0, 1)
     surprised = g.add("EditLabBlendshapeEdit", [("preset", "surprise"), ("values", "{}"), ("symmetric", True),
                                                 ("intensity", 1.0)], {"blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")},
-                      ["EDITLAB_BLENDSHAPES"], 2, 1)
-    model = apply_expression(g, m, adapter, surprised, 3, 3, model=reference)
-    expression_sample(g, m, model, "expression/reference_edit", 4, 0)
+                      ["EDITLAB_BLENDSHAPES"], s_ref, 1, 0)
+    model = apply_expression(g, m, adapter, surprised, s_ref, 1, 1, model=(reference, 0, "MODEL"))
+    s_gen = g.stage("gen", "Sample and save", 1)
+    expression_sample(g, m, model, "expression/reference_edit", s_gen)
     return g
 
 
+TRYON_WHAT = ("Finds the person's pose, builds the {what} mask (face and hands kept), puts person | product | pose on "
+              "one canvas, lets **Flux Fill** paint the masked part and pastes it back so every pixel outside the "
+              "mask is unchanged. Pose render, mask and canvas are saved too.")
+
+
 def tryon_flux_fill():
-    g = Graph()
-    g.add("Note", [("text", TINY_NOTE)], row=4)
+    g = Graph("Try-on: a shirt with Flux Fill")
+    g.add_note(note("Try-on: a shirt with Flux Fill", TRYON_WHAT.format(what="upper-body"),
+                    FLUX_FILES.replace("flux1-dev", "flux1-fill-dev"), "tryon_flux_fill",
+                    ("editlab_photo.png", "editlab_product_tshirt.png"), SMALL_STITCH))
     tryon(g, ["upper"], ["editlab_product_tshirt.png"], "tryon/shirt")
     return g
 
 
 def tryall_bag():
-    g = Graph()
-    g.add("Note", [("text", TINY_NOTE)], row=4)
+    g = Graph("Try-all: a bag")
+    g.add_note(note("Try-all: a bag", TRYON_WHAT.format(what="bag") + " Side-by-side layout, no pose panel.",
+                    FLUX_FILES.replace("flux1-dev", "flux1-fill-dev"), "tryall_bag",
+                    ("editlab_photo.png", "editlab_product_bag.png"), SMALL_STITCH))
     tryon(g, ["bag"], ["editlab_product_bag.png"], "tryon/bag", layout="side_by_side")
     return g
 
 
 def tryon_outfit():
-    g = Graph()
-    g.add("Note", [("text", TINY_NOTE)], row=5)
+    g = Graph("Try-on: a two-garment outfit")
+    g.add_note(note("Try-on: a two-garment outfit",
+                    TRYON_WHAT.format(what="upper + lower (added)") + " Two products on the canvas.",
+                    FLUX_FILES.replace("flux1-dev", "flux1-fill-dev"), "tryon_outfit",
+                    ("editlab_photo.png", "editlab_product_tshirt.png", "editlab_product_trousers.png"),
+                    SMALL_STITCH))
     tryon(g, ["upper", "lower"], ["editlab_product_tshirt.png", "editlab_product_trousers.png"], "tryon/outfit")
     return g
 
 
 def saedit_flux_slider_sweep():
-    g = Graph()
-    m = tiny(g)
+    g = Graph("SAEdit slider sweep (Flux)")
+    g.add_note(note("SAEdit slider sweep (Flux)",
+                    "One prompt, one 'smiling' direction, four strengths (-1, 0, 1, 2) on the word *man*: the four "
+                    "images are saved as one batch, so the sweep reads left to right.",
+                    FLUX_FILES, "saedit_flux_slider_sweep", (), SAE_TRAINED.format(sae="sweep_sae") + " " + SMALL))
+    s_models = g.stage("models", "Flux models", 0)
+    s_prompt = g.stage("prompt", "Prompt and latent", 0)
+    s_sae = g.stage("sae", "Train SAE and find the direction", 0)
+    s_sweep = g.stage("sweep", "Four strengths, sampled and saved as one batch", 1)
+    m = flux_loaders(g, s_models)
     prompt = "a portrait of a man in a park"
-    pos, neg = text(g, m, prompt, 0), text(g, m, "", 1)
-    latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], 1, 2)
-    sae, direction = sae_and_direction(g, m, "sweep_sae")
+    pos, neg = text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1, title="Negative prompt")
+    latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
+                   s_prompt, 0, 2)
+    sae, direction = sae_and_direction(g, m, "sweep_sae", s_sae)
     images = []
     for i, strength in enumerate((-1.0, 0.0, 1.0, 2.0)):
-        cond = slider(g, m, pos, sae, direction, prompt, "man", strength, 3, 4 + i)
-        images.append(ksample_save(g, m, cond, neg, latent, None, 4, 4 + i))
+        cond = slider(g, m, pos, sae, direction, prompt, "man", strength, s_sweep, 0, i)
+        k = ksample(g, m, cond, neg, latent, s_sweep, 1, i)
+        images.append(decode(g, m, k, s_sweep, 2, i))
     batch = images[0]
     for i, image in enumerate(images[1:]):
         batch = g.add("ImageBatch", [], {"image1": (batch, 0, "IMAGE"), "image2": (image, 0, "IMAGE")}, ["IMAGE"],
-                      6, 4 + i)
-    g.add("SaveImage", [("filename_prefix", "saedit/sweep_minus1_0_1_2")], {"images": (batch, 0, "IMAGE")}, [], 7, 5)
+                      s_sweep, 3, i)
+    save(g, batch, "saedit/sweep_minus1_0_1_2", s_sweep, 4, 0)
     return g
 
 
 def saedit_sd35_slider():
-    g = Graph()
-    m = tiny(g, "sd3")
+    g = Graph("SAEdit slider on SD3.5")
+    g.add_note(note("SAEdit slider on SD3.5",
+                    "The same slider on Stable Diffusion 3.5: an SAE over the prompt's token embeddings, a 'smiling' "
+                    "direction, strength 1.5 on the word *woman*; the plain and the slid image are saved.",
+                    SD35_FILES, "saedit_sd35_slider", (), SAE_TRAINED.format(sae="sd35_sae") + " " + SMALL))
+    s_models = g.stage("models", "SD3.5 model", 0)
+    s_prompt = g.stage("prompt", "Prompt and latent", 0)
+    s_sae = g.stage("sae", "Train SAE, find the direction, slide", 0)
+    s_out = g.stage("out", "Plain vs. slid, sampled and saved", 1)
+    m = sd35_loader(g, s_models)
     prompt = "a portrait of a woman in a garden"
-    pos, neg = text(g, m, prompt, 0), text(g, m, "", 1)
-    latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], 1, 2)
-    sae, direction = sae_and_direction(g, m, "sd35_sae")
-    cond = slider(g, m, pos, sae, direction, prompt, "woman", 1.5, 3, 3)
-    ksample_save(g, m, pos, neg, latent, "saedit/sd35_plain", 4, 0)
-    ksample_save(g, m, cond, neg, latent, "saedit/sd35_smiling", 4, 3)
+    pos, neg = text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1, title="Negative prompt")
+    latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
+                   s_prompt, 0, 2)
+    sae, direction = sae_and_direction(g, m, "sd35_sae", s_sae)
+    cond = slider(g, m, pos, sae, direction, prompt, "woman", 1.5, s_sae, 2, 0)
+    for i, (c, prefix) in enumerate(((pos, "saedit/sd35_plain"), (cond, "saedit/sd35_smiling"))):
+        k = ksample(g, m, c, neg, latent, s_out, 0, i)
+        save(g, decode(g, m, k, s_out, 1, i), prefix, s_out, 2, i)
     return g
 
 
 def saedit_train_sae():
-    g = Graph()
-    m = tiny(g)
+    g = Graph("Train an SAE and a direction")
+    g.add_note(note("Train an SAE and a direction",
+                    "Trains a Matryoshka BatchTopK sparse autoencoder on your text encoder's token embeddings (your "
+                    "prompts plus 1000 generated ones) and saves it to `models/sae/trained_sae.safetensors`; then "
+                    "finds a 'smiling' direction from the prompt pairs and saves it to "
+                    "`models/sae_directions/trained_sae_smiling.safetensors`. Use both in the slider workflows "
+                    "with an **SAE Loader** and an **SAE Direction Loader**.",
+                    "- `clip_l.safetensors` and `t5xxl_fp16.safetensors` in `models/text_encoders/`",
+                    "saedit_train_sae", (),
+                    "Only the text encoders are needed. For long runs on many prompts use `scripts/train_sae.py`."))
+    s_models = g.stage("models", "Flux text encoders", 0)
+    s_train = g.stage("train", "Train the SAE, then the direction", 0)
+    clip = g.add("DualCLIPLoader", [("clip_name1", "clip_l.safetensors"), ("clip_name2", "t5xxl_fp16.safetensors"),
+                                    ("type", "flux"), ("device", "default")], outputs=["CLIP"], stage=s_models,
+                 properties=_models_property("clip_l.safetensors", "t5xxl_fp16.safetensors"))
+    m = Models(None, (clip, 0, "CLIP"), None)
     sae = g.add("EditLabSAETrain",
                 [("prompts", "a man in a park\na woman on a beach\na dog in the snow"), ("prompts_file", ""),
                  ("generated_prompts", 1000), ("part", "auto"), ("dict_size", 512), ("top_k", 16),
                  ("matryoshka_groups", "64,64,128,256"), ("lr", 0.001), ("batch_size", 512), ("epochs", 4),
-                 ("seed", 0), ("name", "trained_sae")],
-                {"clip": (m, 1, "CLIP")}, ["EDITLAB_SAE", "STRING"], col=1, row=0)
+                 ("seed", 0), ("name", "trained_sae"), ("overwrite", True)],
+                {"clip": m.clip}, ["EDITLAB_SAE", "STRING"], s_train, 0, 0)
     g.add("EditLabSAEDirection",
           [("pairs", "a man | a smiling man\na woman | a smiling woman\na baby | a smiling baby"),
            ("pairs_file", ""), ("part", "auto"), ("method", "svd"), ("percentile", 99.5),
-           ("name", "trained_sae_smiling")],
-          {"clip": (m, 1, "CLIP"), "sae": (sae, 0, "EDITLAB_SAE")}, ["EDITLAB_SAE_DIRECTION"], col=2, row=0)
+           ("name", "trained_sae_smiling"), ("overwrite", True)],
+          {"clip": m.clip, "sae": (sae, 0, "EDITLAB_SAE")}, ["EDITLAB_SAE_DIRECTION"], s_train, 1, 0)
     return g
 
 
 def saedit_photo_edit():
-    g = Graph()
-    m = tiny(g)
+    g = Graph("SAEdit on a photo (Flux inversion)")
+    g.add_note(note("SAEdit on a photo (Flux inversion)",
+                    "Inverts the photo's latent exactly (reversed Euler steps), then samples it back twice from the "
+                    "same noise: once plain (the reconstruction) and once with the 'smiling' slider on the word "
+                    "*astronaut*.",
+                    FLUX_FILES, "saedit_photo_edit", ("editlab_photo.png",),
+                    SAE_TRAINED.format(sae="photo_sae") + " " + SMALL.replace("width/height", "the scale size")))
+    s_models = g.stage("models", "Flux models", 0)
+    s_photo = g.stage("photo", "Photo to latent, inverted", 0)
+    s_sae = g.stage("sae", "Train SAE, find the direction, slide", 1)
+    s_out = g.stage("out", "Reconstructed vs. smiling, sampled from the inverted noise", 2)
+    m = flux_loaders(g, s_models)
     prompt = "a photo of an astronaut"
-    load = g.add("LoadImage", [("image", "editlab_photo.png"), (UPLOAD_BUTTON, "image")], {}, ["IMAGE", "MASK"], 0, 3)
+    photo = load_image(g, "editlab_photo.png", s_photo, 0, 0, title="Photo")
     scaled = g.add("ImageScale", [("upscale_method", "bilinear"), ("width", 64), ("height", 64), ("crop", "center")],
-                   {"image": (load, 0, "IMAGE")}, ["IMAGE"], 0, 4)
-    latent = g.add("VAEEncode", [], {"pixels": (scaled, 0, "IMAGE"), "vae": (m, 2, "VAE")}, ["LATENT"], 1, 4)
-    pos = text(g, m, prompt, 0)
+                   {"image": (photo, 0, "IMAGE")}, ["IMAGE"], s_photo, 0, 1)
+    latent = g.add("VAEEncode", [], {"pixels": (scaled, 0, "IMAGE"), "vae": m.vae}, ["LATENT"], s_photo, 1, 0)
+    pos = text(g, m.clip, prompt, s_photo, 1, 1)
     sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", 20), ("denoise", 1.0)],
-                   {"model": (m, 0, "MODEL")}, ["SIGMAS"], 1, 5)
+                   {"model": m.model}, ["SIGMAS"], s_photo, 2, 0)
     inverted = g.add("EditLabFlowInversion", [("iterations", 10)],
-                     {"model": (m, 0, "MODEL"), "conditioning": (pos, 0, "CONDITIONING"),
-                      "latent": (latent, 0, "LATENT"), "sigmas": (sigmas, 0, "SIGMAS")}, ["NOISE", "LATENT"], 2, 4)
-    sae, direction = sae_and_direction(g, m, "photo_sae", row=6)
-    edited = slider(g, m, pos, sae, direction, prompt, "astronaut", 0.8, 3, 6)
-    sampler = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], 2, 5)
-    for name, cond, row in (("reconstructed", pos, 3), ("smiling", edited, 6)):
-        guider = g.add("BasicGuider", [], {"model": (m, 0, "MODEL"), "conditioning": (cond, 0, "CONDITIONING")},
-                       ["GUIDER"], 4, row)
+                     {"model": m.model, "conditioning": (pos, 0, "CONDITIONING"),
+                      "latent": (latent, 0, "LATENT"), "sigmas": (sigmas, 0, "SIGMAS")}, ["NOISE", "LATENT"],
+                     s_photo, 2, 1)
+    sae, direction = sae_and_direction(g, m, "photo_sae", s_sae)
+    edited = slider(g, m, pos, sae, direction, prompt, "astronaut", 0.8, s_sae, 2, 0)
+    sampler = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_out, 0, 0)
+    for i, (name, cond) in enumerate((("reconstructed", pos), ("smiling", edited))):
+        guider = g.add("BasicGuider", [], {"model": m.model, "conditioning": (cond, 0, "CONDITIONING")},
+                       ["GUIDER"], s_out, 1, i)
         out = g.add("SamplerCustomAdvanced", [],
                     {"noise": (inverted, 0, "NOISE"), "guider": (guider, 0, "GUIDER"),
                      "sampler": (sampler, 0, "SAMPLER"), "sigmas": (sigmas, 0, "SIGMAS"),
-                     "latent_image": (latent, 0, "LATENT")}, ["LATENT", "LATENT"], 5, row)
-        image = g.add("VAEDecode", [], {"samples": (out, 0, "LATENT"), "vae": (m, 2, "VAE")}, ["IMAGE"], 6, row)
-        g.add("SaveImage", [("filename_prefix", f"saedit/photo_{name}")], {"images": (image, 0, "IMAGE")}, [],
-              7, row)
+                     "latent_image": (latent, 0, "LATENT")}, ["LATENT", "LATENT"], s_out, 2, i)
+        image = decode(g, m, out, s_out, 3, i)
+        save(g, image, f"saedit/photo_{name}", s_out, 4, i)
     return g
 
 
+# The order the templates browser lists them in (the tour first), with the description its card shows; written to
+# web/templates.json, which web/editlab.js reads (ComfyUI's front end would otherwise show file names). The front end
+# turns '-' and '_' in descriptions into spaces: hyphens here are U+2011 and the minus sign U+2212.
+DESCRIPTIONS = {
+    "editlab_tour": "All three methods in one graph: SAEdit slider (Flux), try\u2011on (Flux Fill), face blendshapes. "
+                    "Start here.",
+    "saedit_flux_slider_sweep": "A 'smiling' SAE direction slid on one word at strengths \u22121, 0, 1 and 2 (Flux).",
+    "saedit_sd35_slider": "The SAEdit slider on Stable Diffusion 3.5: plain and slid image side by side.",
+    "saedit_train_sae": "Train a sparse autoencoder on your text encoder and save a direction from prompt pairs.",
+    "saedit_photo_edit": "Edit a photo: exact Flux inversion, then the slider on the inverted noise.",
+    "tryon_flux_fill": "Virtual try\u2011on of a shirt: pose, mask, person | product | pose canvas, Flux Fill.",
+    "tryall_bag": "Try\u2011all with an accessory: a bag placed on the person with Flux Fill.",
+    "tryon_outfit": "Two garments at once (shirt and trousers) on one canvas with Flux Fill.",
+    "expression_from_photo": "Read a face's 52 ARKit blendshapes and generate a new face with that expression "
+                             "(SD1.5).",
+    "expression_sliders": "Edit an expression with presets and per\u2011coefficient sliders, then generate it (SD1.5).",
+    "expression_reference_edit": "Change a photo's expression while a reference adapter keeps the person (SD1.5).",
+}
 WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slider_sweep,
              "saedit_sd35_slider": saedit_sd35_slider, "saedit_train_sae": saedit_train_sae,
              "saedit_photo_edit": saedit_photo_edit, "tryon_flux_fill": tryon_flux_fill, "tryall_bag": tryall_bag,
@@ -370,11 +667,15 @@ WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slide
 
 def main():
     (ROOT / "workflows" / "api").mkdir(parents=True, exist_ok=True)
+    cards = []
     for name, build in WORKFLOWS.items():
         g = build()
+        cards.append({"name": name, "title": g.title, "description": DESCRIPTIONS[name]})
         (ROOT / "workflows" / f"{name}.json").write_text(json.dumps(g.ui(), indent=1) + "\n")
         (ROOT / "workflows" / "api" / f"{name}.json").write_text(json.dumps(g.api(), indent=1) + "\n")
         print(f"wrote workflows/{name}.json and workflows/api/{name}.json ({len(g.nodes)} nodes)")
+    (ROOT / "web" / "templates.json").write_text(json.dumps(cards, indent=1) + "\n")
+    print("wrote web/templates.json (titles, descriptions and order for the templates browser)")
 
 
 if __name__ == "__main__":

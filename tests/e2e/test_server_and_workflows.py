@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from editlab.client.api import output_files
-from editlab.client.cli import pack_nodes, run_workflow
+from editlab.client.cli import pack_nodes, prepare_prompt, run_workflow
+from editlab.client.tiny import LOADERS, missing_model_files
 from editlab.client.workflow import load_workflow, to_api, validate
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +41,14 @@ def test_web_extension_is_served(server):
 def test_shipped_workflow_fits_live_node_definitions(path, object_info):
     ui = load_workflow(path)
     prompt = to_api(ui, object_info)
-    assert validate(prompt, object_info) == []
+    loaders = [n for n in prompt.values() if n["class_type"] in LOADERS]
+    assert loaders and not [n for n in prompt.values() if n["class_type"] == "EditLabTinyModels"], \
+        "shipped workflows load real weights with the stock loaders"
+    # This server has no weights: every file the loaders name is reported, and nothing else is wrong.
+    assert len(missing_model_files(prompt, object_info)) >= len(loaders)
+    tiny = prepare_prompt(prompt, object_info, tiny="always")
+    assert not [n for n in tiny.values() if n["class_type"] in LOADERS]
+    assert validate(tiny, object_info) == []
     twin = REPO / "workflows" / "api" / path.name
     assert twin.is_file(), f"{path.name} needs an API-format twin in workflows/api/"
     api = load_workflow(twin)
@@ -76,7 +84,7 @@ def test_ui_workflow_through_the_client_equals_its_api_twin(path, server, editla
     uploads += overwrite_sets(load_workflow(REPO / "workflows" / "api" / path.name), object_info)
     for kind, file in (("ui", path), ("api", REPO / "workflows" / "api" / path.name)):
         _evict_cache(server, tmp_path)  # both runs compute their nodes; neither is served the other's cache
-        done = editlab_cli("run", file, "--server", server.url, "--out", tmp_path / kind, "-q", *uploads)
+        done = editlab_cli("run", file, "--tiny", "--server", server.url, "--out", tmp_path / kind, "-q", *uploads)
         assert done.returncode == 0, done.stderr
         outs[kind] = sorted(Path(p) for p in done.stdout.split())
         assert outs[kind], "the workflow produced no files"
@@ -87,6 +95,24 @@ def test_ui_workflow_through_the_client_equals_its_api_twin(path, server, editla
             continue
         assert a.name != b.name, "each run saved its own file"
         assert np.array_equal(_pixels(a), _pixels(b))
+
+
+def test_run_names_missing_model_files_before_queueing(server, editlab_cli, tmp_path):
+    queued = len(server.client.get_json("/history"))
+    done = editlab_cli("run", REPO / "workflows" / "tryon_flux_fill.json", "--server", server.url, "--out",
+                       tmp_path)
+    assert done.returncode == 2
+    for line in ("flux1-fill-dev.safetensors (node", "models/diffusion_models/", "t5xxl_fp16.safetensors",
+                 "models/text_encoders/", "ae.safetensors", "models/vae/", "--tiny"):
+        assert line in done.stderr, done.stderr
+    assert len(server.client.get_json("/history")) == queued, "nothing was queued"
+
+
+def test_tiny_says_what_it_swapped(server, editlab_cli, tmp_path):
+    done = editlab_cli("run", REPO / "workflows" / "saedit_train_sae.json", "--tiny", "--server", server.url,
+                       "--out", tmp_path, "-q")
+    assert done.returncode == 0, done.stderr
+    assert "DualCLIPLoader (clip_l.safetensors, t5xxl_fp16.safetensors) -> EditLabTinyModels flux" in done.stderr
 
 
 def test_same_seed_same_outputs_bit_for_bit(server, tmp_path):

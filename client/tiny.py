@@ -1,0 +1,142 @@
+"""Model files a workflow needs, and ``--tiny``: the stock loaders swapped for EditLabTinyModels at submission time.
+
+Both work on the API format (what /prompt takes), so the client and the browser tests share them: the browser test
+takes what the page would queue (``app.graphToPrompt()``), passes it through :func:`substitute_tiny` and queues
+that from the page.
+
+Which tiny architecture replaces a loader is read from the loader itself (the CLIP loader's ``type``, the file
+name's family: ``flux1-fill-dev`` -> flux_fill, ``sd3.5...`` -> sd3, ``v1-5...`` -> sd15), falling back to the
+architecture of the workflow's other loaders. Each architecture gets one EditLabTinyModels node (seed 0), and every
+link from a loader's output is moved to the tiny node's output of the same kind (MODEL 0, CLIP 1, VAE 2). The tiny
+Flux and Flux Fill builders share their text encoders and VAE bit for bit, so a Fill UNet beside a Flux CLIP/VAE
+stays consistent. LoRA loaders pass their inputs through (a LoRA cannot apply to random tiny weights).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from . import ClientError
+
+TINY_NODE = "EditLabTinyModels"
+# Stock loader -> {its output slot: the tiny node's output slot}.
+LOADERS = {
+    "UNETLoader": {0: 0},
+    "CheckpointLoaderSimple": {0: 0, 1: 1, 2: 2},
+    "DualCLIPLoader": {0: 1},
+    "TripleCLIPLoader": {0: 1},
+    "CLIPLoader": {0: 1},
+    "VAELoader": {0: 2},
+}
+# Pass-through loaders: their output slot -> the input it passes on.
+PASS_THROUGH = {"LoraLoaderModelOnly": {0: "model"}, "LoraLoader": {0: "model", 1: "clip"}}
+# The models folder each file input reads from.
+MODEL_INPUTS = {"unet_name": "diffusion_models", "ckpt_name": "checkpoints", "clip_name": "text_encoders",
+                "clip_name1": "text_encoders", "clip_name2": "text_encoders", "clip_name3": "text_encoders",
+                "vae_name": "vae", "lora_name": "loras"}
+CLIP_TYPES = {"flux": "flux", "sd3": "sd3", "sdxl": "sdxl", "stable_diffusion": "sd15", "wan": "wan21_i2v"}
+FILE_FAMILIES = [  # (pattern in a model file's name, architecture), first match wins
+    (r"flux.*fill|fill.*flux", "flux_fill"), (r"flux", "flux"), (r"sd3|stable[-_]?diffusion[-_]?3", "sd3"),
+    (r"sdxl|sd_xl|xl[-_]base", "sdxl"), (r"wan2?\.?1|wan_2\.1", "wan21_i2v"),
+    (r"v1-5|sd15|sd_1\.5|v1_5|stable-diffusion-v1", "sd15"), (r"^ae\.safetensors$", "flux"),
+]
+
+
+def _family(file_name: str):
+    name = str(file_name).lower().rsplit("/", 1)[-1]
+    for pattern, arch in FILE_FAMILIES:
+        if re.search(pattern, name):
+            return arch
+    return None
+
+
+def loader_architecture(node: dict):
+    """The tiny architecture that stands in for one stock loader node, or None if the node does not say."""
+    inputs, kind = node.get("inputs", {}), node.get("class_type")
+    if kind in ("DualCLIPLoader", "CLIPLoader") and isinstance(inputs.get("type"), str):
+        arch = CLIP_TYPES.get(inputs["type"])
+        if arch:
+            return arch
+    if kind == "TripleCLIPLoader":
+        return "sd3"
+    for name in ("unet_name", "ckpt_name", "vae_name", "clip_name", "clip_name1", "clip_name2"):
+        if isinstance(inputs.get(name), str):
+            arch = _family(inputs[name])
+            if arch:
+                return arch
+    return None
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def substitute_tiny(prompt: dict) -> tuple[dict, list[str]]:
+    """A copy of ``prompt`` with every stock loader replaced by EditLabTinyModels; and one line per swap."""
+    prompt = json.loads(json.dumps(prompt))
+    loaders = {k: v for k, v in prompt.items() if v.get("class_type") in LOADERS}
+    if not loaders:
+        return prompt, []
+    archs = {k: loader_architecture(v) for k, v in loaders.items()}
+    known = [a for a in archs.values() if a]
+    fallback = max(set(known), key=known.count) if known else None
+    said, tiny_ids = [], {}
+    for node_id in sorted(loaders, key=lambda k: (len(k), k)):
+        node = loaders[node_id]
+        arch = archs[node_id] or fallback
+        if arch is None:
+            raise ClientError(f"--tiny: cannot tell which model family node {node_id} ({node['class_type']}) loads; "
+                              f"name a family in its file name (flux, sd3, sdxl, v1-5, wan2.1)")
+        tiny_ids.setdefault(arch, f"tiny_{arch}")
+        files = ", ".join(str(v) for k, v in node["inputs"].items() if k in MODEL_INPUTS)
+        said.append(f"node {node_id} {node['class_type']} ({files}) -> {TINY_NODE} {arch}")
+    for arch, tiny_id in tiny_ids.items():
+        prompt[tiny_id] = {"class_type": TINY_NODE, "inputs": {"architecture": arch, "seed": 0},
+                           "_meta": {"title": f"Tiny {arch} (random weights, --tiny)"}}
+
+    def target(link):
+        """Where a link to a loader or pass-through node's output now points (None: leave it)."""
+        src = prompt.get(link[0]) if link[0] not in tiny_ids.values() else None
+        if src is None:
+            return None
+        kind = src.get("class_type")
+        if link[0] in loaders:
+            slot = LOADERS[kind].get(link[1])
+            return None if slot is None else [tiny_ids[archs[link[0]] or fallback], slot]
+        if kind in PASS_THROUGH and link[1] in PASS_THROUGH[kind]:
+            upstream = src["inputs"].get(PASS_THROUGH[kind][link[1]])
+            return (target(upstream) or upstream) if _is_link(upstream) else None
+        return None
+
+    passed = [k for k, v in prompt.items() if v.get("class_type") in PASS_THROUGH]
+    for node_id, node in prompt.items():
+        for name, value in node.get("inputs", {}).items():
+            if _is_link(value):
+                new = target(value)
+                if new is not None:
+                    node["inputs"][name] = new
+    for node_id in passed:
+        said.append(f"node {node_id} {prompt[node_id]['class_type']} passes its inputs through (no LoRA on tiny "
+                    f"random weights)")
+        del prompt[node_id]
+    for node_id in loaders:
+        del prompt[node_id]
+    return prompt, said
+
+
+def missing_model_files(prompt: dict, object_info: dict) -> list[str]:
+    """One line per model file the workflow names that the server does not have (not in its loader's list)."""
+    lines = []
+    for node_id, node in sorted(prompt.items(), key=lambda kv: (len(kv[0]), kv[0])):
+        info = object_info.get(node.get("class_type"), {})
+        specs = {**info.get("input", {}).get("required", {}), **info.get("input", {}).get("optional", {})}
+        for name, value in node.get("inputs", {}).items():
+            if name not in MODEL_INPUTS or not isinstance(value, str) or name not in specs:
+                continue
+            spec = specs[name]
+            choices = spec[0] if isinstance(spec[0], list) else (spec[1] if len(spec) > 1 and
+                                                                  isinstance(spec[1], dict) else {}).get("options")
+            if isinstance(choices, list) and value not in choices:
+                lines.append(f"{value} (node {node_id} {node['class_type']}): put it in ComfyUI's "
+                             f"models/{MODEL_INPUTS[name]}/")
+    return lines

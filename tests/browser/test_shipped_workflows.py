@@ -1,0 +1,189 @@
+"""Every shipped workflow opened as a user opens it: from the templates browser's own route, in the real front end.
+
+The templates browser lists a pack's workflows from ``/api/workflow_templates`` and opens one by fetching
+``/api/workflow_templates/<pack>/<name>.json`` and calling ``app.loadGraphData(data, true, true, name)``; this does
+the same in headless Chromium, then reads back what the page made of the file: each widget's value (compared with
+the API twin's input of the same name), node types the page does not know, node boxes that overlap, groups, the
+initial zoom, and console errors from the pack's scripts. A screenshot of each as opened is kept under
+out/test-artifacts/browser/.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from editlab.tests.browser.templates import NAMES, PACK, open_workflow
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+MIN_SCALE = 0.6  # below this LiteGraph draws nodes without their text ("low quality")
+MENU_HEIGHT = 100  # the tabs bar, the Run toolbar and the "Nodes 2.0" banner cover this much of the canvas
+ANNOTATIONS = ("Note", "MarkdownNote")
+FRONTEND_ONLY_WIDGETS = {"control_after_generate", "upload"}
+
+def _overlap(a, b):
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return w > 0 and h > 0
+
+
+def _inside(inner, outer):
+    return (inner[0] >= outer[0] and inner[1] >= outer[1] and inner[0] + inner[2] <= outer[0] + outer[2]
+            and inner[1] + inner[3] <= outer[1] + outer[3])
+
+
+@pytest.fixture(scope="module")
+def opened(page, artifacts):
+    """name -> what the page made of the workflow (opened once each; the screenshots are taken here)."""
+    results = {}
+    for name in NAMES:
+        since = len(page.console)
+        state = open_workflow(page, name)
+        state["errors"] = page.errors_from(f"/extensions/{PACK}/", since)
+        state["missing_inputs"] = [m["url"] for m in page.errors_from("/view?type=input", since)]
+        page.screenshot(artifacts / f"{name}.png")
+        results[name] = state
+    (artifacts / "console.json").write_text(json.dumps(page.console, indent=1))
+    return results
+
+
+def test_templates_route_lists_every_shipped_workflow(page):
+    listed = page.evaluate("fetch('/api/workflow_templates').then(r => r.json())")
+    assert sorted(listed.get(PACK, [])) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_opens_as_shipped(name, opened):
+    state = opened[name]
+    assert state["status"] == 200, f"/api/workflow_templates/{PACK}/{name}.json answered {state['status']}"
+    missing = sorted({n["type"] for n in state["nodes"] if not n["registered"]})
+    assert not missing, f"node types the page does not know: {missing}"
+    assert not state["errors"], f"console errors from the pack's scripts: {state['errors']}"
+    assert not state["missing_inputs"], f"images the workflow loads are not in the server's input folder: " \
+                                        f"{state['missing_inputs']}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_widget_holds_its_api_twin_value(name, opened):
+    """Each widget the page shows has the value of the API twin's input of the same name (a shifted
+    widgets_values list fails here), and the seed controls are "fixed"."""
+    state = opened[name]
+    twin = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+    checked, wrong = 0, []
+    for node in state["nodes"]:
+        if node["type"] in ANNOTATIONS:
+            continue
+        inputs = twin[str(node["id"])]["inputs"]
+        shown = {w["name"] for w in node["widgets"]}
+        for w in node["widgets"]:
+            if w["name"] == "control_after_generate":
+                if w["value"] != "fixed":
+                    wrong.append(f"node {node['id']} ({node['type']}): control after generate = {w['value']!r}")
+                continue
+            if not w["saved"] or w["name"] in FRONTEND_ONLY_WIDGETS:
+                continue
+            checked += 1
+            if w["name"] not in inputs:
+                wrong.append(f"node {node['id']} ({node['type']}): widget {w['name']!r} = {w['value']!r} has no "
+                             f"input in the API twin")
+            elif w["value"] != inputs[w["name"]]:
+                wrong.append(f"node {node['id']} ({node['type']}): widget {w['name']!r} = {w['value']!r}, "
+                             f"the API twin says {inputs[w['name']]!r}")
+        for key, value in inputs.items():
+            if not isinstance(value, list) and key not in shown:
+                wrong.append(f"node {node['id']} ({node['type']}): the API twin sets {key!r} but the page shows "
+                             f"no such widget")
+    assert not wrong, "\n".join(wrong)
+    assert checked > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_page_sends_the_api_twin(name, opened):
+    """What the page would queue (app.graphToPrompt) is the API twin: widgets and links as the front end reads them."""
+    twin = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+    strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}
+    assert strip(opened[name]["output"]) == strip(twin)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_node_covers_another(name, opened):
+    nodes = opened[name]["nodes"]
+    hits = [f"{a['id']} {a['type']} {a['box']} / {b['id']} {b['type']} {b['box']}"
+            for i, a in enumerate(nodes) for b in nodes[i + 1:] if _overlap(a["box"], b["box"])]
+    assert not hits, "overlapping node boxes (as sized by the page):\n" + "\n".join(hits)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_groups_titles_and_initial_view(name, opened):
+    state = opened[name]
+    groups = state["groups"]
+    assert groups and all(g["title"].strip() for g in groups), "every stage is a titled group"
+    outside = [f"{n['id']} {n['type']}" for n in state["nodes"]
+               if n["type"] not in ANNOTATIONS and not any(_inside(n["box"], g["box"]) for g in groups)]
+    assert not outside, f"nodes in no group: {outside}"
+    assert not [f"{a['title']} / {b['title']}" for i, a in enumerate(groups) for b in groups[i + 1:]
+                if _overlap(a["box"], b["box"])], "groups overlap"
+    notes = [n for n in state["nodes"] if n["type"] in ANNOTATIONS]
+    assert len(notes) == 1, "one Note that says what the workflow does and which files go where"
+    assert state["scale"] >= MIN_SCALE, f"opens at {state['scale']:.2f}: text is not drawn below {MIN_SCALE}"
+    # The top-left of the graph (the Note) is on screen, below the menu bar.
+    x, y = notes[0]["box"][:2]
+    sx, sy = (x + state["offset"][0]) * state["scale"], (y + state["offset"][1]) * state["scale"]
+    assert 0 <= sx < state["canvas"][0] / 2 and MENU_HEIGHT <= sy < state["canvas"][1] / 2, (sx, sy)
+
+
+BROWSER = """(async () => {
+  const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+  await app.extensionManager.command.execute('Comfy.BrowseTemplates');
+  let nav = null;
+  for (let i = 0; i < 60 && !nav; i++) {
+    await sleep(250);
+    nav = [...document.querySelectorAll('[role="dialog"] *')].find(
+      el => el.children.length <= 2 && el.textContent.trim() === 'EditLab' && el.closest('nav, aside, ul, li, button, a'));
+  }
+  if (!nav) return {error: 'no EditLab category in the templates browser',
+                    text: document.querySelector('[role="dialog"]')?.innerText?.slice(0, 2000)};
+  (nav.closest('button, a, li') || nav).click();
+  // A card's picture is loaded as a blob: URL, beside the element that carries the card's test id.
+  const own = (c) => {
+    let el = c;
+    while (el.parentElement &&
+           el.parentElement.querySelectorAll('[data-testid^="template-workflow-"]').length === 1) el = el.parentElement;
+    return [...el.querySelectorAll('img')];
+  };
+  let cards = [];
+  for (let i = 0; i < 80; i++) {
+    await sleep(250);
+    cards = [...document.querySelectorAll('[data-testid^="template-workflow-"]')];
+    const imgs = cards.flatMap(own);
+    if (cards.length && imgs.length >= cards.length && imgs.every(img => img.complete)) break;
+  }
+  const out = [];
+  for (const c of cards) {
+    const name = c.dataset.testid.replace('template-workflow-', '');
+    c.scrollIntoView();  // pictures load when their card comes into view
+    for (let i = 0; i < 40 && !own(c).some(img => img.complete && img.naturalWidth > 0); i++) await sleep(250);
+    const res = await fetch('/api/workflow_templates/%(pack)s/' + name + '.jpg');
+    out.push({name, text: c.innerText, served: res.ok && res.headers.get('content-type'),
+              thumbnails: own(c).map(img => ({src: img.src, ok: img.complete && img.naturalWidth > 0}))});
+  }
+  return {cards: out};
+})()""" % {"pack": PACK}
+
+
+def test_templates_browser_shows_titles_descriptions_thumbnails_tour_first(page, opened, artifacts):
+    cards = json.loads((REPO / "web" / "templates.json").read_text())
+    seen = page.evaluate(BROWSER)
+    page.screenshot(artifacts / "templates_browser.png")
+    for kind in ("keyDown", "keyUp"):  # close the dialog as a user would
+        page.send("Input.dispatchKeyEvent", {"type": kind, "key": "Escape", "code": "Escape",
+                                             "windowsVirtualKeyCode": 27})
+    assert "cards" in seen, seen
+    shown = [c for c in seen["cards"] if c["name"] in NAMES]
+    assert [c["name"] for c in shown] == [c["name"] for c in cards], "the order of templates.json, the tour first"
+    assert cards[0]["name"] == "editlab_tour"
+    for card, want in zip(shown, cards):
+        assert want["title"] in card["text"], (want["title"], card["text"])
+        assert want["description"].split(":")[0] in card["text"], (want["description"], card["text"])
+        assert card["served"] == "image/jpeg", card
+        assert card["thumbnails"] and all(t["ok"] for t in card["thumbnails"]), card
