@@ -137,9 +137,9 @@ def _inside(path: str, root: str) -> bool:
 
 
 def _resolve_input(name: str, input_name: str, what: str, allow_root: bool = False) -> str:
-    import folder_paths
+    from . import host
 
-    root = os.path.realpath(folder_paths.get_input_directory())
+    root = os.path.realpath(host.input_directory())
     name = name.strip()
     path = os.path.realpath(os.path.join(root, name))  # symlinks resolved: a link out of the folder stays out
     if "\x00" in name or not _inside(path, root) or (path == root and not allow_root):
@@ -182,9 +182,9 @@ def input_folder(name: str, input_name: str) -> str:
 
 def inside_input_folder(path: str) -> bool:
     """Whether ``path`` (a file found in an input folder) really lies inside ComfyUI's input folder."""
-    import folder_paths
+    from . import host
 
-    return _inside(os.path.realpath(path), os.path.realpath(folder_paths.get_input_directory()))
+    return _inside(os.path.realpath(path), os.path.realpath(host.input_directory()))
 
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
@@ -201,9 +201,9 @@ def output_file(folder: str, name: str, input_name: str, overwrite: bool = False
                 extension: str = ".safetensors") -> str:
     """Where a saving node writes NAME in the model folder ``folder`` (a folder_paths key). An existing file is
     refused unless ``overwrite`` is on: checked here, before the work, and again by the atomic write."""
-    import folder_paths
+    from . import host
 
-    path = os.path.join(folder_paths.get_folder_paths(folder)[0], checked_file_name(name, input_name, extension))
+    path = os.path.join(host.model_dirs(folder)[0], checked_file_name(name, input_name, extension))
     if not overwrite and os.path.lexists(path):
         raise EditLabInputError(input_name, f"a name not used yet in models/{folder}/ (or turn on overwrite)", name)
     return path

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-import folder_paths
 import mediapipe  # noqa: F401 - imported here so a missing dependency removes only these nodes, with one log line
 import numpy as np
 import torch
-from comfy.model_patcher import ModelPatcher
 from comfy_api.latest import io
 
 from ..models.expression.adapter import AdapterFileError, load_adapter
@@ -18,6 +16,7 @@ from ..models.expression.blendshapes import (ARKIT_NAMES, FLAME_SIZE, PRESETS, B
 from ..models.expression.overlay import draw_overlay
 from .common import (CATEGORY, EditLabInputError, EditLabNode, checked_image_size, inside_input_folder, input_folder,
                      output_file, rgb_images, saved)
+from . import host
 from .host import mediapipe_dirs, model_folder
 
 CAT = f"{CATEGORY}/Expression"
@@ -165,14 +164,14 @@ class EditLabExpressionAdapterLoader(EditLabNode):
             description="Loads an expression adapter from models/expression_adapters/: the authors' IP-Adapter-style "
                         "file (FLAME-55 -> tokens -> extra key/value per cross-attention layer; a pickled .bin read "
                         "with weights_only=True) or this pack's safetensors (ARKit-52 or FLAME-55).",
-            inputs=[io.Combo.Input("adapter_name", options=folder_paths.get_filename_list(ADAPTER_FOLDER),
+            inputs=[io.Combo.Input("adapter_name", options=host.model_files(ADAPTER_FOLDER),
                                    tooltip="An adapter in models/expression_adapters/ (.bin or .safetensors).")],
             outputs=[AdapterType.Output(display_name="adapter")],
         )
 
     @classmethod
     def execute(cls, adapter_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path(ADAPTER_FOLDER, adapter_name)
+        path = host.model_file_path(ADAPTER_FOLDER, adapter_name)
         if path is None:
             raise EditLabInputError("adapter_name", f"a file in models/{ADAPTER_FOLDER}/", adapter_name)
         try:
@@ -231,7 +230,7 @@ class EditLabApplyExpression(EditLabNode):
                                          float(sampling.percent_to_sigma(start_percent)),
                                          float(sampling.percent_to_sigma(end_percent)))
         # The adapter as a host model: load_models_gpu counts, loads and offloads it with the UNet.
-        patch.extra_models = [ModelPatcher(net, load_device=model.load_device, offload_device=model.offload_device)]
+        patch.extra_models = [host.host_model(net, model)]
         m = model.clone()
         m.set_model_attn2_patch(patch.input_hook)
         m.set_model_attn2_output_patch(patch.output_hook)
@@ -262,8 +261,6 @@ class EditLabReferenceAdapter(EditLabNode):
         if strength == 0.0:
             return io.NodeOutput(model)
         reference = rgb_images(reference, "reference")
-        import comfy.model_management
-
         from ..models.expression.reference import record_reference_features
 
         blocks = transformer_blocks(model.get_model_object("diffusion_model"))
@@ -273,10 +270,10 @@ class EditLabReferenceAdapter(EditLabNode):
         recorder = FeatureRecorder([key for key, _ in blocks])
         writer = model.clone()
         writer.set_model_attn1_patch(recorder)
-        comfy.model_management.load_models_gpu([writer])
+        host.load_models([writer])
         record_reference_features(writer.model, latent, blocks[0][1].attn2.to_k.weight.shape[1],
                                   writer.model_options.get("transformer_options", {}), recorder,
-                                  comfy.model_management.get_torch_device())
+                                  host.compute_device())
         if len(recorder.features) != len(blocks):
             raise EditLabInputError("model", "a UNet whose self-attention layers the reference pass reaches")
         patch = ReferenceAttentionPatch(recorder.features, strength, [(key, tb.attn1) for key, tb in blocks])
@@ -294,15 +291,13 @@ def _face_folder_images(folder: str, resolution: int):
     listed; unreadable, oversized or linked-out ones too, with the reason."""
     from PIL import Image
 
-    import comfy.model_management
-
     path = input_folder(folder, "folder")
     images, values, skipped, unreadable = [], [], [], []
     with _encoder() as encoder:  # closed when the folder is done
         for name in sorted(os.listdir(path)):
             if not name.lower().endswith(IMAGE_EXTS):
                 continue
-            comfy.model_management.throw_exception_if_processing_interrupted()
+            host.check_interrupted()
             file = os.path.join(path, name)
             if not inside_input_folder(file):
                 unreadable.append(f"{name}: links outside the input folder")
@@ -371,8 +366,6 @@ class EditLabTrainExpressionAdapter(EditLabNode):
     @classmethod
     def execute(cls, model, clip, vae, folder, prompt, resolution, steps, lr, batch_size, num_tokens, seed,
                 name, overwrite=False) -> io.NodeOutput:
-        import comfy.model_management
-        import comfy.utils
         from comfy_api.latest import ui
 
         from ..models.expression.adapter import random_adapter, save_adapter
@@ -387,8 +380,8 @@ class EditLabTrainExpressionAdapter(EditLabNode):
         if not layers:
             raise EditLabInputError("model", "a UNet with cross-attention (SD1.5, SDXL)")
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        comfy.model_management.load_models_gpu([model])
-        base, device = model.model, comfy.model_management.get_torch_device()
+        host.load_models([model])
+        base, device = model.model, host.compute_device()
         with torch.inference_mode(False), torch.no_grad():  # data, not parameters: no graph through the VAE
             latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
             context = cond[0][0].clone().to(device)
@@ -396,10 +389,10 @@ class EditLabTrainExpressionAdapter(EditLabNode):
             pooled = None if pooled is None else pooled.clone().to(device)
             adapter = random_adapter(52, context.shape[-1], [a.to_q.weight.shape[0] for _, a in layers], num_tokens,
                                      seed=seed).to(device).train()
-        bar = comfy.utils.ProgressBar(steps)
+        bar = host.progress(steps)
         stats = train_unet_adapter(base, adapter, layers, context, pooled, latents, values, resolution, steps, lr,
                                    batch_size, seed, device, on_step=lambda i, n, loss: bar.update_absolute(i, n),
-                                   should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
+                                   should_stop=host.check_interrupted)
         adapter = adapter.cpu().eval()
         saved(lambda p, o: save_adapter(adapter, p, "arkit52", overwrite=o), path, "name", overwrite)
         stats.update(skipped=skipped, unreadable=unreadable, file=os.path.basename(path))

@@ -1,16 +1,34 @@
-"""The host (ComfyUI) APIs the node modules use that are not the node schema itself, in one place: when upstream
-changes one, this module changes. The node schema (``comfy_api.latest.io``) is imported by each node module.
+"""Every host (ComfyUI) API the pack's nodes use, other than the node schema itself, in one module: when upstream
+changes one of these, this file changes and nothing else in nodes/. The node schema (``comfy_api.latest``: ``io``,
+``ui``, ``ComfyExtension``) is imported where the nodes are defined; ``models/tiny`` builds the host's model classes
+directly; ``models/`` otherwise never imports the host.
 
-Used here: ``folder_paths`` (model folders, input directory), ``comfy.model_management`` (compute device, model
-loading, interruption), ``comfy.utils.ProgressBar``, ``comfy.model_patcher.ModelPatcher``.
+The APIs, grouped as the README's "host APIs" line lists them:
+- ``folder_paths``: model folders (register, list, resolve), the input folder;
+- ``comfy.model_management``: compute device, ``load_models_gpu``, interruption;
+- ``comfy.utils.ProgressBar``;
+- ``comfy.model_patcher.ModelPatcher`` (wrapping an adapter so memory management counts and moves it);
+- ``comfy.hooks`` + ``comfy.patcher_extension.WrappersMP``: an apply-model wrapper carried by one conditioning;
+- ``comfy.samplers.Sampler`` / ``comfy.sample.sample_custom``: a custom sampler run inside the host's guider;
+- ``node_helpers.conditioning_set_values``.
 """
 from __future__ import annotations
 
 import os
 
+import comfy.hooks
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
+import comfy.utils
 import folder_paths
+import node_helpers
+from comfy.model_patcher import ModelPatcher
 
 MEDIAPIPE_FOLDER = "mediapipe"
+
+# -- files ---------------------------------------------------------------------------------------------------------
 
 
 def model_folder(name: str, extensions: set[str]) -> str:
@@ -24,6 +42,72 @@ def model_dirs(name: str) -> list[str]:
     return folder_paths.get_folder_paths(name)
 
 
+def model_files(name: str) -> list[str]:
+    """The files of a model folder, as a loader's combo lists them."""
+    return folder_paths.get_filename_list(name)
+
+
+def model_file_path(name: str, file_name: str) -> str | None:
+    return folder_paths.get_full_path(name, file_name)
+
+
+def input_directory() -> str:
+    return folder_paths.get_input_directory()
+
+
 def mediapipe_dirs() -> list[str]:
     """Where MediaPipe's .task files are looked for first: ComfyUI's models/mediapipe/ (and extra paths)."""
     return model_dirs(model_folder(MEDIAPIPE_FOLDER, {".task"}))
+
+
+# -- execution -----------------------------------------------------------------------------------------------------
+
+
+def compute_device():
+    return comfy.model_management.get_torch_device()
+
+
+def load_models(models: list) -> None:
+    """Load MODELs (and what their patches name) onto the compute device, as sampling does."""
+    comfy.model_management.load_models_gpu(models)
+
+
+def check_interrupted() -> None:
+    """Raises the host's interruption exception when the user pressed Cancel / POSTed /interrupt."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def progress(total: int):
+    """The host's progress bar (the page's per-node bar)."""
+    return comfy.utils.ProgressBar(total)
+
+
+def host_model(module, like) -> ModelPatcher:
+    """``module`` (an adapter) as a host model on the devices of the MODEL ``like``, so memory management counts,
+    loads and offloads it with that model."""
+    return ModelPatcher(module, load_device=like.load_device, offload_device=like.offload_device)
+
+
+# -- conditioning and sampling ---------------------------------------------------------------------------------------
+
+
+def with_apply_model_wrapper(conditioning, key: str, wrapper):
+    """A copy of ``conditioning`` carrying ``wrapper`` around the model's apply_model, for this conditioning only
+    (a hook with HookedOnly scope: other conditionings, the negative included, never see it)."""
+    hook = comfy.hooks.TransformerOptionsHook(
+        {"wrappers": {comfy.patcher_extension.WrappersMP.APPLY_MODEL: {key: [wrapper]}}},
+        hook_scope=comfy.hooks.EnumHookScope.HookedOnly)
+    group = comfy.hooks.HookGroup()
+    group.add(hook)
+    return comfy.hooks.set_hooks_for_conditioning(conditioning, group, append_hooks=True)
+
+
+def conditioning_set_values(conditioning, values: dict, append: bool = False):
+    return node_helpers.conditioning_set_values(conditioning, values, append=append)
+
+
+Sampler = comfy.samplers.Sampler  # base of a custom sampler that sample_custom runs inside the host's guider
+
+
+def sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent):
+    return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent)

@@ -8,14 +8,7 @@ import os
 import uuid
 from dataclasses import dataclass
 
-import comfy.hooks
 import torch
-import comfy.model_management
-import comfy.patcher_extension
-import comfy.sample
-import comfy.samplers
-import comfy.utils
-import folder_paths
 from comfy_api.latest import io, ui
 
 from ..models.saedit import prompts as prompt_corpus
@@ -29,16 +22,13 @@ from ..models.saedit.slider import ScheduledTokenEdit
 from ..models.saedit.features import feature_table, heatmap
 from ..models.saedit.tokens import PARTS, content_embeddings, prompt_tokens, token_texts, word_positions
 from ..models.saedit.train import TrainConfig, train_sae
+from . import host
 from .common import CATEGORY, EditLabInputError, EditLabNode, excerpt, output_file, read_text_lines, saved
 
 log = logging.getLogger(__name__)
 CAT = f"{CATEGORY}/SAEdit"
-SAE_FOLDER, DIRECTION_FOLDER = "sae", "sae_directions"
-
-for _folder in (SAE_FOLDER, DIRECTION_FOLDER):
-    if _folder not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[_folder] = ([os.path.join(folder_paths.models_dir, _folder)],
-                                                        {".safetensors"})
+SAE_FOLDER = host.model_folder("sae", {".safetensors"})
+DIRECTION_FOLDER = host.model_folder("sae_directions", {".safetensors"})
 
 SAEType = io.Custom("EDITLAB_SAE")
 DirectionType = io.Custom("EDITLAB_SAE_DIRECTION")
@@ -99,7 +89,7 @@ def _matryoshka_groups(text: str, dict_size: int) -> list[int]:
 
 def _load_from_folder(folder: str, file_name: str, input_name: str, reader):
     """Resolve a file of a model folder and read it, with errors that name the input."""
-    path = folder_paths.get_full_path(folder, file_name)
+    path = host.model_file_path(folder, file_name)
     if path is None:
         raise EditLabInputError(input_name, f"a file in models/{folder}/", file_name)
     try:
@@ -115,7 +105,7 @@ def _check_width(sae: LoadedSAE, width: int) -> None:
 
 
 def _progress(total):
-    bar = comfy.utils.ProgressBar(total)
+    bar = host.progress(total)
 
     def step(i, n, stats):
         bar.update_absolute(i, n)
@@ -176,19 +166,19 @@ class EditLabSAETrain(EditLabNode):
             raise EditLabInputError("prompts", "at least one prompt (or generated_prompts > 0)")
         try:
             rows = content_embeddings(clip, texts, part,
-                                      should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
+                                      should_stop=host.check_interrupted)
         except ValueError as exc:
             raise EditLabInputError("part", str(exc), part) from None
         config.act_size = rows[0].shape[1]
         train = TrainConfig(lr=lr, batch_size=batch_size, epochs=epochs, seed=seed)
         # ComfyUI runs nodes under inference mode; training needs autograd and tensors made outside it.
         # On the host's compute device (a GPU where there is one), in float32 whatever the text encoder's dtype.
-        device = comfy.model_management.get_torch_device()
+        device = host.compute_device()
         with torch.inference_mode(False), torch.enable_grad():
             tokens = torch.cat([r.clone() for r in rows]).to(device=device, dtype=torch.float32)
             steps = max(tokens.shape[0] // min(batch_size, tokens.shape[0]), 1) * epochs
             sae, stats = train_sae(tokens, config, train, on_step=_progress(steps),
-                                   should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
+                                   should_stop=host.check_interrupted)
         sae = sae.cpu()
         stats.update(prompts=len(texts), part=part)
         # atomic: a stopped run writes nothing
@@ -205,7 +195,7 @@ class EditLabSAELoader(EditLabNode):
             node_id="EditLabSAELoader", display_name="SAE Loader", category=CAT,
             description="Loads an SAE from models/sae/: this pack's files or the SAEdit authors' released layout "
                         "(W_enc, b_enc, W_dec, b_dec, threshold).",
-            inputs=[io.Combo.Input("sae_name", options=folder_paths.get_filename_list(SAE_FOLDER),
+            inputs=[io.Combo.Input("sae_name", options=host.model_files(SAE_FOLDER),
                                    tooltip="An SAE file in models/sae/ (this pack's or the SAEdit authors' layout).")],
             outputs=[SAEType.Output(display_name="sae")],
         )
@@ -259,7 +249,7 @@ class EditLabSAEDirection(EditLabNode):
         if not parsed:
             raise EditLabInputError("pairs", "at least one 'source | target' pair")
         try:
-            stop = comfy.model_management.throw_exception_if_processing_interrupted
+            stop = host.check_interrupted
             src = content_embeddings(clip, [s for s, _ in parsed], part, should_stop=stop)
             tgt = content_embeddings(clip, [t for _, t in parsed], part, should_stop=stop)
         except ValueError as exc:
@@ -283,7 +273,7 @@ class EditLabSAEDirectionLoader(EditLabNode):
         return io.Schema(
             node_id="EditLabSAEDirectionLoader", display_name="SAE Direction Loader", category=CAT,
             description="Loads a direction saved by 'SAE Direction from Pairs' from models/sae_directions/.",
-            inputs=[io.Combo.Input("direction_name", options=folder_paths.get_filename_list(DIRECTION_FOLDER),
+            inputs=[io.Combo.Input("direction_name", options=host.model_files(DIRECTION_FOLDER),
                                    tooltip="A direction file in models/sae_directions/.")],
             outputs=[DirectionType.Output(display_name="direction")],
         )
@@ -354,21 +344,16 @@ class EditLabSAESlider(EditLabNode):
                                                   f"{tuple(encoded.embeddings.shape[1:])})")
         edit = ScheduledTokenEdit(positions, decoded_delta(sae.sae, direction.direction), strength, schedule)
         key = f"editlab_sae_slider_{uuid.uuid4().hex}"  # unique: chained sliders each keep their wrapper
-        hook = comfy.hooks.TransformerOptionsHook(
-            {"wrappers": {comfy.patcher_extension.WrappersMP.APPLY_MODEL: {key: [edit.apply_model_wrapper]}}},
-            hook_scope=comfy.hooks.EnumHookScope.HookedOnly)
-        group = comfy.hooks.HookGroup()
-        group.add(hook)
-        return io.NodeOutput(comfy.hooks.set_hooks_for_conditioning(conditioning, group, append_hooks=True))
+        return io.NodeOutput(host.with_apply_model_wrapper(conditioning, key, edit.apply_model_wrapper))
 
 
 def _direction_labels(sae_name: str, extra=None) -> dict[int, list[str]]:
     """Feature id -> names of the saved directions made with this SAE (and the connected one) that use it."""
     labels: dict[int, list[str]] = {}
     found = []
-    for name in folder_paths.get_filename_list(DIRECTION_FOLDER):
+    for name in host.model_files(DIRECTION_FOLDER):
         try:
-            d = load_direction(folder_paths.get_full_path(DIRECTION_FOLDER, name))
+            d = load_direction(host.model_file_path(DIRECTION_FOLDER, name))
         except Exception as exc:  # noqa: BLE001 - an unreadable file is the loader's business, not a view's
             log.warning("SAE Features: skipping models/%s/%s: %s", DIRECTION_FOLDER, name,
                         excerpt(str(exc), 300))
@@ -424,7 +409,7 @@ class EditLabSAEFeatures(EditLabNode):
         return io.NodeOutput(heatmap(codes, texts, table), json.dumps(table))
 
 
-class _InversionSampler(comfy.samplers.Sampler):
+class _InversionSampler(host.Sampler):
     """Runs the Euler-reversal inversion inside ComfyUI's guider, so conditioning and patches apply as in sampling."""
 
     def __init__(self, iterations: int):
@@ -432,11 +417,11 @@ class _InversionSampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        bar = comfy.utils.ProgressBar(len(sigmas) - 1)
+        bar = host.progress(len(sigmas) - 1)
         ones = latent_image.new_ones((latent_image.shape[0],))
 
         def denoise(x, sigma):
-            comfy.model_management.throw_exception_if_processing_interrupted()
+            host.check_interrupted()
             return model_wrap(x, ones * sigma, **extra_args)
 
         return invert_euler(denoise, latent_image, sigmas, self.iterations,
@@ -489,7 +474,7 @@ class EditLabFlowInversion(EditLabNode):
         if not bool(torch.isfinite(samples).all()):
             raise EditLabInputError("latent", "a latent of finite values (it holds NaN or infinite values)")
         try:
-            out = comfy.sample.sample_custom(model, torch.zeros_like(samples), 1.0, _InversionSampler(iterations),
+            out = host.sample_custom(model, torch.zeros_like(samples), 1.0, _InversionSampler(iterations),
                                              sigmas, conditioning, conditioning, samples)
         except ValueError as exc:
             raise EditLabInputError("sigmas", str(exc)) from None

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import json
 
-import comfy.model_management
-import comfy.utils
 import cv2  # noqa: F401 - imported here so a missing dependency removes only these nodes, with one log line
 import mediapipe  # noqa: F401
-import node_helpers
 import numpy as np
 import torch
 from comfy_api.latest import io
@@ -16,6 +13,7 @@ from ..models.tryon.mask import CATEGORIES, tryon_mask
 from ..models.tryon.pose import PoseEstimator, pose_model_path, render_pose
 from ..models.tryon.stitch import LAYOUTS, MAX_SIDE, MIN_SIDE, check_image, scale_to_fit, stitch, unstitch
 from .common import CATEGORY, EditLabInputError, EditLabNode, rgb_images
+from . import host
 from .host import mediapipe_dirs
 
 CAT = f"{CATEGORY}/TryOn"
@@ -72,7 +70,7 @@ class EditLabPoseEstimate(EditLabNode):
         poses = []
         with PoseEstimator(model_path) as estimator:
             for frame in image:  # a batch can be long: interruptible between frames
-                comfy.model_management.throw_exception_if_processing_interrupted()
+                host.check_interrupted()
                 poses.append(estimator(_uint8(frame)))
         missing = [i + 1 for i, p in enumerate(poses) if not p.found]
         if missing and not allow_no_person:
@@ -182,17 +180,17 @@ class EditLabReferenceTokens(EditLabNode):
     def execute(cls, conditioning, vae, image, method, max_size, image_2=None, image_3=None) -> io.NodeOutput:
         given = [(name, _checked(lambda: _image(img, name), name))
                  for name, img in (("image", image), ("image_2", image_2), ("image_3", image_3)) if img is not None]
-        bar = comfy.utils.ProgressBar(sum(img.shape[0] for _, img in given))
+        bar = host.progress(sum(img.shape[0] for _, img in given))
         latents = []
         for _, img in given:  # scaled and encoded one picture at a time, interruptible between them
             encoded = []
             for i in range(img.shape[0]):
-                comfy.model_management.throw_exception_if_processing_interrupted()
+                host.check_interrupted()
                 encoded.append(vae.encode(scale_to_fit(img[i:i + 1], max_size)))
                 bar.update(1)
             latents.append(torch.cat(encoded))
-        out = node_helpers.conditioning_set_values(conditioning, {"reference_latents": latents}, append=True)
-        out = node_helpers.conditioning_set_values(out, {"reference_latents_method": method})
+        out = host.conditioning_set_values(conditioning, {"reference_latents": latents}, append=True)
+        out = host.conditioning_set_values(out, {"reference_latents_method": method})
         return io.NodeOutput(out)
 
 

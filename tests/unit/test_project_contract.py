@@ -71,3 +71,27 @@ def test_node_ids_are_editlab_prefixed_and_unique():
         ids += re.findall(r'node_id\s*=\s*"([^"]+)"', path.read_text())
     assert ids and all(i.startswith("EditLab") for i in ids)
     assert len(ids) == len(set(ids))
+
+
+HOST_MODULES = ("comfy", "folder_paths", "node_helpers", "comfy_extras", "nodes", "server", "execution",
+                "latent_preview")
+
+
+def test_host_apis_live_in_one_module_and_the_readme_lists_them():
+    """Besides the node schema (comfy_api), only nodes/host.py (and the tiny-model builders, which build the host's
+    own classes) import the host; the README's "host APIs" line names every host module host.py imports."""
+    used = set()
+    for path in list((REPO / "nodes").glob("*.py")) + [REPO / "__init__.py"] + list((REPO / "models").rglob("*.py")):
+        for level, name in _imports(path):
+            top = name.split(".")[0]
+            if level != 0 or top not in HOST_MODULES:
+                continue
+            if path.name == "host.py":
+                used.add(name)
+            elif "tiny" not in path.relative_to(REPO).parts:
+                raise AssertionError(f"{path.relative_to(REPO)} imports the host's {name}: go through nodes/host.py")
+    paragraphs = (REPO / "README.md").read_text().split("\n\n")
+    line = next((p for p in paragraphs if p.lower().startswith("host apis")), "")
+    assert line, "the README needs a 'Host APIs ...' paragraph"
+    for name in sorted(used):
+        assert f"`{name}" in line, f"the README's host APIs line does not name {name}"
