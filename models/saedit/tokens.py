@@ -3,7 +3,8 @@
 Works on a duck-typed CLIP object (``tokenize(text, return_word_ids=True)`` and ``encode_from_tokens``), so it
 needs no ComfyUI import. Layouts, as ComfyUI builds them:
 - Flux: the conditioning is the T5 tokens only (offset 0).
-- SD3/SD3.5: 77 CLIP-L+G tokens (padded to 4096 wide), then the T5 tokens (offset 77) when T5 is loaded.
+- SD3/SD3.5: the CLIP-L+G tokens (77 per chunk of the prompt: 77 x k for a prompt longer than one chunk; padded to
+  4096 wide), then the T5 tokens when T5 is loaded: T5 starts after the CLIP tokens, at 77 x k.
 - SD1.5 / SDXL: CLIP tokens only (SDXL concatenates L and G along the width).
 - Wan: UMT5 tokens only.
 ComfyUI's word ids count weighted segments, not words, so a word is found by its token ids instead: the word is
@@ -46,11 +47,21 @@ def loaded_encoders(clip) -> set | None:
     return {k for k, a in _ENCODER_ATTRS.items() if getattr(model, a, None) is not None}
 
 
-def resolve_part(token_keys, cond_len: int, part: str, loaded: set | None = None) -> tuple[str, int]:
+def sd3_clip_length(tokens: dict, loaded: set | None = None) -> int:
+    """How many CLIP tokens an SD3 conditioning starts with: 77 per chunk of the prompt; with both CLIP-L and CLIP-G
+    the host keeps the shorter of the two (it cuts both to the same length before joining them side by side)."""
+    lengths = [sum(len(chunk) for chunk in tokens[k]) for k in CLIP_KEYS
+               if k in tokens and (loaded is None or k in loaded)]
+    return min(lengths) if lengths else 0
+
+
+def resolve_part(token_keys, cond_len: int, part: str, loaded: set | None = None,
+                 clip_len: int = SD3_CLIP_TOKENS) -> tuple[str, int]:
     """(tokenizer key, offset in the conditioning) of ``part`` for this encoder and conditioning.
 
     ``loaded`` (from :func:`loaded_encoders`) settles which SD3 encoders are present; without it the conditioning's
-    length decides, which cannot tell T5-only from CLIP-only SD3 (both 77 tokens for short prompts)."""
+    length decides, which cannot tell T5-only from CLIP-only SD3 (both 77 tokens for short prompts). ``clip_len``:
+    the SD3 conditioning's CLIP tokens (:func:`sd3_clip_length`), where T5's tokens start."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(PARTS)}; got {part!r}")
     t5 = next((k for k in T5_KEYS if k in token_keys), None)
@@ -63,13 +74,13 @@ def resolve_part(token_keys, cond_len: int, part: str, loaded: set | None = None
     else:
         sd3_clip = True
         has_clip = any(k in token_keys for k in CLIP_KEYS)
-        t5_present = t5 is not None and (not sd3_like or cond_len > SD3_CLIP_TOKENS)
+        t5_present = t5 is not None and (not sd3_like or cond_len > clip_len)
     if part == "auto":
         part = "t5" if t5_present else "clip"
     if part == "t5":
         if not t5_present:
             raise ValueError("this conditioning has no T5 tokens (an SD3 encoder loaded without T5?); use part 'clip'")
-        return t5, SD3_CLIP_TOKENS if sd3_like and sd3_clip else 0
+        return t5, clip_len if sd3_like and sd3_clip else 0
     if not has_clip or flux_like:
         raise ValueError("this conditioning carries no CLIP tokens (Flux and Wan condition on T5 only); use part 't5'")
     if loaded is not None and sd3_like:
@@ -81,7 +92,8 @@ def prompt_tokens(clip, text: str, part: str = "auto") -> PromptTokens:
     tokens = clip.tokenize(text, return_word_ids=True)
     plain = {k: [[(t, w) for t, w, _ in chunk] for chunk in v] for k, v in tokens.items()}
     cond, _ = clip.encode_from_tokens(plain, return_pooled=True)
-    key, offset = resolve_part(tokens.keys(), cond.shape[1], part, loaded_encoders(clip))
+    loaded = loaded_encoders(clip)
+    key, offset = resolve_part(tokens.keys(), cond.shape[1], part, loaded, sd3_clip_length(tokens, loaded))
     flat = _flatten(tokens[key])
     content = [offset + i for i, (_, _, word) in enumerate(flat) if word > 0]
     if offset + len(flat) > cond.shape[1]:
