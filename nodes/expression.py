@@ -188,7 +188,7 @@ class EditLabApplyExpression(EditLabNode):
             node_id="EditLabApplyExpression", display_name="Apply Expression", category=CAT,
             description="Adds the adapter's decoupled key/value (from the blendshapes) to every cross-attention "
                         "layer of an SD1.5/SDXL UNet, scaled by strength, between start and end percent; the "
-                        "unconditional branch uses zero blendshapes. Strength 0 returns the model unchanged.",
+                        "unconditional branch uses zero blendshapes. At strength 0 the patch runs and changes nothing.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.5 or SDXL model."),
                 AdapterType.Input("adapter", tooltip="The expression adapter (loader or trainer)."),
@@ -244,7 +244,7 @@ class EditLabReferenceAdapter(EditLabNode):
             node_id="EditLabReferenceAdapter", display_name="Reference Adapter", category=CAT,
             description="Makes the UNet's self-attention also read a reference photo's features, written once by "
                         "running the UNet on the reference at its lowest noise level, so appearance and background "
-                        "carry over while the expression changes. Strength 0 returns the model unchanged; 1 uses the "
+                        "carry over while the expression changes. At strength 0 the patch runs and changes nothing; 1 uses the "
                         "reference-extended attention fully.",
             inputs=[io.Model.Input("model", tooltip="An SD1.5 or SDXL model."),
                     io.Vae.Input("vae", tooltip="The model's VAE, to encode the reference."),
@@ -258,8 +258,6 @@ class EditLabReferenceAdapter(EditLabNode):
     def execute(cls, model, vae, reference, strength) -> io.NodeOutput:
         from ..models.expression.patch import FeatureRecorder, ReferenceAttentionPatch, transformer_blocks
 
-        if strength == 0.0:
-            return io.NodeOutput(model)
         reference = rgb_images(reference, "reference")
         from ..models.expression.reference import record_reference_features
 

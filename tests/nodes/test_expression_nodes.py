@@ -153,7 +153,7 @@ def test_reference_adapter_zero_is_base_and_pulls_towards_the_reference(nodes, s
     ref_latent = sd15.vae.encode(reference)
     same, = nodes.EditLabReferenceAdapter.execute(model=sd15.model, vae=sd15.vae, reference=reference,
                                                   strength=0.0).result
-    assert same is sd15.model
+    assert same is not sd15.model  # strength 0 runs the patched path, and equals the base model
     import comfy.sample
 
     latent = torch.zeros(1, 4, 8, 8)
@@ -161,6 +161,8 @@ def test_reference_adapter_zero_is_base_and_pulls_towards_the_reference(nodes, s
     def run(model, seed):
         return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), 3, 3.0, "euler", "simple",
                                    *conds, latent, disable_pbar=True)
+
+    assert torch.equal(run(same, 2), run(sd15.model, 2))
 
     half, = nodes.EditLabReferenceAdapter.execute(model=sd15.model, vae=sd15.vae, reference=reference,
                                                   strength=0.5).result
