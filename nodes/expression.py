@@ -244,8 +244,8 @@ class EditLabReferenceAdapter(EditLabNode):
             node_id="EditLabReferenceAdapter", display_name="Reference Adapter", category=CAT,
             description="Makes the UNet's self-attention also read a reference photo's features, written once by "
                         "running the UNet on the reference at its lowest noise level, so appearance and background "
-                        "carry over while the expression changes. At strength 0 the patch runs and changes nothing; 1 uses the "
-                        "reference-extended attention fully.",
+                        "carry over while the expression changes. At strength 0 the patch runs and changes nothing; "
+                        "1 uses the reference-extended attention fully.",
             inputs=[io.Model.Input("model", tooltip="An SD1.5 or SDXL model."),
                     io.Vae.Input("vae", tooltip="The model's VAE, to encode the reference."),
                     io.Image.Input("reference", tooltip="The photo whose appearance should carry over."),
