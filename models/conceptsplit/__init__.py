@@ -1,0 +1,2 @@
+"""ConceptSplit as plain torch: token-wise value adapters (ToVA), their patch on a UNet's cross-attention, and their
+training."""
