@@ -5,6 +5,7 @@ directly; ``models/`` otherwise never imports the host.
 
 The APIs, grouped as the README's "host APIs" line lists them:
 - ``folder_paths``: model folders (register, list, resolve), the input folder;
+- ``comfy.supported_models``: which model family a MODEL is;
 - ``comfy.model_management``: compute device, ``load_models_gpu``, interruption;
 - ``comfy.utils.ProgressBar``;
 - ``comfy.model_patcher.ModelPatcher`` (wrapping an adapter so memory management counts and moves it);
@@ -21,6 +22,7 @@ import comfy.model_management
 import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
+import comfy.supported_models
 import comfy.utils
 import folder_paths
 import node_helpers
@@ -58,6 +60,20 @@ def input_directory() -> str:
 def mediapipe_dirs() -> list[str]:
     """Where MediaPipe's .task files are looked for first: ComfyUI's models/mediapipe/ (and extra paths)."""
     return model_dirs(model_folder(MEDIAPIPE_FOLDER, {".task"}))
+
+
+_FAMILIES = ((comfy.supported_models.SDXLRefiner, "sdxl_refiner"), (comfy.supported_models.SDXL, "sdxl"),
+             (comfy.supported_models.SD20, "sd2"), (comfy.supported_models.SD15, "sd15"),
+             (comfy.supported_models.Flux, "flux"))
+
+
+def model_family(model) -> str:
+    """The family of a MODEL: "sd15", "sd2", "sdxl", "sdxl_refiner", "flux", else its config class in lower case."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    for cls, name in _FAMILIES:
+        if isinstance(config, cls):
+            return name
+    return type(config).__name__.lower()
 
 
 # -- execution -----------------------------------------------------------------------------------------------------

@@ -1,0 +1,261 @@
+"""ConceptSplit nodes on the tiny SD1.5: ToVA equals changing the bound tokens' value vectors at the projection (every
+other token's value bit-identical), adapters never interfere, strength 0 runs the patch and equals the base model,
+bf16 / fp8 weight storage, and bad input named."""
+import pytest
+import torch
+
+PROMPT = "a photo of a dog and a cat on a beach"
+
+
+@pytest.fixture(autouse=True)
+def server_mode(comfy_host):
+    """The server runs every node, and builds every model, under inference mode: so do these tests."""
+    with torch.inference_mode():
+        yield
+
+
+@pytest.fixture(scope="module")
+def nodes(comfy_host, tmp_path_factory):
+    import folder_paths
+
+    from editlab.nodes import conceptsplit
+
+    folder = tmp_path_factory.mktemp("tova")
+    folder_paths.folder_names_and_paths[conceptsplit.TOVA_FOLDER] = ([str(folder)], {".safetensors"})
+    conceptsplit.tova_dir = folder
+    return conceptsplit
+
+
+def _tiny(dtype="fp32", arch="sd15"):
+    from editlab.models.tiny import build_tiny_models
+
+    with torch.inference_mode():
+        return build_tiny_models(arch, 0, dtype)
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy_host):
+    return _tiny()
+
+
+def _layers(models):
+    from editlab.models.conceptsplit.patch import named_cross_attention_layers
+
+    return named_cross_attention_layers(models.model.model.diffusion_model)
+
+
+def make_adapter(token, layers, seed, family="sd15", width=None, scale=0.5):
+    """A ToVA adapter with a non-zero up (as after training)."""
+    from editlab.models.conceptsplit.tova import ValueLoRA
+
+    with torch.inference_mode(False):
+        width = width or next(iter(layers.values())).to_v.weight.shape[1]
+        a = ValueLoRA(token, family, 4, width, {n: attn.to_v.weight.shape[0] for n, attn in layers.items()}, seed)
+        with torch.no_grad():
+            for p in a.up:
+                p.normal_(generator=torch.Generator().manual_seed(seed + 1)).mul_(scale)
+    return a.eval().requires_grad_(False)
+
+
+def saved_adapter(nodes, adapter, name):
+    from editlab.models.conceptsplit.tova import save_tova
+
+    save_tova(adapter, nodes.tova_dir / f"{name}.safetensors")
+    return nodes.EditLabToVALoader.execute(adapter_name=f"{name}.safetensors").result[0]
+
+
+@pytest.fixture(scope="module")
+def adapters(nodes, sd15):
+    layers = _layers(sd15)
+    return {"dog": saved_adapter(nodes, make_adapter("dog", layers, 1), "dog"),
+            "cat": saved_adapter(nodes, make_adapter("cat", layers, 2), "cat")}
+
+
+def apply(nodes, models, strength=1.0, prompt=PROMPT, **adapters):
+    return nodes.EditLabToVAApply.execute(model=models.model, clip=models.clip, prompt=prompt, strength=strength,
+                                          **adapters).result[0]
+
+
+def _conds(models, prompt=PROMPT):
+    clip = models.clip
+    return (clip.encode_from_tokens_scheduled(clip.tokenize(prompt)),
+            clip.encode_from_tokens_scheduled(clip.tokenize("")))
+
+
+def _sample(model, models, steps=2, seed=3):
+    import comfy.sample
+
+    latent = torch.zeros(1, 4, 8, 8)
+    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), steps, 3.0, "euler", "simple",
+                               *_conds(models), latent, disable_pbar=True)
+
+
+def _patch_of(model):
+    return model.model_options["transformer_options"]["patches"]["attn2_output_patch"][-1].owner
+
+
+def _positions(models, word):
+    from editlab.models.saedit.tokens import prompt_tokens, word_positions
+
+    return word_positions(models.clip, prompt_tokens(models.clip, PROMPT), word)
+
+
+def test_loader_reads_the_token_and_family(nodes, sd15, adapters):
+    a = adapters["dog"]["adapter"]
+    assert (a.token, a.family, a.rank, a.context_dim) == ("dog", "sd15", 4, 32)
+    assert a.layer_names == list(_layers(sd15)) and len(a.layer_names) == 7
+
+
+def test_values_change_only_at_the_bound_tokens_checked_at_the_projection(nodes, sd15, adapters):
+    """A reference model that replaces the cross-attention (attn2 replace patch: it receives the host's own
+    projections) and moves the bound rows of the projected values: its output equals the ToVA model's, and every
+    other token's value vector there is bit-identical to the base projection."""
+    from editlab.models.conceptsplit.tova import value_delta
+    from editlab.models.conceptsplit.patch import cond_rows
+
+    tova = apply(nodes, sd15, adapter_1=adapters["dog"])
+    bindings = _patch_of(tova).bindings
+    dog = _positions(sd15, "dog")
+    assert bindings[0].positions == dog
+    stash, checked = {}, []
+
+    def keep(n, context, value, extra):
+        stash["value_in"] = value
+        return n, context, value
+
+    def replace(q, k, v, extra):
+        name = f"{extra['block'][0]}.{extra['block'][1]}.{extra.get('block_index', 0)}"
+        rows = cond_rows(extra["cond_or_uncond"], q.shape[0])
+        delta = value_delta(bindings, name, stash.pop("value_in"), rows)
+        moved = (v.float() + delta).to(v.dtype)
+        other = [t for t in range(v.shape[1]) if t not in dog]
+        assert torch.equal(moved[:, other], v[:, other])  # x + 0.0 == x: the other tokens' values, bit for bit
+        assert not torch.equal(moved[rows][:, dog], v[rows][:, dog])
+        checked.append(name)
+        heads = extra["n_heads"]
+        b, n, inner = q.shape
+        split = lambda t: t.reshape(b, -1, heads, inner // heads).transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(moved))
+        return out.transpose(1, 2).reshape(b, n, inner)
+
+    reference = sd15.model.clone()
+    reference.set_model_attn2_patch(keep)
+    for name, _ in _layers(sd15).items():
+        block, block_id, index = name.split(".")
+        reference.set_model_attn2_replace(replace, block, int(block_id), int(index))
+    want, got, base = _sample(reference, sd15), _sample(tova, sd15), _sample(sd15.model, sd15)
+    assert set(checked) == set(_layers(sd15))
+    scale = float(base.abs().max())  # latents here reach ~200: float32 rounding of two exact routes
+    assert torch.allclose(got, want, atol=1e-5 * scale, rtol=0), float((got - want).abs().max())
+    assert (got - base).abs().max() > 1e-3
+
+
+def _first_layer_output(model, models):
+    seen = {}
+
+    def record(out, extra):
+        if extra.get("block") == ("input", 1) and "out" not in seen:
+            seen["out"] = out.clone()
+        return out
+
+    m = model.clone()
+    m.set_model_attn2_output_patch(record)  # after ToVA's: sees its output
+    _sample(m, models, steps=1)
+    return seen["out"]
+
+
+def test_two_adapters_equal_each_alone_on_its_own_token(nodes, sd15, adapters):
+    from editlab.models.conceptsplit.tova import adapted_value
+
+    both = apply(nodes, sd15, adapter_1=adapters["dog"], adapter_2=adapters["cat"])
+    dog_only = apply(nodes, sd15, adapter_1=adapters["dog"])
+    cat_only = apply(nodes, sd15, adapter_1=adapters["cat"])
+    dog, cat = _positions(sd15, "dog"), _positions(sd15, "cat")
+    context = _conds(sd15)[0][0][0]
+    for name, attn in _layers(sd15).items():
+        v_both = adapted_value(attn.to_v, _patch_of(both).bindings, name, context)
+        v_dog = adapted_value(attn.to_v, _patch_of(dog_only).bindings, name, context)
+        v_cat = adapted_value(attn.to_v, _patch_of(cat_only).bindings, name, context)
+        assert torch.allclose(v_both[:, dog], v_dog[:, dog], atol=1e-6, rtol=0)
+        assert torch.allclose(v_both[:, cat], v_cat[:, cat], atol=1e-6, rtol=0)
+        assert torch.equal(v_dog[:, cat], attn.to_v(context)[:, cat])
+    base = _first_layer_output(sd15.model, sd15)
+    d_both, d_dog, d_cat = (_first_layer_output(m, sd15) - base for m in (both, dog_only, cat_only))
+    assert d_dog.abs().max() > 1e-4 and d_cat.abs().max() > 1e-4
+    assert torch.allclose(d_both, d_dog + d_cat, atol=1e-6, rtol=0)
+
+
+def test_strength_zero_runs_the_patch_and_equals_the_base_model(nodes, sd15):
+    adapter = make_adapter("dog", _layers(sd15), 5)
+    calls = []
+    term = adapter.term
+    adapter.term = lambda name, context: (calls.append(name), term(name, context))[1]
+    zero = apply(nodes, sd15, 0.0, adapter_1={"adapter": adapter, "name": "spy"})
+    assert zero is not sd15.model and _patch_of(zero).bindings[0].strength == 0.0
+    assert torch.equal(_sample(zero, sd15), _sample(sd15.model, sd15))
+    assert len(calls) >= len(_layers(sd15)), "the patched path must have run"
+    assert "attn2_output_patch" not in sd15.model.model_options["transformer_options"].get("patches", {})
+
+
+def test_composes_with_another_packs_attention_patches(nodes, sd15, adapters):
+    seen = []
+    other = sd15.model.clone()
+    other.set_model_attn2_output_patch(lambda out, extra: (seen.append(1), out * 1.0)[1])
+    both = apply(nodes, type(sd15)(**{**sd15.__dict__, "model": other}), adapter_1=adapters["dog"])
+    out = _sample(both, sd15)
+    assert seen and not torch.equal(out, _sample(other, sd15))
+    assert len(both.model_options["transformer_options"]["patches"]["attn2_output_patch"]) == 2
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp8_e4m3fn"])
+def test_half_precision_weights(nodes, dtype):
+    models = _tiny(dtype)
+    layers = _layers(models)
+    adapter = {"adapter": make_adapter("dog", layers, 1), "name": "dog"}
+    zero = apply(nodes, models, 0.0, adapter_1=adapter)
+    moved = apply(nodes, models, 1.0, adapter_1=adapter)
+    base = _sample(models.model, models)
+    assert torch.equal(_sample(zero, models), base)
+    out = _sample(moved, models)
+    assert out.isfinite().all() and not torch.equal(out, base)
+    from editlab.models.conceptsplit.tova import adapted_value
+
+    context = _conds(models)[0][0][0].to(torch.bfloat16)
+    dog = _positions(models, "dog")
+    for name, attn in layers.items():
+        v = adapted_value(attn.to_v, _patch_of(moved).bindings, name, context)
+        other = [t for t in range(v.shape[1]) if t not in dog]
+        assert torch.equal(v[:, other], attn.to_v(context)[:, other])
+
+
+def test_bad_inputs_name_the_input(nodes, sd15, adapters):
+    from editlab.nodes.common import EditLabInputError
+
+    layers = _layers(sd15)
+    with pytest.raises(EditLabInputError, match="input 'prompt'.*'dog' is not a word of the prompt"):
+        apply(nodes, sd15, prompt="a photo of a cat", adapter_1=adapters["cat"], adapter_2=adapters["dog"])
+    with pytest.raises(EditLabInputError, match="input 'adapter_2'.*family \\(sd15\\)"):
+        apply(nodes, sd15, adapter_1=adapters["cat"],
+              adapter_2={"adapter": make_adapter("dog", layers, 1, family="sdxl"), "name": "x"})
+    with pytest.raises(EditLabInputError, match="input 'adapter_1'.*32-wide text context"):
+        apply(nodes, sd15, adapter_1={"adapter": make_adapter("dog", layers, 1, width=64), "name": "x"})
+    with pytest.raises(EditLabInputError, match="input 'adapter_2'.*own tokens"):
+        apply(nodes, sd15, adapter_1=adapters["dog"], adapter_2=adapters["dog"])
+    flux = _tiny(arch="flux")
+    with pytest.raises(EditLabInputError, match="input 'model'.*SD1.5, SD2.1 or SDXL"):
+        apply(nodes, flux, prompt="a dog", adapter_1=adapters["dog"])
+
+    from safetensors.torch import save_file
+
+    good = {f"{n}.{p}": t for n in layers for p, t in (("down", torch.zeros(4, 32)), ("up", torch.zeros(64, 4)))}
+    save_file(good, str(nodes.tova_dir / "nometa.safetensors"))
+    with pytest.raises(EditLabInputError, match="input 'adapter_name': expected a ToVA file.*lacks the ToVA metadata"):
+        nodes.EditLabToVALoader.execute(adapter_name="nometa.safetensors")
+    meta = {"format": "editlab.tova.v1", "token": "dog", "family": "sd15", "rank": "4", "context_dim": "32",
+            "layers": '["input.1.0"]'}
+    save_file({"input.1.0.down": torch.zeros(4, 31), "input.1.0.up": torch.zeros(64, 4)},
+              str(nodes.tova_dir / "shape.safetensors"), metadata=meta)
+    with pytest.raises(EditLabInputError, match="input 'adapter_name': expected a ToVA file.*has down \\(4, 31\\)"):
+        nodes.EditLabToVALoader.execute(adapter_name="shape.safetensors")
+    with pytest.raises(EditLabInputError, match="input 'adapter_name': expected (one of|a file in)"):
+        nodes.EditLabToVALoader.execute(adapter_name="missing.safetensors")
