@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import torch
 from comfy_api.latest import io
 
@@ -61,16 +62,50 @@ def _check_adapter(adapter: ValueLoRA, input_name: str, family: str, layers: dic
                                     f"layer {name} ({inner} wide)")
 
 
-def _positions(clip, prompt: str, word: str, input_name: str, for_input: str) -> list[int]:
-    """Conditioning positions of ``word`` in ``prompt`` (the SAE slider's text-to-positions code)."""
+def _positions(clip, prompt: str, word: str, input_name: str) -> list[int]:
+    """Conditioning positions of ``word`` in ``prompt`` (the SAE slider's text-to-positions code); an error naming
+    ``input_name`` when the word is not there."""
     try:
-        encoded = prompt_tokens(clip, prompt)
+        return word_positions(clip, prompt_tokens(clip, prompt), word)
     except ValueError as exc:
-        raise EditLabInputError(input_name, str(exc)) from None
-    try:
-        return word_positions(clip, encoded, word)
-    except ValueError as exc:
-        raise EditLabInputError(input_name, f"a prompt holding the word of {for_input}: {exc}", prompt) from None
+        raise EditLabInputError(input_name, f"a prompt holding the word '{word.strip()}' ({exc})", prompt) from None
+
+
+def _folder_images(folder: str, resolution: int) -> tuple[torch.Tensor, list[str]]:
+    """The images of a folder inside ComfyUI's input folder, centre-cropped square and resized, as (N, H, W, 3) in
+    [0, 1]; unreadable, oversized or linked-out ones are skipped and listed."""
+    from PIL import Image
+
+    path = input_folder(folder, "folder")
+    images, skipped = [], []
+    for name in sorted(os.listdir(path)):
+        if not name.lower().endswith(IMAGE_EXTS):
+            continue
+        host.check_interrupted()
+        file = os.path.join(path, name)
+        if not inside_input_folder(file):
+            skipped.append(f"{name}: links outside the input folder")
+            continue
+        try:
+            with Image.open(file) as im:
+                checked_image_size(im.height, im.width, "folder")  # before decoding
+                rgb = im.convert("RGB")
+        except EditLabInputError:
+            skipped.append(f"{name}: too small or too large")
+            continue
+        except Exception as exc:  # noqa: BLE001 - corrupt, truncated, not an image, a decompression bomb
+            skipped.append(f"{name}: not a readable image ({type(exc).__name__})")
+            continue
+        side = min(rgb.size)
+        left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+        square = rgb.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.LANCZOS)
+        images.append(torch.from_numpy(np.asarray(square).copy()).float() / 255.0)
+        if len(images) > MAX_TRAIN_IMAGES:
+            raise EditLabInputError("folder", f"a folder of at most {MAX_TRAIN_IMAGES} images", folder)
+    if not images:
+        raise EditLabInputError("folder", "a folder holding images of the concept",
+                                f"{folder}: none found" + (f"; skipped: {'; '.join(skipped)}" if skipped else ""))
+    return torch.stack(images), skipped
 
 
 class EditLabToVALoader(EditLabNode):
@@ -134,7 +169,7 @@ class EditLabToVAApply(EditLabNode):
                 continue
             adapter = a["adapter"]
             _check_adapter(adapter, input_name, family, layers)
-            positions = _positions(clip, prompt, adapter.token, "prompt", f"{input_name} ('{adapter.token}')")
+            positions = _positions(clip, prompt, adapter.token, "prompt")
             shared = sorted(set(positions) & set(taken))
             if shared:
                 raise EditLabInputError(input_name, f"a concept on its own tokens; '{adapter.token}' sits on the "
@@ -148,4 +183,78 @@ class EditLabToVAApply(EditLabNode):
         return io.NodeOutput(m)
 
 
-NODES = [EditLabToVALoader, EditLabToVAApply]
+class EditLabToVATrain(EditLabNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabToVATrain", display_name="ToVA Train", category=CAT, is_output_node=True,
+            description="Trains one concept's token-wise value adapter: a LoRA on the cross-attention value "
+                        "projections only, acting only at the concept word's positions, from a folder of images of "
+                        "the concept (in ComfyUI's input folder) captioned with a prompt holding the word; diffusion "
+                        "loss, the model frozen and left unchanged. Saves models/tova/NAME.safetensors with the word "
+                        "and the model family. Authors' defaults: SD rank 32 lr 5e-4; SDXL rank 16 lr 1e-4.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.5 / SD2.1 / SDXL model the adapter is for (kept frozen)."),
+                io.Clip.Input("clip", tooltip="Its text encoder."),
+                io.Vae.Input("vae", tooltip="Its VAE, to encode the images."),
+                io.String.Input("folder", default="concept",
+                                tooltip="Folder of images of the concept inside ComfyUI's input folder ('.' = the "
+                                        "input folder itself)."),
+                io.String.Input("prompt", default="a photo of sks dog",
+                                tooltip="Caption used for every image; it must hold the word."),
+                io.String.Input("word", default="sks",
+                                tooltip="The concept's word in the prompt: the adapter acts at its tokens only."),
+                io.Int.Input("resolution", default=512, min=64, max=1024, step=64,
+                             tooltip="Training image size in pixels (images are centre-cropped square)."),
+                io.Int.Input("rank", default=32, min=1, max=256, tooltip="LoRA rank (authors: SD 32, SDXL 16)."),
+                io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Training steps."),
+                io.Float.Input("lr", default=5e-4, min=1e-6, max=1e-1, step=1e-5,
+                               tooltip="AdamW learning rate (authors: SD 5e-4, SDXL 1e-4)."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per step."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed for the initial weights, noise and batch order."),
+                io.String.Input("name", default="my_concept", tooltip="Saved as models/tova/NAME.safetensors."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Replace models/tova/NAME.safetensors if it exists (off: an error)."),
+            ],
+            outputs=[ToVAType.Output(display_name="adapter"), io.String.Output(display_name="stats")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, folder, prompt, word, resolution, rank, steps, lr, batch_size, seed, name,
+                overwrite=False) -> io.NodeOutput:
+        from comfy_api.latest import ui
+
+        from ..models.conceptsplit.train import train_tova
+
+        path = output_file(TOVA_FOLDER, name, "name", overwrite)
+        _checked_prompt(prompt, "prompt")
+        if not word.strip() or len(word) > 200:
+            raise EditLabInputError("word", "a word of the prompt (at most 200 characters)", word)
+        layers = _unet_layers(model)
+        family = host.model_family(model)
+        positions = _positions(clip, prompt, word, "word")
+        images, skipped = _folder_images(folder, resolution)
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+        host.load_models([model])
+        base, device = model.model, host.compute_device()
+        width = next(iter(layers.values())).to_v.weight.shape[1]
+        with torch.inference_mode(False), torch.no_grad():  # data, not parameters: no graph through the VAE
+            latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
+            context = cond[0][0].clone().to(device)
+            pooled = cond[0][1].get("pooled_output")
+            pooled = None if pooled is None else pooled.clone().to(device)
+            adapter = ValueLoRA(word.strip(), family, rank, width,
+                                {n: attn.to_v.weight.shape[0] for n, attn in layers.items()}, seed).to(device).train()
+        bar = host.progress(steps)
+        stats = train_tova(base, adapter, layers, context, pooled, positions, latents, resolution, steps, lr,
+                           batch_size, seed, device, on_step=lambda i, n, loss: bar.update_absolute(i, n),
+                           should_stop=host.check_interrupted)
+        adapter = adapter.cpu().eval().requires_grad_(False)
+        stats.update(skipped=skipped, positions=positions, file=os.path.basename(path))
+        saved(lambda p, o: save_tova(adapter, p, stats, overwrite=o), path, "name", overwrite)
+        text = json.dumps(stats)
+        return io.NodeOutput({"adapter": adapter, "name": os.path.basename(path)}, text, ui=ui.PreviewText(text))
+
+
+NODES = [EditLabToVALoader, EditLabToVAApply, EditLabToVATrain]

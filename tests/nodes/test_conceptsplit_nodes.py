@@ -259,3 +259,79 @@ def test_bad_inputs_name_the_input(nodes, sd15, adapters):
         nodes.EditLabToVALoader.execute(adapter_name="shape.safetensors")
     with pytest.raises(EditLabInputError, match="input 'adapter_name': expected (one of|a file in)"):
         nodes.EditLabToVALoader.execute(adapter_name="missing.safetensors")
+
+
+@pytest.fixture
+def concept_folder(tmp_path):
+    import folder_paths
+    from PIL import Image
+    from skimage import data
+
+    folder = tmp_path / "input" / "cat"
+    folder.mkdir(parents=True)
+    chelsea = Image.fromarray(data.chelsea())
+    chelsea.save(folder / "a.png")
+    chelsea.transpose(Image.FLIP_LEFT_RIGHT).save(folder / "b.png")
+    (folder / "notes.png").write_bytes(b"not an image")
+    old = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    yield "cat"
+    folder_paths.set_input_directory(old)
+
+
+def _train(nodes, models, folder, name, steps=30, **kw):
+    args = dict(model=models.model, clip=models.clip, vae=models.vae, folder=folder, prompt="a photo of a cat",
+                word="cat", resolution=64, rank=4, steps=steps, lr=5e-3, batch_size=2, seed=0, name=name)
+    return nodes.EditLabToVATrain.execute(**{**args, **kw}).result
+
+
+def test_training_lowers_the_loss_changes_only_the_lora_and_reads_back(nodes, concept_folder):
+    import json
+
+    models = _tiny()  # weights made under inference mode, as the stock loaders make them
+    params = {k: v.clone() for k, v in models.model.model.state_dict().items()}
+    flags = {k: (p.requires_grad, p.is_inference()) for k, p in models.model.model.named_parameters()}
+    before = _sample(models.model, models)
+    adapter, text = _train(nodes, models, concept_folder, "trained_cat")
+    stats = json.loads(text)
+    assert stats["loss_after"] < stats["loss_before"], stats
+    assert stats["images"] == 2 and stats["skipped"] == ["notes.png: not a readable image (UnidentifiedImageError)"]
+    # only the value LoRA trained: every weight of the shared MODEL bit-identical, flags and tensor kinds as before
+    after = models.model.model.state_dict()
+    assert all(torch.equal(params[k], after[k]) for k in params)
+    assert {k: (p.requires_grad, p.is_inference()) for k, p in models.model.model.named_parameters()} == flags
+    assert torch.equal(_sample(models.model, models), before)
+    net = adapter["adapter"]
+    assert all(p.abs().sum() > 0 for p in net.up) and (net.token, net.family, net.rank) == ("cat", "sd15", 4)
+    # the saved file loads back to identical outputs
+    loaded, = nodes.EditLabToVALoader.execute(adapter_name="trained_cat.safetensors").result
+    outs = [_sample(apply(nodes, models, prompt="a photo of a cat", adapter_1=a), models) for a in (adapter, loaded)]
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], before)
+    from editlab.nodes.common import EditLabInputError
+
+    with pytest.raises(EditLabInputError, match="input 'name'.*not used yet"):
+        _train(nodes, models, concept_folder, "trained_cat", steps=1)
+    _train(nodes, models, concept_folder, "trained_cat", steps=1, overwrite=True)
+
+
+def test_training_bad_input_and_interruption(nodes, concept_folder, monkeypatch):
+    from editlab.nodes.common import EditLabInputError
+
+    models = _tiny()
+    with pytest.raises(EditLabInputError, match="input 'word'.*'dog'.*is not a word of the prompt"):
+        _train(nodes, models, concept_folder, "never", word="dog")
+    with pytest.raises(EditLabInputError, match="input 'folder'"):
+        _train(nodes, models, "../..", "never")
+    with pytest.raises(EditLabInputError, match="input 'folder'"):
+        _train(nodes, models, "missing", "never")
+    calls = []
+
+    def stop():
+        calls.append(1)
+        if len(calls) > 5:
+            raise InterruptedError("interrupted")
+
+    monkeypatch.setattr(nodes.host, "check_interrupted", stop)
+    with pytest.raises(InterruptedError):
+        _train(nodes, models, concept_folder, "stopped", steps=50)
+    assert not (nodes.tova_dir / "stopped.safetensors").exists()
