@@ -207,11 +207,11 @@ def test_composes_with_another_packs_attention_patches(nodes, sd15, adapters):
     assert len(both.model_options["transformer_options"]["patches"]["attn2_output_patch"]) == 2
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp8_e4m3fn"])
-def test_half_precision_weights(nodes, dtype):
-    models = _tiny(dtype)
+@pytest.mark.parametrize("arch,dtype", [("sd15", "bf16"), ("sd15", "fp8_e4m3fn"), ("sdxl", "fp32")])
+def test_half_precision_weights_and_sdxl(nodes, arch, dtype):
+    models = _tiny(dtype, arch)
     layers = _layers(models)
-    adapter = {"adapter": make_adapter("dog", layers, 1), "name": "dog"}
+    adapter = {"adapter": make_adapter("dog", layers, 1, family=arch), "name": "dog"}
     zero = apply(nodes, models, 0.0, adapter_1=adapter)
     moved = apply(nodes, models, 1.0, adapter_1=adapter)
     base = _sample(models.model, models)
@@ -220,7 +220,7 @@ def test_half_precision_weights(nodes, dtype):
     assert out.isfinite().all() and not torch.equal(out, base)
     from editlab.models.conceptsplit.tova import adapted_value
 
-    context = _conds(models)[0][0][0].to(torch.bfloat16)
+    context = _conds(models)[0][0][0].to(torch.float32 if dtype == "fp32" else torch.bfloat16)
     dog = _positions(models, "dog")
     for name, attn in layers.items():
         v = adapted_value(attn.to_v, _patch_of(moved).bindings, name, context)
