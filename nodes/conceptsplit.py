@@ -257,4 +257,74 @@ class EditLabToVATrain(EditLabNode):
         return io.NodeOutput({"adapter": adapter, "name": os.path.basename(path)}, text, ui=ui.PreviewText(text))
 
 
-NODES = [EditLabToVALoader, EditLabToVAApply, EditLabToVATrain]
+MAX_WORDS = 16
+LATENT_SCALE = 8  # pixels per latent cell of the SD1.5 / SD2.1 / SDXL VAEs: the heat-maps' size
+
+
+class EditLabAttentionMaps(EditLabNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabAttentionMaps", display_name="Attention Maps (per word)", category=CAT,
+            description="Samples like KSampler (same result) while recording, at every cross-attention layer of an "
+                        "SD1.5/SD2.1/SDXL UNet, how much attention each image position pays to each chosen word's "
+                        "tokens (softmax over the text keys, averaged over heads, layers and the chosen steps, "
+                        "conditional branch only). Returns the latent, one heat-map IMAGE per word (each scaled to "
+                        "its own maximum) and the same maps as MASKs, at the decoded image's size.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.5, SD2.1 or SDXL model (ToVA-patched or not)."),
+                io.Clip.Input("clip", tooltip="Its text encoder, to find the words' token positions."),
+                io.Conditioning.Input("positive", tooltip="The positive conditioning, encoded from the prompt."),
+                io.Conditioning.Input("negative", tooltip="The negative conditioning."),
+                io.Latent.Input("latent_image", tooltip="The latent to sample from (e.g. Empty Latent Image)."),
+                io.String.Input("prompt", multiline=True, default="a photo of a dog and a cat",
+                                tooltip="The text the positive conditioning was encoded from."),
+                io.String.Input("words", default="dog, cat",
+                                tooltip="Comma-separated words of the prompt whose maps to record (at most 16)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, tooltip="Noise seed, as KSampler."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps."),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, tooltip="Classifier-free guidance."),
+                io.Combo.Input("sampler_name", options=list(host.SAMPLER_NAMES), tooltip="The sampler."),
+                io.Combo.Input("scheduler", options=list(host.SCHEDULER_NAMES), tooltip="The scheduler."),
+                io.Int.Input("start_step", default=0, min=0, max=10000,
+                             tooltip="First step whose attention is averaged (0 = the first)."),
+                io.Int.Input("end_step", default=10000, min=1, max=10000,
+                             tooltip="Step after the last one averaged (clamped to steps)."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent"), io.Image.Output(display_name="heatmaps"),
+                     io.Mask.Output(display_name="masks")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, positive, negative, latent_image, prompt, words, seed, steps, cfg, sampler_name,
+                scheduler, start_step, end_step) -> io.NodeOutput:
+        from ..models.conceptsplit.attention_maps import AttentionMapRecorder, heatmap, normalised
+
+        _checked_prompt(prompt, "prompt")
+        chosen = [w.strip() for w in words.split(",") if w.strip()]
+        if not chosen or len(chosen) > MAX_WORDS or len(words) > MAX_PROMPT_CHARS:
+            raise EditLabInputError("words", f"1 to {MAX_WORDS} comma-separated words of the prompt", words)
+        end_step = min(end_step, steps)
+        if start_step >= end_step:
+            raise EditLabInputError("start_step", f"a step before end_step and steps ({end_step})", start_step)
+        layers = _unet_layers(model)
+        positions = {w: _positions(clip, prompt, w, "words") for w in chosen}
+        samples = latent_image["samples"]
+        if samples.ndim != 4:
+            raise EditLabInputError("latent_image", "an image latent (B, C, H, W)", tuple(samples.shape))
+        sigmas = host.sampling_sigmas(model, steps, sampler_name, scheduler)
+        window = (float(sigmas[end_step - 1]), float(sigmas[start_step]))
+        recorder = AttentionMapRecorder(positions, layers, tuple(samples.shape[-2:]), window)
+        m = model.clone()
+        m.set_model_attn2_patch(recorder.input_hook)
+        m.set_model_attn2_output_patch(recorder.output_hook)
+        latent = host.ksample(m, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image)
+        size = (samples.shape[-2] * LATENT_SCALE, samples.shape[-1] * LATENT_SCALE)
+        masks = torch.stack([normalised(torch.nn.functional.interpolate(v[None, None], size=size, mode="bilinear",
+                                                                        align_corners=False)[0, 0].clamp(min=0))
+                             for v in recorder.maps().values()])
+        images = torch.stack([heatmap(v) for v in masks])
+        return io.NodeOutput(latent, images, masks)
+
+
+NODES = [EditLabToVALoader, EditLabToVAApply, EditLabToVATrain, EditLabAttentionMaps]

@@ -11,6 +11,7 @@ The APIs, grouped as the README's "host APIs" line lists them:
 - ``comfy.model_patcher.ModelPatcher`` (wrapping an adapter so memory management counts and moves it);
 - ``comfy.hooks`` + ``comfy.patcher_extension.WrappersMP``: an apply-model wrapper carried by one conditioning;
 - ``comfy.samplers.Sampler`` / ``comfy.sample.sample_custom``: a custom sampler run inside the host's guider;
+  ``comfy.sample.sample``: a KSampler run (``ksample``), its sampler and scheduler names and sigmas;
 - ``node_helpers.conditioning_set_values``.
 """
 from __future__ import annotations
@@ -123,6 +124,28 @@ def conditioning_set_values(conditioning, values: dict, append: bool = False):
 
 
 Sampler = comfy.samplers.Sampler  # base of a custom sampler that sample_custom runs inside the host's guider
+
+
+SAMPLER_NAMES = comfy.samplers.KSampler.SAMPLERS
+SCHEDULER_NAMES = comfy.samplers.KSampler.SCHEDULERS
+
+
+def sampling_sigmas(model, steps: int, sampler_name: str, scheduler: str):
+    """The sigmas a KSampler run with these settings steps through (steps + 1 values)."""
+    return comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                   scheduler=scheduler, model_options=model.model_options).sigmas
+
+
+def ksample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
+            latent: dict, denoise: float = 1.0) -> dict:
+    """KSampler's sampling (the same noise, the same result), with the host's progress bar; a new LATENT dict."""
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    bar = comfy.utils.ProgressBar(steps)
+    out = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
+                              denoise=denoise, noise_mask=latent.get("noise_mask"), seed=seed, disable_pbar=True,
+                              callback=lambda step, x0, x, total: bar.update_absolute(step + 1, total))
+    return {**latent, "samples": out}
 
 
 def sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent):

@@ -335,3 +335,33 @@ def test_training_bad_input_and_interruption(nodes, concept_folder, monkeypatch)
     with pytest.raises(InterruptedError):
         _train(nodes, models, concept_folder, "stopped", steps=50)
     assert not (nodes.tova_dir / "stopped.safetensors").exists()
+
+
+def _maps(nodes, models, **over):
+    pos, neg = _conds(models)
+    args = dict(model=models.model, clip=models.clip, positive=pos, negative=neg,
+                latent_image={"samples": torch.zeros(1, 4, 8, 8)}, prompt=PROMPT, words="dog, cat", seed=3, steps=3,
+                cfg=3.0, sampler_name="euler", scheduler="simple", start_step=0, end_step=10000)
+    return nodes.EditLabAttentionMaps.execute(**{**args, **over}).result
+
+
+def test_attention_maps_node(nodes, sd15):
+    import comfy.sample
+
+    latent, images, masks = _maps(nodes, sd15)
+    plain = comfy.sample.sample(sd15.model, comfy.sample.prepare_noise(torch.zeros(1, 4, 8, 8), 3), 3, 3.0, "euler",
+                                "simple", *_conds(sd15), torch.zeros(1, 4, 8, 8), disable_pbar=True)
+    assert torch.equal(latent["samples"], plain), "recording must not change sampling"
+    assert images.shape == (2, 64, 64, 3) and masks.shape == (2, 64, 64)  # one image per word, the decoded size
+    assert masks.min() >= 0 and torch.allclose(masks.amax((1, 2)), torch.ones(2), atol=1e-3)
+    assert not torch.equal(masks[0], masks[1])
+    late, _, late_masks = _maps(nodes, sd15, start_step=2)  # another step range, other maps
+    assert torch.equal(late["samples"], plain) and not torch.equal(late_masks, masks)
+    from editlab.nodes.common import EditLabInputError
+
+    with pytest.raises(EditLabInputError, match="input 'words'.*'horse'.*not a word of the prompt"):
+        _maps(nodes, sd15, words="dog, horse")
+    with pytest.raises(EditLabInputError, match="input 'start_step'"):
+        _maps(nodes, sd15, start_step=3)
+    with pytest.raises(EditLabInputError, match="input 'words'"):
+        _maps(nodes, sd15, words=" , ")

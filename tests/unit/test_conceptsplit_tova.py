@@ -154,3 +154,28 @@ def test_file_round_trip_and_bad_files(tmp_path, data):
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(ToVAFileError, match="not a readable safetensors"):
         load_tova(tmp_path / "junk.safetensors")
+
+
+def test_attention_maps_are_the_softmax_over_the_text_keys_by_hand(data):
+    from editlab.models.conceptsplit.attention_maps import AttentionMapRecorder, heatmap
+
+    _, context = data
+    attn = CrossAttention(0)
+    x = torch.randn(2, 4 * 5, D, generator=torch.Generator().manual_seed(1))
+    words = {"dog": [2], "a cat": [4, 5]} | {f"t{t}": [t] for t in (0, 1, 3, 6, 7, 8)}
+    rec = AttentionMapRecorder(words, {"input.1.0": attn}, (4, 5))
+    extra = {"block": ("input", 1), "block_index": 0, "n_heads": HEADS, "cond_or_uncond": [1, 0],
+             "activations_shape": [2, D, 4, 5]}
+    n, ctx, value = rec.input_hook(x, context, context, extra)
+    out = attn(n, ctx, value)
+    assert torch.equal(rec.output_hook(out, extra), out)  # recording changes nothing
+    # by hand, row 1 (the conditional one), head by head
+    q, k = attn.to_q(x[1]), attn.to_k(context[1])
+    d = D // HEADS
+    probs = sum(torch.softmax(q[:, h * d:(h + 1) * d] @ k[:, h * d:(h + 1) * d].T / d ** 0.5, -1)
+                for h in range(HEADS)) / HEADS
+    maps = rec.maps()
+    assert torch.allclose(maps["dog"], probs[:, 2].reshape(4, 5), atol=1e-6)
+    assert torch.allclose(maps["a cat"], probs[:, [4, 5]].sum(-1).reshape(4, 5), atol=1e-6)
+    assert torch.allclose(sum(maps.values()), torch.ones(4, 5), atol=1e-5)  # all tokens' maps: the whole softmax
+    assert heatmap(torch.rand(3, 4)).shape == (3, 4, 3)
