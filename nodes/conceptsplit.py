@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..models.conceptsplit.flux import FluxToVAPatch, double_block_layers, value_width
 from ..models.conceptsplit.patch import ToVAPatch, named_cross_attention_layers
 from ..models.conceptsplit.tova import Binding, ToVAFileError, ValueLoRA, load_tova, save_tova
 from ..models.saedit.tokens import prompt_tokens, word_positions
@@ -47,18 +48,29 @@ def _unet_layers(model) -> dict:
     return layers
 
 
-def _check_adapter(adapter: ValueLoRA, input_name: str, family: str, layers: dict) -> None:
-    """The adapter was trained for this model: same family, same context width, its layers there and as wide."""
+def _tova_layers(model) -> tuple[str, dict, dict]:
+    """(family, layers by name, {name: (width the adapter reads, value width)}) of a UNet or Flux MODEL."""
+    family = host.model_family(model)
+    if family == "flux":
+        blocks = double_block_layers(model.get_model_object("diffusion_model"))
+        if blocks:
+            return family, blocks, {n: (value_width(b), value_width(b)) for n, b in blocks.items()}
+    layers = _unet_layers(model)
+    return family, layers, {n: tuple(a.to_v.weight.shape[::-1]) for n, a in layers.items()}
+
+
+def _check_adapter(adapter: ValueLoRA, input_name: str, family: str, dims: dict) -> None:
+    """The adapter was trained for this model: same family, same input width, its layers there and as wide."""
     if adapter.family != family:
         raise EditLabInputError(input_name, f"an adapter trained for this model's family ({family})",
                                 f"one for {adapter.family}")
-    width = next(iter(layers.values())).to_v.weight.shape[1]
+    width = next(iter(dims.values()))[0]
     if adapter.context_dim != width:
         raise EditLabInputError(input_name, f"an adapter for this model's {width}-wide text context",
                                 f"one for a {adapter.context_dim}-wide context")
     for name, inner in adapter.inner_dims().items():
-        if name not in layers or layers[name].to_v.weight.shape[0] != inner:
-            raise EditLabInputError(input_name, "an adapter whose layers are this model's cross-attention layers",
+        if name not in dims or dims[name][1] != inner:
+            raise EditLabInputError(input_name, "an adapter whose layers are this model's attention layers",
                                     f"layer {name} ({inner} wide)")
 
 
@@ -142,10 +154,12 @@ class EditLabToVAApply(EditLabNode):
                     for i in range(1, MAX_ADAPTERS + 1)]
         return io.Schema(
             node_id="EditLabToVAApply", display_name="ToVA Apply", category=CAT,
-            description="Attaches up to four concepts' value adapters to an SD1.5/SD2.1/SDXL MODEL, each acting only "
-                        "on the value vectors of its own word's tokens in the prompt (never merged), on the "
-                        "conditional branch. The patch is list-style: other packs' attention patches still run.",
-            inputs=[io.Model.Input("model", tooltip="An SD1.5, SD2.1 or SDXL model."),
+            description="Attaches up to four concepts' value adapters to an SD1.5/SD2.1/SDXL or Flux MODEL, each "
+                        "acting only on the value vectors of its own word's tokens in the prompt (never merged), on "
+                        "the conditional branch. UNets: list-style attention patches (other packs' still run). Flux: "
+                        "the text stream's values in the double blocks, through the attention override (it calls "
+                        "the override that was set before it).",
+            inputs=[io.Model.Input("model", tooltip="An SD1.5, SD2.1, SDXL or Flux model."),
                     io.Clip.Input("clip", tooltip="Its text encoder, to find the words' token positions."),
                     io.String.Input("prompt", multiline=True, default="a photo of sks dog and zwx cat",
                                     tooltip="The positive prompt, exactly as encoded for sampling; it must hold each "
@@ -160,15 +174,14 @@ class EditLabToVAApply(EditLabNode):
     def execute(cls, model, clip, prompt, strength, adapter_1, adapter_2=None, adapter_3=None,
                 adapter_4=None) -> io.NodeOutput:
         _checked_prompt(prompt, "prompt")
-        layers = _unet_layers(model)
-        family = host.model_family(model)
+        family, layers, dims = _tova_layers(model)
         bindings, taken = [], {}
         given = [(f"adapter_{i}", a) for i, a in enumerate((adapter_1, adapter_2, adapter_3, adapter_4), 1)]
         for input_name, a in given:
             if a is None:
                 continue
             adapter = a["adapter"]
-            _check_adapter(adapter, input_name, family, layers)
+            _check_adapter(adapter, input_name, family, dims)
             positions = _positions(clip, prompt, adapter.token, "prompt")
             shared = sorted(set(positions) & set(taken))
             if shared:
@@ -176,10 +189,15 @@ class EditLabToVAApply(EditLabNode):
                                                     f"tokens of {taken[shared[0]]}", a["name"])
             taken.update({p: input_name for p in positions})
             bindings.append(Binding(adapter, positions, strength))
-        patch = ToVAPatch(bindings, layers)
         m = model.clone()
-        m.set_model_attn2_patch(patch.input_hook)
-        m.set_model_attn2_output_patch(patch.output_hook)
+        if family == "flux":
+            patch = FluxToVAPatch(bindings, layers, previous=host.attention_override(m))
+            host.set_attention_override(m, patch)
+            m.set_model_post_input_patch(patch.input_hook)
+        else:
+            patch = ToVAPatch(bindings, layers)
+            m.set_model_attn2_patch(patch.input_hook)
+            m.set_model_attn2_output_patch(patch.output_hook)
         return io.NodeOutput(m)
 
 

@@ -77,6 +77,18 @@ def model_family(model) -> str:
     return type(config).__name__.lower()
 
 
+def attention_override(model):
+    """The attention override a MODEL's options carry (``transformer_options["optimized_attention_override"]``,
+    one slot), or None."""
+    return model.model_options.get("transformer_options", {}).get("optimized_attention_override")
+
+
+def set_attention_override(model, override) -> None:
+    """Set the attention override on ``model`` (a clone: its model_options are its own). ``override`` must call the
+    one it replaces (``attention_override`` read before) so that both act."""
+    model.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
+
+
 # -- execution -----------------------------------------------------------------------------------------------------
 
 

@@ -101,11 +101,10 @@ def value_delta(bindings: list, name: str, context: torch.Tensor, active_rows=No
     return total
 
 
-def adapted_value(to_v, bindings: list, name: str, context: torch.Tensor, active_rows=None) -> torch.Tensor:
-    """The value the adapted layer attends to: ``to_v(context)`` with each bound row moved by its adapter. Rows no
-    adapter is bound to are ``to_v(context)``'s rows, bit for bit."""
-    v = to_v(context)
-    delta = value_delta(bindings, name, context, active_rows)
+def moved_values(v: torch.Tensor, bindings: list, name: str, source: torch.Tensor, active_rows=None) -> torch.Tensor:
+    """``v`` (B, T, D) with each bound row moved by its adapter reading ``source`` (B, T, C); every other row is
+    ``v``'s own, bit for bit."""
+    delta = value_delta(bindings, name, source, active_rows)
     if delta is None:
         return v
     bound = torch.zeros(delta.shape[:2], dtype=torch.bool, device=v.device)
@@ -113,6 +112,12 @@ def adapted_value(to_v, bindings: list, name: str, context: torch.Tensor, active
         if b.adapter.has_layer(name):
             bound |= position_mask(b.positions, v.shape[0], v.shape[1], active_rows, v.device)[..., 0].bool()
     return torch.where(bound[..., None], (v.float() + delta).to(v.dtype), v)
+
+
+def adapted_value(to_v, bindings: list, name: str, context: torch.Tensor, active_rows=None) -> torch.Tensor:
+    """The value the adapted layer attends to: ``to_v(context)`` with each bound row moved by its adapter. Rows no
+    adapter is bound to are ``to_v(context)``'s rows, bit for bit."""
+    return moved_values(to_v(context), bindings, name, context, active_rows)
 
 
 def attention_delta(q: torch.Tensor, k: torch.Tensor, delta: torch.Tensor, heads: int) -> torch.Tensor:

@@ -242,8 +242,11 @@ def test_bad_inputs_name_the_input(nodes, sd15, adapters):
     with pytest.raises(EditLabInputError, match="input 'adapter_2'.*own tokens"):
         apply(nodes, sd15, adapter_1=adapters["dog"], adapter_2=adapters["dog"])
     flux = _tiny(arch="flux")
-    with pytest.raises(EditLabInputError, match="input 'model'.*SD1.5, SD2.1 or SDXL"):
+    with pytest.raises(EditLabInputError, match="input 'adapter_1'.*family \\(flux\\)"):
         apply(nodes, flux, prompt="a dog", adapter_1=adapters["dog"])
+    sd3 = _tiny(arch="sd3")
+    with pytest.raises(EditLabInputError, match="input 'model'.*SD1.5, SD2.1 or SDXL"):
+        apply(nodes, sd3, prompt="a dog", adapter_1=adapters["dog"])
 
     from safetensors.torch import save_file
 
@@ -365,3 +368,115 @@ def test_attention_maps_node(nodes, sd15):
         _maps(nodes, sd15, start_step=3)
     with pytest.raises(EditLabInputError, match="input 'words'"):
         _maps(nodes, sd15, words=" , ")
+
+
+# -- Flux: the text stream's values in the double blocks ------------------------------------------------------------
+
+FLUX_PROMPT = "a photo of a dog and a cat"
+
+
+def flux_adapter(models, token, seed, width=None):
+    from editlab.models.conceptsplit.flux import double_block_layers, value_width
+    from editlab.models.conceptsplit.tova import ValueLoRA
+
+    blocks = double_block_layers(models.model.model.diffusion_model)
+    hidden = value_width(next(iter(blocks.values())))
+    with torch.inference_mode(False):
+        a = ValueLoRA(token, "flux", 4, width or hidden, {n: hidden for n in blocks}, seed)
+        with torch.no_grad():
+            for p in a.up:
+                p.normal_(generator=torch.Generator().manual_seed(seed + 1))
+    return {"adapter": a.eval().requires_grad_(False), "name": f"{token}.safetensors"}
+
+
+def _flux_sample(model, models, record=None, cfg=2.0):
+    import comfy.sample
+
+    if record is not None:
+        model = model.clone()
+        model.model_options["transformer_options"]["optimized_attention_override"] = record
+    pos, neg = _conds(models, FLUX_PROMPT)
+    latent = torch.zeros(1, 16, 8, 8)
+    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 7), 2, cfg, "euler", "simple", pos, neg,
+                               latent, disable_pbar=True)
+
+
+def _first_double_block_v(models):
+    """The v the first double block's attention sees at the first model call of the base model."""
+    seen = {}
+
+    def record(func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        if options.get("block_type") == "double" and options.get("block_index") == 0 and "v" not in seen:
+            seen["v"] = args[2].clone()
+            seen["order"] = list(options["cond_or_uncond"])
+        return func(*args, **kwargs)
+
+    _flux_sample(models.model, models, record)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def flux(comfy_host):
+    with torch.inference_mode():
+        return _tiny(arch="flux")
+
+
+def _flux_apply_recorded(nodes, models, strength, **adapters):
+    """ToVA applied over a recording override (ToVA wraps the override it finds): the first double block's v as the
+    attention receives it, and the sampled latent."""
+    seen = {}
+
+    def record(func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        if options.get("block_type") == "double" and options.get("block_index") == 0 and "v" not in seen:
+            seen["v"] = args[2].clone()
+        return func(*args, **kwargs)
+
+    base = models.model.clone()
+    base.model_options["transformer_options"]["optimized_attention_override"] = record
+    m = nodes.EditLabToVAApply.execute(model=base, clip=models.clip, prompt=FLUX_PROMPT, strength=strength,
+                                       **adapters).result[0]
+    out = _flux_sample(m, models)
+    return seen["v"], out
+
+
+def _flux_positions(models, word):
+    from editlab.models.saedit.tokens import prompt_tokens, word_positions
+
+    return word_positions(models.clip, prompt_tokens(models.clip, FLUX_PROMPT), word)
+
+
+def test_flux_text_values_change_only_at_the_bound_tokens(nodes, flux):
+    dog, cat = flux_adapter(flux, "dog", 1), flux_adapter(flux, "cat", 2)
+    first = _first_double_block_v(flux)
+    base, order = first["v"], first["order"]
+    v_dog, out = _flux_apply_recorded(nodes, flux, 1.0, adapter_1=dog)
+    v_cat, _ = _flux_apply_recorded(nodes, flux, 1.0, adapter_1=cat)
+    v_both, _ = _flux_apply_recorded(nodes, flux, 1.0, adapter_1=dog, adapter_2=cat)
+    p_dog, p_cat = _flux_positions(flux, "dog"), _flux_positions(flux, "cat")
+    rows = [i for i, c in enumerate(order) if c == 0]
+    other = [t for t in range(base.shape[2]) if t not in p_dog]
+    assert torch.equal(v_dog[:, :, other], base[:, :, other])  # every other token (text and image), bit for bit
+    assert not torch.equal(v_dog[rows][:, :, p_dog], base[rows][:, :, p_dog])
+    uncond = [i for i, c in enumerate(order) if c != 0]
+    assert torch.equal(v_dog[uncond], base[uncond])
+    assert torch.allclose(v_both[:, :, p_dog], v_dog[:, :, p_dog], atol=1e-6, rtol=0)
+    assert torch.allclose(v_both[:, :, p_cat], v_cat[:, :, p_cat], atol=1e-6, rtol=0)
+    assert uncond and not torch.equal(out, _flux_sample(flux.model, flux))
+
+
+def test_flux_strength_zero_runs_the_patch_and_equals_the_base(nodes, flux):
+    a = flux_adapter(flux, "dog", 1)
+    calls = []
+    term = a["adapter"].term
+    a["adapter"].term = lambda name, context: (calls.append(name), term(name, context))[1]
+    _, out = _flux_apply_recorded(nodes, flux, 0.0, adapter_1=a)
+    assert calls and torch.equal(out, _flux_sample(flux.model, flux))
+
+
+def test_flux_bad_width(nodes, flux):
+    from editlab.nodes.common import EditLabInputError
+
+    with pytest.raises(EditLabInputError, match="input 'adapter_1'.*-wide text context"):
+        apply(nodes, flux, prompt=FLUX_PROMPT, adapter_1=flux_adapter(flux, "dog", 1, width=7))

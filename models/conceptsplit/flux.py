@@ -1,0 +1,79 @@
+"""ToVA on Flux: the text stream's value vectors in the double blocks, moved at the bound tokens' positions.
+
+Flux's double blocks give no list-style hook between the text stream's value projection and the joint attention, so
+this is an attention override (``transformer_options["optimized_attention_override"]``, called with the projected
+``q, k, v`` as [B, H, N, D]): in a double block it moves the bound text rows of ``v`` and calls the override that was
+there before it (if any), else the host's attention. A ``post_input`` patch (list-style) records the text length of
+each forward, which tells where the text rows sit in the joint sequence.
+
+The adapter reads the text value vectors themselves (``down``: (rank, hidden)): ``v + up(down(v))``. Flux's value
+projection is square and invertible, so these span the same rank-r updates as a LoRA on the projection's input.
+Layer names: "double.<index>".
+"""
+from __future__ import annotations
+
+import torch
+
+from ..expression.patch import Hook
+from .patch import cond_rows
+from .tova import moved_values
+
+
+def double_block_layers(diffusion_model) -> dict:
+    """{"double.i": block} of a host Flux model (empty for other models)."""
+    return {f"double.{i}": b for i, b in enumerate(getattr(diffusion_model, "double_blocks", None) or [])}
+
+
+def value_width(block) -> int:
+    """Width of a double block's text value vectors (its hidden size)."""
+    return int(block.txt_attn.qkv.weight.shape[0]) // 3
+
+
+class FluxToVAPatch:
+    def __init__(self, bindings: list, blocks: dict, previous=None):
+        self.bindings = list(bindings)
+        self.blocks = dict(blocks)
+        self.previous = previous  # the attention override this one wraps (another pack's), or None
+        self._txt_len = None
+        self.input_hook = Hook(self.post_input, self, report_models=False)
+
+    extra_models = ()
+
+    def __deepcopy__(self, memo):
+        return self  # ModelPatcher.clone deep-copies model_options; the patch is shared, never copied
+
+    def to(self, device_or_dtype):
+        if not isinstance(device_or_dtype, torch.dtype):
+            for b in self.bindings:
+                b.adapter.to(device_or_dtype)
+        return self
+
+    def post_input(self, args: dict) -> dict:
+        self._txt_len = int(args["txt"].shape[1])
+        return args
+
+    def __call__(self, func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
+        if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 3 \
+                and args[2].ndim == 4:
+            args = (args[0], args[1], self.moved(args[2], name, options), *args[3:])
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def moved(self, v: torch.Tensor, name: str, options: dict) -> torch.Tensor:
+        """``v`` [B, H, N, D] with the bound text rows moved; every other row bit-identical."""
+        b, h, n, d = v.shape
+        t = min(self._txt_len, n)
+        start = n - t if getattr(self.blocks[name], "flipped_img_txt", False) else 0
+        for binding in self.bindings:
+            if binding.adapter.has_layer(name) and next(binding.adapter.parameters()).device != v.device:
+                binding.adapter.to(v.device)  # normally done by the host through Hook.to
+        txt = v[:, :, start:start + t].transpose(1, 2).reshape(b, t, h * d)
+        rows = cond_rows(options.get("cond_or_uncond", [0]), b)
+        new = moved_values(txt, self.bindings, name, txt, rows)
+        if new is txt:
+            return v
+        new = new.reshape(b, t, h, d).transpose(1, 2)
+        return torch.cat([v[:, :, :start], new, v[:, :, start + t:]], dim=2)
