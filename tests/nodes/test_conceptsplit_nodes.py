@@ -480,3 +480,15 @@ def test_flux_bad_width(nodes, flux):
 
     with pytest.raises(EditLabInputError, match="input 'adapter_1'.*-wide text context"):
         apply(nodes, flux, prompt=FLUX_PROMPT, adapter_1=flux_adapter(flux, "dog", 1, width=7))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp8_e4m3fn"])
+def test_flux_half_precision_weights(nodes, dtype):
+    models = _tiny(dtype, "flux")
+    a = flux_adapter(models, "dog", 1)
+    zero = apply(nodes, models, 0.0, prompt=FLUX_PROMPT, adapter_1=a)
+    moved = apply(nodes, models, 1.0, prompt=FLUX_PROMPT, adapter_1=a)
+    base = _flux_sample(models.model, models)
+    assert torch.equal(_flux_sample(zero, models), base)
+    out = _flux_sample(moved, models)
+    assert out.isfinite().all() and not torch.equal(out, base)
