@@ -345,4 +345,70 @@ class EditLabAttentionMaps(EditLabNode):
         return io.NodeOutput(latent, images, masks)
 
 
-NODES = [EditLabToVALoader, EditLabToVAApply, EditLabToVATrain, EditLabAttentionMaps]
+class _LODASampler(host.Sampler):
+    """A host sampler running LODA's first steps around the wrapped one (``models/conceptsplit/loda.py``)."""
+
+    def __init__(self, wrapped, concepts: list, n_steps: int, threshold: float, step_size: float):
+        self.wrapped, self.concepts, self.n_steps = wrapped, concepts, n_steps
+        self.threshold, self.step_size = threshold, step_size
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        from ..models.conceptsplit.loda import loda_sample
+        from ..models.expression.train import frozen_for_autograd
+
+        if self.n_steps > len(sigmas) - 1:
+            raise EditLabInputError("loda_steps", f"at most the {len(sigmas) - 1} sampling steps", self.n_steps)
+        layers = named_cross_attention_layers(model_wrap.inner_model.diffusion_model) if self.n_steps else {}
+        if self.n_steps and not layers:
+            raise EditLabInputError("sampler", "sampling an SD1.5, SD2.1 or SDXL model (LODA reads a UNet's "
+                                               "cross-attention maps)")
+        bar = host.progress(max(self.n_steps, 1))
+        try:
+            return loda_sample(self.wrapped, model_wrap, sigmas, extra_args, callback, noise, latent_image,
+                               denoise_mask, disable_pbar, self.concepts, layers, self.n_steps, self.threshold,
+                               self.step_size, frozen=frozen_for_autograd, should_stop=host.check_interrupted,
+                               on_step=lambda i, n: bar.update_absolute(i, n))
+        except ValueError as exc:
+            if isinstance(exc, EditLabInputError):
+                raise
+            raise EditLabInputError("sampler", str(exc)) from None
+
+
+class EditLabLODA(EditLabNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabLODA", display_name="LODA Sampler (ConceptSplit)", category=CAT,
+            description="Wraps a SAMPLER (for SamplerCustom / SamplerCustomAdvanced): before each of the first "
+                        "loda_steps steps the latent moves down the gradient of relu(threshold - harmonic mean of "
+                        "the pairwise KL between the concepts' smoothed cross-attention maps), so the concepts "
+                        "separate; then the wrapped sampler takes the step. 0 steps: the wrapped sampler as it is. "
+                        "SD1.5/SD2.1/SDXL UNets. Attention fixing guidance is not built yet.",
+            inputs=[io.Sampler.Input("sampler", tooltip="The sampler to wrap (KSamplerSelect or any other)."),
+                    io.Clip.Input("clip", tooltip="The text encoder, to find the concepts' token positions."),
+                    io.String.Input("prompt", multiline=True, default="a photo of a dog and a cat",
+                                    tooltip="The positive prompt, exactly as encoded for sampling."),
+                    io.String.Input("concepts", default="dog, cat",
+                                    tooltip="At least two comma-separated words of the prompt to keep apart."),
+                    io.Int.Input("loda_steps", default=10, min=0, max=1000,
+                                 tooltip="Steps with latent optimisation (authors: the first 10 of 50)."),
+                    io.Float.Input("step_size", default=20.0, min=0.0, max=1e6, step=0.5,
+                                   tooltip="Latent step at the first step, decaying as sqrt(linspace(1, 0.5))."),
+                    io.Float.Input("threshold", default=3.0, min=0.0, max=100.0, step=0.1,
+                                   tooltip="The loss stops pushing once the harmonic-mean KL reaches it (authors "
+                                           "3; their command line uses 1).")],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, sampler, clip, prompt, concepts, loda_steps, step_size, threshold) -> io.NodeOutput:
+        _checked_prompt(prompt, "prompt")
+        words = [w.strip() for w in concepts.split(",") if w.strip()]
+        if len(words) < 2 or len(words) > MAX_WORDS or len(concepts) > MAX_PROMPT_CHARS:
+            raise EditLabInputError("concepts", f"2 to {MAX_WORDS} comma-separated words of the prompt", concepts)
+        positions = [_positions(clip, prompt, w, "concepts") for w in words]
+        return io.NodeOutput(_LODASampler(sampler, positions, loda_steps, threshold, step_size))
+
+
+NODES = [EditLabToVALoader, EditLabToVAApply, EditLabToVATrain, EditLabAttentionMaps, EditLabLODA]
