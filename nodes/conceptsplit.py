@@ -348,9 +348,11 @@ class EditLabAttentionMaps(EditLabNode):
 class _LODASampler(host.Sampler):
     """A host sampler running LODA's first steps around the wrapped one (``models/conceptsplit/loda.py``)."""
 
-    def __init__(self, wrapped, concepts: list, n_steps: int, threshold: float, step_size: float):
+    def __init__(self, wrapped, concepts: list, n_steps: int, threshold: float, step_size: float,
+                 afg_strength: float):
         self.wrapped, self.concepts, self.n_steps = wrapped, concepts, n_steps
-        self.threshold, self.step_size = threshold, step_size
+        self.threshold, self.step_size, self.afg_strength = threshold, step_size, afg_strength
+        self.afg_patches = []  # the AFG patch of each run (its per-call attention mass outside the masks)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -367,8 +369,9 @@ class _LODASampler(host.Sampler):
         try:
             return loda_sample(self.wrapped, model_wrap, sigmas, extra_args, callback, noise, latent_image,
                                denoise_mask, disable_pbar, self.concepts, layers, self.n_steps, self.threshold,
-                               self.step_size, frozen=frozen_for_autograd, should_stop=host.check_interrupted,
-                               on_step=lambda i, n: bar.update_absolute(i, n))
+                               self.step_size, self.afg_strength, frozen=frozen_for_autograd,
+                               should_stop=host.check_interrupted, on_step=lambda i, n: bar.update_absolute(i, n),
+                               afg_out=self.afg_patches)
         except ValueError as exc:
             if isinstance(exc, EditLabInputError):
                 raise
@@ -383,8 +386,10 @@ class EditLabLODA(EditLabNode):
             description="Wraps a SAMPLER (for SamplerCustom / SamplerCustomAdvanced): before each of the first "
                         "loda_steps steps the latent moves down the gradient of relu(threshold - harmonic mean of "
                         "the pairwise KL between the concepts' smoothed cross-attention maps), so the concepts "
-                        "separate; then the wrapped sampler takes the step. 0 steps: the wrapped sampler as it is. "
-                        "SD1.5/SD2.1/SDXL UNets. Attention fixing guidance is not built yet.",
+                        "separate; then the wrapped sampler takes the step. For the remaining steps, attention "
+                        "fixing guidance lowers each concept's attention logits outside its mask (its smoothed map "
+                        "at or above the 90th percentile at the last LODA step). 0 steps: the wrapped sampler as it "
+                        "is. SD1.5/SD2.1/SDXL UNets.",
             inputs=[io.Sampler.Input("sampler", tooltip="The sampler to wrap (KSamplerSelect or any other)."),
                     io.Clip.Input("clip", tooltip="The text encoder, to find the concepts' token positions."),
                     io.String.Input("prompt", multiline=True, default="a photo of a dog and a cat",
@@ -397,18 +402,22 @@ class EditLabLODA(EditLabNode):
                                    tooltip="Latent step at the first step, decaying as sqrt(linspace(1, 0.5))."),
                     io.Float.Input("threshold", default=3.0, min=0.0, max=100.0, step=0.1,
                                    tooltip="The loss stops pushing once the harmonic-mean KL reaches it (authors "
-                                           "3; their command line uses 1).")],
+                                           "3; their command line uses 1)."),
+                    io.Float.Input("afg_strength", default=2.0, min=0.0, max=100.0, step=0.1,
+                                   tooltip="How far attention fixing guidance lowers a concept's attention logits "
+                                           "outside its mask after the LODA steps (0: no AFG).")],
             outputs=[io.Sampler.Output()],
         )
 
     @classmethod
-    def execute(cls, sampler, clip, prompt, concepts, loda_steps, step_size, threshold) -> io.NodeOutput:
+    def execute(cls, sampler, clip, prompt, concepts, loda_steps, step_size, threshold,
+                afg_strength=2.0) -> io.NodeOutput:
         _checked_prompt(prompt, "prompt")
         words = [w.strip() for w in concepts.split(",") if w.strip()]
         if len(words) < 2 or len(words) > MAX_WORDS or len(concepts) > MAX_PROMPT_CHARS:
             raise EditLabInputError("concepts", f"2 to {MAX_WORDS} comma-separated words of the prompt", concepts)
         positions = [_positions(clip, prompt, w, "concepts") for w in words]
-        return io.NodeOutput(_LODASampler(sampler, positions, loda_steps, threshold, step_size))
+        return io.NodeOutput(_LODASampler(sampler, positions, loda_steps, threshold, step_size, afg_strength))
 
 
 NODES = [EditLabToVALoader, EditLabToVAApply, EditLabToVATrain, EditLabAttentionMaps, EditLabLODA]

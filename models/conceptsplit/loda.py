@@ -142,10 +142,11 @@ def _scale(model_sampling, sigma, like, max_denoise: bool) -> torch.Tensor:
 
 def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar,
                 concepts: list, layers: dict, n_steps: int, threshold: float = THRESHOLD, scale: float = STEP,
-                frozen=None, should_stop=None, on_step=None):
+                afg_strength: float = 0.0, frozen=None, should_stop=None, on_step=None, afg_out: list | None = None):
     """Run ``wrapped`` (a host sampler) with LODA: before each of the first ``n_steps`` steps the latent moves down
     the gradient of ``loda_loss`` of the concepts' maps, then the wrapped sampler takes that one step; the rest runs
-    in one call. ``n_steps`` = 0 is the wrapped sampler's call as it is."""
+    in one call, with attention fixing guidance (``AFGPatch``, ``afg_strength`` > 0) from the masks of the last
+    LODA step's maps. ``n_steps`` = 0 is the wrapped sampler's call as it is. ``afg_out``: receives the AFG patch."""
     n = min(int(n_steps), len(sigmas) - 1)
     if n == 0:
         return wrapped.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
@@ -158,45 +159,125 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
     total = len(sigmas) - 1
     extra_args = dict(extra_args)
 
-    def chunk(start, stop, x):
+    def chunk(start, stop, x, args=extra_args):
         part = sigmas[start:stop + 1]
         cb = None if callback is None else (lambda i, x0, xi, _t: callback(start + i, x0, xi, total))
         f = _scale(sampling, part[0], x, wrapped.max_denoise(model_wrap, part))
-        out = wrapped.sample(model_wrap, part, extra_args, cb, x / f, torch.zeros_like(x), None, True)
+        out = wrapped.sample(model_wrap, part, args, cb, x / f, torch.zeros_like(x), None, True)
         return out if stop == total else sampling.noise_scaling(part[-1], torch.zeros_like(out), out, False)
 
+    maps = None
     for i in range(n):
         if should_stop is not None:
             should_stop()
-        x = x - sizes[i] * loda_gradient(model_wrap, x, sigmas[i], extra_args, concepts, layers, threshold, frozen)
-        x = chunk(i, i + 1, x)
+        grad, maps = loda_gradient(model_wrap, x, sigmas[i], extra_args, concepts, layers, threshold, frozen)
+        x = chunk(i, i + 1, x - sizes[i] * grad)
         if on_step is not None:
             on_step(i + 1, n)
-    return x if n == total else chunk(n, total, x)
+    if n == total:
+        return x
+    args = extra_args
+    if afg_strength > 0 and maps is not None:
+        afg = AFGPatch(concepts, afg_masks(maps), layers, afg_strength)
+        args = {**extra_args, "model_options": _with_patches(extra_args, afg.input_hook, afg.output_hook)}
+        if afg_out is not None:
+            afg_out.append(afg)
+    return chunk(n, total, x, args)
 
 
-def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold, frozen=None) -> torch.Tensor:
-    """d loda_loss / d x at ``sigma``, through one model call (``frozen(module)``: a context manager that lets
-    gradients flow through the frozen model, e.g. ``frozen_for_autograd``)."""
-    import contextlib
+class AFGPatch:
+    """Attention fixing guidance on a UNet's cross-attention: for each concept, the logits of its tokens at image
+    positions outside its mask are lowered by ``strength``; the layer's output moves by
+    ``to_out(attn_biased - attn)`` (without to_out's bias), on the conditional rows. ``outside`` records, per call,
+    the attention mass the concepts put outside their masks without and with the bias (for inspection)."""
+
+    def __init__(self, concepts: list, masks: torch.Tensor, layers: dict, strength: float):
+        from ..expression.patch import Hook
+
+        self.concepts = [list(p) for p in concepts]
+        self.masks = masks.float()  # (K, H, W) at the latent's size
+        self.layers, self.strength = dict(layers), float(strength)
+        self.outside, self._inputs = [], {}
+        self.input_hook = Hook(self.before, self, report_models=False)
+        self.output_hook = Hook(self.after, self, report_models=False)
+
+    extra_models = ()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        return self
+
+    before = MapTap.before
+    _name = staticmethod(MapTap._name)
+
+    def after(self, out, extra):
+        from .patch import cond_rows
+
+        stashed = self._inputs.pop(self._name(extra), None)
+        shape = extra.get("activations_shape")
+        if stashed is None or shape is None:
+            return out
+        n, context = stashed
+        attn = self.layers[self._name(extra)]
+        rows = cond_rows(extra.get("cond_or_uncond", [0]), n.shape[0])
+        if not rows:
+            return out
+        heads = extra["n_heads"]
+        q, k, v = attn.to_q(n[rows]), attn.to_k(context[rows]), attn.to_v(context[rows])
+        b, npix, inner = q.shape
+        d = inner // heads
+        split = lambda t: t.float().reshape(b, -1, heads, d).transpose(1, 2)
+        logits = split(q) @ split(k).transpose(-1, -2) / d ** 0.5  # (b, heads, N, T)
+        h, w = int(shape[-2]), int(shape[-1])
+        masks = F.interpolate(self.masks[None].to(logits.device), size=(h, w), mode="nearest")[0].reshape(
+            len(self.concepts), -1) > 0.5
+        bias = torch.zeros(npix, logits.shape[-1], device=logits.device)
+        for mask, positions in zip(masks, self.concepts):
+            cols = [p for p in positions if p < logits.shape[-1]]
+            bias[(~mask).nonzero()[:, :1], torch.tensor(cols, device=bias.device)[None]] = -self.strength
+        plain, biased = logits.softmax(-1), (logits + bias).softmax(-1)
+        outside = lambda p: float(sum(p.mean((0, 1))[~m][:, [c for c in cs if c < p.shape[-1]]].sum()
+                                      for m, cs in zip(masks, self.concepts)))
+        self.outside.append((outside(plain), outside(biased)))
+        delta = ((biased - plain) @ split(v)).transpose(1, 2).reshape(b, npix, inner).to(n.dtype)
+        proj = attn.to_out[0]
+        moved = out.clone()
+        moved[rows] = out[rows] + (proj(delta) - proj(delta.new_zeros((1, 1, inner)))).to(out.dtype)
+        return moved
+
+
+def _with_patches(extra_args: dict, input_hook, output_hook) -> dict:
+    """A copy of the sampler's model options with an attn2 patch pair appended (the original is not changed)."""
     import copy
 
-    tap = MapTap(concepts, layers, tuple(x.shape[-2:]))
     options = copy.copy(extra_args.get("model_options", {}))
     to = dict(options.get("transformer_options", {}))
     patches = {k: list(v) for k, v in to.get("patches", {}).items()}
-    patches.setdefault("attn2_patch", []).append(tap.input_hook)
-    patches.setdefault("attn2_output_patch", []).append(tap.output_hook)
+    patches.setdefault("attn2_patch", []).append(input_hook)
+    patches.setdefault("attn2_output_patch", []).append(output_hook)
     to["patches"] = patches
     options["transformer_options"] = to
+    return options
+
+
+def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold, frozen=None):
+    """(d loda_loss / d x at ``sigma``, the concepts' maps (K, H, W)), through one model call (``frozen(module)``: a context manager that lets
+    gradients flow through the frozen model, e.g. ``frozen_for_autograd``)."""
+    import contextlib
+
+    tap = MapTap(concepts, layers, tuple(x.shape[-2:]))
+    options = _with_patches(extra_args, tap.input_hook, tap.output_hook)
     guard = frozen(model_wrap.inner_model.diffusion_model) if frozen else contextlib.nullcontext()
     with torch.inference_mode(False), torch.enable_grad(), guard:
         z = x.detach().clone().requires_grad_(True)
         model_wrap(z, sigma * z.new_ones([z.shape[0]]), model_options=options, seed=extra_args.get("seed"))
         if not tap.collected:
-            return torch.zeros_like(x)
-        loss = loda_loss(tap.maps(), threshold)
+            return torch.zeros_like(x), None
+        maps = tap.maps()
+        loss = loda_loss(maps, threshold)
         if not loss.requires_grad or float(loss.detach()) == 0.0:
-            return torch.zeros_like(x)
+            return torch.zeros_like(x), maps.detach()
         grad, = torch.autograd.grad(loss, z)
-    return grad.detach().clone()
+    return grad.detach().clone(), maps.detach()

@@ -36,7 +36,7 @@ def _conds(models):
 
 def _loda(nodes, models, sampler, n, **over):
     args = dict(sampler=sampler, clip=models.clip, prompt=PROMPT, concepts="dog, cat", loda_steps=n, step_size=20.0,
-                threshold=3.0)
+                threshold=3.0, afg_strength=0.0)
     return nodes.EditLabLODA.execute(**{**args, **over}).result[0]
 
 
@@ -97,6 +97,22 @@ def test_maps_are_further_apart_after_the_loda_steps(nodes, sd15):
         with_loda = kl_at_step_n(_loda(nodes, sd15, plain, n, step_size=2e5), seed)
         without = kl_at_step_n(plain, seed)
         assert with_loda > 1.01 * without, (seed, with_loda, without)
+
+
+def test_afg_lowers_the_attention_mass_outside_each_mask(nodes, sd15):
+    import comfy.samplers
+
+    plain = comfy.samplers.sampler_object("euler")
+    guided = _loda(nodes, sd15, plain, 2, afg_strength=5.0)
+    out = _run(sd15.model, sd15, guided)
+    afg, = guided.afg_patches
+    assert len(afg.outside) >= 2 * 7  # every cross-attention layer of the two remaining steps
+    assert all(biased < plain_mass for plain_mass, biased in afg.outside), afg.outside[:3]
+    assert float(afg.masks.mean()) < 0.5
+    unguided = _run(sd15.model, sd15, _loda(nodes, sd15, plain, 2))
+    assert not torch.equal(out, unguided)
+    zero = _loda(nodes, sd15, plain, 2, afg_strength=0.0)
+    assert torch.equal(_run(sd15.model, sd15, zero), unguided) and not zero.afg_patches
 
 
 def test_bad_input(nodes, sd15):
