@@ -1,4 +1,5 @@
-"""ConceptSplit nodes: token-wise value adapters (ToVA) loaded, applied to a MODEL bound to their tokens, and trained.
+"""ConceptSplit nodes: token-wise value adapters (ToVA) trained, loaded and applied to a MODEL bound to their words'
+tokens; per-word attention maps; the LODA sampler (latent optimisation + attention fixing guidance).
 
 The method lives in ``models/conceptsplit/``; these nodes check inputs, call it, clone, patch, return.
 """
@@ -27,6 +28,8 @@ MAX_PROMPT_CHARS = 4000
 MAX_TRAIN_IMAGES = 1000
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 UNET_FAMILIES = ("sd15", "sd2", "sdxl")
+MAX_WORDS = 16  # Attention Maps' words, LODA's concepts
+LATENT_SCALE = 8  # pixels per latent cell of the SD1.5 / SD2.1 / SDXL VAEs: the heat-maps' size
 
 
 def _checked_prompt(prompt: str, input_name: str) -> str:
@@ -273,10 +276,6 @@ class EditLabToVATrain(EditLabNode):
         saved(lambda p, o: save_tova(adapter, p, stats, overwrite=o), path, "name", overwrite)
         text = json.dumps(stats)
         return io.NodeOutput({"adapter": adapter, "name": os.path.basename(path)}, text, ui=ui.PreviewText(text))
-
-
-MAX_WORDS = 16
-LATENT_SCALE = 8  # pixels per latent cell of the SD1.5 / SD2.1 / SDXL VAEs: the heat-maps' size
 
 
 class EditLabAttentionMaps(EditLabNode):

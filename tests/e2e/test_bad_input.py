@@ -171,6 +171,13 @@ def tova_apply(adapter_name, **over):
             "9": N("EditLabToVAApply", **inputs)}
 
 
+def loda(**over):
+    inputs = dict(sampler=["2", 0], clip=["1", 1], prompt="a photo of a dog and a cat", concepts="dog, cat",
+                  loda_steps=2, step_size=20.0, threshold=3.0, afg_strength=2.0)
+    inputs.update(over)
+    return {"1": tiny("sd15"), "2": N("KSamplerSelect", sampler_name="euler"), "9": N("EditLabLODA", **inputs)}
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -275,6 +282,9 @@ CASES = {
     "tova apply adapter for another family": Case(tova_apply(f"{TOKEN}_sdxl.safetensors"), "adapter_1",
                                                   "family (sd15)"),
     "tova apply strength NaN": Case(tova_apply(f"{TOKEN}_sdxl.safetensors", strength=NAN), "strength", "finite"),
+    "loda a single concept": Case(loda(concepts="dog"), "concepts", "2 to 16"),
+    "loda concept not in the prompt": Case(loda(concepts="dog, horse"), "concepts", "is not a word of the prompt"),
+    "loda step_size NaN": Case(loda(step_size=NAN), "step_size", "finite"),
     "tova loader missing metadata": Case({"9": N("EditLabToVALoader", adapter_name=f"{TOKEN}_nometa.safetensors")},
                                          "adapter_name", "lacks the ToVA metadata"),
     "sae loader 1-D tensors": Case({"9": N("EditLabSAELoader", sae_name=f"{TOKEN}_1d.safetensors")}, "sae_name",
