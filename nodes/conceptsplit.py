@@ -360,9 +360,12 @@ class _LODASampler(host.Sampler):
 
         if self.n_steps > len(sigmas) - 1:
             raise EditLabInputError("loda_steps", f"at most the {len(sigmas) - 1} sampling steps", self.n_steps)
-        layers = named_cross_attention_layers(model_wrap.inner_model.diffusion_model) if self.n_steps else {}
+        net = model_wrap.inner_model.diffusion_model
+        layers = {}
+        if self.n_steps:
+            layers = named_cross_attention_layers(net) if hasattr(net, "input_blocks") else double_block_layers(net)
         if self.n_steps and not layers:
-            raise EditLabInputError("sampler", "sampling an SD1.5, SD2.1 or SDXL model (LODA reads a UNet's "
+            raise EditLabInputError("sampler", "sampling an SD1.5, SD2.1, SDXL or Flux model (LODA reads its "
                                                "cross-attention maps)")
         bar = host.progress(max(self.n_steps, 1))
         try:
@@ -388,7 +391,8 @@ class EditLabLODA(EditLabNode):
                         "separate; then the wrapped sampler takes the step. For the remaining steps, attention "
                         "fixing guidance lowers each concept's attention logits outside its mask (its smoothed map "
                         "at or above the 90th percentile at the last LODA step). 0 steps: the wrapped sampler as it "
-                        "is. SD1.5/SD2.1/SDXL UNets.",
+                        "is. SD1.5/SD2.1/SDXL UNets; Flux (maps from the double blocks' joint attention) without AFG "
+                        "so far.",
             inputs=[io.Sampler.Input("sampler", tooltip="The sampler to wrap (KSamplerSelect or any other)."),
                     io.Clip.Input("clip", tooltip="The text encoder, to find the concepts' token positions."),
                     io.String.Input("prompt", multiline=True, default="a photo of a dog and a cat",

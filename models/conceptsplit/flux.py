@@ -77,3 +77,66 @@ class FluxToVAPatch:
             return v
         new = new.reshape(b, t, h, d).transpose(1, 2)
         return torch.cat([v[:, :, :start], new, v[:, :, start + t:]], dim=2)
+
+
+class FluxMapTap:
+    """Attention override (chained to ``previous``) recording, in each double block, each concept's map: the
+    attention probability image queries put on the concept's text tokens (softmax over all keys, averaged over
+    heads, conditional rows), on the image token grid ``grid`` and resized to ``size``; kept with its gradient."""
+
+    def __init__(self, concepts: list, blocks: dict, size: tuple[int, int], grid: tuple[int, int], previous=None,
+                 when=None):
+        self.concepts = [list(p) for p in concepts]
+        self.blocks, self.size, self.grid, self.previous = dict(blocks), tuple(size), tuple(grid), previous
+        self.when = when  # optional filter on the transformer options (e.g. one sigma)
+        self._txt_len = None
+        self.collected = []
+        self.input_hook = Hook(self.post_input, self, report_models=False)
+
+    extra_models = ()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        return self
+
+    def post_input(self, args: dict) -> dict:
+        self._txt_len = int(args["txt"].shape[1])
+        return args
+
+    def __call__(self, func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
+        if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 2 \
+                and args[0].ndim == 4 and (self.when is None or self.when(options)):
+            self.record(args[0], args[1], name, options)
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def record(self, q, k, name, options):
+        import torch.nn.functional as F
+
+        b, h, n, d = q.shape
+        t = min(self._txt_len, n)
+        flipped = getattr(self.blocks[name], "flipped_img_txt", False)
+        txt_start, img_start = (n - t, 0) if flipped else (0, t)
+        cells = self.grid[0] * self.grid[1]
+        rows = cond_rows(options.get("cond_or_uncond", [0]), b)
+        if not rows or n - t < cells:
+            return
+        img_q = q[rows][:, :, img_start:img_start + cells].float()
+        probs = (img_q @ k[rows].float().transpose(-1, -2) / d ** 0.5).softmax(-1).mean(1)  # (b, cells, n)
+        maps = torch.stack([probs[:, :, [txt_start + p for p in ps if p < t]].sum(-1).mean(0).reshape(self.grid)
+                            for ps in self.concepts])
+        self.collected.append(F.interpolate(maps[None], size=self.size, mode="bilinear", align_corners=False)[0])
+
+    def maps(self) -> torch.Tensor:
+        return torch.stack(self.collected).mean(0)
+
+
+def image_grid(diffusion_model, size: tuple[int, int]) -> tuple[int, int]:
+    """The image token grid of a latent of ``size`` (H, W): the latent in patches (padded up)."""
+    p = int(getattr(diffusion_model, "patch_size", 2))
+    return (-(-size[0] // p), -(-size[1] // p))

@@ -177,7 +177,7 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
     if n == total:
         return x
     args = extra_args
-    if afg_strength > 0 and maps is not None:
+    if afg_strength > 0 and maps is not None and not is_flux(layers):  # AFG: UNets only so far
         afg = AFGPatch(concepts, afg_masks(maps), layers, afg_strength)
         args = {**extra_args, "model_options": _with_patches(extra_args, afg.input_hook, afg.output_hook)}
         if afg_out is not None:
@@ -262,15 +262,41 @@ def _with_patches(extra_args: dict, input_hook, output_hook) -> dict:
     return options
 
 
+def is_flux(layers: dict) -> bool:
+    return bool(layers) and all(name.startswith("double.") for name in layers)
+
+
+def _tap(model_wrap, extra_args, concepts, layers, size):
+    """A map recorder for one model call, and the model options that carry it: attn2 patches on a UNet; on Flux an
+    attention override (chained to the one set before) and a post_input patch."""
+    if not is_flux(layers):
+        tap = MapTap(concepts, layers, size)
+        return tap, _with_patches(extra_args, tap.input_hook, tap.output_hook)
+    import copy
+
+    from .flux import FluxMapTap, image_grid
+
+    options = copy.copy(extra_args.get("model_options", {}))
+    to = dict(options.get("transformer_options", {}))
+    tap = FluxMapTap(concepts, layers, size, image_grid(model_wrap.inner_model.diffusion_model, size),
+                     previous=to.get("optimized_attention_override"))
+    patches = {k: list(v) for k, v in to.get("patches", {}).items()}
+    patches.setdefault("post_input", []).append(tap.input_hook)
+    to["patches"], to["optimized_attention_override"] = patches, tap
+    options["transformer_options"] = to
+    return tap, options
+
+
 def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold, frozen=None):
     """(d loda_loss / d x at ``sigma``, the concepts' maps (K, H, W)), through one model call (``frozen(module)``: a context manager that lets
     gradients flow through the frozen model, e.g. ``frozen_for_autograd``)."""
     import contextlib
 
-    tap = MapTap(concepts, layers, tuple(x.shape[-2:]))
-    options = _with_patches(extra_args, tap.input_hook, tap.output_hook)
+    tap, options = _tap(model_wrap, extra_args, concepts, layers, tuple(x.shape[-2:]))
     guard = frozen(model_wrap.inner_model.diffusion_model) if frozen else contextlib.nullcontext()
-    with torch.inference_mode(False), torch.enable_grad(), guard:
+    # Flux's blocks update their streams in place (img += ...): saved tensors are copied when mutated.
+    mutation = torch.autograd.graph.allow_mutation_on_saved_tensors() if is_flux(layers) else contextlib.nullcontext()
+    with torch.inference_mode(False), torch.enable_grad(), guard, mutation:
         z = x.detach().clone().requires_grad_(True)
         model_wrap(z, sigma * z.new_ones([z.shape[0]]), model_options=options, seed=extra_args.get("seed"))
         if not tap.collected:

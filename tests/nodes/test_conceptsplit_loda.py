@@ -127,3 +127,66 @@ def test_bad_input(nodes, sd15):
         _loda(nodes, sd15, plain, 2, concepts="dog, horse")
     with pytest.raises(EditLabInputError, match="input 'loda_steps'.*at most the 4"):
         _run(sd15.model, sd15, _loda(nodes, sd15, plain, 5))
+
+
+# -- Flux: maps from the double blocks' joint attention --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def flux(comfy_host):
+    from editlab.models.tiny import build_tiny_models
+
+    with torch.inference_mode():
+        return build_tiny_models("flux", 0)
+
+
+def _flux_run(model, models, sampler, seed=0, steps=4, cfg=2.0):
+    import comfy.sample
+    import comfy.samplers
+
+    latent = torch.zeros(1, 16, 8, 8)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps)
+    return comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, seed), cfg, sampler, sigmas,
+                                      *_conds(models), latent, disable_pbar=True, seed=seed)
+
+
+def test_flux_zero_steps_is_the_wrapped_sampler_and_steps_run(nodes, flux):
+    import comfy.samplers
+
+    for name in ("euler", "dpmpp_2m"):
+        plain = comfy.samplers.sampler_object(name)
+        base = _flux_run(flux.model, flux, plain)
+        assert torch.equal(_flux_run(flux.model, flux, _loda(nodes, flux, plain, 0)), base)
+        out = _flux_run(flux.model, flux, _loda(nodes, flux, plain, 2, step_size=2e5))
+        assert out.isfinite().all() and not torch.equal(out, base)
+
+
+def test_flux_maps_are_further_apart_after_the_loda_steps(nodes, flux):
+    import comfy.samplers
+
+    from editlab.models.conceptsplit.flux import FluxMapTap, double_block_layers, image_grid
+    from editlab.models.conceptsplit.loda import gaussian_smooth, harmonic_mean_kl
+    from editlab.models.saedit.tokens import prompt_tokens, word_positions
+
+    net = flux.model.model.diffusion_model
+    blocks = double_block_layers(net)
+    encoded = prompt_tokens(flux.clip, PROMPT)
+    concepts = [word_positions(flux.clip, encoded, w) for w in ("dog", "cat")]
+    sigmas = comfy.samplers.calculate_sigmas(flux.model.get_model_object("model_sampling"), "simple", 4)
+    n = 2
+
+    def kl_at_step_n(sampler, seed):
+        at_n = lambda options: abs(float(options["sigmas"].reshape(-1)[0]) - float(sigmas[n])) < 1e-6
+        tap = FluxMapTap(concepts, blocks, (8, 8), image_grid(net, (8, 8)), when=at_n)
+        m = flux.model.clone()
+        m.model_options["transformer_options"]["optimized_attention_override"] = tap
+        m.set_model_post_input_patch(tap.input_hook)
+        with torch.no_grad():
+            _flux_run(m, flux, sampler, seed)
+        assert tap.collected
+        return float(harmonic_mean_kl(gaussian_smooth(tap.maps())))
+
+    plain = comfy.samplers.sampler_object("euler")
+    for seed in range(5):
+        with_loda = kl_at_step_n(_loda(nodes, flux, plain, n, step_size=2e5), seed)
+        without = kl_at_step_n(plain, seed)
+        assert with_loda > without, (seed, with_loda, without)
