@@ -29,7 +29,7 @@ MAX_TRAIN_IMAGES = 1000
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 UNET_FAMILIES = ("sd15", "sd2", "sdxl")
 MAX_WORDS = 16  # Attention Maps' words, LODA's concepts
-LATENT_SCALE = 8  # pixels per latent cell of the SD1.5 / SD2.1 / SDXL VAEs: the heat-maps' size
+LATENT_SCALE = 8  # pixels per latent cell of the SD1.5 / SD2.1 / SDXL / Flux VAEs: the heat-maps' size
 
 
 def _checked_prompt(prompt: str, input_name: str) -> str:
@@ -284,12 +284,13 @@ class EditLabAttentionMaps(EditLabNode):
         return io.Schema(
             node_id="EditLabAttentionMaps", display_name="Attention Maps (per word)", category=CAT,
             description="Samples like KSampler (same result) while recording, at every cross-attention layer of an "
-                        "SD1.5/SD2.1/SDXL UNet, how much attention each image position pays to each chosen word's "
-                        "tokens (softmax over the text keys, averaged over heads, layers and the chosen steps, "
+                        "SD1.5/SD2.1/SDXL UNet (or double block of a Flux model), how much attention each image "
+                        "position pays to each chosen word's tokens (softmax over the text keys; on Flux over all "
+                        "keys of the joint attention; averaged over heads, layers and the chosen steps, "
                         "conditional branch only). Returns the latent, one heat-map IMAGE per word (each scaled to "
                         "its own maximum) and the same maps as MASKs, at the decoded image's size.",
             inputs=[
-                io.Model.Input("model", tooltip="An SD1.5, SD2.1 or SDXL model (ToVA-patched or not)."),
+                io.Model.Input("model", tooltip="An SD1.5, SD2.1, SDXL or Flux model (ToVA-patched or not)."),
                 io.Clip.Input("clip", tooltip="Its text encoder, to find the words' token positions."),
                 io.Conditioning.Input("positive", tooltip="The positive conditioning, encoded from the prompt."),
                 io.Conditioning.Input("negative", tooltip="The negative conditioning."),
@@ -324,22 +325,40 @@ class EditLabAttentionMaps(EditLabNode):
         end_step = min(end_step, steps)
         if start_step >= end_step:
             raise EditLabInputError("start_step", f"a step before end_step and steps ({end_step})", start_step)
-        layers = _unet_layers(model)
+        family, layers, _ = _tova_layers(model)
         positions = {w: _positions(clip, prompt, w, "words") for w in chosen}
         samples = latent_image["samples"]
         if samples.ndim != 4:
             raise EditLabInputError("latent_image", "an image latent (B, C, H, W)", tuple(samples.shape))
         sigmas = host.sampling_sigmas(model, steps, sampler_name, scheduler)
-        window = (float(sigmas[end_step - 1]), float(sigmas[start_step]))
-        recorder = AttentionMapRecorder(positions, layers, tuple(samples.shape[-2:]), window)
+        lo, hi = float(sigmas[end_step - 1]), float(sigmas[start_step])
+        latent_size = tuple(samples.shape[-2:])
         m = model.clone()
-        m.set_model_attn2_patch(recorder.input_hook)
-        m.set_model_attn2_output_patch(recorder.output_hook)
+        if family == "flux":
+            from ..models.conceptsplit.flux import FluxMapTap, image_grid
+
+            def in_window(options):
+                sig = options.get("sigmas")
+                return sig is None or lo - 1e-6 <= float(sig.reshape(-1)[0]) <= hi + 1e-6
+
+            tap = FluxMapTap(list(positions.values()), layers, latent_size,
+                             image_grid(m.get_model_object("diffusion_model"), latent_size),
+                             previous=host.attention_override(m), when=in_window)
+            host.set_attention_override(m, tap)
+            m.set_model_post_input_patch(tap.input_hook)
+        else:
+            recorder = AttentionMapRecorder(positions, layers, latent_size, (lo, hi))
+            m.set_model_attn2_patch(recorder.input_hook)
+            m.set_model_attn2_output_patch(recorder.output_hook)
         latent = host.ksample(m, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image)
+        if family == "flux":
+            maps = list(tap.maps()) if tap.collected else [torch.zeros(latent_size) for _ in positions]
+        else:
+            maps = list(recorder.maps().values())
         size = (samples.shape[-2] * LATENT_SCALE, samples.shape[-1] * LATENT_SCALE)
-        masks = torch.stack([normalised(torch.nn.functional.interpolate(v[None, None], size=size, mode="bilinear",
-                                                                        align_corners=False)[0, 0].clamp(min=0))
-                             for v in recorder.maps().values()])
+        masks = torch.stack([normalised(torch.nn.functional.interpolate(v[None, None].float().cpu(), size=size,
+                                                                        mode="bilinear", align_corners=False)[0, 0]
+                                        .clamp(min=0)) for v in maps])
         images = torch.stack([heatmap(v) for v in masks])
         return io.NodeOutput(latent, images, masks)
 

@@ -492,3 +492,19 @@ def test_flux_half_precision_weights(nodes, dtype):
     assert torch.equal(_flux_sample(zero, models), base)
     out = _flux_sample(moved, models)
     assert out.isfinite().all() and not torch.equal(out, base)
+
+
+def test_attention_maps_node_on_flux(nodes, flux):
+    import comfy.sample
+
+    pos, neg = _conds(flux, FLUX_PROMPT)
+    latent0 = torch.zeros(1, 16, 8, 8)
+    latent, images, masks = nodes.EditLabAttentionMaps.execute(
+        model=flux.model, clip=flux.clip, positive=pos, negative=neg, latent_image={"samples": latent0},
+        prompt=FLUX_PROMPT, words="dog, cat", seed=3, steps=3, cfg=2.0, sampler_name="euler", scheduler="simple",
+        start_step=0, end_step=10000).result
+    plain = comfy.sample.sample(flux.model, comfy.sample.prepare_noise(latent0, 3), 3, 2.0, "euler", "simple", pos,
+                                neg, latent0, disable_pbar=True)
+    assert torch.equal(latent["samples"], plain), "recording must not change sampling"
+    assert images.shape == (2, 64, 64, 3) and masks.shape == (2, 64, 64)
+    assert torch.allclose(masks.amax((1, 2)), torch.ones(2)) and not torch.equal(masks[0], masks[1])
