@@ -410,8 +410,7 @@ class EditLabLODA(EditLabNode):
                         "separate; then the wrapped sampler takes the step. For the remaining steps, attention "
                         "fixing guidance lowers each concept's attention logits outside its mask (its smoothed map "
                         "at or above the 90th percentile at the last LODA step). 0 steps: the wrapped sampler as it "
-                        "is. SD1.5/SD2.1/SDXL UNets; Flux (maps from the double blocks' joint attention) without AFG "
-                        "so far.",
+                        "is. SD1.5/SD2.1/SDXL UNets and Flux (maps from the double blocks' joint attention).",
             inputs=[io.Sampler.Input("sampler", tooltip="The sampler to wrap (KSamplerSelect or any other)."),
                     io.Clip.Input("clip", tooltip="The text encoder, to find the concepts' token positions."),
                     io.String.Input("prompt", multiline=True, default="a photo of a dog and a cat",

@@ -140,3 +140,84 @@ def image_grid(diffusion_model, size: tuple[int, int]) -> tuple[int, int]:
     """The image token grid of a latent of ``size`` (H, W): the latent in patches (padded up)."""
     p = int(getattr(diffusion_model, "patch_size", 2))
     return (-(-size[0] // p), -(-size[1] // p))
+
+
+INSPECTED_CALLS = 8  # FluxAFG.outside: the first calls only
+
+
+class FluxAFG:
+    """Attention fixing guidance on Flux (an attention override chained to ``previous``): in each double block, the
+    logits from image queries outside a concept's mask to that concept's text tokens are lowered by ``strength``,
+    through an additive attention mask on the conditional rows. ``outside`` records, per call, the attention mass the
+    concepts put outside their masks without and with the bias (for inspection; the first few calls).
+    Assumes Flux's order in the joint sequence (text first) when it measures; the bias itself follows the block."""
+
+    def __init__(self, concepts: list, masks: torch.Tensor, blocks: dict, strength: float, grid: tuple[int, int],
+                 previous=None):
+        self.concepts = [list(p) for p in concepts]
+        self.masks, self.blocks, self.strength = masks.float(), dict(blocks), float(strength)
+        self.grid, self.previous = tuple(grid), previous
+        self._txt_len = None
+        self.outside = []
+        self.input_hook = Hook(self.post_input, self, report_models=False)
+
+    extra_models = ()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        return self
+
+    post_input = FluxMapTap.post_input
+
+    def __call__(self, func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
+        if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 2 \
+                and args[0].ndim == 4:
+            bias = self.bias(args[0], name, options)
+            if bias is not None:
+                if len(self.outside) < INSPECTED_CALLS:  # two more attention-sized products: a few calls only
+                    self.outside.append(record_outside_mass(self, args[0], args[1], bias, name, options))
+                old = kwargs.get("mask")
+                kwargs = {**kwargs, "mask": bias if old is None else old + bias}
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def bias(self, q, name, options):
+        import torch.nn.functional as F
+
+        b, h, n, d = q.shape
+        t = min(self._txt_len, n)
+        flipped = getattr(self.blocks[name], "flipped_img_txt", False)
+        txt_start, img_start = (n - t, 0) if flipped else (0, t)
+        cells = self.grid[0] * self.grid[1]
+        rows = cond_rows(options.get("cond_or_uncond", [0]), b)
+        if not rows or n - t < cells:
+            return None
+        masks = F.interpolate(self.masks[None].to(q.device), size=self.grid, mode="nearest")[0].reshape(
+            len(self.concepts), -1) > 0.5
+        bias = torch.zeros(b, 1, n, n, device=q.device, dtype=q.dtype)
+        for mask, positions in zip(masks, self.concepts):
+            qs = img_start + (~mask).nonzero()[:, 0]
+            cols = torch.tensor([txt_start + p for p in positions if p < t], device=q.device, dtype=torch.long)
+            for r in rows:
+                bias[r, 0, qs[:, None], cols[None]] = -self.strength
+        return bias
+
+
+def record_outside_mass(afg: FluxAFG, q, k, bias, name, options) -> tuple[float, float]:
+    """The attention mass the concepts put outside their masks, without and with ``bias`` (for tests)."""
+    d = q.shape[-1]
+    logits = q.float() @ k.float().transpose(-1, -2) / d ** 0.5
+    t = afg._txt_len
+    img = slice(t, t + afg.grid[0] * afg.grid[1])
+    out = []
+    for extra in (0.0, bias.float()):
+        p = (logits + extra).softmax(-1).mean(1)[:, img]
+        masks = torch.nn.functional.interpolate(afg.masks[None], size=afg.grid, mode="nearest")[0].reshape(
+            len(afg.concepts), -1) > 0.5
+        out.append(float(sum(p[:, ~m][:, :, cs].sum() for m, cs in zip(masks, afg.concepts))))
+    return out[0], out[1]

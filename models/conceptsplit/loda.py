@@ -177,9 +177,26 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
     if n == total:
         return x
     args = extra_args
-    if afg_strength > 0 and maps is not None and not is_flux(layers):  # AFG: UNets only so far
-        afg = AFGPatch(concepts, afg_masks(maps), layers, afg_strength)
-        args = {**extra_args, "model_options": _with_patches(extra_args, afg.input_hook, afg.output_hook)}
+    if afg_strength > 0 and maps is not None:
+        if is_flux(layers):
+            import copy
+
+            from .flux import FluxAFG, image_grid
+
+            options = copy.copy(extra_args.get("model_options", {}))
+            to = dict(options.get("transformer_options", {}))
+            size = tuple(x.shape[-2:])
+            afg = FluxAFG(concepts, afg_masks(maps), layers, afg_strength,
+                          image_grid(model_wrap.inner_model.diffusion_model, size),
+                          previous=to.get("optimized_attention_override"))
+            patches = {k: list(v) for k, v in to.get("patches", {}).items()}
+            patches.setdefault("post_input", []).append(afg.input_hook)
+            to["patches"], to["optimized_attention_override"] = patches, afg
+            options["transformer_options"] = to
+            args = {**extra_args, "model_options": options}
+        else:
+            afg = AFGPatch(concepts, afg_masks(maps), layers, afg_strength)
+            args = {**extra_args, "model_options": _with_patches(extra_args, afg.input_hook, afg.output_hook)}
         if afg_out is not None:
             afg_out.append(afg)
     return chunk(n, total, x, args)

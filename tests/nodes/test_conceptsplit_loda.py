@@ -190,3 +190,15 @@ def test_flux_maps_are_further_apart_after_the_loda_steps(nodes, flux):
         with_loda = kl_at_step_n(_loda(nodes, flux, plain, n, step_size=2e5), seed)
         without = kl_at_step_n(plain, seed)
         assert with_loda > without, (seed, with_loda, without)
+
+
+def test_flux_afg_lowers_the_attention_mass_outside_each_mask(nodes, flux):
+    import comfy.samplers
+
+    plain = comfy.samplers.sampler_object("euler")
+    guided = _loda(nodes, flux, plain, 2, step_size=2e5, afg_strength=5.0)
+    out = _flux_run(flux.model, flux, guided)
+    afg, = guided.afg_patches
+    assert afg.outside and all(biased < plain_mass for plain_mass, biased in afg.outside), afg.outside[:3]
+    unguided = _flux_run(flux.model, flux, _loda(nodes, flux, plain, 2, step_size=2e5))
+    assert out.isfinite().all() and not torch.equal(out, unguided)
