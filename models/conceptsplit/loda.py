@@ -7,7 +7,7 @@ the latent moves by ``z <- z - step * grad`` with ``step = 20 * sqrt(linspace(1,
 fixing guidance (AFG) keeps each concept inside its mask: the smoothed map at or above its 90th percentile.
 The sampler (``loda_sample``) wraps any host sampler: each LODA step is one gradient step on the latent and one
 step of the wrapped sampler over ``sigmas[i:i+2]`` (multistep samplers restart their history there); the remaining
-steps run in one call of the wrapped sampler. AFG is not built yet (``afg_masks`` gives its masks).
+steps run in one call of the wrapped sampler with AFG (``AFGPatch`` on UNets, ``flux.FluxAFG`` on Flux).
 """
 from __future__ import annotations
 
