@@ -4,7 +4,8 @@ Authors' recipe: the concepts' cross-attention maps (K maps of H x W, taken at t
 Gaussian-smoothed (kernel 7, sigma 1) and normalised to distributions over the pixels; the loss is
 ``relu(t - harmonic mean of KL(A_i || A_j) over ordered pairs i != j)`` with t = 3, and for the first N of the steps
 the latent moves by ``z <- z - step * grad`` with ``step = 20 * sqrt(linspace(1, 0.5, N))``. After that, attention
-fixing guidance (AFG) keeps each concept inside its mask: the smoothed map at or above its 90th percentile.
+fixing guidance (AFG) keeps each concept inside its mask: the smoothed map at or above its 90th percentile. Here the
+maps are averaged over all cross-attention layers (UNet) or double blocks (Flux), resized to the latent.
 The sampler (``loda_sample``) wraps any host sampler: each LODA step is one gradient step on the latent and one
 step of the wrapped sampler over ``sigmas[i:i+2]`` (multistep samplers restart their history there); the remaining
 steps run in one call of the wrapped sampler with AFG (``AFGPatch`` on UNets, ``flux.FluxAFG`` on Flux).
