@@ -508,3 +508,16 @@ def test_attention_maps_node_on_flux(nodes, flux):
     assert torch.equal(latent["samples"], plain), "recording must not change sampling"
     assert images.shape == (2, 64, 64, 3) and masks.shape == (2, 64, 64)
     assert torch.allclose(masks.amax((1, 2)), torch.ones(2)) and not torch.equal(masks[0], masks[1])
+
+
+def test_training_on_sdxl_runs_and_leaves_the_model_unchanged(nodes, concept_folder):
+    import json
+
+    models = _tiny(arch="sdxl")
+    params = {k: v.clone() for k, v in models.model.model.state_dict().items()}
+    adapter, text = _train(nodes, models, concept_folder, "sdxl_cat", steps=3, rank=2)
+    stats = json.loads(text)
+    assert stats["steps"] == 3 and all(map(lambda v: v == v, (stats["loss_before"], stats["loss_after"])))
+    assert all(torch.equal(params[k], v) for k, v in models.model.model.state_dict().items())
+    loaded, = nodes.EditLabToVALoader.execute(adapter_name="sdxl_cat.safetensors").result
+    assert (loaded["adapter"].family, loaded["adapter"].context_dim) == ("sdxl", 64)
