@@ -5,11 +5,13 @@ directly; ``models/`` otherwise never imports the host.
 
 The APIs, grouped as the README's "host APIs" line lists them:
 - ``folder_paths``: model folders (register, list, resolve), the input folder;
+- ``comfy.supported_models``: which model family a MODEL is;
 - ``comfy.model_management``: compute device, ``load_models_gpu``, interruption;
 - ``comfy.utils.ProgressBar``;
 - ``comfy.model_patcher.ModelPatcher`` (wrapping an adapter so memory management counts and moves it);
 - ``comfy.hooks`` + ``comfy.patcher_extension.WrappersMP``: an apply-model wrapper carried by one conditioning;
 - ``comfy.samplers.Sampler`` / ``comfy.sample.sample_custom``: a custom sampler run inside the host's guider;
+  ``comfy.sample.sample``: a KSampler run (``ksample``), its sampler and scheduler names and sigmas;
 - ``node_helpers.conditioning_set_values``.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ import comfy.model_management
 import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
+import comfy.supported_models
 import comfy.utils
 import folder_paths
 import node_helpers
@@ -58,6 +61,32 @@ def input_directory() -> str:
 def mediapipe_dirs() -> list[str]:
     """Where MediaPipe's .task files are looked for first: ComfyUI's models/mediapipe/ (and extra paths)."""
     return model_dirs(model_folder(MEDIAPIPE_FOLDER, {".task"}))
+
+
+_FAMILIES = ((comfy.supported_models.SDXLRefiner, "sdxl_refiner"), (comfy.supported_models.SDXL, "sdxl"),
+             (comfy.supported_models.SD20, "sd2"), (comfy.supported_models.SD15, "sd15"),
+             (comfy.supported_models.Flux, "flux"))
+
+
+def model_family(model) -> str:
+    """The family of a MODEL: "sd15", "sd2", "sdxl", "sdxl_refiner", "flux", else its config class in lower case."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    for cls, name in _FAMILIES:
+        if isinstance(config, cls):
+            return name
+    return type(config).__name__.lower()
+
+
+def attention_override(model):
+    """The attention override a MODEL's options carry (``transformer_options["optimized_attention_override"]``,
+    one slot), or None."""
+    return model.model_options.get("transformer_options", {}).get("optimized_attention_override")
+
+
+def set_attention_override(model, override) -> None:
+    """Set the attention override on ``model`` (a clone: its model_options are its own). ``override`` must call the
+    one it replaces (``attention_override`` read before) so that both act."""
+    model.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
 
 
 # -- execution -----------------------------------------------------------------------------------------------------
@@ -107,6 +136,28 @@ def conditioning_set_values(conditioning, values: dict, append: bool = False):
 
 
 Sampler = comfy.samplers.Sampler  # base of a custom sampler that sample_custom runs inside the host's guider
+
+
+SAMPLER_NAMES = comfy.samplers.KSampler.SAMPLERS
+SCHEDULER_NAMES = comfy.samplers.KSampler.SCHEDULERS
+
+
+def sampling_sigmas(model, steps: int, sampler_name: str, scheduler: str):
+    """The sigmas a KSampler run with these settings steps through (steps + 1 values)."""
+    return comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                   scheduler=scheduler, model_options=model.model_options).sigmas
+
+
+def ksample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
+            latent: dict, denoise: float = 1.0) -> dict:
+    """KSampler's sampling (the same noise, the same result), with the host's progress bar; a new LATENT dict."""
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    bar = comfy.utils.ProgressBar(steps)
+    out = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
+                              denoise=denoise, noise_mask=latent.get("noise_mask"), seed=seed, disable_pbar=True,
+                              callback=lambda step, x0, x, total: bar.update_absolute(step + 1, total))
+    return {**latent, "samples": out}
 
 
 def sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent):

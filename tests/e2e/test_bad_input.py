@@ -22,7 +22,7 @@ from editlab.client.api import PromptFailed, text_outputs
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = f"badinput{uuid.uuid4().hex[:8]}"
-MODEL_FOLDERS = ("sae", "sae_directions", "expression_adapters")
+MODEL_FOLDERS = ("sae", "sae_directions", "expression_adapters", "tova")
 SECRET = "SECRET-FIRST-LINE-of-a-file-outside-the-input-folder"
 NAN = float("nan")
 
@@ -157,6 +157,27 @@ def train_adapter(**over):
     return {"1": tiny("sd15"), "9": N("EditLabTrainExpressionAdapter", **inputs)}
 
 
+def tova_train(**over):
+    inputs = dict(model=["1", 0], clip=["1", 1], vae=["1", 2], folder=f"{TOKEN}_faces", prompt="a photo of a face",
+                  word="face", resolution=64, rank=2, steps=1, lr=1e-3, batch_size=1, seed=0, name=f"{TOKEN}_never")
+    inputs.update(over)
+    return {"1": tiny("sd15"), "9": N("EditLabToVATrain", **inputs)}
+
+
+def tova_apply(adapter_name, **over):
+    inputs = dict(model=["1", 0], clip=["1", 1], prompt="a photo of sks dog", strength=1.0, adapter_1=["2", 0])
+    inputs.update(over)
+    return {"1": tiny("sd15"), "2": N("EditLabToVALoader", adapter_name=adapter_name),
+            "9": N("EditLabToVAApply", **inputs)}
+
+
+def loda(**over):
+    inputs = dict(sampler=["2", 0], clip=["1", 1], prompt="a photo of a dog and a cat", concepts="dog, cat",
+                  loda_steps=2, step_size=20.0, threshold=3.0, afg_strength=2.0)
+    inputs.update(over)
+    return {"1": tiny("sd15"), "2": N("KSamplerSelect", sampler_name="euler"), "9": N("EditLabLODA", **inputs)}
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -255,6 +276,17 @@ CASES = {
                                                  feather=8, keep_face=True, keep_hands=True)}, "category",
                                          "one of upper"),
     # -- raw exceptions that leaked ----------------------------------------------------------------------------
+    "tova train word not in the prompt": Case(tova_train(word="dog"), "word", "is not a word of the prompt"),
+    "tova train lr NaN": Case(tova_train(lr=NAN), "lr", "finite"),
+    "tova train folder ../": Case(tova_train(folder=".."), "folder", "inside"),
+    "tova apply adapter for another family": Case(tova_apply(f"{TOKEN}_sdxl.safetensors"), "adapter_1",
+                                                  "family (sd15)"),
+    "tova apply strength NaN": Case(tova_apply(f"{TOKEN}_sdxl.safetensors", strength=NAN), "strength", "finite"),
+    "loda a single concept": Case(loda(concepts="dog"), "concepts", "2 to 16"),
+    "loda concept not in the prompt": Case(loda(concepts="dog, horse"), "concepts", "is not a word of the prompt"),
+    "loda step_size NaN": Case(loda(step_size=NAN), "step_size", "finite"),
+    "tova loader missing metadata": Case({"9": N("EditLabToVALoader", adapter_name=f"{TOKEN}_nometa.safetensors")},
+                                         "adapter_name", "lacks the ToVA metadata"),
     "sae loader 1-D tensors": Case({"9": N("EditLabSAELoader", sae_name=f"{TOKEN}_1d.safetensors")}, "sae_name",
                                    "W_enc must be"),
     "sae loader config not matching": Case({"9": N("EditLabSAELoader", sae_name=f"{TOKEN}_mismatch.safetensors")},
@@ -355,6 +387,17 @@ def _bad_adapters(folder: Path):
         torch.save({"image_proj": image_proj, "ip_adapter": ip}, folder / f"{TOKEN}_{name}.bin")
 
 
+def _tova_files(folder: Path):
+    import torch
+    from safetensors.torch import save_file
+
+    from editlab.models.conceptsplit.tova import ValueLoRA, save_tova
+
+    save_tova(ValueLoRA("sks", "sdxl", 2, 64, {"input.4.0": 128}), folder / f"{TOKEN}_sdxl.safetensors")
+    save_file({"input.1.0.down": torch.zeros(2, 32), "input.1.0.up": torch.zeros(64, 2)},
+              str(folder / f"{TOKEN}_nometa.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def prepared(server, workflow_inputs, tmp_path_factory):
     """The files the table refers to, made before any row runs; removed (with all TOKEN files) at the end."""
@@ -386,6 +429,7 @@ def prepared(server, workflow_inputs, tmp_path_factory):
     _save_sae(sae_dir / f"{TOKEN}_extra.safetensors", 8, 16, {"shiny": True})
     _save_sae(sae_dir / f"{TOKEN}_zero.safetensors", 0, 16)
     _bad_adapters(_model_dir("expression_adapters"))
+    _tova_files(_model_dir("tova"))
     # a real SAE and direction for the tiny Flux, made by the nodes themselves
     _queue(server, sae_train(name=f"{TOKEN}_ok", generated_prompts=40))
     _queue(server, sae_direction(name=f"{TOKEN}_ok"))

@@ -14,17 +14,17 @@ import torch
 def pack(comfy_host, tmp_path_factory):
     import folder_paths
 
-    from editlab.nodes import common, expression, saedit, tiny, tryon
+    from editlab.nodes import common, conceptsplit, expression, saedit, tiny, tryon
 
     root = tmp_path_factory.mktemp("models")
-    for folder in (saedit.SAE_FOLDER, saedit.DIRECTION_FOLDER, expression.ADAPTER_FOLDER):
+    for folder in (saedit.SAE_FOLDER, saedit.DIRECTION_FOLDER, expression.ADAPTER_FOLDER, conceptsplit.TOVA_FOLDER):
         (root / folder).mkdir()
         exts = folder_paths.folder_names_and_paths[folder][1]
         folder_paths.folder_names_and_paths[folder] = ([str(root / folder)], exts)
     inputs = tmp_path_factory.mktemp("input")
     before = folder_paths.get_input_directory()
     folder_paths.set_input_directory(str(inputs))
-    nodes = [n for m in (tiny, saedit, tryon, expression) for n in m.NODES]
+    nodes = [n for m in (tiny, saedit, tryon, expression, conceptsplit) for n in m.NODES]
     yield {"root": root, "input": inputs, "nodes": nodes, "common": common, "saedit": saedit,
            "expression": expression}
     folder_paths.set_input_directory(before)

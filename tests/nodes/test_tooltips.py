@@ -3,7 +3,7 @@ def test_every_input_of_every_node_has_a_tooltip(comfy_host):
     import importlib
 
     missing, counted = [], 0
-    for module_name in ("tiny", "saedit", "tryon", "expression"):
+    for module_name in ("tiny", "saedit", "tryon", "expression", "conceptsplit"):
         module = importlib.import_module(f"editlab.nodes.{module_name}")
         for cls in module.NODES:
             schema = cls.define_schema()

@@ -1,0 +1,101 @@
+"""ConceptSplit on the tiny SD1.5, measured in one run: ToVA's overhead over plain sampling (two adapters), and
+LODA's cost as a ratio over plain sampling next to its floor (plain + forward-and-backward x LODA steps).
+
+The ratios are what carries over; the absolute times (a CPU, a tiny model) do not.
+"""
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if "editlab" not in sys.modules:
+    pkg = types.ModuleType("editlab")
+    pkg.__path__ = [str(ROOT)]
+    sys.modules["editlab"] = pkg
+
+PROMPT = "a photo of a dog and a cat"
+STEPS, LODA_STEPS = 20, 10
+
+
+def host():
+    from editlab.client.hostenv import comfyui_path
+
+    sys.path.insert(0, str(comfyui_path()))
+    from comfy.cli_args import args
+
+    args.cpu = True
+
+
+def _adapter(layers, token, seed):
+    from editlab.models.conceptsplit.tova import ValueLoRA
+
+    a = ValueLoRA(token, "sd15", 32, 32, {n: attn.to_v.weight.shape[0] for n, attn in layers.items()}, seed)
+    with torch.no_grad():
+        for p in a.up:
+            p.normal_(generator=torch.Generator().manual_seed(seed))
+    return {"adapter": a.eval().requires_grad_(False), "name": token}
+
+
+def _interleaved(runs: dict, repeats: int) -> dict:
+    for fn in runs.values():
+        fn()  # warm up
+    times = {k: [] for k in runs}
+    for _ in range(repeats):  # interleaved, so drift hits all alike
+        for k, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure(repeats=5):
+    import comfy.sample
+    import comfy.samplers
+
+    from editlab.models.conceptsplit.patch import named_cross_attention_layers
+    from editlab.models.expression.train import frozen_for_autograd
+    from editlab.models.tiny import build_tiny_models
+    from editlab.nodes.conceptsplit import EditLabLODA, EditLabToVAApply
+
+    tiny = build_tiny_models("sd15", 0)
+    layers = named_cross_attention_layers(tiny.model.model.diffusion_model)
+    pos = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(PROMPT))
+    neg = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(""))
+    tova, = EditLabToVAApply.execute(model=tiny.model, clip=tiny.clip, prompt=PROMPT, strength=1.0,
+                                     adapter_1=_adapter(layers, "dog", 1), adapter_2=_adapter(layers, "cat", 2)).result
+    latent = torch.zeros(1, 4, 16, 16)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    sigmas = comfy.samplers.calculate_sigmas(tiny.model.get_model_object("model_sampling"), "simple", STEPS)
+    euler = comfy.samplers.sampler_object("euler")
+    loda, = EditLabLODA.execute(sampler=euler, clip=tiny.clip, prompt=PROMPT, concepts="dog, cat",
+                                loda_steps=LODA_STEPS, step_size=20.0, threshold=3.0, afg_strength=2.0).result
+
+    def sample(model, sampler):
+        return lambda: comfy.sample.sample_custom(model, noise, 5.0, sampler, sigmas, pos, neg, latent,
+                                                  disable_pbar=True, seed=0)
+
+    base = tiny.model.model
+
+    def forward_backward():  # one cfg model call (cond + uncond rows) with the gradient to the latent
+        ctx = torch.cat([pos[0][0], neg[0][0]])
+        with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model):
+            x = torch.randn(2, 4, 16, 16, requires_grad=True)
+            out = base.apply_model(x, sigmas[:1].expand(2), c_crossattn=ctx.clone())
+            torch.autograd.grad(out.square().mean(), x)
+
+    return _interleaved({"plain": sample(tiny.model, euler), "tova": sample(tova, euler),
+                         "loda": sample(tiny.model, loda), "fwd_bwd": forward_backward}, repeats)
+
+
+if __name__ == "__main__":
+    host()
+    t = measure()
+    floor = (t["plain"] + LODA_STEPS * t["fwd_bwd"]) / t["plain"]
+    print(f"tiny SD1.5, {STEPS} euler steps, cfg 5, 16x16 latent: plain {t['plain'] * 1000:.1f} ms")
+    print(f"ToVA (two adapters, rank 32): {t['tova'] * 1000:.1f} ms, overhead ratio {t['tova'] / t['plain']:.3f}x")
+    print(f"LODA ({LODA_STEPS} steps + AFG): {t['loda'] * 1000:.1f} ms, ratio {t['loda'] / t['plain']:.2f}x; floor "
+          f"(plain + forward-and-backward x {LODA_STEPS}) {floor:.2f}x")

@@ -1,0 +1,223 @@
+"""ToVA on Flux: the text stream's value vectors in the double blocks, moved at the bound tokens' positions.
+
+Flux's double blocks give no list-style hook between the text stream's value projection and the joint attention, so
+this is an attention override (``transformer_options["optimized_attention_override"]``, called with the projected
+``q, k, v`` as [B, H, N, D]): in a double block it moves the bound text rows of ``v`` and calls the override that was
+there before it (if any), else the host's attention. A ``post_input`` patch (list-style) records the text length of
+each forward, which tells where the text rows sit in the joint sequence.
+
+The adapter reads the text value vectors themselves (``down``: (rank, hidden)): ``v + up(down(v))``. Flux's value
+projection is square and invertible, so these span the same rank-r updates as a LoRA on the projection's input.
+Layer names: "double.<index>".
+"""
+from __future__ import annotations
+
+import torch
+
+from ..expression.patch import Hook
+from .patch import cond_rows
+from .tova import moved_values
+
+
+def double_block_layers(diffusion_model) -> dict:
+    """{"double.i": block} of a host Flux model (empty for other models)."""
+    return {f"double.{i}": b for i, b in enumerate(getattr(diffusion_model, "double_blocks", None) or [])}
+
+
+def value_width(block) -> int:
+    """Width of a double block's text value vectors (its hidden size)."""
+    return int(block.txt_attn.qkv.weight.shape[0]) // 3
+
+
+class FluxToVAPatch:
+    def __init__(self, bindings: list, blocks: dict, previous=None):
+        self.bindings = list(bindings)
+        self.blocks = dict(blocks)
+        self.previous = previous  # the attention override this one wraps (another pack's), or None
+        self._txt_len = None
+        self.input_hook = Hook(self.post_input, self, report_models=False)
+
+    extra_models = ()
+
+    def __deepcopy__(self, memo):
+        return self  # ModelPatcher.clone deep-copies model_options; the patch is shared, never copied
+
+    def to(self, device_or_dtype):
+        if not isinstance(device_or_dtype, torch.dtype):
+            for b in self.bindings:
+                b.adapter.to(device_or_dtype)
+        return self
+
+    def post_input(self, args: dict) -> dict:
+        self._txt_len = int(args["txt"].shape[1])
+        return args
+
+    def __call__(self, func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
+        if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 3 \
+                and args[2].ndim == 4:
+            args = (args[0], args[1], self.moved(args[2], name, options), *args[3:])
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def moved(self, v: torch.Tensor, name: str, options: dict) -> torch.Tensor:
+        """``v`` [B, H, N, D] with the bound text rows moved; every other row bit-identical."""
+        b, h, n, d = v.shape
+        t = min(self._txt_len, n)
+        start = n - t if getattr(self.blocks[name], "flipped_img_txt", False) else 0
+        for binding in self.bindings:
+            if binding.adapter.has_layer(name) and next(binding.adapter.parameters()).device != v.device:
+                binding.adapter.to(v.device)  # normally done by the host through Hook.to
+        txt = v[:, :, start:start + t].transpose(1, 2).reshape(b, t, h * d)
+        rows = cond_rows(options.get("cond_or_uncond", [0]), b)
+        new = moved_values(txt, self.bindings, name, txt, rows)
+        if new is txt:
+            return v
+        new = new.reshape(b, t, h, d).transpose(1, 2)
+        return torch.cat([v[:, :, :start], new, v[:, :, start + t:]], dim=2)
+
+
+class FluxMapTap:
+    """Attention override (chained to ``previous``) recording, in each double block, each concept's map: the
+    attention probability image queries put on the concept's text tokens (softmax over all keys, averaged over
+    heads, conditional rows), on the image token grid ``grid`` and resized to ``size``; kept with its gradient."""
+
+    def __init__(self, concepts: list, blocks: dict, size: tuple[int, int], grid: tuple[int, int], previous=None,
+                 when=None):
+        self.concepts = [list(p) for p in concepts]
+        self.blocks, self.size, self.grid, self.previous = dict(blocks), tuple(size), tuple(grid), previous
+        self.when = when  # optional filter on the transformer options (e.g. one sigma)
+        self._txt_len = None
+        self.collected = []
+        self.input_hook = Hook(self.post_input, self, report_models=False)
+
+    extra_models = ()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        return self
+
+    def post_input(self, args: dict) -> dict:
+        self._txt_len = int(args["txt"].shape[1])
+        return args
+
+    def __call__(self, func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
+        if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 2 \
+                and args[0].ndim == 4 and (self.when is None or self.when(options)):
+            self.record(args[0], args[1], name, options)
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def record(self, q, k, name, options):
+        import torch.nn.functional as F
+
+        b, h, n, d = q.shape
+        t = min(self._txt_len, n)
+        flipped = getattr(self.blocks[name], "flipped_img_txt", False)
+        txt_start, img_start = (n - t, 0) if flipped else (0, t)
+        cells = self.grid[0] * self.grid[1]
+        rows = cond_rows(options.get("cond_or_uncond", [0]), b)
+        if not rows or n - t < cells:
+            return
+        img_q = q[rows][:, :, img_start:img_start + cells].float()
+        probs = (img_q @ k[rows].float().transpose(-1, -2) / d ** 0.5).softmax(-1).mean(1)  # (b, cells, n)
+        maps = torch.stack([probs[:, :, [txt_start + p for p in ps if p < t]].sum(-1).mean(0).reshape(self.grid)
+                            for ps in self.concepts])
+        self.collected.append(F.interpolate(maps[None], size=self.size, mode="bilinear", align_corners=False)[0])
+
+    def maps(self) -> torch.Tensor:
+        return torch.stack(self.collected).mean(0)
+
+
+def image_grid(diffusion_model, size: tuple[int, int]) -> tuple[int, int]:
+    """The image token grid of a latent of ``size`` (H, W): the latent in patches (padded up)."""
+    p = int(getattr(diffusion_model, "patch_size", 2))
+    return (-(-size[0] // p), -(-size[1] // p))
+
+
+INSPECTED_CALLS = 8  # FluxAFG.outside: the first calls only
+
+
+class FluxAFG:
+    """Attention fixing guidance on Flux (an attention override chained to ``previous``): in each double block, the
+    logits from image queries outside a concept's mask to that concept's text tokens are lowered by ``strength``,
+    through an additive attention mask on the conditional rows. ``outside`` records, per call, the attention mass the
+    concepts put outside their masks without and with the bias (for inspection; the first few calls).
+    Assumes Flux's order in the joint sequence (text first) when it measures; the bias itself follows the block."""
+
+    def __init__(self, concepts: list, masks: torch.Tensor, blocks: dict, strength: float, grid: tuple[int, int],
+                 previous=None):
+        self.concepts = [list(p) for p in concepts]
+        self.masks, self.blocks, self.strength = masks.float(), dict(blocks), float(strength)
+        self.grid, self.previous = tuple(grid), previous
+        self._txt_len = None
+        self.outside = []
+        self.input_hook = Hook(self.post_input, self, report_models=False)
+
+    extra_models = ()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        return self
+
+    post_input = FluxMapTap.post_input
+
+    def __call__(self, func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
+        if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 2 \
+                and args[0].ndim == 4:
+            bias = self.bias(args[0], name, options)
+            if bias is not None:
+                if len(self.outside) < INSPECTED_CALLS:  # two more attention-sized products: a few calls only
+                    self.outside.append(record_outside_mass(self, args[0], args[1], bias, name, options))
+                old = kwargs.get("mask")
+                kwargs = {**kwargs, "mask": bias if old is None else old + bias}
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def bias(self, q, name, options):
+        import torch.nn.functional as F
+
+        b, h, n, d = q.shape
+        t = min(self._txt_len, n)
+        flipped = getattr(self.blocks[name], "flipped_img_txt", False)
+        txt_start, img_start = (n - t, 0) if flipped else (0, t)
+        cells = self.grid[0] * self.grid[1]
+        rows = cond_rows(options.get("cond_or_uncond", [0]), b)
+        if not rows or n - t < cells:
+            return None
+        masks = F.interpolate(self.masks[None].to(q.device), size=self.grid, mode="nearest")[0].reshape(
+            len(self.concepts), -1) > 0.5
+        bias = torch.zeros(b, 1, n, n, device=q.device, dtype=q.dtype)
+        for mask, positions in zip(masks, self.concepts):
+            qs = img_start + (~mask).nonzero()[:, 0]
+            cols = torch.tensor([txt_start + p for p in positions if p < t], device=q.device, dtype=torch.long)
+            for r in rows:
+                bias[r, 0, qs[:, None], cols[None]] = -self.strength
+        return bias
+
+
+def record_outside_mass(afg: FluxAFG, q, k, bias, name, options) -> tuple[float, float]:
+    """The attention mass the concepts put outside their masks, without and with ``bias`` (for tests)."""
+    d = q.shape[-1]
+    logits = q.float() @ k.float().transpose(-1, -2) / d ** 0.5
+    t = afg._txt_len
+    img = slice(t, t + afg.grid[0] * afg.grid[1])
+    out = []
+    for extra in (0.0, bias.float()):
+        p = (logits + extra).softmax(-1).mean(1)[:, img]
+        masks = torch.nn.functional.interpolate(afg.masks[None], size=afg.grid, mode="nearest")[0].reshape(
+            len(afg.concepts), -1) > 0.5
+        out.append(float(sum(p[:, ~m][:, :, cs].sum() for m, cs in zip(masks, afg.concepts))))
+    return out[0], out[1]

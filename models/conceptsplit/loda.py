@@ -1,0 +1,327 @@
+"""LODA's objective as plain torch (ConceptSplit, METHODS.md §5): the divergence between concepts' attention maps.
+
+Authors' recipe: the concepts' cross-attention maps (K maps of H x W, taken at the 24x24 / 32x32 layers) are
+Gaussian-smoothed (kernel 7, sigma 1) and normalised to distributions over the pixels; the loss is
+``relu(t - harmonic mean of KL(A_i || A_j) over ordered pairs i != j)`` with t = 3, and for the first N of the steps
+the latent moves by ``z <- z - step * grad`` with ``step = 20 * sqrt(linspace(1, 0.5, N))``. After that, attention
+fixing guidance (AFG) keeps each concept inside its mask: the smoothed map at or above its 90th percentile. Here the
+maps are averaged over all cross-attention layers (UNet) or double blocks (Flux), resized to the latent.
+The sampler (``loda_sample``) wraps any host sampler: each LODA step is one gradient step on the latent and one
+step of the wrapped sampler over ``sigmas[i:i+2]`` (multistep samplers restart their history there); the remaining
+steps run in one call of the wrapped sampler with AFG (``AFGPatch`` on UNets, ``flux.FluxAFG`` on Flux).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+KERNEL, SIGMA, THRESHOLD, STEP, MASK_QUANTILE = 7, 1.0, 3.0, 20.0, 0.9
+
+
+def gaussian_smooth(maps: torch.Tensor, kernel: int = KERNEL, sigma: float = SIGMA) -> torch.Tensor:
+    """(K, H, W) maps blurred by a separable Gaussian (reflect padding: no dark border; a constant map stays constant)."""
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (K, H, W); got {tuple(maps.shape)}")
+    if kernel < 1 or kernel % 2 == 0 or sigma <= 0:
+        raise ValueError(f"kernel must be odd and positive and sigma positive; got {kernel}, {sigma}")
+    x = torch.arange(kernel, dtype=maps.dtype, device=maps.device) - kernel // 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    pad = kernel // 2
+    m = maps[:, None]
+    if min(maps.shape[-2:]) > pad:
+        m = F.pad(m, (pad, pad, pad, pad), mode="reflect")
+        m = F.conv2d(m, g.reshape(1, 1, 1, -1))
+        m = F.conv2d(m, g.reshape(1, 1, -1, 1))
+    return m[:, 0]
+
+
+def distributions(maps: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) non-negative maps -> (K, H*W) distributions over the pixels."""
+    flat = maps.reshape(maps.shape[0], -1).clamp(min=0) + EPS
+    return flat / flat.sum(-1, keepdim=True)
+
+
+def pairwise_kl(maps: torch.Tensor) -> torch.Tensor:
+    """(K, K) matrix of KL(A_i || A_j) between the maps as distributions (zero diagonal)."""
+    p = distributions(maps)
+    logp = p.log()
+    return (p[:, None] * (logp[:, None] - logp[None])).sum(-1)
+
+
+def harmonic_mean_kl(maps: torch.Tensor) -> torch.Tensor:
+    """Harmonic mean of KL(A_i || A_j) over the ordered pairs i != j (K >= 2)."""
+    k = maps.shape[0]
+    if k < 2:
+        raise ValueError("LODA needs at least two concepts' maps")
+    kl = pairwise_kl(maps)
+    off = ~torch.eye(k, dtype=torch.bool, device=maps.device)
+    return off.sum() / (1.0 / (kl[off] + EPS)).sum()
+
+
+def loda_loss(maps: torch.Tensor, threshold: float = THRESHOLD, kernel: int = KERNEL,
+              sigma: float = SIGMA) -> torch.Tensor:
+    """``relu(t - harmonic mean pairwise KL)`` of the smoothed maps: zero once the concepts are apart enough."""
+    return F.relu(threshold - harmonic_mean_kl(gaussian_smooth(maps, kernel, sigma)))
+
+
+def step_sizes(n: int, scale: float = STEP) -> torch.Tensor:
+    """The latent step of each of the first ``n`` sampling steps: ``scale * sqrt(linspace(1, 0.5, n))``."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0; got {n}")
+    return scale * torch.linspace(1.0, 0.5, n).sqrt() if n > 1 else torch.full((n,), float(scale))
+
+
+def afg_masks(maps: torch.Tensor, quantile: float = MASK_QUANTILE, kernel: int = KERNEL,
+              sigma: float = SIGMA) -> torch.Tensor:
+    """(K, H, W) boolean masks: each smoothed map at or above its own ``quantile``."""
+    smooth = gaussian_smooth(maps, kernel, sigma)
+    q = torch.quantile(smooth.reshape(smooth.shape[0], -1).float(), quantile, dim=-1)
+    return smooth >= q.to(smooth.dtype)[:, None, None]
+
+
+# -- the sampler ------------------------------------------------------------------------------------------------------
+
+class MapTap:
+    """attn2 patch pair collecting, with their gradient, each concept's map (sum of its tokens' attention
+    probabilities, conditional rows) at every cross-attention layer of one model call, resized to ``size``."""
+
+    def __init__(self, concepts: list, layers: dict, size: tuple[int, int]):
+        from ..expression.patch import Hook
+
+        self.concepts = [list(p) for p in concepts]
+        self.layers, self.size = dict(layers), tuple(size)
+        self.collected, self._inputs = [], {}
+        self.input_hook = Hook(self.before, self, report_models=False)
+        self.output_hook = Hook(self.after, self, report_models=False)
+
+    extra_models = ()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        return self
+
+    @staticmethod
+    def _name(extra):
+        block = extra.get("block")
+        return None if block is None else f"{block[0]}.{block[1]}.{extra.get('block_index', 0)}"
+
+    def before(self, n, context, value, extra):
+        if self._name(extra) in self.layers and context is not None:
+            self._inputs[self._name(extra)] = (n, context)
+        return n, context, value
+
+    def after(self, out, extra):
+        from .attention_maps import text_attention
+        from .patch import cond_rows
+
+        stashed = self._inputs.pop(self._name(extra), None)
+        shape = extra.get("activations_shape")
+        if stashed is None or shape is None:
+            return out
+        n, context = stashed
+        attn = self.layers[self._name(extra)]
+        rows = cond_rows(extra.get("cond_or_uncond", [0]), n.shape[0])
+        probs = text_attention(attn.to_q(n[rows]), attn.to_k(context[rows]), extra["n_heads"])
+        h, w = int(shape[-2]), int(shape[-1])
+        maps = torch.stack([probs[:, :, p].sum(-1).mean(0).reshape(h, w) for p in self.concepts])
+        self.collected.append(F.interpolate(maps[None], size=self.size, mode="bilinear", align_corners=False)[0])
+        return out
+
+    def maps(self) -> torch.Tensor:
+        return torch.stack(self.collected).mean(0)
+
+
+def _scale(model_sampling, sigma, like, max_denoise: bool) -> torch.Tensor:
+    """What the host's noise scaling multiplies the noise by at ``sigma`` (no latent image)."""
+    ones = torch.ones_like(like)
+    return model_sampling.noise_scaling(sigma, ones, torch.zeros_like(like), max_denoise)
+
+
+def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar,
+                concepts: list, layers: dict, n_steps: int, threshold: float = THRESHOLD, scale: float = STEP,
+                afg_strength: float = 0.0, frozen=None, should_stop=None, on_step=None, afg_out: list | None = None):
+    """Run ``wrapped`` (a host sampler) with LODA: before each of the first ``n_steps`` steps the latent moves down
+    the gradient of ``loda_loss`` of the concepts' maps, then the wrapped sampler takes that one step; the rest runs
+    in one call, with attention fixing guidance (``AFGPatch``, ``afg_strength`` > 0) from the masks of the last
+    LODA step's maps. ``n_steps`` = 0 is the wrapped sampler's call as it is. ``afg_out``: receives the AFG patch."""
+    n = min(int(n_steps), len(sigmas) - 1)
+    if n == 0:
+        return wrapped.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
+                              disable_pbar)
+    if denoise_mask is not None:
+        raise ValueError("LODA does not take a denoise (inpainting) mask")
+    sampling = model_wrap.inner_model.model_sampling
+    x = sampling.noise_scaling(sigmas[0], noise, latent_image, wrapped.max_denoise(model_wrap, sigmas))
+    sizes = step_sizes(n, scale)
+    total = len(sigmas) - 1
+    extra_args = dict(extra_args)
+
+    def chunk(start, stop, x, args=extra_args):
+        part = sigmas[start:stop + 1]
+        cb = None if callback is None else (lambda i, x0, xi, _t: callback(start + i, x0, xi, total))
+        f = _scale(sampling, part[0], x, wrapped.max_denoise(model_wrap, part))
+        out = wrapped.sample(model_wrap, part, args, cb, x / f, torch.zeros_like(x), None, True)
+        return out if stop == total else sampling.noise_scaling(part[-1], torch.zeros_like(out), out, False)
+
+    maps = None
+    for i in range(n):
+        if should_stop is not None:
+            should_stop()
+        grad, maps = loda_gradient(model_wrap, x, sigmas[i], extra_args, concepts, layers, threshold, frozen)
+        x = chunk(i, i + 1, x - sizes[i] * grad)
+        if on_step is not None:
+            on_step(i + 1, n)
+    if n == total:
+        return x
+    args = extra_args
+    if afg_strength > 0 and maps is not None:
+        if is_flux(layers):
+            import copy
+
+            from .flux import FluxAFG, image_grid
+
+            options = copy.copy(extra_args.get("model_options", {}))
+            to = dict(options.get("transformer_options", {}))
+            size = tuple(x.shape[-2:])
+            afg = FluxAFG(concepts, afg_masks(maps), layers, afg_strength,
+                          image_grid(model_wrap.inner_model.diffusion_model, size),
+                          previous=to.get("optimized_attention_override"))
+            patches = {k: list(v) for k, v in to.get("patches", {}).items()}
+            patches.setdefault("post_input", []).append(afg.input_hook)
+            to["patches"], to["optimized_attention_override"] = patches, afg
+            options["transformer_options"] = to
+            args = {**extra_args, "model_options": options}
+        else:
+            afg = AFGPatch(concepts, afg_masks(maps), layers, afg_strength)
+            args = {**extra_args, "model_options": _with_patches(extra_args, afg.input_hook, afg.output_hook)}
+        if afg_out is not None:
+            afg_out.append(afg)
+    return chunk(n, total, x, args)
+
+
+class AFGPatch:
+    """Attention fixing guidance on a UNet's cross-attention: for each concept, the logits of its tokens at image
+    positions outside its mask are lowered by ``strength``; the layer's output moves by
+    ``to_out(attn_biased - attn)`` (without to_out's bias), on the conditional rows. ``outside`` records, per call,
+    the attention mass the concepts put outside their masks without and with the bias (for inspection)."""
+
+    def __init__(self, concepts: list, masks: torch.Tensor, layers: dict, strength: float):
+        from ..expression.patch import Hook
+
+        self.concepts = [list(p) for p in concepts]
+        self.masks = masks.float()  # (K, H, W) at the latent's size
+        self.layers, self.strength = dict(layers), float(strength)
+        self.outside, self._inputs = [], {}
+        self.input_hook = Hook(self.before, self, report_models=False)
+        self.output_hook = Hook(self.after, self, report_models=False)
+
+    extra_models = ()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        return self
+
+    before = MapTap.before
+    _name = staticmethod(MapTap._name)
+
+    def after(self, out, extra):
+        from .patch import cond_rows
+
+        stashed = self._inputs.pop(self._name(extra), None)
+        shape = extra.get("activations_shape")
+        if stashed is None or shape is None:
+            return out
+        n, context = stashed
+        attn = self.layers[self._name(extra)]
+        rows = cond_rows(extra.get("cond_or_uncond", [0]), n.shape[0])
+        if not rows:
+            return out
+        heads = extra["n_heads"]
+        q, k, v = attn.to_q(n[rows]), attn.to_k(context[rows]), attn.to_v(context[rows])
+        b, npix, inner = q.shape
+        d = inner // heads
+        split = lambda t: t.float().reshape(b, -1, heads, d).transpose(1, 2)
+        logits = split(q) @ split(k).transpose(-1, -2) / d ** 0.5  # (b, heads, N, T)
+        h, w = int(shape[-2]), int(shape[-1])
+        masks = F.interpolate(self.masks[None].to(logits.device), size=(h, w), mode="nearest")[0].reshape(
+            len(self.concepts), -1) > 0.5
+        bias = torch.zeros(npix, logits.shape[-1], device=logits.device)
+        for mask, positions in zip(masks, self.concepts):
+            cols = [p for p in positions if p < logits.shape[-1]]
+            bias[(~mask).nonzero()[:, :1], torch.tensor(cols, device=bias.device)[None]] = -self.strength
+        plain, biased = logits.softmax(-1), (logits + bias).softmax(-1)
+        outside = lambda p: float(sum(p.mean((0, 1))[~m][:, [c for c in cs if c < p.shape[-1]]].sum()
+                                      for m, cs in zip(masks, self.concepts)))
+        self.outside.append((outside(plain), outside(biased)))
+        delta = ((biased - plain) @ split(v)).transpose(1, 2).reshape(b, npix, inner).to(n.dtype)
+        proj = attn.to_out[0]
+        moved = out.clone()
+        moved[rows] = out[rows] + (proj(delta) - proj(delta.new_zeros((1, 1, inner)))).to(out.dtype)
+        return moved
+
+
+def _with_patches(extra_args: dict, input_hook, output_hook) -> dict:
+    """A copy of the sampler's model options with an attn2 patch pair appended (the original is not changed)."""
+    import copy
+
+    options = copy.copy(extra_args.get("model_options", {}))
+    to = dict(options.get("transformer_options", {}))
+    patches = {k: list(v) for k, v in to.get("patches", {}).items()}
+    patches.setdefault("attn2_patch", []).append(input_hook)
+    patches.setdefault("attn2_output_patch", []).append(output_hook)
+    to["patches"] = patches
+    options["transformer_options"] = to
+    return options
+
+
+def is_flux(layers: dict) -> bool:
+    return bool(layers) and all(name.startswith("double.") for name in layers)
+
+
+def _tap(model_wrap, extra_args, concepts, layers, size):
+    """A map recorder for one model call, and the model options that carry it: attn2 patches on a UNet; on Flux an
+    attention override (chained to the one set before) and a post_input patch."""
+    if not is_flux(layers):
+        tap = MapTap(concepts, layers, size)
+        return tap, _with_patches(extra_args, tap.input_hook, tap.output_hook)
+    import copy
+
+    from .flux import FluxMapTap, image_grid
+
+    options = copy.copy(extra_args.get("model_options", {}))
+    to = dict(options.get("transformer_options", {}))
+    tap = FluxMapTap(concepts, layers, size, image_grid(model_wrap.inner_model.diffusion_model, size),
+                     previous=to.get("optimized_attention_override"))
+    patches = {k: list(v) for k, v in to.get("patches", {}).items()}
+    patches.setdefault("post_input", []).append(tap.input_hook)
+    to["patches"], to["optimized_attention_override"] = patches, tap
+    options["transformer_options"] = to
+    return tap, options
+
+
+def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold, frozen=None):
+    """(d loda_loss / d x at ``sigma``, the concepts' maps (K, H, W)), through one model call (``frozen(module)``: a context manager that lets
+    gradients flow through the frozen model, e.g. ``frozen_for_autograd``)."""
+    import contextlib
+
+    tap, options = _tap(model_wrap, extra_args, concepts, layers, tuple(x.shape[-2:]))
+    guard = frozen(model_wrap.inner_model.diffusion_model) if frozen else contextlib.nullcontext()
+    # Flux's blocks update their streams in place (img += ...): saved tensors are copied when mutated.
+    mutation = torch.autograd.graph.allow_mutation_on_saved_tensors() if is_flux(layers) else contextlib.nullcontext()
+    with torch.inference_mode(False), torch.enable_grad(), guard, mutation:
+        z = x.detach().clone().requires_grad_(True)
+        model_wrap(z, sigma * z.new_ones([z.shape[0]]), model_options=options, seed=extra_args.get("seed"))
+        if not tap.collected:
+            return torch.zeros_like(x), None
+        maps = tap.maps()
+        loss = loda_loss(maps, threshold)
+        if not loss.requires_grad or float(loss.detach()) == 0.0:
+            return torch.zeros_like(x), maps.detach()
+        grad, = torch.autograd.grad(loss, z)
+    return grad.detach().clone(), maps.detach()

@@ -1,0 +1,204 @@
+"""The LODA sampler on the tiny SD1.5: with 0 steps it is the wrapped sampler bit for bit; it runs around euler,
+dpmpp_2m, uni_pc and an ancestral sampler; after its steps the concepts' maps are further apart (harmonic-mean
+pairwise KL) than without it, on 5 seeds; bad input named."""
+import pytest
+import torch
+
+PROMPT = "a photo of a dog and a cat"
+
+
+@pytest.fixture(autouse=True)
+def server_mode(comfy_host):
+    with torch.inference_mode():
+        yield
+
+
+@pytest.fixture(scope="module")
+def nodes(comfy_host):
+    from editlab.nodes import conceptsplit
+
+    return conceptsplit
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy_host):
+    from editlab.models.tiny import build_tiny_models
+
+    with torch.inference_mode():
+        return build_tiny_models("sd15", 0)
+
+
+def _conds(models):
+    clip = models.clip
+    return (clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT)),
+            clip.encode_from_tokens_scheduled(clip.tokenize("")))
+
+
+def _loda(nodes, models, sampler, n, **over):
+    args = dict(sampler=sampler, clip=models.clip, prompt=PROMPT, concepts="dog, cat", loda_steps=n, step_size=20.0,
+                threshold=3.0, afg_strength=0.0)
+    return nodes.EditLabLODA.execute(**{**args, **over}).result[0]
+
+
+def _run(model, models, sampler, seed=0, steps=4, cfg=3.0):
+    import comfy.sample
+    import comfy.samplers
+
+    latent = torch.zeros(1, 4, 8, 8)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps)
+    return comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, seed), cfg, sampler, sigmas,
+                                      *_conds(models), latent, disable_pbar=True, seed=seed)
+
+
+def test_zero_steps_is_the_wrapped_sampler_bit_for_bit(nodes, sd15):
+    import comfy.samplers
+
+    for name in ("euler", "dpmpp_2m"):
+        plain = comfy.samplers.sampler_object(name)
+        assert torch.equal(_run(sd15.model, sd15, _loda(nodes, sd15, plain, 0)), _run(sd15.model, sd15, plain))
+
+
+@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "uni_pc", "euler_ancestral"])
+def test_runs_around_any_sampler(nodes, sd15, name):
+    import comfy.samplers
+
+    plain = comfy.samplers.sampler_object(name)
+    out = _run(sd15.model, sd15, _loda(nodes, sd15, plain, 2))
+    assert out.isfinite().all() and not torch.equal(out, _run(sd15.model, sd15, plain))
+
+
+def test_maps_are_further_apart_after_the_loda_steps(nodes, sd15):
+    import comfy.samplers
+
+    from editlab.models.conceptsplit.attention_maps import AttentionMapRecorder
+    from editlab.models.conceptsplit.loda import gaussian_smooth, harmonic_mean_kl
+    from editlab.models.conceptsplit.patch import named_cross_attention_layers
+    from editlab.models.saedit.tokens import prompt_tokens, word_positions
+
+    layers = named_cross_attention_layers(sd15.model.model.diffusion_model)
+    encoded = prompt_tokens(sd15.clip, PROMPT)
+    words = {w: word_positions(sd15.clip, encoded, w) for w in ("dog", "cat")}
+    sigmas = comfy.samplers.calculate_sigmas(sd15.model.get_model_object("model_sampling"), "simple", 4)
+    n = 2
+
+    def kl_at_step_n(sampler, seed):
+        rec = AttentionMapRecorder(words, layers, (8, 8), (float(sigmas[n]), float(sigmas[n])))
+        m = sd15.model.clone()
+        m.set_model_attn2_patch(rec.input_hook)
+        m.set_model_attn2_output_patch(rec.output_hook)
+        _run(m, sd15, sampler, seed)
+        assert rec.count > 0
+        return float(harmonic_mean_kl(gaussian_smooth(torch.stack(list(rec.maps().values())))))
+
+    # The tiny model's random weights give nearly uniform maps (KL ~1e-4) and gradients ~1e4 smaller than a real
+    # SD's, so the authors' step of 20 moves them by parts per million here: a step of 2e5 shows the effect.
+    plain = comfy.samplers.sampler_object("euler")
+    for seed in range(5):
+        with_loda = kl_at_step_n(_loda(nodes, sd15, plain, n, step_size=2e5), seed)
+        without = kl_at_step_n(plain, seed)
+        assert with_loda > 1.01 * without, (seed, with_loda, without)
+
+
+def test_afg_lowers_the_attention_mass_outside_each_mask(nodes, sd15):
+    import comfy.samplers
+
+    plain = comfy.samplers.sampler_object("euler")
+    guided = _loda(nodes, sd15, plain, 2, afg_strength=5.0)
+    out = _run(sd15.model, sd15, guided)
+    afg, = guided.afg_patches
+    assert len(afg.outside) >= 2 * 7  # every cross-attention layer of the two remaining steps
+    assert all(biased < plain_mass for plain_mass, biased in afg.outside), afg.outside[:3]
+    assert float(afg.masks.mean()) < 0.5
+    unguided = _run(sd15.model, sd15, _loda(nodes, sd15, plain, 2))
+    assert not torch.equal(out, unguided)
+    zero = _loda(nodes, sd15, plain, 2, afg_strength=0.0)
+    assert torch.equal(_run(sd15.model, sd15, zero), unguided) and not zero.afg_patches
+
+
+def test_bad_input(nodes, sd15):
+    import comfy.samplers
+
+    from editlab.nodes.common import EditLabInputError
+
+    plain = comfy.samplers.sampler_object("euler")
+    with pytest.raises(EditLabInputError, match="input 'concepts'.*2 to"):
+        _loda(nodes, sd15, plain, 2, concepts="dog")
+    with pytest.raises(EditLabInputError, match="input 'concepts'.*'horse'.*not a word"):
+        _loda(nodes, sd15, plain, 2, concepts="dog, horse")
+    with pytest.raises(EditLabInputError, match="input 'loda_steps'.*at most the 4"):
+        _run(sd15.model, sd15, _loda(nodes, sd15, plain, 5))
+
+
+# -- Flux: maps from the double blocks' joint attention --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def flux(comfy_host):
+    from editlab.models.tiny import build_tiny_models
+
+    with torch.inference_mode():
+        return build_tiny_models("flux", 0)
+
+
+def _flux_run(model, models, sampler, seed=0, steps=4, cfg=2.0):
+    import comfy.sample
+    import comfy.samplers
+
+    latent = torch.zeros(1, 16, 8, 8)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps)
+    return comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, seed), cfg, sampler, sigmas,
+                                      *_conds(models), latent, disable_pbar=True, seed=seed)
+
+
+def test_flux_zero_steps_is_the_wrapped_sampler_and_steps_run(nodes, flux):
+    import comfy.samplers
+
+    for name in ("euler", "dpmpp_2m"):
+        plain = comfy.samplers.sampler_object(name)
+        base = _flux_run(flux.model, flux, plain)
+        assert torch.equal(_flux_run(flux.model, flux, _loda(nodes, flux, plain, 0)), base)
+        out = _flux_run(flux.model, flux, _loda(nodes, flux, plain, 2, step_size=2e5))
+        assert out.isfinite().all() and not torch.equal(out, base)
+
+
+def test_flux_maps_are_further_apart_after_the_loda_steps(nodes, flux):
+    import comfy.samplers
+
+    from editlab.models.conceptsplit.flux import FluxMapTap, double_block_layers, image_grid
+    from editlab.models.conceptsplit.loda import gaussian_smooth, harmonic_mean_kl
+    from editlab.models.saedit.tokens import prompt_tokens, word_positions
+
+    net = flux.model.model.diffusion_model
+    blocks = double_block_layers(net)
+    encoded = prompt_tokens(flux.clip, PROMPT)
+    concepts = [word_positions(flux.clip, encoded, w) for w in ("dog", "cat")]
+    sigmas = comfy.samplers.calculate_sigmas(flux.model.get_model_object("model_sampling"), "simple", 4)
+    n = 2
+
+    def kl_at_step_n(sampler, seed):
+        at_n = lambda options: abs(float(options["sigmas"].reshape(-1)[0]) - float(sigmas[n])) < 1e-6
+        tap = FluxMapTap(concepts, blocks, (8, 8), image_grid(net, (8, 8)), when=at_n)
+        m = flux.model.clone()
+        m.model_options["transformer_options"]["optimized_attention_override"] = tap
+        m.set_model_post_input_patch(tap.input_hook)
+        with torch.no_grad():
+            _flux_run(m, flux, sampler, seed)
+        assert tap.collected
+        return float(harmonic_mean_kl(gaussian_smooth(tap.maps())))
+
+    plain = comfy.samplers.sampler_object("euler")
+    for seed in range(5):
+        with_loda = kl_at_step_n(_loda(nodes, flux, plain, n, step_size=2e5), seed)
+        without = kl_at_step_n(plain, seed)
+        assert with_loda > without, (seed, with_loda, without)
+
+
+def test_flux_afg_lowers_the_attention_mass_outside_each_mask(nodes, flux):
+    import comfy.samplers
+
+    plain = comfy.samplers.sampler_object("euler")
+    guided = _loda(nodes, flux, plain, 2, step_size=2e5, afg_strength=5.0)
+    out = _flux_run(flux.model, flux, guided)
+    afg, = guided.afg_patches
+    assert afg.outside and all(biased < plain_mass for plain_mass, biased in afg.outside), afg.outside[:3]
+    unguided = _flux_run(flux.model, flux, _loda(nodes, flux, plain, 2, step_size=2e5))
+    assert out.isfinite().all() and not torch.equal(out, unguided)

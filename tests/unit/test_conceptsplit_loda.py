@@ -1,0 +1,61 @@
+"""LODA's objective in plain torch: the harmonic-mean pairwise KL by hand, the loss, its gradient separating the
+maps, the step schedule and the AFG masks."""
+import math
+
+import pytest
+import torch
+
+from editlab.models.conceptsplit.loda import (afg_masks, distributions, gaussian_smooth, harmonic_mean_kl,
+                                              loda_loss, pairwise_kl, step_sizes)
+
+
+def blob(cy, cx, size=16, width=2.0):
+    y, x = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    return torch.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * width ** 2))
+
+
+def test_smoothing_blurs_and_keeps_borders():
+    maps = torch.stack([blob(4, 4), blob(11, 11)])
+    s = gaussian_smooth(maps)
+    assert s.shape == maps.shape and s[0].argmax() == maps[0].argmax()
+    assert s.max() < maps.max()  # blurred
+    flat = torch.ones(1, 9, 9)
+    assert torch.allclose(gaussian_smooth(flat), flat, atol=1e-6)
+
+
+def test_harmonic_mean_of_pairwise_kl_by_hand():
+    maps = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0)) + 0.1
+    p = distributions(maps).double()
+    kl = [[float((p[i] * (p[i] / p[j]).log()).sum()) for j in range(3)] for i in range(3)]
+    pairs = [kl[i][j] for i in range(3) for j in range(3) if i != j]
+    want = len(pairs) / sum(1 / v for v in pairs)
+    assert torch.allclose(pairwise_kl(maps).double(), torch.tensor(kl, dtype=torch.float64), atol=1e-5)
+    assert math.isclose(float(harmonic_mean_kl(maps)), want, rel_tol=1e-4)
+    with pytest.raises(ValueError, match="at least two"):
+        harmonic_mean_kl(maps[:1])
+
+
+def test_loss_is_threshold_for_equal_maps_and_zero_when_apart():
+    same = torch.stack([blob(8, 8), blob(8, 8)])
+    assert math.isclose(float(loda_loss(same, threshold=3.0)), 3.0, abs_tol=1e-4)
+    apart = torch.stack([blob(2, 2, width=1.0), blob(13, 13, width=1.0)])
+    assert float(loda_loss(apart, threshold=1.0)) == 0.0
+
+
+def test_a_gradient_step_separates_overlapping_maps():
+    maps = torch.stack([blob(7, 7), blob(8, 9)]).requires_grad_(True)
+    before = float(harmonic_mean_kl(gaussian_smooth(maps.detach())))
+    loda_loss(maps).backward()
+    with torch.no_grad():
+        moved = (maps - 0.5 * maps.grad).clamp(min=0)
+    assert float(harmonic_mean_kl(gaussian_smooth(moved))) > before
+
+
+def test_step_sizes_and_masks():
+    s = step_sizes(10)
+    assert s.shape == (10,) and math.isclose(float(s[0]), 20.0) and math.isclose(float(s[-1]), 20 * 0.5 ** 0.5,
+                                                                                  rel_tol=1e-6)
+    assert step_sizes(0).shape == (0,) and float(step_sizes(1)[0]) == 20.0
+    masks = afg_masks(torch.stack([blob(3, 3), blob(12, 12)]))
+    assert masks.dtype == torch.bool and masks[0, 3, 3] and not masks[0, 12, 12] and masks[1, 12, 12]
+    assert 0.05 < float(masks.float().mean()) < 0.2  # about the top 10% of each map
