@@ -96,15 +96,13 @@ def frozen_for_autograd(module: torch.nn.Module):
             p.requires_grad_(flag)
 
 
-def train_unet_adapter(base, adapter, layers: list, context: torch.Tensor, pooled: torch.Tensor | None,
-                       latents: torch.Tensor, values: torch.Tensor, resolution: int, steps: int, lr: float,
-                       batch_size: int, seed: int, device, on_step=None, should_stop=None) -> dict:
-    """Train ``adapter`` (blendshapes -> tokens for ``layers``, the UNet's cross-attention layers) inside ``base``, a
-    host BaseModel, with the diffusion loss; the UNet is frozen and left exactly as it was (``frozen_for_autograd``).
-    ``latents`` are already in the model's latent space, on ``device``."""
-    from .patch import ExpressionAttentionPatch
-
-    patch = ExpressionAttentionPatch(adapter, torch.zeros(1, values.shape[-1]), 1.0, layers, float("inf"), 0.0)
+def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Tensor | None, latents: torch.Tensor,
+                  values: torch.Tensor, resolution: int, steps: int, lr: float, batch_size: int, seed: int, device,
+                  on_step=None, should_stop=None) -> dict:
+    """Train ``adapter``, acting through ``patch`` (an object with ``before_attention`` / ``after_attention`` for the
+    cross-attention patch lists), inside ``base``, a host BaseModel, with the diffusion loss on ``latents`` (already in
+    the model's latent space, on ``device``) and the prompt's ``context`` / ``pooled``; the UNet is frozen and left
+    exactly as it was (``frozen_for_autograd``)."""
     options = {"patches": {"attn2_patch": [patch.before_attention], "attn2_output_patch": [patch.after_attention]},
                "cond_or_uncond": [0]}
 
@@ -121,3 +119,15 @@ def train_unet_adapter(base, adapter, layers: list, context: torch.Tensor, poole
         return train_adapter(adapter, patch, latents, values.to(device), denoise, sampling.noise_scaling,
                              (float(sampling.sigma_min), float(sampling.sigma_max)), steps, lr, batch_size, seed,
                              on_step=on_step, should_stop=should_stop)
+
+
+def train_unet_adapter(base, adapter, layers: list, context: torch.Tensor, pooled: torch.Tensor | None,
+                       latents: torch.Tensor, values: torch.Tensor, resolution: int, steps: int, lr: float,
+                       batch_size: int, seed: int, device, on_step=None, should_stop=None) -> dict:
+    """Train an expression ``adapter`` (blendshapes -> tokens for ``layers``, the UNet's cross-attention layers)
+    inside ``base`` (see :func:`train_in_unet`)."""
+    from .patch import ExpressionAttentionPatch
+
+    patch = ExpressionAttentionPatch(adapter, torch.zeros(1, values.shape[-1]), 1.0, layers, float("inf"), 0.0)
+    return train_in_unet(base, adapter, patch, context, pooled, latents, values, resolution, steps, lr, batch_size,
+                         seed, device, on_step, should_stop)
