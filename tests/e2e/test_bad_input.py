@@ -178,6 +178,15 @@ def loda(**over):
     return {"1": tiny("sd15"), "2": N("KSamplerSelect", sampler_name="euler"), "9": N("EditLabLODA", **inputs)}
 
 
+def attention_maps(**over):
+    inputs = dict(model=["1", 0], clip=["1", 1], positive=["3", 0], negative=["3", 0], latent_image=["4", 0],
+                  prompt="a photo of a dog and a cat", words="dog, cat", seed=0, steps=2, cfg=1.0,
+                  sampler_name="euler", scheduler="simple", start_step=0, end_step=2)
+    inputs.update(over)
+    return {"1": tiny("sd15"), "3": N("CLIPTextEncode", clip=["1", 1], text="a photo of a dog and a cat"),
+            "4": N("EmptyLatentImage", width=64, height=64, batch_size=1), "9": N("EditLabAttentionMaps", **inputs)}
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -285,6 +294,10 @@ CASES = {
     "loda a single concept": Case(loda(concepts="dog"), "concepts", "2 to 16"),
     "loda concept not in the prompt": Case(loda(concepts="dog, horse"), "concepts", "is not a word of the prompt"),
     "loda step_size NaN": Case(loda(step_size=NAN), "step_size", "finite"),
+    "attention maps word not in the prompt": Case(attention_maps(words="dog, horse"), "words",
+                                                  "is not a word of the prompt"),
+    "attention maps cfg NaN": Case(attention_maps(cfg=NAN), "cfg", "finite"),
+    "attention maps empty step range": Case(attention_maps(start_step=2, end_step=2), "start_step", "before end_step"),
     "tova loader missing metadata": Case({"9": N("EditLabToVALoader", adapter_name=f"{TOKEN}_nometa.safetensors")},
                                          "adapter_name", "lacks the ToVA metadata"),
     "sae loader 1-D tensors": Case({"9": N("EditLabSAELoader", sae_name=f"{TOKEN}_1d.safetensors")}, "sae_name",
