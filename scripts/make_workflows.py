@@ -640,6 +640,66 @@ def saedit_photo_edit():
     return g
 
 
+CONCEPT_PROMPT = "a photo of sks person wearing a zwx shirt"
+
+
+def conceptsplit_two_concepts():
+    g = Graph("ConceptSplit: two concepts without mixing")
+    g.add_note(note("ConceptSplit: two concepts without mixing",
+                    "Two personalised concepts in one image. **ToVA Train** learns one value-only adapter per concept "
+                    "word (*sks*: the photo, *zwx*: the shirt) from the example images; **ToVA Apply** attaches both, "
+                    "each acting only at its word's tokens (never merged). **LODA** wraps the sampler: the first steps "
+                    "push the two words' attention maps apart, then attention fixing guidance keeps them apart. "
+                    "**Attention Maps** shows where each word looks.",
+                    SD15_FILES, "conceptsplit_two_concepts", ("editlab_photo.png", "editlab_product_tshirt.png"),
+                    "The adapters train in-graph on every image in the input folder ('.') for a few steps, so the "
+                    "dry run is quick: for real concepts give each its own folder of 4-10 photos and 500+ steps. "
+                    + SMALL))
+    s_models = g.stage("models", "SD1.5 model", 0)
+    s_train = g.stage("train", "Train one value adapter per concept word", 0)
+    s_apply = g.stage("apply", "Attach both adapters, token-wise", 1)
+    s_sample = g.stage("sample", "LODA sampler: concepts kept apart", 1)
+    s_maps = g.stage("maps", "Where each word attends", 2)
+    m = sd15_loader(g, s_models)
+    adapters = []
+    for i, (word, what) in enumerate((("sks", "person"), ("zwx", "shirt"))):
+        adapters.append(g.add(
+            "EditLabToVATrain",
+            [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", 64),
+             ("rank", 4), ("steps", 4), ("lr", 0.0005), ("batch_size", 1), ("seed", i), ("name", f"concept_{word}"),
+             ("overwrite", True)],
+            {"model": m.model, "clip": m.clip, "vae": m.vae}, ["EDITLAB_TOVA", "STRING"], s_train, i, 0,
+            title=f"ToVA Train ({word})"))
+    tova = g.add("EditLabToVAApply", [("prompt", CONCEPT_PROMPT), ("strength", 1.0)],
+                 {"model": m.model, "clip": m.clip, "adapter_1": (adapters[0], 0, "EDITLAB_TOVA"),
+                  "adapter_2": (adapters[1], 0, "EDITLAB_TOVA")}, ["MODEL"], s_apply, 0, 0)
+    pos = text(g, m.clip, CONCEPT_PROMPT, s_apply, 1, 0)
+    neg = text(g, m.clip, "", s_apply, 1, 1, title="Negative prompt")
+    latent = g.add("EmptyLatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
+                   s_apply, 2, 0)
+    base = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_sample, 0, 0)
+    loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"), ("loda_steps", 2),
+                                 ("step_size", 20.0), ("threshold", 3.0), ("afg_strength", 2.0)],
+                 {"sampler": (base, 0, "SAMPLER"), "clip": m.clip}, ["SAMPLER"], s_sample, 0, 1)
+    sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", 8), ("denoise", 1.0)],
+                   {"model": (tova, 0, "MODEL")}, ["SIGMAS"], s_sample, 1, 0)
+    sampled = g.add("SamplerCustom", [("add_noise", True), ("noise_seed", 42), ("cfg", 5.0)],
+                    {"model": (tova, 0, "MODEL"), "positive": (pos, 0, "CONDITIONING"),
+                     "negative": (neg, 0, "CONDITIONING"), "sampler": (loda, 0, "SAMPLER"),
+                     "sigmas": (sigmas, 0, "SIGMAS"), "latent_image": (latent, 0, "LATENT")},
+                    ["LATENT", "LATENT"], s_sample, 1, 1)
+    image = decode(g, m, sampled, s_sample, 2, 0)
+    save(g, image, "conceptsplit/two_concepts", s_sample, 2, 1)
+    maps = g.add("EditLabAttentionMaps",
+                 [("prompt", CONCEPT_PROMPT), ("words", "sks, zwx"), ("seed", 42), ("steps", 4), ("cfg", 5.0),
+                  ("sampler_name", "euler"), ("scheduler", "simple"), ("start_step", 0), ("end_step", 4)],
+                 {"model": (tova, 0, "MODEL"), "clip": m.clip, "positive": (pos, 0, "CONDITIONING"),
+                  "negative": (neg, 0, "CONDITIONING"), "latent_image": (latent, 0, "LATENT")},
+                 ["LATENT", "IMAGE", "MASK"], s_maps, 0, 0)
+    save(g, maps, "conceptsplit/attention_maps", s_maps, 1, 0, slot=1, title="Save attention heat-maps")
+    return g
+
+
 # The order the templates browser lists them in (the tour first), with the description its card shows; written to
 # web/templates.json, which web/editlab.js reads (ComfyUI's front end would otherwise show file names). The front end
 # turns '-' and '_' in descriptions into spaces: hyphens here are U+2011 and the minus sign U+2212.
@@ -657,12 +717,15 @@ DESCRIPTIONS = {
                              "(SD1.5).",
     "expression_sliders": "Edit an expression with presets and per\u2011coefficient sliders, then generate it (SD1.5).",
     "expression_reference_edit": "Change a photo's expression while a reference adapter keeps the person (SD1.5).",
+    "conceptsplit_two_concepts": "Two personalised concepts in one image: token\u2011wise value adapters (ToVA), "
+                                 "the LODA sampler and per\u2011word attention maps (SD1.5).",
 }
 WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slider_sweep,
              "saedit_sd35_slider": saedit_sd35_slider, "saedit_train_sae": saedit_train_sae,
              "saedit_photo_edit": saedit_photo_edit, "tryon_flux_fill": tryon_flux_fill, "tryall_bag": tryall_bag,
              "tryon_outfit": tryon_outfit, "expression_from_photo": expression_from_photo,
-             "expression_sliders": expression_sliders, "expression_reference_edit": expression_reference_edit}
+             "expression_sliders": expression_sliders, "expression_reference_edit": expression_reference_edit,
+             "conceptsplit_two_concepts": conceptsplit_two_concepts}
 
 
 def main():
