@@ -46,8 +46,8 @@ def _unet_layers(model) -> dict:
     layers = named_cross_attention_layers(model.get_model_object("diffusion_model")) \
         if family in UNET_FAMILIES else {}
     if not layers:
-        raise EditLabInputError("model", "an SD1.5, SD2.1 or SDXL model (ToVA patches a UNet's cross-attention)",
-                                family)
+        raise EditLabInputError("model", "an SD1.5, SD2.1, SDXL or Flux model (ToVA patches a UNet's cross-attention "
+                                         "or Flux's text values)", family)
     return layers
 
 
@@ -210,12 +210,14 @@ class EditLabToVATrain(EditLabNode):
         return io.Schema(
             node_id="EditLabToVATrain", display_name="ToVA Train", category=CAT, is_output_node=True,
             description="Trains one concept's token-wise value adapter: a LoRA on the cross-attention value "
-                        "projections only, acting only at the concept word's positions, from a folder of images of "
+                        "projections only (on Flux: the text stream's values in the double blocks), acting only at "
+                        "the concept word's positions, from a folder of images of "
                         "the concept (in ComfyUI's input folder) captioned with a prompt holding the word; diffusion "
                         "loss, the model frozen and left unchanged. Saves models/tova/NAME.safetensors with the word "
                         "and the model family. Authors' defaults: SD rank 32 lr 5e-4; SDXL rank 16 lr 1e-4.",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.5 / SD2.1 / SDXL model the adapter is for (kept frozen)."),
+                io.Model.Input("model", tooltip="The SD1.5 / SD2.1 / SDXL or Flux model the adapter is for (kept "
+                                                "frozen)."),
                 io.Clip.Input("clip", tooltip="Its text encoder."),
                 io.Vae.Input("vae", tooltip="Its VAE, to encode the images."),
                 io.String.Input("folder", default="concept",
@@ -252,21 +254,20 @@ class EditLabToVATrain(EditLabNode):
         _checked_prompt(prompt, "prompt")
         if not word.strip() or len(word) > 200:
             raise EditLabInputError("word", "a word of the prompt (at most 200 characters)", word)
-        layers = _unet_layers(model)
-        family = host.model_family(model)
+        family, layers, dims = _tova_layers(model)
         positions = _positions(clip, prompt, word, "word")
         images, skipped = _folder_images(folder, resolution)
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
         host.load_models([model])
         base, device = model.model, host.compute_device()
-        width = next(iter(layers.values())).to_v.weight.shape[1]
+        width = next(iter(dims.values()))[0]
         with torch.inference_mode(False), torch.no_grad():  # data, not parameters: no graph through the VAE
             latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
             context = cond[0][0].clone().to(device)
             pooled = cond[0][1].get("pooled_output")
             pooled = None if pooled is None else pooled.clone().to(device)
-            adapter = ValueLoRA(word.strip(), family, rank, width,
-                                {n: attn.to_v.weight.shape[0] for n, attn in layers.items()}, seed).to(device).train()
+            adapter = ValueLoRA(word.strip(), family, rank, width, {n: d[1] for n, d in dims.items()},
+                                seed).to(device).train()
         bar = host.progress(steps)
         stats = train_tova(base, adapter, layers, context, pooled, positions, latents, resolution, steps, lr,
                            batch_size, seed, device, on_step=lambda i, n, loss: bar.update_absolute(i, n),

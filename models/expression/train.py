@@ -96,15 +96,41 @@ def frozen_for_autograd(module: torch.nn.Module):
             p.requires_grad_(flag)
 
 
+_INPLACE_ADD = torch.Tensor.__iadd__
+
+
+def _add_keeping_graphs(a, b):
+    if torch.is_grad_enabled() and (a.requires_grad or (isinstance(b, torch.Tensor) and b.requires_grad)):
+        return a.add(b)  # ``x += y`` rebinds x to a new tensor: what autograd saved of x stays intact
+    return _INPLACE_ADD(a, b)
+
+
+@contextlib.contextmanager
+def graph_safe_residual_adds():
+    """Within the block, ``x += y`` on tensors autograd tracks makes a new tensor instead of writing into ``x``.
+
+    Host networks written for inference add residuals in place (Flux's blocks: ``x += apply_mod(...)`` right after
+    a LayerNorm saved ``x`` for backward), which autograd refuses to differentiate through. Everything else, and
+    every untracked tensor, keeps the in-place add. Only the code that runs the training steps enters it."""
+    torch.Tensor.__iadd__ = _add_keeping_graphs
+    try:
+        yield
+    finally:
+        torch.Tensor.__iadd__ = _INPLACE_ADD
+
+
 def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Tensor | None, latents: torch.Tensor,
                   values: torch.Tensor, resolution: int, steps: int, lr: float, batch_size: int, seed: int, device,
-                  on_step=None, should_stop=None) -> dict:
+                  on_step=None, should_stop=None, options: dict | None = None) -> dict:
     """Train ``adapter``, acting through ``patch`` (an object with ``before_attention`` / ``after_attention`` for the
-    cross-attention patch lists), inside ``base``, a host BaseModel, with the diffusion loss on ``latents`` (already in
-    the model's latent space, on ``device``) and the prompt's ``context`` / ``pooled``; the UNet is frozen and left
-    exactly as it was (``frozen_for_autograd``)."""
-    options = {"patches": {"attn2_patch": [patch.before_attention], "attn2_output_patch": [patch.after_attention]},
-               "cond_or_uncond": [0]}
+    cross-attention patch lists, unless ``options`` gives the transformer options that carry it), inside ``base``, a
+    host BaseModel, with the diffusion loss on ``latents`` (already in the model's latent space, on ``device``) and
+    the prompt's ``context`` / ``pooled``; the network is frozen and left exactly as it was
+    (``frozen_for_autograd``)."""
+    if options is None:
+        options = {"patches": {"attn2_patch": [patch.before_attention],
+                               "attn2_output_patch": [patch.after_attention]}}
+    options = {**options, "cond_or_uncond": [0]}
 
     def denoise(x, sigma):
         b = x.shape[0]
@@ -115,7 +141,8 @@ def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Ten
         return base.apply_model(x, sigma, transformer_options={**options, "sigmas": sigma}, **conds)
 
     sampling = base.model_sampling
-    with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model):
+    with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model), \
+            graph_safe_residual_adds():
         return train_adapter(adapter, patch, latents, values.to(device), denoise, sampling.noise_scaling,
                              (float(sampling.sigma_min), float(sampling.sigma_max)), steps, lr, batch_size, seed,
                              on_step=on_step, should_stop=should_stop)
