@@ -96,29 +96,6 @@ def frozen_for_autograd(module: torch.nn.Module):
             p.requires_grad_(flag)
 
 
-_INPLACE_ADD = torch.Tensor.__iadd__
-
-
-def _add_keeping_graphs(a, b):
-    if torch.is_grad_enabled() and (a.requires_grad or (isinstance(b, torch.Tensor) and b.requires_grad)):
-        return a.add(b)  # ``x += y`` rebinds x to a new tensor: what autograd saved of x stays intact
-    return _INPLACE_ADD(a, b)
-
-
-@contextlib.contextmanager
-def graph_safe_residual_adds():
-    """Within the block, ``x += y`` on tensors autograd tracks makes a new tensor instead of writing into ``x``.
-
-    Host networks written for inference add residuals in place (Flux's blocks: ``x += apply_mod(...)`` right after
-    a LayerNorm saved ``x`` for backward), which autograd refuses to differentiate through. Everything else, and
-    every untracked tensor, keeps the in-place add. Only the code that runs the training steps enters it."""
-    torch.Tensor.__iadd__ = _add_keeping_graphs
-    try:
-        yield
-    finally:
-        torch.Tensor.__iadd__ = _INPLACE_ADD
-
-
 def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Tensor | None, latents: torch.Tensor,
                   values: torch.Tensor, resolution: int, steps: int, lr: float, batch_size: int, seed: int, device,
                   on_step=None, should_stop=None, options: dict | None = None) -> dict:
@@ -141,8 +118,10 @@ def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Ten
         return base.apply_model(x, sigma, transformer_options={**options, "sigmas": sigma}, **conds)
 
     sampling = base.model_sampling
+    # Host networks written for inference add residuals in place right after saving them for backward (Flux's
+    # blocks: x += ...): under allow_mutation_on_saved_tensors autograd keeps a copy of what it saved instead.
     with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model), \
-            graph_safe_residual_adds():
+            torch.autograd.graph.allow_mutation_on_saved_tensors():
         return train_adapter(adapter, patch, latents, values.to(device), denoise, sampling.noise_scaling,
                              (float(sampling.sigma_min), float(sampling.sigma_max)), steps, lr, batch_size, seed,
                              on_step=on_step, should_stop=should_stop)
