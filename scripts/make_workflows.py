@@ -33,6 +33,8 @@ MODEL_FILES = {
                               "split_files/vae/ae.safetensors"),
     "sd3.5_large_fp8_scaled.safetensors": ("checkpoints", "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/"
                                                           "resolve/main/sd3.5_large_fp8_scaled.safetensors"),
+    "sd_xl_base_1.0.safetensors": ("checkpoints", "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/"
+                                                  "resolve/main/sd_xl_base_1.0.safetensors?download=true"),
     "v1-5-pruned-emaonly-fp16.safetensors": ("checkpoints", "https://huggingface.co/Comfy-Org/"
                                                             "stable-diffusion-v1-5-archive/resolve/main/"
                                                             "v1-5-pruned-emaonly-fp16.safetensors"),
@@ -231,6 +233,10 @@ def sd15_loader(g, stage, col=0):
     return checkpoint_loader(g, stage, "v1-5-pruned-emaonly-fp16.safetensors", col)
 
 
+def sdxl_loader(g, stage, col=0):
+    return checkpoint_loader(g, stage, "sd_xl_base_1.0.safetensors", col)
+
+
 # -- notes ------------------------------------------------------------------------------------------------------
 FLUX_FILES = ("- `flux1-dev.safetensors` in `models/diffusion_models/`\n"
               "- `clip_l.safetensors` and `t5xxl_fp16.safetensors` in `models/text_encoders/`\n"
@@ -238,6 +244,7 @@ FLUX_FILES = ("- `flux1-dev.safetensors` in `models/diffusion_models/`\n"
 FILL_FILES = "- `flux1-fill-dev.safetensors` in `models/diffusion_models/` (with the Flux text encoders and VAE)"
 SD35_FILES = "- `sd3.5_large_fp8_scaled.safetensors` in `models/checkpoints/`"
 SD15_FILES = "- `v1-5-pruned-emaonly-fp16.safetensors` in `models/checkpoints/`"
+SDXL_FILES = "- `sd_xl_base_1.0.safetensors` in `models/checkpoints/`"
 INPUTS = ("**Example images** (`{files}`) ship in the pack's `workflows/input/`: `./editlab serve` puts them in its "
           "input folder; for your own ComfyUI run `./editlab install-inputs --comfyui /path/to/ComfyUI` once.")
 DRY_RUN = ("**No weights yet?** `./editlab run workflows/{name}.json --tiny` runs it on tiny random-weight models "
@@ -643,61 +650,95 @@ def saedit_photo_edit():
 CONCEPT_PROMPT = "a photo of sks person wearing a zwx shirt"
 
 
-def conceptsplit_two_concepts():
-    g = Graph("ConceptSplit: two concepts without mixing")
-    g.add_note(note("ConceptSplit: two concepts without mixing",
-                    "Two personalised concepts in one image. **ToVA Train** learns one value-only adapter per concept "
-                    "word (*sks*: the photo, *zwx*: the shirt) from the example images; **ToVA Apply** attaches both, "
-                    "each acting only at its word's tokens (never merged). **LODA** wraps the sampler: the first steps "
-                    "push the two words' attention maps apart, then attention fixing guidance keeps them apart. "
-                    "**Attention Maps** shows where each word looks.",
-                    SD15_FILES, "conceptsplit_two_concepts", ("editlab_photo.png", "editlab_product_tshirt.png"),
-                    "The adapters train in-graph on every image in the input folder ('.') for a few steps, so the "
-                    "dry run is quick: for real concepts give each its own folder of 4-10 photos and 500+ steps. "
-                    + SMALL))
-    s_models = g.stage("models", "SD1.5 model", 0)
-    s_train = g.stage("train", "Train one value adapter per concept word", 0)
-    s_apply = g.stage("apply", "Attach both adapters, token-wise", 1)
-    s_sample = g.stage("sample", "LODA sampler: concepts kept apart", 1)
-    s_maps = g.stage("maps", "Where each word attends", 2)
-    m = sd15_loader(g, s_models)
+# ConceptSplit per model family: (title suffix, loaders, files, empty latent node, ToVA rank and lr (the authors'
+# SD / SDXL defaults; Flux has none published), sampler cfg, Flux guidance or None).
+CONCEPTSPLIT = {
+    "sd15": (" (SD1.5)", sd15_loader, SD15_FILES, "EmptyLatentImage", 4, 0.0005, 5.0, None),
+    "sdxl": (" (SDXL)", sdxl_loader, SDXL_FILES, "EmptyLatentImage", 16, 0.0001, 5.0, None),
+    "flux": (" (Flux)", flux_loaders, FLUX_FILES, "EmptySD3LatentImage", 16, 0.0001, 1.0, 3.5),
+}
+
+
+def conceptsplit_rows(g, family, band=0, label=""):
+    """ToVA Train x2 -> ToVA Apply -> LODA sampler -> image, and the per-word attention heat-maps, saved."""
+    suffix, loaders, _, latent_node, rank, lr, cfg, guidance = CONCEPTSPLIT[family]
+    s_models = g.stage("models", f"{label}{suffix.strip(' ()')} model" + ("s" if family == "flux" else ""), band)
+    s_train = g.stage("train", f"{label}Train one value adapter per concept word", band)
+    s_apply = g.stage("apply", f"{label}Attach both adapters, token-wise", band + 1)
+    s_sample = g.stage("sample", f"{label}LODA sampler: concepts kept apart", band + 1)
+    s_maps = g.stage("maps", f"{label}Where each word attends", band + 2)
+    m = loaders(g, s_models)
     adapters = []
     for i, (word, what) in enumerate((("sks", "person"), ("zwx", "shirt"))):
         adapters.append(g.add(
             "EditLabToVATrain",
             [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", 64),
-             ("rank", 4), ("steps", 4), ("lr", 0.0005), ("batch_size", 1), ("seed", i), ("name", f"concept_{word}"),
-             ("overwrite", True)],
+             ("rank", rank), ("steps", 4), ("lr", lr), ("batch_size", 1), ("seed", i),
+             ("name", f"concept_{word}" if family == "sd15" else f"concept_{word}_{family}"), ("overwrite", True)],
             {"model": m.model, "clip": m.clip, "vae": m.vae}, ["EDITLAB_TOVA", "STRING"], s_train, i, 0,
             title=f"ToVA Train ({word})"))
     tova = g.add("EditLabToVAApply", [("prompt", CONCEPT_PROMPT), ("strength", 1.0)],
                  {"model": m.model, "clip": m.clip, "adapter_1": (adapters[0], 0, "EDITLAB_TOVA"),
                   "adapter_2": (adapters[1], 0, "EDITLAB_TOVA")}, ["MODEL"], s_apply, 0, 0)
-    pos = text(g, m.clip, CONCEPT_PROMPT, s_apply, 1, 0)
+    pos = (text(g, m.clip, CONCEPT_PROMPT, s_apply, 1, 0), 0, "CONDITIONING")
     neg = text(g, m.clip, "", s_apply, 1, 1, title="Negative prompt")
-    latent = g.add("EmptyLatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
-                   s_apply, 2, 0)
+    if guidance is not None:
+        pos = (g.add("FluxGuidance", [("guidance", guidance)], {"conditioning": pos}, ["CONDITIONING"], s_apply, 2,
+                     1), 0, "CONDITIONING")
+    latent = g.add(latent_node, [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], s_apply, 2, 0)
     base = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_sample, 0, 0)
     loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"), ("loda_steps", 2),
                                  ("step_size", 20.0), ("threshold", 3.0), ("afg_strength", 2.0)],
                  {"sampler": (base, 0, "SAMPLER"), "clip": m.clip}, ["SAMPLER"], s_sample, 0, 1)
     sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", 8), ("denoise", 1.0)],
                    {"model": (tova, 0, "MODEL")}, ["SIGMAS"], s_sample, 1, 0)
-    sampled = g.add("SamplerCustom", [("add_noise", True), ("noise_seed", 42), ("cfg", 5.0)],
-                    {"model": (tova, 0, "MODEL"), "positive": (pos, 0, "CONDITIONING"),
-                     "negative": (neg, 0, "CONDITIONING"), "sampler": (loda, 0, "SAMPLER"),
-                     "sigmas": (sigmas, 0, "SIGMAS"), "latent_image": (latent, 0, "LATENT")},
+    sampled = g.add("SamplerCustom", [("add_noise", True), ("noise_seed", 42), ("cfg", cfg)],
+                    {"model": (tova, 0, "MODEL"), "positive": pos, "negative": (neg, 0, "CONDITIONING"),
+                     "sampler": (loda, 0, "SAMPLER"), "sigmas": (sigmas, 0, "SIGMAS"),
+                     "latent_image": (latent, 0, "LATENT")},
                     ["LATENT", "LATENT"], s_sample, 1, 1)
     image = decode(g, m, sampled, s_sample, 2, 0)
-    save(g, image, "conceptsplit/two_concepts", s_sample, 2, 1)
+    prefix = "conceptsplit/" if family == "sd15" else f"conceptsplit_{family}/"
+    save(g, image, prefix + "two_concepts", s_sample, 2, 1)
     maps = g.add("EditLabAttentionMaps",
-                 [("prompt", CONCEPT_PROMPT), ("words", "sks, zwx"), ("seed", 42), ("steps", 4), ("cfg", 5.0),
+                 [("prompt", CONCEPT_PROMPT), ("words", "sks, zwx"), ("seed", 42), ("steps", 4), ("cfg", cfg),
                   ("sampler_name", "euler"), ("scheduler", "simple"), ("start_step", 0), ("end_step", 4)],
-                 {"model": (tova, 0, "MODEL"), "clip": m.clip, "positive": (pos, 0, "CONDITIONING"),
+                 {"model": (tova, 0, "MODEL"), "clip": m.clip, "positive": pos,
                   "negative": (neg, 0, "CONDITIONING"), "latent_image": (latent, 0, "LATENT")},
                  ["LATENT", "IMAGE", "MASK"], s_maps, 0, 0)
-    save(g, maps, "conceptsplit/attention_maps", s_maps, 1, 0, slot=1, title="Save attention heat-maps")
+    save(g, maps, prefix + "attention_maps", s_maps, 1, 0, slot=1, title="Save attention heat-maps")
+
+
+def conceptsplit_workflow(family):
+    suffix, _, files, *_ = CONCEPTSPLIT[family]
+    name = "conceptsplit_two_concepts" + ("" if family == "sd15" else f"_{family}")
+    g = Graph("ConceptSplit: two concepts without mixing" + ("" if family == "sd15" else suffix))
+    g.add_note(note(g.title,
+                    "Two personalised concepts in one image. **ToVA Train** learns one value-only adapter per concept "
+                    "word (*sks*: the photo, *zwx*: the shirt) from the example images; **ToVA Apply** attaches both, "
+                    "each acting only at its word's tokens (never merged). **LODA** wraps the sampler: the first steps "
+                    "push the two words' attention maps apart, then attention fixing guidance keeps them apart. "
+                    "**Attention Maps** shows where each word looks."
+                    + (" On Flux the adapters act on the text stream's values in the double blocks and the maps "
+                       "come from the joint attention." if family == "flux" else ""),
+                    files, name, ("editlab_photo.png", "editlab_product_tshirt.png"),
+                    "The adapters train in-graph on every image in the input folder ('.') for a few steps, so the "
+                    "dry run is quick: for real concepts give each its own folder of 4-10 photos and 500+ steps. "
+                    + SMALL))
+    conceptsplit_rows(g, family)
     return g
+
+
+def conceptsplit_two_concepts():
+    return conceptsplit_workflow("sd15")
+
+
+def conceptsplit_two_concepts_sdxl():
+    return conceptsplit_workflow("sdxl")
+
+
+def conceptsplit_two_concepts_flux():
+    return conceptsplit_workflow("flux")
 
 
 # The order the templates browser lists them in (the tour first), with the description its card shows; written to
@@ -719,13 +760,19 @@ DESCRIPTIONS = {
     "expression_reference_edit": "Change a photo's expression while a reference adapter keeps the person (SD1.5).",
     "conceptsplit_two_concepts": "Two personalised concepts in one image: token\u2011wise value adapters (ToVA), "
                                  "the LODA sampler and per\u2011word attention maps (SD1.5).",
+    "conceptsplit_two_concepts_sdxl": "ConceptSplit on SDXL: two concepts' value adapters trained in\u2011graph, "
+                                      "the LODA sampler and attention heat\u2011maps.",
+    "conceptsplit_two_concepts_flux": "ConceptSplit on Flux: value adapters on the text stream of the double "
+                                      "blocks, the LODA sampler and attention heat\u2011maps.",
 }
 WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slider_sweep,
              "saedit_sd35_slider": saedit_sd35_slider, "saedit_train_sae": saedit_train_sae,
              "saedit_photo_edit": saedit_photo_edit, "tryon_flux_fill": tryon_flux_fill, "tryall_bag": tryall_bag,
              "tryon_outfit": tryon_outfit, "expression_from_photo": expression_from_photo,
              "expression_sliders": expression_sliders, "expression_reference_edit": expression_reference_edit,
-             "conceptsplit_two_concepts": conceptsplit_two_concepts}
+             "conceptsplit_two_concepts": conceptsplit_two_concepts,
+             "conceptsplit_two_concepts_sdxl": conceptsplit_two_concepts_sdxl,
+             "conceptsplit_two_concepts_flux": conceptsplit_two_concepts_flux}
 
 
 def main():
