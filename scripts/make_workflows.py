@@ -408,12 +408,13 @@ SAE_TRAINED = ("The SAE is trained in-graph on prompts encoded by your text enco
 def tour():
     g = Graph("EditLab tour")
     g.add_note(note(
-        "EditLab tour: three methods in one graph",
+        "EditLab tour: one row per method, in one graph",
         "Row 1, **SAEdit** (Flux): trains a small sparse autoencoder on the text encoder's token embeddings, finds a "
         "'smiling' direction from prompt pairs and slides it on the word *fox*, beside the plain image.\n"
         "Row 2, **DiT-VTON** try-on (Flux Fill): pose, garment mask, person | product | pose canvas, fill, exact "
         "paste-back.\nRow 3, **blendshape expressions**: the photo's 52 ARKit coefficients drawn over it (no "
-        "generative model).",
+        "generative model).\nRow 4, **ConceptSplit** (Flux): two concepts' value adapters trained in-graph, "
+        "attached token-wise, the LODA sampler keeping them apart, and each word's attention heat-map.",
         FLUX_FILES + "\n" + FILL_FILES, "editlab_tour", ("editlab_photo.png", "editlab_product_tshirt.png"),
         SAE_TRAINED.format(sae="editlab_tour_sae") + " " + SMALL))
     s_models = g.stage("models", "1 · SAEdit: Flux models", 0)
@@ -436,6 +437,7 @@ def tour():
     shapes = g.add("EditLabFaceBlendshapes", [("face_index", 0), ("allow_no_face", False)],
                    {"image": (photo, 0, "IMAGE")}, ["EDITLAB_BLENDSHAPES", "IMAGE", "STRING"], s_face, 1, 0)
     save(g, shapes, "editlab_tour/blendshapes_overlay", s_face, 2, 0, slot=1)
+    conceptsplit_rows(g, "flux", band=3, label="4 · ", m=m)
     return g
 
 
@@ -659,15 +661,19 @@ CONCEPTSPLIT = {
 }
 
 
-def conceptsplit_rows(g, family, band=0, label=""):
-    """ToVA Train x2 -> ToVA Apply -> LODA sampler -> image, and the per-word attention heat-maps, saved."""
+def conceptsplit_rows(g, family, band=0, label="", m=None):
+    """ToVA Train x2 -> ToVA Apply -> LODA sampler -> image, and the per-word attention heat-maps, saved; over three
+    bands, or one (the tour's row) when given the models ``m`` another row loaded."""
     suffix, loaders, _, latent_node, rank, lr, cfg, guidance = CONCEPTSPLIT[family]
-    s_models = g.stage("models", f"{label}{suffix.strip(' ()')} model" + ("s" if family == "flux" else ""), band)
-    s_train = g.stage("train", f"{label}Train one value adapter per concept word", band)
-    s_apply = g.stage("apply", f"{label}Attach both adapters, token-wise", band + 1)
-    s_sample = g.stage("sample", f"{label}LODA sampler: concepts kept apart", band + 1)
-    s_maps = g.stage("maps", f"{label}Where each word attends", band + 2)
-    m = loaders(g, s_models)
+    bands = (band,) * 5 if m is not None else (band, band, band + 1, band + 1, band + 2)
+    key = f"conceptsplit{band}_"
+    if m is None:
+        m = loaders(g, g.stage(key + "models", f"{label}{suffix.strip(' ()')} model"
+                               + ("s" if family == "flux" else ""), band))
+    s_train = g.stage(key + "train", f"{label}Train one value adapter per concept word", bands[1])
+    s_apply = g.stage(key + "apply", f"{label}Attach both adapters, token-wise", bands[2])
+    s_sample = g.stage(key + "sample", f"{label}LODA sampler: concepts kept apart", bands[3])
+    s_maps = g.stage(key + "maps", f"{label}Where each word attends", bands[4])
     adapters = []
     for i, (word, what) in enumerate((("sks", "person"), ("zwx", "shirt"))):
         adapters.append(g.add(
@@ -699,6 +705,8 @@ def conceptsplit_rows(g, family, band=0, label=""):
                     ["LATENT", "LATENT"], s_sample, 1, 1)
     image = decode(g, m, sampled, s_sample, 2, 0)
     prefix = "conceptsplit/" if family == "sd15" else f"conceptsplit_{family}/"
+    if label:  # the tour's row
+        prefix = "editlab_tour/conceptsplit_"
     save(g, image, prefix + "two_concepts", s_sample, 2, 1)
     maps = g.add("EditLabAttentionMaps",
                  [("prompt", CONCEPT_PROMPT), ("words", "sks, zwx"), ("seed", 42), ("steps", 4), ("cfg", cfg),
@@ -745,8 +753,8 @@ def conceptsplit_two_concepts_flux():
 # web/templates.json, which web/editlab.js reads (ComfyUI's front end would otherwise show file names). The front end
 # turns '-' and '_' in descriptions into spaces: hyphens here are U+2011 and the minus sign U+2212.
 DESCRIPTIONS = {
-    "editlab_tour": "All three methods in one graph: SAEdit slider (Flux), try\u2011on (Flux Fill), face blendshapes. "
-                    "Start here.",
+    "editlab_tour": "Every method in one graph, a row each: SAEdit slider (Flux), try\u2011on (Flux Fill), face "
+                    "blendshapes, ConceptSplit (Flux). Start here.",
     "saedit_flux_slider_sweep": "A 'smiling' SAE direction slid on one word at strengths \u22121, 0, 1 and 2 (Flux).",
     "saedit_sd35_slider": "The SAEdit slider on Stable Diffusion 3.5: plain and slid image side by side.",
     "saedit_train_sae": "Train a sparse autoencoder on your text encoder and save a direction from prompt pairs.",
