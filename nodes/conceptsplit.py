@@ -13,6 +13,7 @@ import torch
 from comfy_api.latest import io
 
 from ..models.conceptsplit.flux import FluxToVAPatch, double_block_layers, value_width
+from ..models.conceptsplit.loda import MAP_LAYERS
 from ..models.conceptsplit.patch import ToVAPatch, named_cross_attention_layers
 from ..models.conceptsplit.tova import Binding, ToVAFileError, ValueLoRA, load_tova, save_tova
 from ..models.saedit.tokens import prompt_tokens, word_positions
@@ -368,8 +369,8 @@ class _LODASampler(host.Sampler):
     """A host sampler running LODA's first steps around the wrapped one (``models/conceptsplit/loda.py``)."""
 
     def __init__(self, wrapped, concepts: list, n_steps: int, threshold: float, step_size: float,
-                 afg_strength: float):
-        self.wrapped, self.concepts, self.n_steps = wrapped, concepts, n_steps
+                 afg_strength: float, map_layers: str = "authors"):
+        self.wrapped, self.concepts, self.n_steps, self.map_layers = wrapped, concepts, n_steps, map_layers
         self.threshold, self.step_size, self.afg_strength = threshold, step_size, afg_strength
         self.afg_patches = []  # the AFG patch of each run (its per-call attention mass outside the masks)
 
@@ -393,7 +394,7 @@ class _LODASampler(host.Sampler):
                                denoise_mask, disable_pbar, self.concepts, layers, self.n_steps, self.threshold,
                                self.step_size, self.afg_strength, frozen=frozen_for_autograd,
                                should_stop=host.check_interrupted, on_step=lambda i, n: bar.update_absolute(i, n),
-                               afg_out=self.afg_patches)
+                               afg_out=self.afg_patches, map_layers=self.map_layers)
         except ValueError as exc:
             if isinstance(exc, EditLabInputError):
                 raise
@@ -427,19 +428,25 @@ class EditLabLODA(EditLabNode):
                                            "3; their command line uses 1)."),
                     io.Float.Input("afg_strength", default=2.0, min=0.0, max=100.0, step=0.1,
                                    tooltip="How far attention fixing guidance lowers a concept's attention logits "
-                                           "outside its mask after the LODA steps (0: no AFG).")],
+                                           "outside its mask after the LODA steps (0: no AFG)."),
+                    io.Combo.Input("map_layers", options=list(MAP_LAYERS), default="authors", optional=True,
+                                   tooltip="UNets: which cross-attention layers' maps LODA separates. 'authors': "
+                                           "those nearest a quarter of the latent's side (24x24 on SD2.1 at 768 "
+                                           "px, 32x32 on SDXL at 1024 px); 'all': every layer. Flux: always all "
+                                           "double blocks.")],
             outputs=[io.Sampler.Output()],
         )
 
     @classmethod
     def execute(cls, sampler, clip, prompt, concepts, loda_steps, step_size, threshold,
-                afg_strength=2.0) -> io.NodeOutput:
+                afg_strength=2.0, map_layers="authors") -> io.NodeOutput:
         _checked_prompt(prompt, "prompt")
         words = [w.strip() for w in concepts.split(",") if w.strip()]
         if len(words) < 2 or len(words) > MAX_WORDS or len(concepts) > MAX_PROMPT_CHARS:
             raise EditLabInputError("concepts", f"2 to {MAX_WORDS} comma-separated words of the prompt", concepts)
         positions = [_positions(clip, prompt, w, "concepts") for w in words]
-        return io.NodeOutput(_LODASampler(sampler, positions, loda_steps, threshold, step_size, afg_strength))
+        return io.NodeOutput(_LODASampler(sampler, positions, loda_steps, threshold, step_size, afg_strength,
+                                          map_layers))
 
 
 NODES = [EditLabToVALoader, EditLabToVAApply, EditLabToVATrain, EditLabAttentionMaps, EditLabLODA]

@@ -694,7 +694,8 @@ def conceptsplit_rows(g, family, band=0, label="", m=None):
     latent = g.add(latent_node, [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], s_apply, 2, 0)
     base = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_sample, 0, 0)
     loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"), ("loda_steps", 2),
-                                 ("step_size", 20.0), ("threshold", 3.0), ("afg_strength", 2.0)],
+                                 ("step_size", 20.0), ("threshold", 3.0), ("afg_strength", 2.0),
+                                 ("map_layers", "authors")],
                  {"sampler": (base, 0, "SAMPLER"), "clip": m.clip}, ["SAMPLER"], s_sample, 0, 1)
     sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", 8), ("denoise", 1.0)],
                    {"model": (tova, 0, "MODEL")}, ["SIGMAS"], s_sample, 1, 0)
