@@ -1,4 +1,4 @@
-"""ConceptSplit on the tiny SD1.5, measured in one run: ToVA's overhead over plain sampling (two adapters), and
+"""ConceptSplit on the tiny SD1.5 and the tiny Flux, measured in one run each: ToVA's overhead over plain sampling (two adapters), and
 LODA's cost as a ratio over plain sampling next to its floor (plain + forward-and-backward x LODA steps).
 
 The ratios are what carries over; the absolute times (a CPU, a tiny model) do not.
@@ -30,10 +30,11 @@ def host():
     args.cpu = True
 
 
-def _adapter(layers, token, seed):
+def _adapter(family, dims, token, seed):
     from editlab.models.conceptsplit.tova import ValueLoRA
 
-    a = ValueLoRA(token, "sd15", 32, 32, {n: attn.to_v.weight.shape[0] for n, attn in layers.items()}, seed)
+    width = next(iter(dims.values()))[0]
+    a = ValueLoRA(token, family, 32, width, {n: d[1] for n, d in dims.items()}, seed)
     with torch.no_grad():
         for p in a.up:
             p.normal_(generator=torch.Generator().manual_seed(seed))
@@ -52,22 +53,26 @@ def _interleaved(runs: dict, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def measure(repeats=5):
+ARCHS = {"sd15": (4, 5.0), "flux": (16, 1.0)}  # latent channels, cfg
+
+
+def measure(arch="sd15", repeats=5):
     import comfy.sample
     import comfy.samplers
 
-    from editlab.models.conceptsplit.patch import named_cross_attention_layers
     from editlab.models.expression.train import frozen_for_autograd
     from editlab.models.tiny import build_tiny_models
-    from editlab.nodes.conceptsplit import EditLabLODA, EditLabToVAApply
+    from editlab.nodes.conceptsplit import EditLabLODA, EditLabToVAApply, _tova_layers
 
-    tiny = build_tiny_models("sd15", 0)
-    layers = named_cross_attention_layers(tiny.model.model.diffusion_model)
+    channels, cfg = ARCHS[arch]
+    tiny = build_tiny_models(arch, 0)
+    family, _, dims = _tova_layers(tiny.model)
     pos = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(PROMPT))
     neg = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(""))
     tova, = EditLabToVAApply.execute(model=tiny.model, clip=tiny.clip, prompt=PROMPT, strength=1.0,
-                                     adapter_1=_adapter(layers, "dog", 1), adapter_2=_adapter(layers, "cat", 2)).result
-    latent = torch.zeros(1, 4, 16, 16)
+                                     adapter_1=_adapter(family, dims, "dog", 1),
+                                     adapter_2=_adapter(family, dims, "cat", 2)).result
+    latent = torch.zeros(1, channels, 16, 16)
     noise = comfy.sample.prepare_noise(latent, 0)
     sigmas = comfy.samplers.calculate_sigmas(tiny.model.get_model_object("model_sampling"), "simple", STEPS)
     euler = comfy.samplers.sampler_object("euler")
@@ -75,16 +80,22 @@ def measure(repeats=5):
                                 loda_steps=LODA_STEPS, step_size=20.0, threshold=3.0, afg_strength=2.0).result
 
     def sample(model, sampler):
-        return lambda: comfy.sample.sample_custom(model, noise, 5.0, sampler, sigmas, pos, neg, latent,
+        return lambda: comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, pos, neg, latent,
                                                   disable_pbar=True, seed=0)
 
     base = tiny.model.model
+    rows = 2 if cfg > 1 else 1  # cond + uncond in one call under CFG; the cond row alone at cfg 1
 
-    def forward_backward():  # one cfg model call (cond + uncond rows) with the gradient to the latent
-        ctx = torch.cat([pos[0][0], neg[0][0]])
-        with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model):
-            x = torch.randn(2, 4, 16, 16, requires_grad=True)
-            out = base.apply_model(x, sigmas[:1].expand(2), c_crossattn=ctx.clone())
+    def forward_backward():  # one model call as the sampler makes it, with the gradient to the latent
+        ctx = torch.cat([pos[0][0], neg[0][0]])[:rows]
+        pooled = pos[0][1].get("pooled_output")
+        mutation = torch.autograd.graph.allow_mutation_on_saved_tensors()
+        with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model), mutation:
+            x = torch.randn(rows, channels, 16, 16, requires_grad=True)
+            extra = base.extra_conds(cross_attn=ctx.clone(), noise=x, device=x.device,
+                                     pooled_output=None if pooled is None else pooled.expand(rows, -1).clone())
+            conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
+            out = base.apply_model(x, sigmas[:1].expand(rows), **conds)
             torch.autograd.grad(out.square().mean(), x)
 
     return _interleaved({"plain": sample(tiny.model, euler), "tova": sample(tova, euler),
@@ -93,9 +104,11 @@ def measure(repeats=5):
 
 if __name__ == "__main__":
     host()
-    t = measure()
-    floor = (t["plain"] + LODA_STEPS * t["fwd_bwd"]) / t["plain"]
-    print(f"tiny SD1.5, {STEPS} euler steps, cfg 5, 16x16 latent: plain {t['plain'] * 1000:.1f} ms")
-    print(f"ToVA (two adapters, rank 32): {t['tova'] * 1000:.1f} ms, overhead ratio {t['tova'] / t['plain']:.3f}x")
-    print(f"LODA ({LODA_STEPS} steps + AFG): {t['loda'] * 1000:.1f} ms, ratio {t['loda'] / t['plain']:.2f}x; floor "
-          f"(plain + forward-and-backward x {LODA_STEPS}) {floor:.2f}x")
+    for arch, (_, cfg) in ARCHS.items():
+        t = measure(arch)
+        floor = (t["plain"] + LODA_STEPS * t["fwd_bwd"]) / t["plain"]
+        print(f"tiny {arch}, {STEPS} euler steps, cfg {cfg:g}, 16x16 latent: plain {t['plain'] * 1000:.1f} ms")
+        print(f"  ToVA (two adapters, rank 32): {t['tova'] * 1000:.1f} ms, overhead ratio "
+              f"{t['tova'] / t['plain']:.3f}x")
+        print(f"  LODA ({LODA_STEPS} steps + AFG): {t['loda'] * 1000:.1f} ms, ratio {t['loda'] / t['plain']:.2f}x; "
+              f"floor (plain + forward-and-backward x {LODA_STEPS}) {floor:.2f}x")
