@@ -178,6 +178,18 @@ def loda(**over):
     return {"1": tiny("sd15"), "2": N("KSamplerSelect", sampler_name="euler"), "9": N("EditLabLODA", **inputs)}
 
 
+def loda_sampling(steps=4, **over):
+    """LODA around euler inside SamplerCustom (node 9): the step count is known only there."""
+    graph = loda(**over)
+    graph["8"] = graph.pop("9")
+    graph.update({"3": N("CLIPTextEncode", clip=["1", 1], text="a photo of a dog and a cat"),
+                  "4": N("EmptyLatentImage", width=64, height=64, batch_size=1),
+                  "5": N("BasicScheduler", model=["1", 0], scheduler="simple", steps=steps, denoise=1.0),
+                  "9": N("SamplerCustom", model=["1", 0], add_noise=True, noise_seed=0, cfg=1.0, positive=["3", 0],
+                         negative=["3", 0], sampler=["8", 0], sigmas=["5", 0], latent_image=["4", 0])})
+    return graph
+
+
 def attention_maps(**over):
     inputs = dict(model=["1", 0], clip=["1", 1], positive=["3", 0], negative=["3", 0], latent_image=["4", 0],
                   prompt="a photo of a dog and a cat", words="dog, cat", seed=0, steps=2, cfg=1.0,
@@ -294,6 +306,12 @@ CASES = {
     "loda a single concept": Case(loda(concepts="dog"), "concepts", "2 to 16"),
     "loda concept not in the prompt": Case(loda(concepts="dog, horse"), "concepts", "is not a word of the prompt"),
     "loda step_size NaN": Case(loda(step_size=NAN), "step_size", "finite"),
+    "loda more steps than the sampling has": Case(loda_sampling(loda_steps=5, steps=4), "loda_steps",
+                                                  "at most the 4 sampling steps"),
+    "tova apply adapter for another width": Case(tova_apply(f"{TOKEN}_width.safetensors"), "adapter_1",
+                                                 "-wide text context"),
+    "tova loader wrong shapes": Case({"9": N("EditLabToVALoader", adapter_name=f"{TOKEN}_shape.safetensors")},
+                                     "adapter_name", "has down (4, 31)"),
     "attention maps word not in the prompt": Case(attention_maps(words="dog, horse"), "words",
                                                   "is not a word of the prompt"),
     "attention maps cfg NaN": Case(attention_maps(cfg=NAN), "cfg", "finite"),
@@ -407,6 +425,11 @@ def _tova_files(folder: Path):
     from editlab.models.conceptsplit.tova import ValueLoRA, save_tova
 
     save_tova(ValueLoRA("sks", "sdxl", 2, 64, {"input.4.0": 128}), folder / f"{TOKEN}_sdxl.safetensors")
+    save_tova(ValueLoRA("sks", "sd15", 2, 7, {"input.1.0": 32}), folder / f"{TOKEN}_width.safetensors")
+    meta = {"format": "editlab.tova.v1", "token": "dog", "family": "sd15", "rank": "4", "context_dim": "32",
+            "layers": '["input.1.0"]'}
+    save_file({"input.1.0.down": torch.zeros(4, 31), "input.1.0.up": torch.zeros(64, 4)},
+              str(folder / f"{TOKEN}_shape.safetensors"), metadata=meta)
     save_file({"input.1.0.down": torch.zeros(2, 32), "input.1.0.up": torch.zeros(64, 2)},
               str(folder / f"{TOKEN}_nometa.safetensors"))
 

@@ -177,7 +177,7 @@ def _flux_run(model, models, sampler, seed=0, steps=4, cfg=2.0):
 def test_flux_zero_steps_is_the_wrapped_sampler_and_steps_run(nodes, flux):
     import comfy.samplers
 
-    for name in ("euler", "dpmpp_2m"):
+    for name in ("euler", "dpmpp_2m", "uni_pc", "euler_ancestral"):
         plain = comfy.samplers.sampler_object(name)
         base = _flux_run(flux.model, flux, plain)
         assert torch.equal(_flux_run(flux.model, flux, _loda(nodes, flux, plain, 0)), base)
