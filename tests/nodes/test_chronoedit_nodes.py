@@ -293,3 +293,17 @@ def test_bad_input_is_named(nodes, wan, conds, image):
     plain = _cond(nodes, wan, conds, image, False)
     with pytest.raises(EditLabInputError, match="input 'positive'"):
         _sample(nodes, wan.model, (plain[0], c[1], c[2]))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp8_e4m3fn"])
+def test_half_precision_weights(nodes, conds, image, dtype):
+    """The drop and restart on the tiny Wan stored in bf16 / fp16 / fp8: finite, frame 0 pinned, 2 frames after k."""
+    from editlab.models.tiny import build_tiny_models
+
+    low = build_tiny_models("wan21_i2v", 0, weight_dtype=dtype)
+    rec = Recorder(low.model)
+    c = _cond(nodes, low, conds, image, True)
+    edited, trajectory = _sample(nodes, rec.model, c, steps=4, k=2, sampler="dpmpp_2m")
+    assert edited["samples"].isfinite().all() and trajectory["samples"].isfinite().all()
+    assert torch.equal(edited["samples"][:, :, :1], c[2]["samples"][:, :, :1])
+    assert [call["x"].shape[2] for call in rec.calls] == [FRAMES, FRAMES, 2, 2]
