@@ -307,3 +307,28 @@ def test_half_precision_weights(nodes, conds, image, dtype):
     assert edited["samples"].isfinite().all() and trajectory["samples"].isfinite().all()
     assert torch.equal(edited["samples"][:, :, :1], c[2]["samples"][:, :, :1])
     assert [call["x"].shape[2] for call in rec.calls] == [FRAMES, FRAMES, 2, 2]
+
+
+def test_progress_over_all_steps_with_previews_and_interruption(nodes, wan, conds, image):
+    import comfy.model_management
+    import comfy.utils
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    seen = []
+    old_hook, old_method = comfy.utils.PROGRESS_BAR_HOOK, args.preview_method
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append(
+        (value, total, preview)))
+    args.preview_method = LatentPreviewMethod.Latent2RGB
+    try:
+        c = _cond(nodes, wan, conds, image, True)
+        _sample(nodes, wan.model, c, steps=5, k=2, sampler="dpmpp_2m")
+        assert [v for v, _, _ in seen] == [1, 2, 3, 4, 5] and {t for _, t, _ in seen} == {5}
+        assert all(p is not None and p[0] == "JPEG" for _, _, p in seen)
+        assert seen[-1][2][1].size == (W // 8, H // 8)  # the edited frame's latent preview
+        comfy.model_management.interrupt_current_processing(True)
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            _sample(nodes, wan.model, c, steps=5, k=2)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+        comfy.utils.set_progress_bar_global_hook(old_hook)
+        args.preview_method = old_method
