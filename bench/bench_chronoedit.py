@@ -4,8 +4,8 @@ predict (latent frames x steps, summed over the steps; attention grows faster th
 
 Peak memory: the CUDA allocator's peak on a GPU; on a CPU the process's resident memory sampled every millisecond
 above its level before the run, in a child process whose C allocator maps every block of 64 kB or more on its own
-(MALLOC_MMAP_THRESHOLD_), so freed tensors leave the resident set and it follows the live tensors. The ratios are what carries over;
-the absolute numbers (a tiny model) do not.
+(MALLOC_MMAP_THRESHOLD_), so freed tensors leave the resident set and it follows the live tensors. The ratios are
+what carries over; the absolute numbers (a tiny model) do not.
 """
 import argparse
 import os
@@ -138,7 +138,10 @@ def main():
     a = parser.parse_args()
     if not a.gpu and os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":  # see the module's docstring
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        sys.exit(subprocess.run([sys.executable, __file__, *sys.argv[1:]], env=env).returncode)
+        code = subprocess.run([sys.executable, __file__, *sys.argv[1:]], env=env).returncode
+        if code:  # a clean exit must not stop bench/run_all.py, which runs the benches in its own process
+            sys.exit(code)
+        return
     measure(a.size, a.frames, a.steps, a.k, a.repeats, cpu=not a.gpu)
 
 

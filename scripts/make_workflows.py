@@ -37,9 +37,9 @@ MODEL_FILES = {
                                                             "stable-diffusion-v1-5-archive/resolve/main/"
                                                             "v1-5-pruned-emaonly-fp16.safetensors"),
     # -- ChronoEdit (ComfyUI's image_chrono_edit_14B template) --
-    "chrono_edit_14B_fp16.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/"
-                                                             "resolve/main/split_files/diffusion_models/"
-                                                             "chrono_edit_14B_fp16.safetensors"),
+    "chrono_edit_14B_fp16.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/"
+                                                             "Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/"
+                                                             "diffusion_models/chrono_edit_14B_fp16.safetensors"),
     "umt5_xxl_fp8_e4m3fn_scaled.safetensors": ("text_encoders", "https://huggingface.co/Comfy-Org/"
                                                                 "Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
                                                                 "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"),

@@ -5,3 +5,7 @@ from .layout import (AUTHORS_AREA, DEFAULT_REASONING_FRAMES, EDIT_POSITION_2_FRA
                      conditioning_video, frame0_mask, keep_ends, kept_positions, rope_scale_for, size_for_area,
                      start_latent, video_frames)
 from .reasoning import ReasoningResult, check_reasoning_steps, restart_state, temporal_reasoning
+
+__all__ = ["AUTHORS_AREA", "DEFAULT_REASONING_FRAMES", "EDIT_POSITION_2_FRAMES", "MAX_LATENT_FRAMES", "conditioning_video",
+           "frame0_mask", "keep_ends", "kept_positions", "rope_scale_for", "size_for_area", "start_latent",
+           "video_frames", "ReasoningResult", "check_reasoning_steps", "restart_state", "temporal_reasoning"]
