@@ -13,6 +13,7 @@ import torch
 from comfy_api.latest import io
 
 from ..models.conceptsplit.flux import FluxToVAPatch, double_block_layers, value_width
+from ..models.conceptsplit.loda import MAP_LAYERS
 from ..models.conceptsplit.patch import ToVAPatch, named_cross_attention_layers
 from ..models.conceptsplit.tova import Binding, ToVAFileError, ValueLoRA, load_tova, save_tova
 from ..models.saedit.tokens import prompt_tokens, word_positions
@@ -46,8 +47,8 @@ def _unet_layers(model) -> dict:
     layers = named_cross_attention_layers(model.get_model_object("diffusion_model")) \
         if family in UNET_FAMILIES else {}
     if not layers:
-        raise EditLabInputError("model", "an SD1.5, SD2.1 or SDXL model (ToVA patches a UNet's cross-attention)",
-                                family)
+        raise EditLabInputError("model", "an SD1.5, SD2.1, SDXL or Flux model (ToVA patches a UNet's cross-attention "
+                                         "or Flux's text values)", family)
     return layers
 
 
@@ -210,12 +211,14 @@ class EditLabToVATrain(EditLabNode):
         return io.Schema(
             node_id="EditLabToVATrain", display_name="ToVA Train", category=CAT, is_output_node=True,
             description="Trains one concept's token-wise value adapter: a LoRA on the cross-attention value "
-                        "projections only, acting only at the concept word's positions, from a folder of images of "
+                        "projections only (on Flux: the text stream's values in the double blocks), acting only at "
+                        "the concept word's positions, from a folder of images of "
                         "the concept (in ComfyUI's input folder) captioned with a prompt holding the word; diffusion "
                         "loss, the model frozen and left unchanged. Saves models/tova/NAME.safetensors with the word "
                         "and the model family. Authors' defaults: SD rank 32 lr 5e-4; SDXL rank 16 lr 1e-4.",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.5 / SD2.1 / SDXL model the adapter is for (kept frozen)."),
+                io.Model.Input("model", tooltip="The SD1.5 / SD2.1 / SDXL or Flux model the adapter is for (kept "
+                                                "frozen)."),
                 io.Clip.Input("clip", tooltip="Its text encoder."),
                 io.Vae.Input("vae", tooltip="Its VAE, to encode the images."),
                 io.String.Input("folder", default="concept",
@@ -252,21 +255,20 @@ class EditLabToVATrain(EditLabNode):
         _checked_prompt(prompt, "prompt")
         if not word.strip() or len(word) > 200:
             raise EditLabInputError("word", "a word of the prompt (at most 200 characters)", word)
-        layers = _unet_layers(model)
-        family = host.model_family(model)
+        family, layers, dims = _tova_layers(model)
         positions = _positions(clip, prompt, word, "word")
         images, skipped = _folder_images(folder, resolution)
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
         host.load_models([model])
         base, device = model.model, host.compute_device()
-        width = next(iter(layers.values())).to_v.weight.shape[1]
+        width = next(iter(dims.values()))[0]
         with torch.inference_mode(False), torch.no_grad():  # data, not parameters: no graph through the VAE
             latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
             context = cond[0][0].clone().to(device)
             pooled = cond[0][1].get("pooled_output")
             pooled = None if pooled is None else pooled.clone().to(device)
-            adapter = ValueLoRA(word.strip(), family, rank, width,
-                                {n: attn.to_v.weight.shape[0] for n, attn in layers.items()}, seed).to(device).train()
+            adapter = ValueLoRA(word.strip(), family, rank, width, {n: d[1] for n, d in dims.items()},
+                                seed).to(device).train()
         bar = host.progress(steps)
         stats = train_tova(base, adapter, layers, context, pooled, positions, latents, resolution, steps, lr,
                            batch_size, seed, device, on_step=lambda i, n, loss: bar.update_absolute(i, n),
@@ -367,8 +369,8 @@ class _LODASampler(host.Sampler):
     """A host sampler running LODA's first steps around the wrapped one (``models/conceptsplit/loda.py``)."""
 
     def __init__(self, wrapped, concepts: list, n_steps: int, threshold: float, step_size: float,
-                 afg_strength: float):
-        self.wrapped, self.concepts, self.n_steps = wrapped, concepts, n_steps
+                 afg_strength: float, map_layers: str = "authors"):
+        self.wrapped, self.concepts, self.n_steps, self.map_layers = wrapped, concepts, n_steps, map_layers
         self.threshold, self.step_size, self.afg_strength = threshold, step_size, afg_strength
         self.afg_patches = []  # the AFG patch of each run (its per-call attention mass outside the masks)
 
@@ -392,7 +394,7 @@ class _LODASampler(host.Sampler):
                                denoise_mask, disable_pbar, self.concepts, layers, self.n_steps, self.threshold,
                                self.step_size, self.afg_strength, frozen=frozen_for_autograd,
                                should_stop=host.check_interrupted, on_step=lambda i, n: bar.update_absolute(i, n),
-                               afg_out=self.afg_patches)
+                               afg_out=self.afg_patches, map_layers=self.map_layers)
         except ValueError as exc:
             if isinstance(exc, EditLabInputError):
                 raise
@@ -426,19 +428,25 @@ class EditLabLODA(EditLabNode):
                                            "3; their command line uses 1)."),
                     io.Float.Input("afg_strength", default=2.0, min=0.0, max=100.0, step=0.1,
                                    tooltip="How far attention fixing guidance lowers a concept's attention logits "
-                                           "outside its mask after the LODA steps (0: no AFG).")],
+                                           "outside its mask after the LODA steps (0: no AFG)."),
+                    io.Combo.Input("map_layers", options=list(MAP_LAYERS), default="authors", optional=True,
+                                   tooltip="UNets: which cross-attention layers' maps LODA separates. 'authors': "
+                                           "those nearest a quarter of the latent's side (24x24 on SD2.1 at 768 "
+                                           "px, 32x32 on SDXL at 1024 px); 'all': every layer. Flux: always all "
+                                           "double blocks.")],
             outputs=[io.Sampler.Output()],
         )
 
     @classmethod
     def execute(cls, sampler, clip, prompt, concepts, loda_steps, step_size, threshold,
-                afg_strength=2.0) -> io.NodeOutput:
+                afg_strength=2.0, map_layers="authors") -> io.NodeOutput:
         _checked_prompt(prompt, "prompt")
         words = [w.strip() for w in concepts.split(",") if w.strip()]
         if len(words) < 2 or len(words) > MAX_WORDS or len(concepts) > MAX_PROMPT_CHARS:
             raise EditLabInputError("concepts", f"2 to {MAX_WORDS} comma-separated words of the prompt", concepts)
         positions = [_positions(clip, prompt, w, "concepts") for w in words]
-        return io.NodeOutput(_LODASampler(sampler, positions, loda_steps, threshold, step_size, afg_strength))
+        return io.NodeOutput(_LODASampler(sampler, positions, loda_steps, threshold, step_size, afg_strength,
+                                          map_layers))
 
 
 NODES = [EditLabToVALoader, EditLabToVAApply, EditLabToVATrain, EditLabAttentionMaps, EditLabLODA]

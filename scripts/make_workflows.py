@@ -33,6 +33,8 @@ MODEL_FILES = {
                               "split_files/vae/ae.safetensors"),
     "sd3.5_large_fp8_scaled.safetensors": ("checkpoints", "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/"
                                                           "resolve/main/sd3.5_large_fp8_scaled.safetensors"),
+    "sd_xl_base_1.0.safetensors": ("checkpoints", "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/"
+                                                  "resolve/main/sd_xl_base_1.0.safetensors?download=true"),
     "v1-5-pruned-emaonly-fp16.safetensors": ("checkpoints", "https://huggingface.co/Comfy-Org/"
                                                             "stable-diffusion-v1-5-archive/resolve/main/"
                                                             "v1-5-pruned-emaonly-fp16.safetensors"),
@@ -244,6 +246,10 @@ def sd15_loader(g, stage, col=0):
     return checkpoint_loader(g, stage, "v1-5-pruned-emaonly-fp16.safetensors", col)
 
 
+def sdxl_loader(g, stage, col=0):
+    return checkpoint_loader(g, stage, "sd_xl_base_1.0.safetensors", col)
+
+
 # -- notes ------------------------------------------------------------------------------------------------------
 FLUX_FILES = ("- `flux1-dev.safetensors` in `models/diffusion_models/`\n"
               "- `clip_l.safetensors` and `t5xxl_fp16.safetensors` in `models/text_encoders/`\n"
@@ -251,6 +257,7 @@ FLUX_FILES = ("- `flux1-dev.safetensors` in `models/diffusion_models/`\n"
 FILL_FILES = "- `flux1-fill-dev.safetensors` in `models/diffusion_models/` (with the Flux text encoders and VAE)"
 SD35_FILES = "- `sd3.5_large_fp8_scaled.safetensors` in `models/checkpoints/`"
 SD15_FILES = "- `v1-5-pruned-emaonly-fp16.safetensors` in `models/checkpoints/`"
+SDXL_FILES = "- `sd_xl_base_1.0.safetensors` in `models/checkpoints/`"
 INPUTS = ("**Example images** (`{files}`) ship in the pack's `workflows/input/`: `./editlab serve` puts them in its "
           "input folder; for your own ComfyUI run `./editlab install-inputs --comfyui /path/to/ComfyUI` once.")
 DRY_RUN = ("**No weights yet?** `./editlab run workflows/{name}.json --tiny` runs it on tiny random-weight models "
@@ -414,12 +421,13 @@ SAE_TRAINED = ("The SAE is trained in-graph on prompts encoded by your text enco
 def tour():
     g = Graph("EditLab tour")
     g.add_note(note(
-        "EditLab tour: three methods in one graph",
+        "EditLab tour: one row per method, in one graph",
         "Row 1, **SAEdit** (Flux): trains a small sparse autoencoder on the text encoder's token embeddings, finds a "
         "'smiling' direction from prompt pairs and slides it on the word *fox*, beside the plain image.\n"
         "Row 2, **DiT-VTON** try-on (Flux Fill): pose, garment mask, person | product | pose canvas, fill, exact "
         "paste-back.\nRow 3, **blendshape expressions**: the photo's 52 ARKit coefficients drawn over it (no "
-        "generative model).",
+        "generative model).\nRow 4, **ConceptSplit** (Flux): two concepts' value adapters trained in-graph, "
+        "attached token-wise, the LODA sampler keeping them apart, and each word's attention heat-map.",
         FLUX_FILES + "\n" + FILL_FILES, "editlab_tour", ("editlab_photo.png", "editlab_product_tshirt.png"),
         SAE_TRAINED.format(sae="editlab_tour_sae") + " " + SMALL))
     s_models = g.stage("models", "1 · SAEdit: Flux models", 0)
@@ -442,6 +450,7 @@ def tour():
     shapes = g.add("EditLabFaceBlendshapes", [("face_index", 0), ("allow_no_face", False)],
                    {"image": (photo, 0, "IMAGE")}, ["EDITLAB_BLENDSHAPES", "IMAGE", "STRING"], s_face, 1, 0)
     save(g, shapes, "editlab_tour/blendshapes_overlay", s_face, 2, 0, slot=1)
+    conceptsplit_rows(g, "flux", band=3, label="4 · ", m=m)
     return g
 
 
@@ -656,61 +665,102 @@ def saedit_photo_edit():
 CONCEPT_PROMPT = "a photo of sks person wearing a zwx shirt"
 
 
-def conceptsplit_two_concepts():
-    g = Graph("ConceptSplit: two concepts without mixing")
-    g.add_note(note("ConceptSplit: two concepts without mixing",
-                    "Two personalised concepts in one image. **ToVA Train** learns one value-only adapter per concept "
-                    "word (*sks*: the photo, *zwx*: the shirt) from the example images; **ToVA Apply** attaches both, "
-                    "each acting only at its word's tokens (never merged). **LODA** wraps the sampler: the first steps "
-                    "push the two words' attention maps apart, then attention fixing guidance keeps them apart. "
-                    "**Attention Maps** shows where each word looks.",
-                    SD15_FILES, "conceptsplit_two_concepts", ("editlab_photo.png", "editlab_product_tshirt.png"),
-                    "The adapters train in-graph on every image in the input folder ('.') for a few steps, so the "
-                    "dry run is quick: for real concepts give each its own folder of 4-10 photos and 500+ steps. "
-                    + SMALL))
-    s_models = g.stage("models", "SD1.5 model", 0)
-    s_train = g.stage("train", "Train one value adapter per concept word", 0)
-    s_apply = g.stage("apply", "Attach both adapters, token-wise", 1)
-    s_sample = g.stage("sample", "LODA sampler: concepts kept apart", 1)
-    s_maps = g.stage("maps", "Where each word attends", 2)
-    m = sd15_loader(g, s_models)
+# ConceptSplit per model family: (title suffix, loaders, files, empty latent node, ToVA rank and lr (the authors'
+# SD / SDXL defaults; Flux has none published), sampler cfg, Flux guidance or None).
+CONCEPTSPLIT = {
+    "sd15": (" (SD1.5)", sd15_loader, SD15_FILES, "EmptyLatentImage", 4, 0.0005, 5.0, None),
+    "sdxl": (" (SDXL)", sdxl_loader, SDXL_FILES, "EmptyLatentImage", 16, 0.0001, 5.0, None),
+    "flux": (" (Flux)", flux_loaders, FLUX_FILES, "EmptySD3LatentImage", 16, 0.0001, 1.0, 3.5),
+}
+
+
+def conceptsplit_rows(g, family, band=0, label="", m=None):
+    """ToVA Train x2 -> ToVA Apply -> LODA sampler -> image, and the per-word attention heat-maps, saved; over three
+    bands, or one (the tour's row) when given the models ``m`` another row loaded."""
+    suffix, loaders, _, latent_node, rank, lr, cfg, guidance = CONCEPTSPLIT[family]
+    bands = (band,) * 5 if m is not None else (band, band, band + 1, band + 1, band + 2)
+    key = f"conceptsplit{band}_"
+    if m is None:
+        m = loaders(g, g.stage(key + "models", f"{label}{suffix.strip(' ()')} model"
+                               + ("s" if family == "flux" else ""), band))
+    s_train = g.stage(key + "train", f"{label}Train one value adapter per concept word", bands[1])
+    s_apply = g.stage(key + "apply", f"{label}Attach both adapters, token-wise", bands[2])
+    s_sample = g.stage(key + "sample", f"{label}LODA sampler: concepts kept apart", bands[3])
+    s_maps = g.stage(key + "maps", f"{label}Where each word attends", bands[4])
     adapters = []
     for i, (word, what) in enumerate((("sks", "person"), ("zwx", "shirt"))):
         adapters.append(g.add(
             "EditLabToVATrain",
             [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", 64),
-             ("rank", 4), ("steps", 4), ("lr", 0.0005), ("batch_size", 1), ("seed", i), ("name", f"concept_{word}"),
-             ("overwrite", True)],
+             ("rank", rank), ("steps", 4), ("lr", lr), ("batch_size", 1), ("seed", i),
+             ("name", f"concept_{word}" if family == "sd15" else f"concept_{word}_{family}"), ("overwrite", True)],
             {"model": m.model, "clip": m.clip, "vae": m.vae}, ["EDITLAB_TOVA", "STRING"], s_train, i, 0,
             title=f"ToVA Train ({word})"))
     tova = g.add("EditLabToVAApply", [("prompt", CONCEPT_PROMPT), ("strength", 1.0)],
                  {"model": m.model, "clip": m.clip, "adapter_1": (adapters[0], 0, "EDITLAB_TOVA"),
                   "adapter_2": (adapters[1], 0, "EDITLAB_TOVA")}, ["MODEL"], s_apply, 0, 0)
-    pos = text(g, m.clip, CONCEPT_PROMPT, s_apply, 1, 0)
+    pos = (text(g, m.clip, CONCEPT_PROMPT, s_apply, 1, 0), 0, "CONDITIONING")
     neg = text(g, m.clip, "", s_apply, 1, 1, title="Negative prompt")
-    latent = g.add("EmptyLatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
-                   s_apply, 2, 0)
+    if guidance is not None:
+        pos = (g.add("FluxGuidance", [("guidance", guidance)], {"conditioning": pos}, ["CONDITIONING"], s_apply, 2,
+                     1), 0, "CONDITIONING")
+    latent = g.add(latent_node, [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], s_apply, 2, 0)
     base = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_sample, 0, 0)
     loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"), ("loda_steps", 2),
-                                 ("step_size", 20.0), ("threshold", 3.0), ("afg_strength", 2.0)],
+                                 ("step_size", 20.0), ("threshold", 3.0), ("afg_strength", 2.0),
+                                 ("map_layers", "authors")],
                  {"sampler": (base, 0, "SAMPLER"), "clip": m.clip}, ["SAMPLER"], s_sample, 0, 1)
     sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", 8), ("denoise", 1.0)],
                    {"model": (tova, 0, "MODEL")}, ["SIGMAS"], s_sample, 1, 0)
-    sampled = g.add("SamplerCustom", [("add_noise", True), ("noise_seed", 42), ("cfg", 5.0)],
-                    {"model": (tova, 0, "MODEL"), "positive": (pos, 0, "CONDITIONING"),
-                     "negative": (neg, 0, "CONDITIONING"), "sampler": (loda, 0, "SAMPLER"),
-                     "sigmas": (sigmas, 0, "SIGMAS"), "latent_image": (latent, 0, "LATENT")},
+    sampled = g.add("SamplerCustom", [("add_noise", True), ("noise_seed", 42), ("cfg", cfg)],
+                    {"model": (tova, 0, "MODEL"), "positive": pos, "negative": (neg, 0, "CONDITIONING"),
+                     "sampler": (loda, 0, "SAMPLER"), "sigmas": (sigmas, 0, "SIGMAS"),
+                     "latent_image": (latent, 0, "LATENT")},
                     ["LATENT", "LATENT"], s_sample, 1, 1)
     image = decode(g, m, sampled, s_sample, 2, 0)
-    save(g, image, "conceptsplit/two_concepts", s_sample, 2, 1)
+    prefix = "conceptsplit/" if family == "sd15" else f"conceptsplit_{family}/"
+    if label:  # the tour's row
+        prefix = "editlab_tour/conceptsplit_"
+    save(g, image, prefix + "two_concepts", s_sample, 2, 1)
     maps = g.add("EditLabAttentionMaps",
-                 [("prompt", CONCEPT_PROMPT), ("words", "sks, zwx"), ("seed", 42), ("steps", 4), ("cfg", 5.0),
+                 [("prompt", CONCEPT_PROMPT), ("words", "sks, zwx"), ("seed", 42), ("steps", 4), ("cfg", cfg),
                   ("sampler_name", "euler"), ("scheduler", "simple"), ("start_step", 0), ("end_step", 4)],
-                 {"model": (tova, 0, "MODEL"), "clip": m.clip, "positive": (pos, 0, "CONDITIONING"),
+                 {"model": (tova, 0, "MODEL"), "clip": m.clip, "positive": pos,
                   "negative": (neg, 0, "CONDITIONING"), "latent_image": (latent, 0, "LATENT")},
                  ["LATENT", "IMAGE", "MASK"], s_maps, 0, 0)
-    save(g, maps, "conceptsplit/attention_maps", s_maps, 1, 0, slot=1, title="Save attention heat-maps")
+    save(g, maps, prefix + "attention_maps", s_maps, 1, 0, slot=1, title="Save attention heat-maps")
+
+
+def conceptsplit_workflow(family):
+    suffix, _, files, *_ = CONCEPTSPLIT[family]
+    name = "conceptsplit_two_concepts" + ("" if family == "sd15" else f"_{family}")
+    g = Graph("ConceptSplit: two concepts without mixing" + ("" if family == "sd15" else suffix))
+    g.add_note(note(g.title,
+                    "Two personalised concepts in one image. **ToVA Train** learns one value-only adapter per concept "
+                    "word (*sks*: the photo, *zwx*: the shirt) from the example images; **ToVA Apply** attaches both, "
+                    "each acting only at its word's tokens (never merged). **LODA** wraps the sampler: the first steps "
+                    "push the two words' attention maps apart, then attention fixing guidance keeps them apart. "
+                    "**Attention Maps** shows where each word looks."
+                    + (" On Flux the adapters act on the text stream's values in the double blocks and the maps "
+                       "come from the joint attention." if family == "flux" else ""),
+                    files, name, ("editlab_photo.png", "editlab_product_tshirt.png"),
+                    "The adapters train in-graph on every image in the input folder ('.') for a few steps, so the "
+                    "dry run is quick: for real concepts give each its own folder of 4-10 photos and 500+ steps. "
+                    + SMALL))
+    conceptsplit_rows(g, family)
     return g
+
+
+def conceptsplit_two_concepts():
+    return conceptsplit_workflow("sd15")
+
+
+def conceptsplit_two_concepts_sdxl():
+    return conceptsplit_workflow("sdxl")
+
+
+def conceptsplit_two_concepts_flux():
+    return conceptsplit_workflow("flux")
 
 
 # -- ChronoEdit ---------------------------------------------------------------------------------------------------
@@ -810,8 +860,8 @@ def chronoedit_distilled_8step():
 # web/templates.json, which web/editlab.js reads (ComfyUI's front end would otherwise show file names). The front end
 # turns '-' and '_' in descriptions into spaces: hyphens here are U+2011 and the minus sign U+2212.
 DESCRIPTIONS = {
-    "editlab_tour": "All three methods in one graph: SAEdit slider (Flux), try\u2011on (Flux Fill), face blendshapes. "
-                    "Start here.",
+    "editlab_tour": "Every method in one graph, a row each: SAEdit slider (Flux), try\u2011on (Flux Fill), face "
+                    "blendshapes, ConceptSplit (Flux). Start here.",
     "saedit_flux_slider_sweep": "A 'smiling' SAE direction slid on one word at strengths \u22121, 0, 1 and 2 (Flux).",
     "saedit_sd35_slider": "The SAEdit slider on Stable Diffusion 3.5: plain and slid image side by side.",
     "saedit_train_sae": "Train a sparse autoencoder on your text encoder and save a direction from prompt pairs.",
@@ -825,6 +875,10 @@ DESCRIPTIONS = {
     "expression_reference_edit": "Change a photo's expression while a reference adapter keeps the person (SD1.5).",
     "conceptsplit_two_concepts": "Two personalised concepts in one image: token\u2011wise value adapters (ToVA), "
                                  "the LODA sampler and per\u2011word attention maps (SD1.5).",
+    "conceptsplit_two_concepts_sdxl": "ConceptSplit on SDXL: two concepts' value adapters trained in\u2011graph, "
+                                      "the LODA sampler and attention heat\u2011maps.",
+    "conceptsplit_two_concepts_flux": "ConceptSplit on Flux: value adapters on the text stream of the double "
+                                      "blocks, the LODA sampler and attention heat\u2011maps.",
     "chronoedit_reasoning_edit": "ChronoEdit: a photo edited as a short video with temporal reasoning frames "
                                  "(dropped at step k, any sampler); the trajectory saved as a video (Wan 2.1 I2V).",
     "chronoedit_distilled_8step": "ChronoEdit with the 8\u2011step distill LoRA: 8 steps, cfg 1, shift 2 "
@@ -836,6 +890,8 @@ WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slide
              "tryon_outfit": tryon_outfit, "expression_from_photo": expression_from_photo,
              "expression_sliders": expression_sliders, "expression_reference_edit": expression_reference_edit,
              "conceptsplit_two_concepts": conceptsplit_two_concepts,
+             "conceptsplit_two_concepts_sdxl": conceptsplit_two_concepts_sdxl,
+             "conceptsplit_two_concepts_flux": conceptsplit_two_concepts_flux,
              "chronoedit_reasoning_edit": chronoedit_reasoning_edit,
              "chronoedit_distilled_8step": chronoedit_distilled_8step}
 

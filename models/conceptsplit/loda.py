@@ -5,7 +5,9 @@ Gaussian-smoothed (kernel 7, sigma 1) and normalised to distributions over the p
 ``relu(t - harmonic mean of KL(A_i || A_j) over ordered pairs i != j)`` with t = 3, and for the first N of the steps
 the latent moves by ``z <- z - step * grad`` with ``step = 20 * sqrt(linspace(1, 0.5, N))``. After that, attention
 fixing guidance (AFG) keeps each concept inside its mask: the smoothed map at or above its 90th percentile. Here the
-maps are averaged over all cross-attention layers (UNet) or double blocks (Flux), resized to the latent.
+maps are averaged over the UNet's cross-attention layers nearest a quarter of the latent's side (the authors'
+24x24 on SD2.1 at 768 px and 32x32 on SDXL at 1024 px; 16x16 on SD1.5 at 512 px), or over all of them
+(``map_layers="all"``), or over Flux's double blocks, and resized to the latent.
 The sampler (``loda_sample``) wraps any host sampler: each LODA step is one gradient step on the latent and one
 step of the wrapped sampler over ``sigmas[i:i+2]`` (multistep samplers restart their history there); the remaining
 steps run in one call of the wrapped sampler with AFG (``AFGPatch`` on UNets, ``flux.FluxAFG`` on Flux).
@@ -17,6 +19,16 @@ import torch.nn.functional as F
 
 EPS = 1e-8
 KERNEL, SIGMA, THRESHOLD, STEP, MASK_QUANTILE = 7, 1.0, 3.0, 20.0, 0.9
+MAP_LAYERS = ("authors", "all")
+
+
+def quarter_resolution(sizes, latent: tuple[int, int]) -> set:
+    """The layer resolutions (h, w) among ``sizes`` nearest a quarter of the ``latent``'s size: the authors' map
+    layers (SD2.1 at 768 px: latent 96 -> 24x24; SDXL at 1024 px: latent 128 -> 32x32)."""
+    sizes = set(sizes)
+    gap = {hw: abs(hw[0] - latent[0] / 4) + abs(hw[1] - latent[1] / 4) for hw in sizes}
+    best = min(gap.values())
+    return {hw for hw in sizes if gap[hw] == best}
 
 
 def gaussian_smooth(maps: torch.Tensor, kernel: int = KERNEL, sigma: float = SIGMA) -> torch.Tensor:
@@ -87,11 +99,13 @@ class MapTap:
     """attn2 patch pair collecting, with their gradient, each concept's map (sum of its tokens' attention
     probabilities, conditional rows) at every cross-attention layer of one model call, resized to ``size``."""
 
-    def __init__(self, concepts: list, layers: dict, size: tuple[int, int]):
+    def __init__(self, concepts: list, layers: dict, size: tuple[int, int], map_layers: str = "authors"):
         from ..expression.patch import Hook
 
+        if map_layers not in MAP_LAYERS:
+            raise ValueError(f"map_layers must be one of {MAP_LAYERS}; got {map_layers!r}")
         self.concepts = [list(p) for p in concepts]
-        self.layers, self.size = dict(layers), tuple(size)
+        self.layers, self.size, self.map_layers = dict(layers), tuple(size), map_layers
         self.collected, self._inputs = [], {}
         self.input_hook = Hook(self.before, self, report_models=False)
         self.output_hook = Hook(self.after, self, report_models=False)
@@ -128,11 +142,16 @@ class MapTap:
         probs = text_attention(attn.to_q(n[rows]), attn.to_k(context[rows]), extra["n_heads"])
         h, w = int(shape[-2]), int(shape[-1])
         maps = torch.stack([probs[:, :, p].sum(-1).mean(0).reshape(h, w) for p in self.concepts])
-        self.collected.append(F.interpolate(maps[None], size=self.size, mode="bilinear", align_corners=False)[0])
+        self.collected.append(((h, w), F.interpolate(maps[None], size=self.size, mode="bilinear",
+                                                     align_corners=False)[0]))
         return out
 
     def maps(self) -> torch.Tensor:
-        return torch.stack(self.collected).mean(0)
+        """The concepts' maps averaged over the chosen layers (``map_layers``)."""
+        keep = {hw for hw, _ in self.collected}
+        if self.map_layers == "authors":
+            keep = quarter_resolution(keep, self.size)
+        return torch.stack([m for hw, m in self.collected if hw in keep]).mean(0)
 
 
 def _scale(model_sampling, sigma, like, max_denoise: bool) -> torch.Tensor:
@@ -143,7 +162,8 @@ def _scale(model_sampling, sigma, like, max_denoise: bool) -> torch.Tensor:
 
 def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar,
                 concepts: list, layers: dict, n_steps: int, threshold: float = THRESHOLD, scale: float = STEP,
-                afg_strength: float = 0.0, frozen=None, should_stop=None, on_step=None, afg_out: list | None = None):
+                afg_strength: float = 0.0, frozen=None, should_stop=None, on_step=None, afg_out: list | None = None,
+                map_layers: str = "authors"):
     """Run ``wrapped`` (a host sampler) with LODA: before each of the first ``n_steps`` steps the latent moves down
     the gradient of ``loda_loss`` of the concepts' maps, then the wrapped sampler takes that one step; the rest runs
     in one call, with attention fixing guidance (``AFGPatch``, ``afg_strength`` > 0) from the masks of the last
@@ -171,7 +191,8 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
     for i in range(n):
         if should_stop is not None:
             should_stop()
-        grad, maps = loda_gradient(model_wrap, x, sigmas[i], extra_args, concepts, layers, threshold, frozen)
+        grad, maps = loda_gradient(model_wrap, x, sigmas[i], extra_args, concepts, layers, threshold, frozen,
+                                   map_layers)
         x = chunk(i, i + 1, x - sizes[i] * grad)
         if on_step is not None:
             on_step(i + 1, n)
@@ -284,11 +305,11 @@ def is_flux(layers: dict) -> bool:
     return bool(layers) and all(name.startswith("double.") for name in layers)
 
 
-def _tap(model_wrap, extra_args, concepts, layers, size):
+def _tap(model_wrap, extra_args, concepts, layers, size, map_layers="authors"):
     """A map recorder for one model call, and the model options that carry it: attn2 patches on a UNet; on Flux an
     attention override (chained to the one set before) and a post_input patch."""
     if not is_flux(layers):
-        tap = MapTap(concepts, layers, size)
+        tap = MapTap(concepts, layers, size, map_layers)
         return tap, _with_patches(extra_args, tap.input_hook, tap.output_hook)
     import copy
 
@@ -305,12 +326,12 @@ def _tap(model_wrap, extra_args, concepts, layers, size):
     return tap, options
 
 
-def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold, frozen=None):
+def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold, frozen=None, map_layers="authors"):
     """(d loda_loss / d x at ``sigma``, the concepts' maps (K, H, W)), through one model call (``frozen(module)``: a context manager that lets
     gradients flow through the frozen model, e.g. ``frozen_for_autograd``)."""
     import contextlib
 
-    tap, options = _tap(model_wrap, extra_args, concepts, layers, tuple(x.shape[-2:]))
+    tap, options = _tap(model_wrap, extra_args, concepts, layers, tuple(x.shape[-2:]), map_layers)
     guard = frozen(model_wrap.inner_model.diffusion_model) if frozen else contextlib.nullcontext()
     # Flux's blocks update their streams in place (img += ...): saved tensors are copied when mutated.
     mutation = torch.autograd.graph.allow_mutation_on_saved_tensors() if is_flux(layers) else contextlib.nullcontext()

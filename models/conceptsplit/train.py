@@ -1,10 +1,11 @@
-"""Training one concept's value LoRA inside a host UNet with the diffusion loss, the UNet frozen and left exactly as
-it was (the expression trainer's loop and ``frozen_for_autograd``)."""
+"""Training one concept's value LoRA inside a host UNet or Flux model with the diffusion loss, the network frozen and
+left exactly as it was (the expression trainer's loop and ``frozen_for_autograd``)."""
 from __future__ import annotations
 
 import torch
 
 from ..expression.train import train_in_unet
+from .flux import FluxToVAPatch
 from .patch import ToVAPatch
 from .tova import Binding
 
@@ -13,8 +14,16 @@ def train_tova(base, adapter, layers: dict, context: torch.Tensor, pooled: torch
                latents: torch.Tensor, resolution: int, steps: int, lr: float, batch_size: int, seed: int, device,
                on_step=None, should_stop=None) -> dict:
     """Train ``adapter`` (bound to ``positions`` of ``context``) inside ``base``, a host BaseModel; ``layers`` are the
-    UNet's cross-attention layers by name. ``latents`` are in the model's latent space, on ``device``."""
-    patch = ToVAPatch([Binding(adapter, positions)], layers)
+    UNet's cross-attention layers by name, or a Flux model's double blocks ("double.<i>": the text stream's values,
+    through the same attention override ToVA Apply installs). ``latents`` are in the model's latent space, on
+    ``device``."""
+    bindings = [Binding(adapter, positions)]
+    options = None
+    if all(name.startswith("double.") for name in layers):
+        patch = FluxToVAPatch(bindings, layers)
+        options = {"optimized_attention_override": patch, "patches": {"post_input": [patch.post_input]}}
+    else:
+        patch = ToVAPatch(bindings, layers)
     values = torch.zeros(latents.shape[0], 1, device=device)  # the shared loop sets patch.values; ToVA has none
     return train_in_unet(base, adapter, patch, context, pooled, latents, values, resolution, steps, lr, batch_size,
-                         seed, device, on_step, should_stop)
+                         seed, device, on_step, should_stop, options)

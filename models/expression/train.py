@@ -98,13 +98,16 @@ def frozen_for_autograd(module: torch.nn.Module):
 
 def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Tensor | None, latents: torch.Tensor,
                   values: torch.Tensor, resolution: int, steps: int, lr: float, batch_size: int, seed: int, device,
-                  on_step=None, should_stop=None) -> dict:
+                  on_step=None, should_stop=None, options: dict | None = None) -> dict:
     """Train ``adapter``, acting through ``patch`` (an object with ``before_attention`` / ``after_attention`` for the
-    cross-attention patch lists), inside ``base``, a host BaseModel, with the diffusion loss on ``latents`` (already in
-    the model's latent space, on ``device``) and the prompt's ``context`` / ``pooled``; the UNet is frozen and left
-    exactly as it was (``frozen_for_autograd``)."""
-    options = {"patches": {"attn2_patch": [patch.before_attention], "attn2_output_patch": [patch.after_attention]},
-               "cond_or_uncond": [0]}
+    cross-attention patch lists, unless ``options`` gives the transformer options that carry it), inside ``base``, a
+    host BaseModel, with the diffusion loss on ``latents`` (already in the model's latent space, on ``device``) and
+    the prompt's ``context`` / ``pooled``; the network is frozen and left exactly as it was
+    (``frozen_for_autograd``)."""
+    if options is None:
+        options = {"patches": {"attn2_patch": [patch.before_attention],
+                               "attn2_output_patch": [patch.after_attention]}}
+    options = {**options, "cond_or_uncond": [0]}
 
     def denoise(x, sigma):
         b = x.shape[0]
@@ -115,7 +118,10 @@ def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Ten
         return base.apply_model(x, sigma, transformer_options={**options, "sigmas": sigma}, **conds)
 
     sampling = base.model_sampling
-    with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model):
+    # Host networks written for inference add residuals in place right after saving them for backward (Flux's
+    # blocks: x += ...): under allow_mutation_on_saved_tensors autograd keeps a copy of what it saved instead.
+    with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model), \
+            torch.autograd.graph.allow_mutation_on_saved_tensors():
         return train_adapter(adapter, patch, latents, values.to(device), denoise, sampling.noise_scaling,
                              (float(sampling.sigma_min), float(sampling.sigma_max)), steps, lr, batch_size, seed,
                              on_step=on_step, should_stop=should_stop)

@@ -521,3 +521,35 @@ def test_training_on_sdxl_runs_and_leaves_the_model_unchanged(nodes, concept_fol
     assert all(torch.equal(params[k], v) for k, v in models.model.model.state_dict().items())
     loaded, = nodes.EditLabToVALoader.execute(adapter_name="sdxl_cat.safetensors").result
     assert (loaded["adapter"].family, loaded["adapter"].context_dim) == ("sdxl", 64)
+
+
+def test_flux_training_lowers_the_loss_changes_only_the_lora_and_reads_back(nodes, concept_folder):
+    """ToVA Train on the tiny Flux: the text stream's values in the double blocks, through the same override ToVA
+    Apply installs; the shared MODEL is left exactly as it was."""
+    import json
+
+    models = _tiny(arch="flux")
+    params = {k: v.clone() for k, v in models.model.model.state_dict().items()}
+    before = _flux_sample(models.model, models)
+    adapter, text = _train(nodes, models, concept_folder, "trained_flux_cat", steps=30, lr=1e-2)
+    stats = json.loads(text)
+    assert stats["loss_after"] < stats["loss_before"], stats
+    after = models.model.model.state_dict()
+    assert all(torch.equal(params[k], after[k]) for k in params)
+    assert torch.equal(_flux_sample(models.model, models), before)
+    net = adapter["adapter"]
+    assert (net.token, net.family) == ("cat", "flux") and all(p.abs().sum() > 0 for p in net.up)
+    assert set(net.inner_dims()) == {f"double.{i}" for i in range(len(models.model.model.diffusion_model.double_blocks))}
+    loaded, = nodes.EditLabToVALoader.execute(adapter_name="trained_flux_cat.safetensors").result
+    prompt = "a photo of a cat"
+    outs = []
+    for a in (adapter, loaded):
+        m = nodes.EditLabToVAApply.execute(model=models.model, clip=models.clip, prompt=prompt, strength=1.0,
+                                           adapter_1=a).result[0]
+        pos, neg = _conds(models, prompt)
+        import comfy.sample
+
+        latent = torch.zeros(1, 16, 8, 8)
+        outs.append(comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 7), 2, 2.0, "euler", "simple", pos,
+                                        neg, latent, disable_pbar=True))
+    assert torch.equal(outs[0], outs[1])

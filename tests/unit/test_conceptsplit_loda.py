@@ -59,3 +59,28 @@ def test_step_sizes_and_masks():
     masks = afg_masks(torch.stack([blob(3, 3), blob(12, 12)]))
     assert masks.dtype == torch.bool and masks[0, 3, 3] and not masks[0, 12, 12] and masks[1, 12, 12]
     assert 0.05 < float(masks.float().mean()) < 0.2  # about the top 10% of each map
+
+
+@pytest.mark.parametrize("latent,present,want", [
+    ((96, 96), [(96, 96), (48, 48), (24, 24), (12, 12)], {(24, 24)}),  # SD2.1 at 768 px: the authors' 24x24
+    ((128, 128), [(64, 64), (32, 32)], {(32, 32)}),  # SDXL at 1024 px (no attention at 128): the authors' 32x32
+    ((64, 64), [(64, 64), (32, 32), (16, 16), (8, 8)], {(16, 16)}),  # SD1.5 at 512 px
+    ((8, 8), [(8, 8), (4, 4)], {(4, 4)}),  # a tiny UNet: the nearest there is
+])
+def test_the_authors_map_layers_are_those_nearest_a_quarter_of_the_latent(latent, present, want):
+    from editlab.models.conceptsplit.loda import quarter_resolution
+
+    assert quarter_resolution(present, latent) == want
+
+
+def test_map_tap_averages_only_the_chosen_layers():
+    from editlab.models.conceptsplit.loda import MapTap
+
+    tap = MapTap([[1], [2]], {}, (8, 8))
+    a, b, c = (torch.full((2, 8, 8), v) for v in (1.0, 2.0, 4.0))
+    tap.collected = [((8, 8), a), ((2, 2), b), ((2, 2), c)]
+    assert torch.equal(tap.maps(), torch.full((2, 8, 8), 3.0))  # the two 2x2 layers only
+    tap.map_layers = "all"
+    assert torch.allclose(tap.maps(), torch.full((2, 8, 8), 7.0 / 3))
+    with pytest.raises(ValueError, match="map_layers"):
+        MapTap([[1]], {}, (8, 8), "some")
