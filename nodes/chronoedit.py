@@ -214,6 +214,11 @@ class EditLabTemporalReasoningSampler(EditLabNode):
             models[now] = m
         kept_conds = (_slice_conditioning(positive), _slice_conditioning(negative))
         sigmas = host.sampling_sigmas(models[frames], steps, sampler_name, scheduler)
+        k = min(k, len(sigmas) - 1)  # a scheduler may give fewer steps than asked
+        if 0 < k < len(sigmas) - 1 and float(sigmas[k]) >= 1.0:
+            # the hand-over divides the leftover state by (1 - sigma_k), as KSamplerAdvanced's does
+            raise EditLabInputError("reasoning_steps", "a step where this schedule has left sigma 1 (the drop hands "
+                                                       "the frames over at sigma_k < 1)", reasoning_steps)
         update = host.step_previews(models[frames], steps)
         seed = int(seed)
 

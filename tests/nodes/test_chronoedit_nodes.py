@@ -332,3 +332,18 @@ def test_progress_over_all_steps_with_previews_and_interruption(nodes, wan, cond
         comfy.model_management.interrupt_current_processing(False)
         comfy.utils.set_progress_bar_global_hook(old_hook)
         args.preview_method = old_method
+
+
+def test_a_scale_rope_model_gets_chronoedits_positions(nodes, wan, conds, image, caplog):
+    """The template puts ScaleROPE (scale_t 7) on the model; the sampler sets the positions itself, so the result is
+    the same with or without it, and says so in the log."""
+    from comfy_extras.nodes_rope import ScaleROPE
+
+    c = _cond(nodes, wan, conds, image, False)
+    scaled = ScaleROPE.execute(wan.model, 1.0, 0.0, 1.0, 0.0, 7.0, 0.0).result[0]
+    with caplog.at_level(logging.INFO):
+        a = _sample(nodes, scaled, c, steps=3, k=0)[0]["samples"]
+    b = _sample(nodes, wan.model, c, steps=3, k=0)[0]["samples"]
+    assert torch.equal(a, b)
+    assert any("scale_t 7.0 is replaced" in r.getMessage() for r in caplog.records)
+    assert scaled.model_options["transformer_options"]["rope_options"]["scale_t"] == 7.0  # its MODEL untouched
