@@ -65,6 +65,21 @@ def _check_conditioning(conditioning, frames: int, input_name: str) -> None:
                                                 f"latent (a concat latent of {frames} frames)", got)
 
 
+def _layout_from_conditioning(positive, samples):
+    """ChronoEdit's start latent and frame-0 noise mask for an empty latent of WanImageToVideo (ComfyUI's template):
+    frame 0 is the conditioning's encoded input image."""
+    concat = next((v.get("concat_latent_image") for _, v in positive if "concat_latent_image" in v), None)
+    if not torch.is_tensor(concat) or concat.ndim != 5 or concat.shape[2] != samples.shape[2]:
+        _check_conditioning(positive, samples.shape[2], "positive")
+    if concat.shape[-2:] != samples.shape[-2:]:
+        raise EditLabInputError("latent", f"a latent of the conditioning's size {tuple(concat.shape[-2:])}",
+                                tuple(samples.shape))
+    log.info("EditLab ChronoEdit: an empty latent without a noise mask (WanImageToVideo): frame 0 is pinned to the "
+             "conditioning's input latent")
+    start = start_latent(concat.to(samples), samples.shape[2]).expand(samples.shape[0], -1, -1, -1, -1).clone()
+    return start, frame0_mask(samples.shape[2], *samples.shape[-2:], device=samples.device, dtype=samples.dtype)
+
+
 class EditLabChronoEditConditioning(EditLabNode):
     @classmethod
     def define_schema(cls):
@@ -158,7 +173,8 @@ class EditLabTemporalReasoningSampler(EditLabNode):
                                                 "(chrono_edit_14B_fp16.safetensors), with its distill LoRA or not."),
                 io.Conditioning.Input("positive", tooltip="Positive conditioning of ChronoEdit Conditioning."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning of ChronoEdit Conditioning."),
-                io.Latent.Input("latent", tooltip="The LATENT of ChronoEdit Conditioning."),
+                io.Latent.Input("latent", tooltip="The LATENT of ChronoEdit Conditioning (or WanImageToVideo's: "
+                                                  "frame 0 is then pinned to its conditioning's input)."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Noise seed, as KSampler (the restart's SDE noise uses seed + 1)."),
                 io.Int.Input("steps", default=50, min=1, max=10000,
@@ -186,11 +202,14 @@ class EditLabTemporalReasoningSampler(EditLabNode):
             raise EditLabInputError("model", "a Wan 2.1 image-to-video model (ChronoEdit 14B or Wan 2.1 I2V)",
                                     host.model_family(model))
         samples, mask = latent.get("samples"), latent.get("noise_mask")
+        if (torch.is_tensor(samples) and samples.ndim == 5 and mask is None and not samples.any()
+                and samples.shape[2] >= 2):
+            samples, mask = _layout_from_conditioning(positive, samples)  # WanImageToVideo's empty latent
         if (not torch.is_tensor(samples) or samples.ndim != 5 or samples.shape[1] != channels[0]
                 or samples.shape[2] < 2 or not torch.is_tensor(mask) or mask.ndim != 5
                 or mask.shape[2] != samples.shape[2]):
             raise EditLabInputError("latent", "the LATENT of ChronoEdit Conditioning (a video latent of 2 or more "
-                                              "frames with its frame-0 noise mask)",
+                                              "frames with its frame-0 noise mask) or WanImageToVideo's empty one",
                                     tuple(samples.shape) if torch.is_tensor(samples) else type(samples).__name__)
         frames = samples.shape[2]
         _check_conditioning(positive, frames, "positive")

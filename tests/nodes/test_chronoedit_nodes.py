@@ -347,3 +347,16 @@ def test_a_scale_rope_model_gets_chronoedits_positions(nodes, wan, conds, image,
     assert torch.equal(a, b)
     assert any("scale_t 7.0 is replaced" in r.getMessage() for r in caplog.records)
     assert scaled.model_options["transformer_options"]["rope_options"]["scale_t"] == 7.0  # its MODEL untouched
+
+
+def test_takes_the_templates_wan_image_to_video_outputs(nodes, wan, conds, image):
+    """ComfyUI's template builds the edit with WanImageToVideo (an empty latent, no noise mask): the sampler pins frame
+    0 to the conditioning's input latent itself and gives what ChronoEdit Conditioning's layout gives."""
+    from comfy_extras.nodes_wan import WanImageToVideo
+
+    host = WanImageToVideo.execute(conds[0], conds[1], wan.vae, W, H, 4 * (FRAMES - 1) + 1, 1,
+                                   start_image=image).result
+    ours = _cond(nodes, wan, conds, image, True)
+    a = _sample(nodes, wan.model, host, steps=4, k=2, sampler="dpmpp_2m")
+    b = _sample(nodes, wan.model, ours, steps=4, k=2, sampler="dpmpp_2m")
+    assert torch.equal(a[0]["samples"], b[0]["samples"]) and torch.equal(a[1]["samples"], b[1]["samples"])
