@@ -238,7 +238,7 @@ class EditLabTemporalReasoningSampler(EditLabNode):
             # the hand-over divides the leftover state by (1 - sigma_k), as KSamplerAdvanced's does
             raise EditLabInputError("reasoning_steps", "a step where this schedule has left sigma 1 (the drop hands "
                                                        "the frames over at sigma_k < 1)", reasoning_steps)
-        update = host.step_previews(models[frames], steps)
+        update = host.step_previews(models[frames], len(sigmas) - 1)
         seed = int(seed)
 
         def sample(lat, noise, noise_mask, sig, first_step, on_denoised, restart):
