@@ -10,6 +10,9 @@ architecture of the workflow's other loaders. Each architecture gets one EditLab
 link from a loader's output is moved to the tiny node's output of the same kind (MODEL 0, CLIP 1, VAE 2). The tiny
 Flux and Flux Fill builders share their text encoders and VAE bit for bit, so a Fill UNet beside a Flux CLIP/VAE
 stays consistent. LoRA loaders pass their inputs through (a LoRA cannot apply to random tiny weights).
+No tiny model has a CLIP vision encoder: ``CLIPVisionLoader`` and the ``CLIPVisionEncode`` nodes it feeds are removed,
+and the links from them are cut; the inputs they fed must be optional (Wan's ``clip_vision_output`` is, in
+WanImageToVideo and ChronoEdit Conditioning alike).
 """
 from __future__ import annotations
 
@@ -30,14 +33,18 @@ LOADERS = {
 }
 # Pass-through loaders: their output slot -> the input it passes on.
 PASS_THROUGH = {"LoraLoaderModelOnly": {0: "model"}, "LoraLoader": {0: "model", 1: "clip"}}
-# The models folder each file input reads from.
+# Dropped with --tiny (no tiny CLIP vision model), with the nodes of DROPPED_USERS they feed.
+DROPPED = ("CLIPVisionLoader",)
+DROPPED_USERS = ("CLIPVisionEncode",)
+# The models folder each file input reads from (LOADER_FOLDERS: where a loader's own folder differs).
+LOADER_FOLDERS = {"CLIPVisionLoader": "clip_vision"}
 MODEL_INPUTS = {"unet_name": "diffusion_models", "ckpt_name": "checkpoints", "clip_name": "text_encoders",
                 "clip_name1": "text_encoders", "clip_name2": "text_encoders", "clip_name3": "text_encoders",
                 "vae_name": "vae", "lora_name": "loras"}
 CLIP_TYPES = {"flux": "flux", "sd3": "sd3", "sdxl": "sdxl", "stable_diffusion": "sd15", "wan": "wan21_i2v"}
 FILE_FAMILIES = [  # (pattern in a model file's name, architecture), first match wins
     (r"flux.*fill|fill.*flux", "flux_fill"), (r"flux", "flux"), (r"sd3|stable[-_]?diffusion[-_]?3", "sd3"),
-    (r"sdxl|sd_xl|xl[-_]base", "sdxl"), (r"wan2?\.?1|wan_2\.1", "wan21_i2v"),
+    (r"sdxl|sd_xl|xl[-_]base", "sdxl"), (r"wan2?\.?1|wan_2\.1|chrono_?edit", "wan21_i2v"),
     (r"v1-5|sd15|sd_1\.5|v1_5|stable-diffusion-v1", "sd15"), (r"^ae\.safetensors$", "flux"),
 ]
 
@@ -74,13 +81,14 @@ def _is_link(value) -> bool:
 def substitute_tiny(prompt: dict) -> tuple[dict, list[str]]:
     """A copy of ``prompt`` with every stock loader replaced by EditLabTinyModels; and one line per swap."""
     prompt = json.loads(json.dumps(prompt))
+    prompt, said = _drop_clip_vision(prompt)
     loaders = {k: v for k, v in prompt.items() if v.get("class_type") in LOADERS}
     if not loaders:
-        return prompt, []
+        return prompt, said
     archs = {k: loader_architecture(v) for k, v in loaders.items()}
     known = [a for a in archs.values() if a]
     fallback = max(set(known), key=known.count) if known else None
-    said, tiny_ids = [], {}
+    tiny_ids = {}
     for node_id in sorted(loaders, key=lambda k: (len(k), k)):
         node = loaders[node_id]
         arch = archs[node_id] or fallback
@@ -124,6 +132,22 @@ def substitute_tiny(prompt: dict) -> tuple[dict, list[str]]:
     return prompt, said
 
 
+def _drop_clip_vision(prompt: dict) -> tuple[dict, list[str]]:
+    """``prompt`` without its CLIP vision loaders and the encoders they feed, links from them cut."""
+    dropped = {k for k, v in prompt.items() if v.get("class_type") in DROPPED}
+    dropped |= {k for k, v in prompt.items() if v.get("class_type") in DROPPED_USERS and any(
+        _is_link(x) and x[0] in dropped for x in v.get("inputs", {}).values())}
+    if not dropped:
+        return prompt, []
+    for node in prompt.values():
+        inputs = node.get("inputs", {})
+        for name in [n for n, x in inputs.items() if _is_link(x) and x[0] in dropped]:
+            del inputs[name]
+    said = [f"node {k} {prompt[k]['class_type']} removed (no tiny CLIP vision model; the inputs it fed are "
+            f"optional)" for k in sorted(dropped, key=lambda k: (len(k), k))]
+    return {k: v for k, v in prompt.items() if k not in dropped}, said
+
+
 def missing_model_files(prompt: dict, object_info: dict) -> list[str]:
     """One line per model file the workflow names that the server does not have (not in its loader's list)."""
     lines = []
@@ -137,6 +161,7 @@ def missing_model_files(prompt: dict, object_info: dict) -> list[str]:
             choices = spec[0] if isinstance(spec[0], list) else (spec[1] if len(spec) > 1 and
                                                                   isinstance(spec[1], dict) else {}).get("options")
             if isinstance(choices, list) and value not in choices:
+                folder = LOADER_FOLDERS.get(node.get("class_type"), MODEL_INPUTS[name])
                 lines.append(f"{value} (node {node_id} {node['class_type']}): put it in ComfyUI's "
-                             f"models/{MODEL_INPUTS[name]}/")
+                             f"models/{folder}/")
     return lines

@@ -12,13 +12,18 @@ The APIs, grouped as the README's "host APIs" line lists them:
 - ``comfy.hooks`` + ``comfy.patcher_extension.WrappersMP``: an apply-model wrapper carried by one conditioning;
 - ``comfy.samplers.Sampler`` / ``comfy.sample.sample_custom``: a custom sampler run inside the host's guider;
   ``comfy.sample.sample``: a KSampler run (``ksample``), its sampler and scheduler names and sigmas;
-- ``node_helpers.conditioning_set_values``.
+- ``node_helpers.conditioning_set_values``;
+- ChronoEdit: ``comfy.model_base.WAN21`` (is a MODEL Wan image-to-video), the model's RoPE options
+  (``rope_options``, as ScaleROPE sets them), its latent space (``process_latent_in/out``), the sampler objects
+  (``comfy.samplers.sampler_object``) run by ``comfy.sample.sample_custom`` with a noise mask and seed, KSampler's
+  noise (``comfy.sample.prepare_noise``), ``latent_preview`` (the host's step previews), ``comfy.utils.common_upscale``.
 """
 from __future__ import annotations
 
 import os
 
 import comfy.hooks
+import comfy.model_base
 import comfy.model_management
 import comfy.patcher_extension
 import comfy.sample
@@ -26,6 +31,7 @@ import comfy.samplers
 import comfy.supported_models
 import comfy.utils
 import folder_paths
+import latent_preview
 import node_helpers
 from comfy.model_patcher import ModelPatcher
 
@@ -162,3 +168,69 @@ def ksample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedul
 
 def sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent):
     return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent)
+
+
+# -- ChronoEdit: Wan image-to-video sampling -------------------------------------------------------------------------
+
+
+def wan_i2v_latent_channels(model):
+    """(latent channels, concat channels) of a Wan 2.1-style image-to-video MODEL (its patch embedding takes the
+    latent, a 4-channel mask and the concat latent), or None for any other model."""
+    base = getattr(model, "model", None)
+    if not isinstance(base, comfy.model_base.WAN21) or not getattr(base, "image_to_video", False):
+        return None
+    weight = getattr(getattr(base.diffusion_model, "patch_embedding", None), "weight", None)
+    latent = base.latent_format.latent_channels
+    if weight is None or weight.ndim != 5 or weight.shape[1] != 2 * latent + 4:
+        return None
+    return latent, weight.shape[1] - latent
+
+
+def rope_options(model) -> dict:
+    """The RoPE scale/shift options a MODEL carries (ScaleROPE's), a copy; empty when none."""
+    return dict(model.model_options.get("transformer_options", {}).get("rope_options", {}) or {})
+
+
+def set_rope_options(model, options: dict) -> None:
+    """Set RoPE options on ``model`` (a clone), as ScaleROPE does."""
+    full = {"scale_x": 1.0, "shift_x": 0.0, "scale_y": 1.0, "shift_y": 0.0, "scale_t": 1.0, "shift_t": 0.0}
+    full.update(options)
+    model.set_model_rope_options(**full)
+
+
+def latent_to_outer(model, latent):
+    """The host's inner latent space (what samplers and callbacks see) to the outer one (what LATENT holds)."""
+    return model.model.process_latent_out(latent)
+
+
+def initial_noise(latent, seed: int):
+    """The noise KSampler draws for ``latent`` with ``seed``."""
+    return comfy.sample.prepare_noise(latent, seed, None)
+
+
+def sample_with(model, sampler_name: str, noise, cfg, sigmas, positive, negative, latent, noise_mask, seed,
+                callback=None):
+    """The host's sampler ``sampler_name`` run on ``sigmas`` as SamplerCustom runs it (KSampler's code path: the same
+    sampler object, guider and noise mask); ``callback(step, x0, x, total)`` per step. Returns the outer LATENT
+    tensor; a run ending above sigma 0 returns its state with the leftover noise (KSamplerAdvanced's way)."""
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
+                                      noise_mask=noise_mask, callback=callback, disable_pbar=True, seed=seed)
+
+
+def step_previews(model, total_steps: int):
+    """``update(step, x0)``: the host's progress bar over ``total_steps`` with the host's preview of ``x0`` (inner
+    space; a video latent previews its first frame, so pass the frame to show)."""
+    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+    bar = comfy.utils.ProgressBar(total_steps)
+
+    def update(step: int, x0) -> None:
+        preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer is not None else None
+        bar.update_absolute(step + 1, total_steps, preview)
+
+    return update
+
+
+def resize_image(image, width: int, height: int):
+    """IMAGE (B, H, W, C) resized as WanImageToVideo resizes its start image (bilinear, centre crop)."""
+    return comfy.utils.common_upscale(image.movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)

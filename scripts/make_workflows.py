@@ -38,6 +38,19 @@ MODEL_FILES = {
     "v1-5-pruned-emaonly-fp16.safetensors": ("checkpoints", "https://huggingface.co/Comfy-Org/"
                                                             "stable-diffusion-v1-5-archive/resolve/main/"
                                                             "v1-5-pruned-emaonly-fp16.safetensors"),
+    # -- ChronoEdit (ComfyUI's image_chrono_edit_14B template) --
+    "chrono_edit_14B_fp16.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/"
+                                                             "Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/"
+                                                             "diffusion_models/chrono_edit_14B_fp16.safetensors"),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": ("text_encoders", "https://huggingface.co/Comfy-Org/"
+                                                                "Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
+                                                                "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+    "wan_2.1_vae.safetensors": ("vae", "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/"
+                                       "split_files/vae/wan_2.1_vae.safetensors"),
+    "clip_vision_h.safetensors": ("clip_vision", "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/"
+                                                 "main/split_files/clip_vision/clip_vision_h.safetensors"),
+    "chronoedit_distill_lora.safetensors": ("loras", "https://huggingface.co/nvidia/ChronoEdit-14B-Diffusers/resolve/"
+                                                     "main/lora/chronoedit_distill_lora.safetensors"),
 }
 
 # Layout, in graph units. A node's box is its title bar (30) plus its body; the front end only ever grows a body to
@@ -750,6 +763,99 @@ def conceptsplit_two_concepts_flux():
     return conceptsplit_workflow("flux")
 
 
+# -- ChronoEdit ---------------------------------------------------------------------------------------------------
+CHRONO_FILES = ("- `chrono_edit_14B_fp16.safetensors` in `models/diffusion_models/`\n"
+                "- `umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders/`\n"
+                "- `wan_2.1_vae.safetensors` in `models/vae/`\n"
+                "- `clip_vision_h.safetensors` in `models/clip_vision/`")
+CHRONO_EDIT = "The person is now wearing a pair of black sunglasses, keeping the face and the background unchanged."
+CHRONO_SMALL = ("The edit is kept small (target_area 4096 = 64x64 px) so the dry run is quick: raise target_area to "
+                "921600 (the authors' 720x1280) for real results. Without a tiny CLIP vision model, `--tiny` removes "
+                "the CLIP Vision nodes (their input is optional).")
+
+
+def chronoedit_models(g, stage, shift, lora=False):
+    """The ChronoEdit template's loaders: UNETLoader (fp8 weights), the Wan text encoder, VAE and CLIP vision, the
+    distill LoRA through LoraLoaderModelOnly when asked, ModelSamplingSD3 with the flow shift."""
+    unet_file = "chrono_edit_14B_fp16.safetensors"
+    model = g.add("UNETLoader", [("unet_name", unet_file), ("weight_dtype", "fp8_e4m3fn")], outputs=["MODEL"],
+                  stage=stage, col=0, row=0, properties=_models_property(unet_file))
+    src = (model, 0, "MODEL")
+    if lora:
+        lora_file = "chronoedit_distill_lora.safetensors"
+        src = (g.add("LoraLoaderModelOnly", [("lora_name", lora_file), ("strength_model", 1.0)], {"model": src},
+                     ["MODEL"], stage, 1, 0, title="ChronoEdit distill LoRA (8 steps)",
+                     properties=_models_property(lora_file)), 0, "MODEL")
+    shifted = g.add("ModelSamplingSD3", [("shift", shift)], {"model": src}, ["MODEL"], stage, 1, 1 if lora else 0)
+    clip = g.add("CLIPLoader", [("clip_name", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"), ("type", "wan"),
+                                ("device", "default")], outputs=["CLIP"], stage=stage, col=0, row=1,
+                 properties=_models_property("umt5_xxl_fp8_e4m3fn_scaled.safetensors"))
+    vae = g.add("VAELoader", [("vae_name", "wan_2.1_vae.safetensors")], outputs=["VAE"], stage=stage, col=0, row=2,
+                properties=_models_property("wan_2.1_vae.safetensors"))
+    vision = g.add("CLIPVisionLoader", [("clip_name", "clip_vision_h.safetensors")], outputs=["CLIP_VISION"],
+                   stage=stage, col=0, row=3, properties=_models_property("clip_vision_h.safetensors"))
+    return Models((shifted, 0, "MODEL"), (clip, 0, "CLIP"), (vae, 0, "VAE")), (vision, 0, "CLIP_VISION")
+
+
+def chronoedit_graph(g, name, reasoning, steps, cfg, shift, k, lora=False):
+    s_models = g.stage("models", "Wan 2.1 I2V models (ChronoEdit 14B)", 0)
+    s_input = g.stage("input", "Photo and edit instruction", 0)
+    s_layout = g.stage("layout", "The edit as a short video", 1)
+    s_sample = g.stage("sample", "Temporal reasoning sampler" if reasoning else "8-step distilled sampling", 1)
+    s_save = g.stage("save", "Edited image" + (" and reasoning trajectory" if reasoning else ""), 1)
+    m, vision = chronoedit_models(g, s_models, shift, lora)
+    photo = load_image(g, "editlab_photo.png", s_input, 0, 0)
+    pos = text(g, m.clip, CHRONO_EDIT, s_input, 1, 0, title="Edit instruction")
+    neg = text(g, m.clip, "", s_input, 1, 1, title="Negative prompt")
+    encoded = g.add("CLIPVisionEncode", [("crop", "none")], {"clip_vision": vision, "image": (photo, 0, "IMAGE")},
+                    ["CLIP_VISION_OUTPUT"], s_input, 0, 1)
+    cond = g.add("EditLabChronoEditConditioning",
+                 [("target_area", 4096), ("width", 0), ("height", 0), ("reasoning", reasoning),
+                  ("reasoning_frames", 8)],
+                 {"positive": (pos, 0, "CONDITIONING"), "negative": (neg, 0, "CONDITIONING"), "vae": m.vae,
+                  "image": (photo, 0, "IMAGE"), "clip_vision_output": (encoded, 0, "CLIP_VISION_OUTPUT")},
+                 ["CONDITIONING", "CONDITIONING", "LATENT"], s_layout, 0, 0)
+    sampled = g.add("EditLabTemporalReasoningSampler",
+                    [("seed", 42), ("steps", steps), ("cfg", cfg), ("sampler_name", "uni_pc"), ("scheduler", "simple"),
+                     ("reasoning_steps", k)],
+                    {"model": m.model, "positive": (cond, 0, "CONDITIONING"), "negative": (cond, 1, "CONDITIONING"),
+                     "latent": (cond, 2, "LATENT")}, ["LATENT", "LATENT"], s_sample, 0, 0)
+    video = g.add("EditLabTrajectoryToVideo", [], {"trajectory": (sampled, 1 if reasoning else 0, "LATENT"),
+                                                   "vae": m.vae}, ["IMAGE", "IMAGE"], s_save, 0, 0)
+    save(g, video, f"chronoedit/{name}", s_save, 1, 0, slot=1, title="Save edited image")
+    if reasoning:
+        g.add("SaveAnimatedWEBP", [("filename_prefix", f"chronoedit/{name}_trajectory"), ("fps", 8.0),
+                                   ("lossless", False), ("quality", 90), ("method", "default")],
+              {"images": (video, 0, "IMAGE")}, [], s_save, 0, 1, title="Save reasoning trajectory (video)")
+    return g
+
+
+def chronoedit_reasoning_edit():
+    g = Graph("ChronoEdit: an edit with temporal reasoning")
+    g.add_note(note("ChronoEdit: an edit with temporal reasoning",
+                    "Edits a photo as a short video: the photo is frame 0, the edit the last frame. With **reasoning** "
+                    "the model also imagines 6 frames in between (8 latent frames = 29 video frames) for the first "
+                    "**reasoning_steps** (k = 10 of 50): then only the photo and the edit are kept and the same "
+                    "sampler (UniPC, as the authors) restarts on them at the same noise level, so any sampler works. "
+                    "k = 50 keeps all frames to the end (the authors' default: slower, a sharper trajectory); "
+                    "k = 0 is the plain 2-frame edit. The trajectory is saved as an animated WEBP (8 fps).",
+                    CHRONO_FILES, "chronoedit_reasoning_edit", ("editlab_photo.png",),
+                    "Authors' settings: 50 steps, cfg 5, shift 5 (ModelSamplingSD3), UniPC. " + CHRONO_SMALL))
+    return chronoedit_graph(g, "chronoedit_reasoning_edit", True, 50, 5.0, 5.0, 10)
+
+
+def chronoedit_distilled_8step():
+    g = Graph("ChronoEdit: 8-step distilled edit")
+    g.add_note(note("ChronoEdit: 8-step distilled edit",
+                    "The fast ChronoEdit edit: the authors' distill LoRA through the stock **LoraLoaderModelOnly**, "
+                    "**8 steps, cfg 1, shift 2** (ModelSamplingSD3), UniPC; no reasoning frames (with the distill "
+                    "LoRA, 29 frames give black middle frames). The photo is frame 0, the edit the last frame of a "
+                    "2-frame video at temporal position 7.",
+                    CHRONO_FILES + "\n- `chronoedit_distill_lora.safetensors` in `models/loras/`",
+                    "chronoedit_distilled_8step", ("editlab_photo.png",), CHRONO_SMALL))
+    return chronoedit_graph(g, "chronoedit_distilled_8step", False, 8, 1.0, 2.0, 0, lora=True)
+
+
 # The order the templates browser lists them in (the tour first), with the description its card shows; written to
 # web/templates.json, which web/editlab.js reads (ComfyUI's front end would otherwise show file names). The front end
 # turns '-' and '_' in descriptions into spaces: hyphens here are U+2011 and the minus sign U+2212.
@@ -773,6 +879,10 @@ DESCRIPTIONS = {
                                       "the LODA sampler and attention heat\u2011maps.",
     "conceptsplit_two_concepts_flux": "ConceptSplit on Flux: value adapters on the text stream of the double "
                                       "blocks, the LODA sampler and attention heat\u2011maps.",
+    "chronoedit_reasoning_edit": "ChronoEdit: a photo edited as a short video with temporal reasoning frames "
+                                 "(dropped at step k, any sampler); the trajectory saved as a video (Wan 2.1 I2V).",
+    "chronoedit_distilled_8step": "ChronoEdit with the 8\u2011step distill LoRA: 8 steps, cfg 1, shift 2 "
+                                  "(Wan 2.1 I2V).",
 }
 WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slider_sweep,
              "saedit_sd35_slider": saedit_sd35_slider, "saedit_train_sae": saedit_train_sae,
@@ -781,7 +891,9 @@ WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slide
              "expression_sliders": expression_sliders, "expression_reference_edit": expression_reference_edit,
              "conceptsplit_two_concepts": conceptsplit_two_concepts,
              "conceptsplit_two_concepts_sdxl": conceptsplit_two_concepts_sdxl,
-             "conceptsplit_two_concepts_flux": conceptsplit_two_concepts_flux}
+             "conceptsplit_two_concepts_flux": conceptsplit_two_concepts_flux,
+             "chronoedit_reasoning_edit": chronoedit_reasoning_edit,
+             "chronoedit_distilled_8step": chronoedit_distilled_8step}
 
 
 def main():

@@ -199,6 +199,34 @@ def attention_maps(**over):
             "4": N("EmptyLatentImage", width=64, height=64, batch_size=1), "9": N("EditLabAttentionMaps", **inputs)}
 
 
+# -- chronoedit --
+def chrono_cond(**over):
+    """ChronoEdit Conditioning on the tiny Wan as node 9."""
+    inputs = dict(positive=["3", 0], negative=["3", 0], vae=["1", 2], image=["2", 0], target_area=48 * 32, width=48,
+                  height=32, reasoning=True, reasoning_frames=3)
+    inputs.update(over)
+    return {"1": tiny("wan21_i2v"), "2": empty(48, 32), "3": N("CLIPTextEncode", text="the cup is red", clip=["1", 1]),
+            "9": N("EditLabChronoEditConditioning", **inputs)}
+
+
+def chrono_sampler(model=None, **over):
+    """The Temporal Reasoning Sampler on the tiny Wan's ChronoEdit Conditioning as node 9 (``model`` a link)."""
+    graph = chrono_cond()
+    graph["4"] = graph.pop("9")
+    inputs = dict(model=model or ["1", 0], positive=["4", 0], negative=["4", 1], latent=["4", 2], seed=0, steps=2,
+                  cfg=1.0, sampler_name="euler", scheduler="simple", reasoning_steps=1)
+    inputs.update(over)
+    graph["9"] = N("EditLabTemporalReasoningSampler", **inputs)
+    return graph
+
+
+def chrono_video(vae):
+    """Trajectory to Video as node 9 on the sampler's trajectory, with the VAE ``vae`` (a link)."""
+    graph = chrono_sampler()
+    graph["6"] = graph.pop("9")
+    return graph | {"9": N("EditLabTrajectoryToVideo", trajectory=["6", 1], vae=vae)}
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -348,6 +376,18 @@ CASES = {
     "blendshape edit 1 MB value": Case(blendshape_edit(values=BIG_TEXT), "values", "100000 characters"),
     "blendshape edit unknown name": Case(blendshape_edit(values=json.dumps({"k" * 50_000: 1})), "values",
                                          "ARKit"),
+    # -- chronoedit --
+    "chronoedit sampler on a flux model": Case(chrono_sampler(model=["5", 0]) | {"5": tiny("flux")}, "model",
+                                               "image-to-video"),
+    "chronoedit reasoning_steps over steps": Case(chrono_sampler(steps=2, reasoning_steps=3), "reasoning_steps",
+                                                  "at most steps"),
+    "chronoedit sampler cfg NaN": Case(chrono_sampler(cfg=NAN), "cfg", "finite"),
+    "chronoedit sampler on an empty latent": Case(chrono_sampler(latent=["5", 0]) | {
+        "5": N("EmptyLatentImage", width=48, height=32, batch_size=1)}, "latent", "ChronoEdit Conditioning"),
+    "chronoedit 2 reasoning frames": Case(chrono_cond(reasoning_frames=2), "reasoning_frames", "3 to 21"),
+    "chronoedit vae without frames": Case(chrono_cond(vae=["5", 2]) | {"5": tiny("flux")}, "vae", "video VAE"),
+    "chronoedit width not a multiple of 16": Case(chrono_cond(width=40), "width", "multiple of 16"),
+    "chronoedit trajectory with a flux vae": Case(chrono_video(["5", 2]) | {"5": tiny("flux")}, "vae", "video VAE"),
 }
 
 
@@ -555,6 +595,8 @@ NAN_PER_METHOD = {
     "tryon": ["stitch mask of NaN", "stitch product of NaN", "unstitch generated of NaN"],
     "expression": ["blendshape edit intensity NaN", "flame jaw NaN", "apply expression start_percent NaN",
                    "adapter trainer lr NaN"],
+    # -- chronoedit --
+    "chronoedit": ["chronoedit sampler cfg NaN"],
 }
 
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from editlab.client.tiny import LOADERS, loader_architecture, missing_model_files, substitute_tiny
+from editlab.client.tiny import (DROPPED, DROPPED_USERS, LOADERS, PASS_THROUGH, loader_architecture,
+                                 missing_model_files, substitute_tiny)
 
 REPO = Path(__file__).resolve().parents[2]
 TWINS = sorted((REPO / "workflows" / "api").glob("*.json"))
@@ -17,8 +18,11 @@ def test_every_loader_is_swapped_and_links_point_at_tiny_outputs(path):
     loaders = {k for k, v in prompt.items() if v["class_type"] in LOADERS}
     assert loaders, "shipped workflows use the stock loaders"
     tiny, said = substitute_tiny(prompt)
-    assert len(said) == len(loaders)
+    assert len([line for line in said if " -> " in line]) == len(loaders)
     assert not [k for k, v in tiny.items() if v["class_type"] in LOADERS]
+    gone = set(prompt) - set(tiny) - loaders  # LoRA pass-throughs; CLIP vision nodes (no tiny CLIP vision)
+    assert {prompt[k]["class_type"] for k in gone} <= set(PASS_THROUGH) | set(DROPPED) | set(DROPPED_USERS)
+    assert len(said) == len(loaders) + len(gone)
     for node_id, node in tiny.items():
         for name, value in node["inputs"].items():
             if isinstance(value, list):
@@ -29,7 +33,7 @@ def test_every_loader_is_swapped_and_links_point_at_tiny_outputs(path):
                     if expected:
                         assert TINY_OUTPUTS[value[1]] == expected, (node_id, name, value)
     # Non-loader nodes and their values are untouched.
-    for node_id in set(prompt) - loaders:
+    for node_id in set(prompt) - loaders - gone:
         assert tiny[node_id]["class_type"] == prompt[node_id]["class_type"]
 
 
