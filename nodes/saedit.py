@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 
 import torch
@@ -18,9 +17,10 @@ from ..models.saedit.inversion import invert_euler
 from ..models.saedit.files import SAEFileError, load_direction, load_sae, save_direction, save_sae
 from ..models.saedit.sae import SAEConfig, SparseAutoencoder
 from ..models.saedit.schedule import SCHEDULES
-from ..models.saedit.slider import ScheduledTokenEdit
+from ..models.saedit.slider import slide_conditioning
 from ..models.saedit.features import feature_table, heatmap
-from ..models.saedit.tokens import PARTS, content_embeddings, prompt_tokens, token_texts, word_positions
+from ..models.saedit.tokens import (PARTS, content_embeddings, prompt_tokens, token_layout, token_texts,
+                                    word_positions)
 from ..models.saedit.train import TrainConfig, train_sae
 from . import host
 from .common import CATEGORY, EditLabInputError, EditLabNode, excerpt, output_file, read_text_lines, saved
@@ -38,7 +38,7 @@ DirectionType = io.Custom("EDITLAB_SAE_DIRECTION")
 class LoadedSAE:
     sae: SparseAutoencoder
     name: str
-    part: str  # which conditioning part it was trained on ("t5", "clip", or "" when unknown)
+    part: str  # which conditioning part it was trained on ("t5", "clip"; "" or "auto" in older files: unknown)
 
 
 @dataclass
@@ -165,8 +165,7 @@ class EditLabSAETrain(EditLabNode):
         if not texts:
             raise EditLabInputError("prompts", "at least one prompt (or generated_prompts > 0)")
         try:
-            rows = content_embeddings(clip, texts, part,
-                                      should_stop=host.check_interrupted)
+            rows, resolved = content_embeddings(clip, texts, part, should_stop=host.check_interrupted)
         except ValueError as exc:
             raise EditLabInputError("part", str(exc), part) from None
         config.act_size = rows[0].shape[1]
@@ -180,12 +179,13 @@ class EditLabSAETrain(EditLabNode):
             sae, stats = train_sae(tokens, config, train, on_step=_progress(steps),
                                    should_stop=host.check_interrupted)
         sae = sae.cpu()
-        stats.update(prompts=len(texts), part=part)
-        # atomic: a stopped run writes nothing
-        saved(lambda p, o: save_sae(sae, p, encoder=part, stats=stats, overwrite=o), path, "name", overwrite)
+        stats.update(prompts=len(texts), part=resolved)
+        # atomic: a stopped run writes nothing. The resolved part ("t5" / "clip") is stored, so the SAE is refused
+        # on the other part later (on SD3.5 the padded CLIP part and T5 are both 4096 wide).
+        saved(lambda p, o: save_sae(sae, p, encoder=resolved, stats=stats, overwrite=o), path, "name", overwrite)
         log.info("saved SAE %s: %s", path, stats)
         text = json.dumps(stats)
-        return io.NodeOutput(LoadedSAE(sae, os.path.basename(path), part), text, ui=ui.PreviewText(text))
+        return io.NodeOutput(LoadedSAE(sae, os.path.basename(path), resolved), text, ui=ui.PreviewText(text))
 
 
 class EditLabSAELoader(EditLabNode):
@@ -250,10 +250,11 @@ class EditLabSAEDirection(EditLabNode):
             raise EditLabInputError("pairs", "at least one 'source | target' pair")
         try:
             stop = host.check_interrupted
-            src = content_embeddings(clip, [s for s, _ in parsed], part, should_stop=stop)
-            tgt = content_embeddings(clip, [t for _, t in parsed], part, should_stop=stop)
+            src, resolved = content_embeddings(clip, [s for s, _ in parsed], _part_for(sae, part), should_stop=stop)
+            tgt, _ = content_embeddings(clip, [t for _, t in parsed], _part_for(sae, part), should_stop=stop)
         except ValueError as exc:
             raise EditLabInputError("part", str(exc), part) from None
+        _check_part(sae, resolved)
         _check_width(sae, src[0].shape[1])
         codes = [(sae.sae.encode(s), sae.sae.encode(t)) for s, t in zip(src, tgt)]
         try:
@@ -285,66 +286,136 @@ class EditLabSAEDirectionLoader(EditLabNode):
                                              direction_name))
 
 
+PROMPT_KEY = "editlab_prompt"  # the text a conditioning entry was encoded from, recorded by EditLabTextEncode
+
+
+class EditLabTextEncode(EditLabNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabTextEncode", display_name="CLIP Text Encode (records tokens)", category=CAT,
+            description="Encodes a prompt exactly as CLIP Text Encode does, and records the prompt's text in the "
+                        "conditioning, so SAE Slider finds the word's tokens without the prompt typed again (the "
+                        "host ignores the record).",
+            inputs=[io.Clip.Input("clip", tooltip="The text encoder (from your loader)."),
+                    io.String.Input("text", multiline=True, dynamic_prompts=True, default="",
+                                    tooltip="The prompt to encode.")],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, clip, text) -> io.NodeOutput:
+        if len(text) > MAX_PROMPT_CHARS:
+            raise EditLabInputError("text", f"a prompt of at most {MAX_PROMPT_CHARS} characters", text)
+        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        return io.NodeOutput([[c, {**o, PROMPT_KEY: text}] for c, o in conditioning])
+
+
+def _part_for(sae: LoadedSAE, part: str) -> str:
+    """``part``, or the SAE's own part for "auto" when the SAE records one."""
+    return sae.part if part == "auto" and sae.part in ("t5", "clip") else part
+
+
+def _check_part(sae: LoadedSAE, resolved: str) -> None:
+    if sae.part in ("t5", "clip") and resolved != sae.part:
+        raise EditLabInputError("part", f"the SAE's part ({sae.part}): {sae.name} was trained on "
+                                        f"{sae.part.upper()} tokens", resolved)
+
+
+def _entry_text(options: dict, prompt: str) -> str:
+    """The text a conditioning entry was encoded from: its record, else the typed ``prompt``."""
+    recorded = options.get(PROMPT_KEY)
+    if isinstance(recorded, str):
+        if prompt.strip() and prompt.strip() != recorded.strip():
+            raise EditLabInputError("prompt", "empty, or the conditioning's own prompt (it records "
+                                              f"'{excerpt(recorded, 80)}')", prompt)
+        return recorded
+    return _checked_prompt(prompt, expected="the text the conditioning was encoded from (or encode it with "
+                                            "'CLIP Text Encode (records tokens)' and leave this empty)")
+
+
 class EditLabSAESlider(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="EditLabSAESlider", display_name="SAE Slider", category=CAT,
             description="Slides an SAE direction on the chosen word(s) of a conditioning. Only the decoded delta is "
-                        "added, only at those tokens, with a per-step strength (exponential as in SAEdit, linear or "
-                        "constant) that follows the sampler's actual steps. Other tokens and the negative prompt are "
-                        "untouched; strength 0 returns the conditioning unchanged; sliders chain.",
+                        "added, only at those tokens, with a strength that follows the denoising (exponential as "
+                        "in SAEdit, linear or constant): the conditioning is split into ranges of the denoising "
+                        "(as Conditioning Set Timestep Range does), so the host batches it with the negative prompt "
+                        "and nothing runs per step. Other tokens and the negative prompt are untouched; strength 0 "
+                        "gives the same image; sliders chain.",
             inputs=[
                 io.Conditioning.Input("conditioning",
-                                      tooltip="The prompt's conditioning (from CLIP Text Encode) to edit."),
+                                      tooltip="The prompt's conditioning to edit (from CLIP Text Encode (records "
+                                              "tokens), or the stock CLIP Text Encode with the prompt typed below)."),
                 io.Clip.Input("clip",
-                              tooltip="The text encoder that made the conditioning (to find the word's tokens)."),
+                              tooltip="The text encoder that made the conditioning (its tokenizer finds the word)."),
                 SAEType.Input("sae", tooltip="The SAE the direction was found with."),
                 DirectionType.Input("direction",
                                     tooltip="The edit direction (from SAE Direction from Pairs or its loader)."),
                 io.String.Input("prompt", multiline=True, default="",
-                                tooltip="The text the conditioning was encoded from (to find the word's tokens)."),
+                                tooltip="Leave empty when the conditioning comes from 'CLIP Text Encode (records "
+                                        "tokens)'. Otherwise the text the conditioning was encoded from; it is "
+                                        "checked against the conditioning."),
                 io.String.Input("word", default="", tooltip="The word or words to edit, as they appear in the prompt."),
                 io.Float.Input("strength", default=0.5, min=-10.0, max=10.0, step=0.05,
-                               tooltip="How far to slide: 0 leaves the conditioning unchanged, negative goes the "
-                                       "other way."),
+                               tooltip="How far to slide: 0 leaves the image unchanged, negative goes the other "
+                                       "way."),
                 io.Combo.Input("schedule", options=list(SCHEDULES), default="exponential",
-                               tooltip="How the strength follows the sampler's steps: exponential (the authors'), "
-                                       "linear or constant."),
+                               tooltip="How the strength follows the denoising: exponential (the authors'), linear "
+                                       "or constant."),
                 io.Combo.Input("part", options=list(PARTS), default="auto",
-                               tooltip="Which tokens: T5 (Flux, SD3.5) or CLIP; auto picks T5 when present. Use the "
-                                       "SAE's part."),
+                               tooltip="Which tokens: T5 (Flux, SD3.5) or CLIP; auto takes the SAE's own part (or "
+                                       "T5 when present, for SAEs that do not record it)."),
             ],
             outputs=[io.Conditioning.Output()],
         )
 
     @classmethod
     def execute(cls, conditioning, clip, sae, direction, prompt, word, strength, schedule, part) -> io.NodeOutput:
-        _checked_prompt(prompt, expected="the text the conditioning was encoded from")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise EditLabInputError("prompt", f"a prompt of at most {MAX_PROMPT_CHARS} characters", prompt)
         if len(word) > MAX_PROMPT_CHARS:
             raise EditLabInputError("word", f"a word of the prompt (at most {MAX_PROMPT_CHARS} characters)", word)
-        if strength == 0.0:
-            return io.NodeOutput(conditioning)
-        try:
-            encoded = prompt_tokens(clip, prompt, part)
-        except ValueError as exc:
-            raise EditLabInputError("part", str(exc), part) from None
-        try:
-            positions = word_positions(clip, encoded, word)
-        except ValueError as exc:
-            raise EditLabInputError("word", str(exc), word) from None
-        _check_width(sae, encoded.embeddings.shape[-1])
         if direction.direction.shape[0] != sae.sae.config.dict_size:
             raise EditLabInputError("direction", f"a direction over this SAE's {sae.sae.config.dict_size} features",
                                     f"{direction.name}, {direction.direction.shape[0]} features")
-        for cond, _ in conditioning:
-            if cond.shape[1:] != encoded.embeddings.shape[1:]:
-                raise EditLabInputError("prompt", f"the prompt of this conditioning (its tokens are "
-                                                  f"{tuple(cond.shape[1:])}, the prompt gives "
-                                                  f"{tuple(encoded.embeddings.shape[1:])})")
-        edit = ScheduledTokenEdit(positions, decoded_delta(sae.sae, direction.direction), strength, schedule)
-        key = f"editlab_sae_slider_{uuid.uuid4().hex}"  # unique: chained sliders each keep their wrapper
-        return io.NodeOutput(host.with_apply_model_wrapper(conditioning, key, edit.apply_model_wrapper))
+        if not conditioning:
+            raise EditLabInputError("conditioning", "a conditioning with at least one entry")
+        delta = decoded_delta(sae.sae, direction.direction)
+        wanted = _part_for(sae, part)
+        out, checked = [], {}
+        for cond, options in conditioning:
+            _check_width(sae, cond.shape[-1])
+            text = _entry_text(options, prompt)
+            key = (text, cond.shape[1])
+            if key not in checked:
+                try:
+                    layout = token_layout(clip, text, cond.shape[1], wanted)
+                except ValueError as exc:
+                    raise EditLabInputError("part", str(exc), part) from None
+                _check_part(sae, layout.part)
+                try:
+                    checked[key] = word_positions(clip, layout, word)
+                except ValueError as exc:
+                    raise EditLabInputError("word", str(exc), word) from None
+                if PROMPT_KEY not in options:
+                    _check_typed_prompt(clip, text, cond)
+            out += slide_conditioning([[cond, options]], checked[key], delta, schedule, strength)
+        return io.NodeOutput(out)
+
+
+def _check_typed_prompt(clip, text: str, cond: torch.Tensor) -> None:
+    """A typed prompt must be the one the conditioning was encoded from: it is encoded and compared (a prompt that
+    differs would edit other tokens than the word's without a sign)."""
+    fresh = clip.encode_from_tokens_scheduled(clip.tokenize(text))[0][0]
+    same = fresh.shape == cond.shape and torch.allclose(fresh.float().cpu(), cond.float().cpu(), rtol=1e-3,
+                                                        atol=1e-4)
+    if not same:
+        raise EditLabInputError("prompt", "the text this conditioning was encoded from (encoding it gives another "
+                                          "conditioning); or use 'CLIP Text Encode (records tokens)' and leave the "
+                                          "prompt empty", text)
 
 
 def _direction_labels(sae_name: str, extra=None) -> dict[int, list[str]]:
@@ -395,9 +466,10 @@ class EditLabSAEFeatures(EditLabNode):
     def execute(cls, clip, sae, prompt, part, top_n, direction=None) -> io.NodeOutput:
         _checked_prompt(prompt)
         try:
-            encoded = prompt_tokens(clip, prompt, part)
+            encoded = prompt_tokens(clip, prompt, _part_for(sae, part))
         except ValueError as exc:
             raise EditLabInputError("part", str(exc), part) from None
+        _check_part(sae, encoded.part)
         if len(encoded.content) > MAX_FEATURE_ROWS:
             raise EditLabInputError("prompt", f"a prompt of at most {MAX_FEATURE_ROWS} tokens (one heat-map row "
                                               f"each); it has {len(encoded.content)}", prompt)
@@ -483,4 +555,4 @@ class EditLabFlowInversion(EditLabNode):
 
 
 NODES = [EditLabSAETrain, EditLabSAELoader, EditLabSAEDirection, EditLabSAEDirectionLoader, EditLabSAESlider,
-         EditLabSAEFeatures, EditLabFlowInversion]
+         EditLabSAEFeatures, EditLabFlowInversion, EditLabTextEncode]

@@ -24,11 +24,16 @@ PARTS = ("auto", "t5", "clip")
 
 @dataclass
 class PromptTokens:
-    embeddings: torch.Tensor  # (1, T, D): the conditioning tensor of the prompt
+    embeddings: torch.Tensor | None  # (1, T, D): the conditioning tensor of the prompt (None: layout only)
     key: str  # tokenizer key of the part ("t5xxl", "l", ...)
     offset: int  # index in the conditioning of the part's first token
     ids: list[int]  # the part's token ids, chunks flattened
     content: list[int]  # conditioning positions of real (non-special, non-padding) tokens
+
+    @property
+    def part(self) -> str:
+        """"t5" or "clip": the part resolved for this encoder (what an SAE trained on these tokens stores)."""
+        return "t5" if self.key in T5_KEYS else "clip"
 
 
 def _flatten(chunks):
@@ -88,17 +93,28 @@ def resolve_part(token_keys, cond_len: int, part: str, loaded: set | None = None
     return ("l" if "l" in token_keys else "g"), 0
 
 
+def _layout(clip, tokens: dict, cond_len: int, part: str, embeddings=None) -> PromptTokens:
+    loaded = loaded_encoders(clip)
+    key, offset = resolve_part(tokens.keys(), cond_len, part, loaded, sd3_clip_length(tokens, loaded))
+    flat = _flatten(tokens[key])
+    content = [offset + i for i, (_, _, word) in enumerate(flat) if word > 0]
+    if offset + len(flat) > cond_len:
+        raise ValueError(f"the {key} tokens ({len(flat)}) do not fit the conditioning ({cond_len} tokens)")
+    return PromptTokens(embeddings, key, offset, [t for t, _, _ in flat], content)
+
+
 def prompt_tokens(clip, text: str, part: str = "auto") -> PromptTokens:
+    """The prompt's layout and its conditioning tensor (runs the text encoder)."""
     tokens = clip.tokenize(text, return_word_ids=True)
     plain = {k: [[(t, w) for t, w, _ in chunk] for chunk in v] for k, v in tokens.items()}
     cond, _ = clip.encode_from_tokens(plain, return_pooled=True)
-    loaded = loaded_encoders(clip)
-    key, offset = resolve_part(tokens.keys(), cond.shape[1], part, loaded, sd3_clip_length(tokens, loaded))
-    flat = _flatten(tokens[key])
-    content = [offset + i for i, (_, _, word) in enumerate(flat) if word > 0]
-    if offset + len(flat) > cond.shape[1]:
-        raise ValueError(f"the {key} tokens ({len(flat)}) do not fit the conditioning ({cond.shape[1]} tokens)")
-    return PromptTokens(cond, key, offset, [t for t, _, _ in flat], content)
+    return _layout(clip, tokens, cond.shape[1], part, cond)
+
+
+def token_layout(clip, text: str, cond_len: int, part: str = "auto") -> PromptTokens:
+    """The prompt's layout in a conditioning of ``cond_len`` tokens that was encoded from it, from the tokenizer
+    alone (the text encoder does not run; ``embeddings`` is None)."""
+    return _layout(clip, clip.tokenize(text, return_word_ids=True), cond_len, part)
 
 
 def word_positions(clip, prompt: PromptTokens, word: str) -> list[int]:
@@ -117,16 +133,17 @@ def word_positions(clip, prompt: PromptTokens, word: str) -> list[int]:
     return hits
 
 
-def content_embeddings(clip, texts: list[str], part: str = "auto", should_stop=None) -> list[torch.Tensor]:
-    """Per prompt, the (T, D) embeddings of its real tokens in the chosen part. ``should_stop()`` is called before
-    each prompt (it raises to stop a long run)."""
-    out = []
+def content_embeddings(clip, texts: list[str], part: str = "auto", should_stop=None) -> tuple[list, str]:
+    """(per prompt, the (T, D) embeddings of its real tokens in the chosen part; the part they are, "t5" or
+    "clip"). ``should_stop()`` is called before each prompt (it raises to stop a long run)."""
+    out, resolved = [], ""
     for text in texts:
         if should_stop is not None:
             should_stop()
         p = prompt_tokens(clip, text, part)
         out.append(p.embeddings[0, p.content].float())
-    return out
+        resolved = p.part
+    return out, resolved
 
 
 _TOKENIZER_ATTRS = {"l": "clip_l", "g": "clip_g", "t5xxl": "t5xxl", "umt5xxl": "umt5xxl"}

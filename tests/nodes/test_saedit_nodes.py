@@ -80,11 +80,70 @@ def unit_delta(s):
     return decoded_delta(s["sae"].sae, s["direction"].direction)
 
 
-def test_strength_zero_is_bit_identical(nodes, setup):
+def test_strength_zero_runs_the_slider_and_is_bit_identical(nodes, setup):
     edited = slider(nodes, setup, strength=0.0)
+    # the slider's own path ran: new entries, split over the denoising as the schedule says (one range at 0)
+    assert edited is not setup["cond"] and [(o["start_percent"], o["end_percent"]) for _, o in edited] == [(0.0, 1.0)]
     a, _, _ = sample(setup, edited)
     b, _, _ = sample(setup, setup["cond"])
     assert torch.equal(a, b)
+
+
+def test_cond_and_uncond_run_in_one_batched_call_per_step(nodes, setup):
+    """Under CFG the host batches the slid conditioning with the negative: one model call per step, as without the
+    slider (a hook would split every step into two calls)."""
+    calls = []
+    dm = setup["tiny"].model.model.diffusion_model
+    handle = dm.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(tuple(kw["transformer_options"]["cond_or_uncond"])), with_kwargs=True)
+    try:
+        sample(setup, setup["cond"], steps=6, cfg=3.5)
+        plain, calls[:] = list(calls), []
+        sample(setup, slider(nodes, setup, strength=0.5), steps=6, cfg=3.5)
+    finally:
+        handle.remove()
+    assert len(plain) == 6 and all(len(c) == 2 for c in plain)
+    assert calls == plain
+
+
+def test_recorded_prompt_needs_no_retyping(nodes, setup):
+    """CLIP Text Encode (records tokens) gives the stock encoder's conditioning plus its text; the slider then finds
+    the word's tokens with the tokenizer alone and edits exactly what the typed-prompt path edits."""
+    clip = setup["tiny"].clip
+    recorded, = nodes.EditLabTextEncode.execute(clip=clip, text=PROMPT).result
+    assert torch.equal(recorded[0][0], setup["cond"][0][0]) and recorded[0][1]["editlab_prompt"] == PROMPT
+    encodes = []
+    original = clip.encode_from_tokens
+    clip.encode_from_tokens = lambda *a, **k: encodes.append(1) or original(*a, **k)
+    try:
+        no_retype = nodes.EditLabSAESlider.execute(
+            conditioning=recorded, clip=clip, sae=setup["sae"], direction=setup["direction"], prompt="", word="man",
+            strength=0.5, schedule="exponential", part="auto").result[0]
+    finally:
+        del clip.encode_from_tokens
+    assert not encodes, "the text encoder ran again"
+    typed = slider(nodes, setup, strength=0.5)
+    assert len(no_retype) == len(typed)
+    for (a, oa), (b, ob) in zip(no_retype, typed):
+        assert torch.equal(a, b) and (oa["start_percent"], oa["end_percent"]) == (ob["start_percent"],
+                                                                                   ob["end_percent"])
+
+
+def test_a_prompt_that_is_not_the_conditionings_is_refused(nodes, setup):
+    """The stock Flux conditioning is always 256 T5 tokens: a different typed prompt has the same shape and used to
+    edit the wrong tokens silently."""
+    from editlab.nodes.common import EditLabInputError
+
+    other = "a photo of a dog on a beach with a man"  # same words, another order: 'man' sits elsewhere
+    with pytest.raises(EditLabInputError, match="input 'prompt': expected the text this conditioning was encoded"):
+        nodes.EditLabSAESlider.execute(conditioning=setup["cond"], clip=setup["tiny"].clip, sae=setup["sae"],
+                                       direction=setup["direction"], prompt=other, word="man", strength=0.5,
+                                       schedule="exponential", part="auto")
+    recorded, = nodes.EditLabTextEncode.execute(clip=setup["tiny"].clip, text=PROMPT).result
+    with pytest.raises(EditLabInputError, match="input 'prompt': expected empty, or the conditioning's own prompt"):
+        nodes.EditLabSAESlider.execute(conditioning=recorded, clip=setup["tiny"].clip, sae=setup["sae"],
+                                       direction=setup["direction"], prompt=other, word="man", strength=0.5,
+                                       schedule="exponential", part="auto")
 
 
 def test_only_the_edited_tokens_change_and_the_negative_is_untouched(nodes, setup):
@@ -284,3 +343,20 @@ def test_features_per_token_with_direction_labels(nodes, setup):
     assert labelled <= direction_ids  # only the direction's features carry its label (saved under this SAE)
     assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3 and 0 <= image.min() <= image.max() <= 1
     assert image.shape[1] >= 40 + 14 * len(positions)
+
+
+def test_the_sae_stores_its_resolved_part_and_is_refused_on_the_other(nodes, setup):
+    from editlab.nodes.common import EditLabInputError
+
+    # trained with part "auto": the tiny Flux conditions on T5, the tiny SD3 (built without T5) on CLIP
+    resolved = "t5" if setup["arch"] == "flux" else "clip"
+    assert setup["sae"].part == resolved
+    loaded, = nodes.EditLabSAELoader.execute(sae_name=f"tiny_{setup['arch']}.safetensors").result
+    assert loaded.part == resolved
+    other = nodes.LoadedSAE(setup["sae"].sae, "other_part.safetensors", "clip" if resolved == "t5" else "t5")
+    with pytest.raises(EditLabInputError, match=f"input 'part': expected the SAE's part \\({other.part}\\)"):
+        nodes.EditLabSAESlider.execute(conditioning=setup["cond"], clip=setup["tiny"].clip, sae=other,
+                                       direction=setup["direction"], prompt=PROMPT, word="man", strength=0.5,
+                                       schedule="exponential", part=resolved)
+    with pytest.raises(EditLabInputError, match=f"input 'part': expected the SAE's part \\({other.part}\\)"):
+        nodes.EditLabSAEFeatures.execute(clip=setup["tiny"].clip, sae=other, prompt=PROMPT, part=resolved, top_n=4)
