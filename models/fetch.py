@@ -109,6 +109,15 @@ def _open(ip: str, port: int, timeout: float) -> socket.socket:
     return socket.create_connection((ip, port), timeout)
 
 
+def _loopback_name(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def _netguard_loopback_only() -> bool:
     return os.environ.get(NETGUARD_ENV, "").strip().lower() == "loopback"
 
@@ -127,6 +136,8 @@ def checked_target(url: str, limits: FetchLimits) -> tuple[urlsplit, str, int]:
     if parts.username or parts.password:
         raise FetchRefused(url, "credentials in the URL are not allowed")
     port = port or (443 if parts.scheme == "https" else 80)
+    if _netguard_loopback_only() and not _loopback_name(parts.hostname):
+        raise FetchRefused(url, f"a non-loopback host while {NETGUARD_ENV}=loopback (not resolved)")
     try:
         infos = _resolve(parts.hostname, port)
     except (socket.gaierror, UnicodeError) as exc:

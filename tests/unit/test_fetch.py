@@ -171,7 +171,7 @@ def test_redirect_loop_is_bounded(site):
 def test_env_guard_keeps_the_fetcher_on_loopback(site, monkeypatch):
     """EDITLAB_NETGUARD=loopback (the live test server's setting): a public address is refused by the fetcher itself."""
     monkeypatch.setenv("EDITLAB_NETGUARD", "loopback")
-    with pytest.raises(F.FetchRefused, match="non-loopback address while EDITLAB_NETGUARD"):
+    with pytest.raises(F.FetchRefused, match="non-loopback host while EDITLAB_NETGUARD"):
         F.checked_target("http://93.184.216.34/x.png", F.FetchLimits())
 
 
