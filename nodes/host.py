@@ -162,3 +162,30 @@ def ksample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedul
 
 def sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent):
     return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent)
+
+
+# -- World-To-Image / LLM nodes ---------------------------------------------------------------------------------------
+
+CLIP_VISION_FOLDER = "clip_vision"
+
+
+def user_cache_dir(name: str) -> str:
+    """A cache folder of the pack under ComfyUI's user directory (kept across restarts, unlike the temp folder)."""
+    return os.path.join(folder_paths.get_user_directory(), "editlab", name)
+
+
+def clip_vision_files() -> list[str]:
+    """The files of ComfyUI's clip_vision model folder (what the stock CLIPVisionLoader lists)."""
+    return folder_paths.get_filename_list(CLIP_VISION_FOLDER)
+
+
+def load_clip_vision(name: str):
+    """The host's CLIP vision loader (``comfy.clip_vision.load``) on a file of the clip_vision folder."""
+    import comfy.clip_vision
+
+    return comfy.clip_vision.load(folder_paths.get_full_path_or_raise(CLIP_VISION_FOLDER, name))
+
+
+def progress_preview(bar, value: int, total: int, pil_image, max_side: int = 512) -> None:
+    """Advance the host's progress bar and send ``pil_image`` as the node's preview."""
+    bar.update_absolute(value, total, ("JPEG", pil_image, max_side))
