@@ -189,3 +189,24 @@ def test_the_socket_guard_refuses_and_records_a_non_loopback_dial():
     seen = netguard.take()  # taken here, or the autouse fixture would fail this test
     assert len(seen) == 2 and "10.0.0.1" in seen[0]
     assert netguard.loopback_address(("127.0.0.1", 1)) and netguard.loopback_address(("::1", 1, 0, 0))
+
+
+def test_the_test_servers_guard_refuses_and_logs_in_a_subprocess(tmp_path):
+    """The environment the ``server`` fixture gives ComfyUI (tests/netguard_site on PYTHONPATH): a Python started
+    with it refuses a non-loopback dial and writes it to the log the fixture checks; loopback still connects."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import guarded_server_env
+
+    log = tmp_path / "guard.log"
+    code = ("import socket\n"
+            "s = socket.socket()\n"
+            "try:\n    s.connect(('10.0.0.1', 80))\nexcept ConnectionRefusedError as e:\n    print('refused', e)\n"
+            "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\n"
+            "c = socket.socket(); c.connect(l.getsockname()); print('loopback ok')\n")
+    env = {**os.environ, **guarded_server_env(log)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert "refused EditLab test network guard" in done.stdout and "loopback ok" in done.stdout, done.stderr
+    assert "non-loopback connection attempt to ('10.0.0.1', 80)" in log.read_text()
