@@ -725,7 +725,8 @@ def worldtoimage_agent(g, m, stage, prompt, llm=None, scorer=None, sources=(), i
 def worldtoimage_outputs(g, agent, stage, prefix):
     save(g, agent, f"{prefix}/best", stage, 0, 0, slot=0, title="Best image")
     save(g, agent, f"{prefix}/iteration", stage, 1, 0, slot=3, title="Every iteration")
-    g.add("PreviewAny", [], {"source": (agent, 2, "STRING")}, [], stage, 2, 0, title="History (JSON)")
+    # the front end gives Preview as Text a "preview" text widget, empty until the node has run
+    g.add("PreviewAny", [("preview", "")], {"source": (agent, 2, "STRING")}, [], stage, 2, 0, title="History (JSON)")
 
 
 def worldtoimage_local_library():
