@@ -358,7 +358,7 @@ class EditLabWorldToImage(EditLabNode):
         summary = (f"best: iteration {result.best} of {len(result.images)} "
                    f"(score {history['best_score']}), stopped: {history['stopped']}")
         return io.NodeOutput(result.images[result.best], result.final_prompt, text, all_images,
-                             ui=ui.PreviewText(summary))
+                             ui=ui.PreviewText(f"{summary}\n\n{text}"))
 
 
 def _encode(clip, text: str):

@@ -702,7 +702,7 @@ def conceptsplit_two_concepts():
 
 # -- World-To-Image ------------------------------------------------------------------------------------------------
 MULTILINE.add(("EditLabWorldToImage", "prompt"))
-WIDE.update({"EditLabWorldToImage": 360, "EditLabLLM": 340, "EditLabWebImageSearch": 340, "PreviewAny": 360})
+WIDE.update({"EditLabWorldToImage": 360, "EditLabLLM": 340, "EditLabWebImageSearch": 340})
 W2I_PROMPT = "a person holding a leather product bag"
 
 
@@ -725,8 +725,6 @@ def worldtoimage_agent(g, m, stage, prompt, llm=None, scorer=None, sources=(), i
 def worldtoimage_outputs(g, agent, stage, prefix):
     save(g, agent, f"{prefix}/best", stage, 0, 0, slot=0, title="Best image")
     save(g, agent, f"{prefix}/iteration", stage, 1, 0, slot=3, title="Every iteration")
-    # the front end gives Preview as Text a "preview" text widget, empty until the node has run
-    g.add("PreviewAny", [("preview", "")], {"source": (agent, 2, "STRING")}, [], stage, 2, 0, title="History (JSON)")
 
 
 def worldtoimage_local_library():
@@ -736,7 +734,8 @@ def worldtoimage_local_library():
                     "of your images (captions from sidecar .txt files or file names). The **World-To-Image Agent** "
                     "generates from the prompt, then each further iteration retrieves the library image that best "
                     "matches the prompt's keywords and generates again with it as a **reference latent** (Flux "
-                    "Kontext style). Everything stays on this machine and a rerun gives the same history.",
+                    "Kontext style). Everything stays on this machine and a rerun gives the same history, which the "
+                    "agent node shows when it has run.",
                     FLUX_FILES, "worldtoimage_local_library", ("editlab_product_bag.png",),
                     "The library here is the input folder itself ('.'). No LLM and no scorer are wired, so the prompt "
                     "is not rewritten and the first iteration is kept: the **History** says what was skipped. Add an "
@@ -764,7 +763,8 @@ def worldtoimage_openverse():
                     "workflow) diagnoses each attempt, rewrites the prompt and chooses search queries; **Web Image "
                     "Search** asks Openverse for openly licensed references (licence and source URL recorded, every "
                     "download through the guarded client); the **Image Scorer** has the same LLM judge each image; the "
-                    "agent keeps the best and stops at the threshold.",
+                    "agent keeps the best and stops at the threshold. The agent node shows the history (JSON) when it "
+                    "has run.",
                     FLUX_FILES, "worldtoimage_openverse", (),
                     "Offline or without the LLM server it still runs: an unreachable search is recorded in the "
                     "**History** and the loop goes on without references; an unreachable LLM means keyword queries, "
