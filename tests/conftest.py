@@ -64,12 +64,19 @@ def no_outside_network():
         pytest.fail("the test tried to open a connection to a non-loopback address:\n" + "\n".join(seen))
 
 
+# A made-up API key in the test server's environment: tests/e2e/test_worldtoimage_live.py names its variable in an
+# LLM node and checks the value reaches the stand-in's Authorization header and nothing else.
+PLANTED_KEY_ENV = "EDITLAB_TEST_PLANTED_KEY"
+PLANTED_KEY = "sk-editlab-planted-e2e-7f3a9c1d5b"
+
+
 def guarded_server_env(log_path: Path) -> dict:
-    """Environment for a test ComfyUI server: the loopback-only guard (sitecustomize) reporting to ``log_path``."""
+    """Environment for a test ComfyUI server: the loopback-only guard (sitecustomize) reporting to ``log_path``, and
+    the planted key."""
     site = str(Path(__file__).resolve().parent / "netguard_site")
     old = os.environ.get("PYTHONPATH", "")
     return {"PYTHONPATH": site + (os.pathsep + old if old else ""), "EDITLAB_NETGUARD_LOG": str(log_path),
-            "EDITLAB_NETGUARD": "loopback"}
+            "EDITLAB_NETGUARD": "loopback", PLANTED_KEY_ENV: PLANTED_KEY}
 
 
 @pytest.fixture(scope="session")
