@@ -187,6 +187,22 @@ def attention_maps(**over):
             "4": N("EmptyLatentImage", width=64, height=64, batch_size=1), "9": N("EditLabAttentionMaps", **inputs)}
 
 
+# -- worldtoimage --
+def llm_node(**over):
+    inputs = dict(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="", temperature=0.0, timeout=5.0,
+                  max_retries=0, vision=True)
+    inputs.update(over)
+    return {"9": N("EditLabLLM", **inputs)}
+
+
+def world_to_image(**over):
+    inputs = dict(model=["1", 0], clip=["1", 1], vae=["1", 2], prompt="a lamp", width=64, height=64, steps=1,
+                  cfg=1.0, sampler_name="euler", scheduler="simple", seed=0, iterations=1, threshold=0.3,
+                  candidates=1, references=0, reference_mode="none")
+    inputs.update(over)
+    return {"1": tiny(), "9": N("EditLabWorldToImage", **inputs)}
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -330,6 +346,25 @@ CASES = {
     "blendshape edit 1 MB value": Case(blendshape_edit(values=BIG_TEXT), "values", "100000 characters"),
     "blendshape edit unknown name": Case(blendshape_edit(values=json.dumps({"k" * 50_000: 1})), "values",
                                          "ARKit"),
+    # -- worldtoimage --
+    "llm key pasted as the variable name": Case(llm_node(api_key_env="sk-live-0123456789abcdefXYZ"), "api_key_env",
+                                                "NAME of an environment variable",
+                                                never_quoted=["sk-live-0123456789abcdefXYZ"]),
+    "llm file:// base url": Case(llm_node(base_url="file:///etc/passwd"), "base_url", "http:// or https://"),
+    "llm temperature NaN": Case(llm_node(temperature=NAN), "temperature", "finite"),
+    "image library folder outside input": Case({"9": N("EditLabImageLibrary", folder="../..", recursive=True)},
+                                               "folder", "inside ComfyUI's input folder"),
+    "web search template without {query}": Case({"9": N("EditLabWebImageSearch", service="custom_json",
+                                                        endpoint="http://127.0.0.1:9/search", allow_loopback=True,
+                                                        use_cache=False, timeout=5.0, max_megabytes=1.0,
+                                                        max_megapixels=1.0)}, "endpoint", "{query}"),
+    "image scorer vlm without llm": Case({"9": N("EditLabImageScorer", judge="vlm", formula="authors_gated",
+                                                 vlm_aesthetic=False)}, "llm", "EditLab LLM"),
+    "world-to-image empty prompt": Case(world_to_image(prompt="  "), "prompt", "1 to 2000 characters"),
+    "world-to-image threshold NaN": Case(world_to_image(threshold=NAN), "threshold", "finite"),
+    "viescore empty instruction": Case({"1": llm_node()["9"], "2": empty(), "9": N(
+        "EditLabVIEScore", llm=["1", 0], instruction=" ", source_image=["2", 0], edited_image=["2", 0])},
+        "instruction", "edit instruction"),
 }
 
 
