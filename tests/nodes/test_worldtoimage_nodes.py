@@ -219,3 +219,75 @@ def test_library_index_and_bad_inputs(w2i, inputs):
                                             max_megapixels=1.0)
     with pytest.raises(EditLabInputError, match="input 'llm'"):
         nodes.EditLabImageScorer.execute(judge="vlm", formula="authors_gated", vlm_aesthetic=False)
+
+
+def _tiny_clip_vision(tmp_path, projection_dim):
+    """A CLIP vision model of the host's own class (comfy.clip_vision.ClipVisionModel) at a tiny size, seeded."""
+    import comfy.clip_vision
+
+    config = {"hidden_act": "quick_gelu", "hidden_size": 32, "image_size": 28, "intermediate_size": 64,
+              "layer_norm_eps": 1e-5, "model_type": "clip_vision_model", "num_attention_heads": 2,
+              "num_channels": 3, "num_hidden_layers": 2, "patch_size": 14, "projection_dim": projection_dim}
+    path = tmp_path / f"tiny_clip_vision_{projection_dim}.json"
+    path.write_text(json.dumps(config))
+    cv = comfy.clip_vision.ClipVisionModel(str(path))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in cv.model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return cv
+
+
+def test_clip_vision_scorer_is_the_cosine_and_the_gated_formula(w2i, flux, tmp_path, monkeypatch):
+    import numpy as np
+
+    from editlab.models.worldtoimage.scoring import authors_gated
+    from editlab.nodes.common import EditLabInputError
+
+    nodes, _ = w2i
+    cv = _tiny_clip_vision(tmp_path, 32)  # tiny Flux's CLIP-L pools to 32 wide
+    monkeypatch.setattr(nodes.host, "clip_vision_files", lambda: ["tiny.safetensors"])
+    monkeypatch.setattr(nodes.host, "load_clip_vision", lambda name: cv)
+    image = torch.randint(0, 256, (1, 40, 40, 3), generator=torch.Generator().manual_seed(1)).float() / 255.0
+    out = nodes.EditLabImageScorer.execute(judge="clip_vision", formula="authors_gated", vlm_aesthetic=False,
+                                           clip_vision_name="tiny.safetensors", clip=flux.clip, image=image,
+                                           prompt="a red lamp").result
+    img = cv.encode_image(image).image_embeds.flatten().double().numpy()
+    _, pooled = flux.clip.encode_from_tokens(flux.clip.tokenize("a red lamp"), return_pooled=True)
+    txt = pooled.flatten().double().numpy()
+    cos = float(img @ txt / np.linalg.norm(img) / np.linalg.norm(txt))
+    record = json.loads(out[2])[0]
+    assert record["judge"] == "clip" and record["clip"] == pytest.approx(cos, abs=1e-5)
+    assert out[1] == pytest.approx(authors_gated(cos), abs=1e-5)
+    assert any("aesthetic" in n for n in record["notes"])
+    wrong = _tiny_clip_vision(tmp_path, 16)
+    monkeypatch.setattr(nodes.host, "load_clip_vision", lambda name: wrong)
+    with pytest.raises(EditLabInputError, match="input 'clip'.*as wide as the CLIP vision embedding \\(16\\)"):
+        nodes.EditLabImageScorer.execute(judge="clip_vision", formula="authors_gated", vlm_aesthetic=False,
+                                         clip_vision_name="tiny.safetensors", clip=flux.clip, image=image,
+                                         prompt="a red lamp")
+
+
+def test_progress_preview_per_iteration_and_interruption(w2i, flux, inputs, monkeypatch):
+    nodes, _ = w2i
+    previews = []
+    monkeypatch.setattr(nodes.host, "progress_preview",
+                        lambda bar, value, total, pil: previews.append((value, total, pil.size)))
+    agent(w2i, flux, "a red zorblax lamp", iterations=3, source_1=library(w2i))
+    assert previews == [(1, 3, (64, 64)), (2, 3, (64, 64)), (3, 3, (64, 64))]
+
+    class Interrupted(Exception):
+        pass
+
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) > 3:  # after the first iteration's checks
+            raise Interrupted()
+
+    previews.clear()
+    monkeypatch.setattr(nodes.host, "check_interrupted", check)
+    with pytest.raises(Interrupted):
+        agent(w2i, flux, "a red zorblax lamp", iterations=5, source_1=library(w2i))
+    assert len(previews) == 1  # stopped during the second iteration
