@@ -189,3 +189,11 @@ def load_clip_vision(name: str):
 def progress_preview(bar, value: int, total: int, pil_image, max_side: int = 512) -> None:
     """Advance the host's progress bar and send ``pil_image`` as the node's preview."""
     bar.update_absolute(value, total, ("JPEG", pil_image, max_side))
+
+
+def apply_style_model(conditioning, style_model, clip_vision_output, strength: float = 1.0):
+    """The host's StyleModelApply (an image prompt such as Flux Redux: the image's tokens appended to the text's)."""
+    import nodes as host_nodes
+
+    return host_nodes.StyleModelApply().apply_stylemodel(conditioning, style_model, clip_vision_output, strength,
+                                                         "multiply")[0]

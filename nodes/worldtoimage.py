@@ -30,7 +30,7 @@ ScorerType = io.Custom("EDITLAB_IMAGE_SCORER")
 MAX_SOURCES = 3
 MAX_PROMPT_CHARS = 2000
 NO_CLIP_VISION = "(none)"
-REFERENCE_MODES = ("reference_latents", "none")
+REFERENCE_MODES = ("reference_latents", "image_prompt", "none")
 
 
 def tensor_to_pil(image):
@@ -298,7 +298,9 @@ class EditLabWorldToImage(EditLabNode):
                              tooltip="Reference images per iteration (0: no retrieval)."),
                 io.Combo.Input("reference_mode", options=list(REFERENCE_MODES), default="reference_latents",
                                tooltip="reference_latents: references go in as the host's reference latents "
-                                       "(Flux Kontext style token concatenation); none: retrieved and recorded only."),
+                                       "(Flux Kontext style token concatenation); image_prompt: through the style "
+                                       "model and CLIP vision you wire (e.g. Flux Redux), as StyleModelApply does; "
+                                       "none: retrieved and recorded only."),
                 LLMType.Input("llm", optional=True,
                               tooltip="Plans (diagnosis, prompt rewrite, search queries) and picks references. "
                                       "Without it: keyword queries, the prompt unchanged."),
@@ -306,6 +308,12 @@ class EditLabWorldToImage(EditLabNode):
                                  tooltip="Scores each iteration (Image Scorer). Without it nothing is scored and the "
                                          "first iteration is kept."),
                 *sources,
+                io.StyleModel.Input("style_model", optional=True,
+                                    tooltip="Image-prompt model for reference_mode = image_prompt (e.g. Flux Redux, "
+                                            "from Load Style Model)."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="The CLIP vision model the style model reads (reference_mode = "
+                                            "image_prompt; Redux: sigclip_vision_patch14_384)."),
             ],
             outputs=[io.Image.Output(display_name="best_image"), io.String.Output(display_name="final_prompt"),
                      io.String.Output(display_name="history"), io.Image.Output(display_name="all_iterations")],
@@ -314,7 +322,7 @@ class EditLabWorldToImage(EditLabNode):
     @classmethod
     def execute(cls, model, clip, vae, prompt, width, height, steps, cfg, sampler_name, scheduler, seed, iterations,
                 threshold, candidates, references, reference_mode, llm=None, scorer=None, source_1=None,
-                source_2=None, source_3=None) -> io.NodeOutput:
+                source_2=None, source_3=None, style_model=None, clip_vision=None) -> io.NodeOutput:
         if not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
             raise EditLabInputError("prompt", f"a prompt of 1 to {MAX_PROMPT_CHARS} characters", prompt)
         checked_image_size(height, width, "width")
@@ -327,6 +335,9 @@ class EditLabWorldToImage(EditLabNode):
             if s is not None and not isinstance(s, (LibrarySource, WebImageSource)):
                 raise EditLabInputError(f"source_{i}", "an Image Library or Web Image Search output",
                                         type(s).__name__)
+        if reference_mode == "image_prompt" and (style_model is None or clip_vision is None):
+            raise EditLabInputError("reference_mode", "style_model and clip_vision wired for image_prompt (or "
+                                                      "reference_latents / none)", reference_mode)
         width, height = width // 8 * 8, height // 8 * 8
         negative = _encode(clip, "")
 
@@ -335,6 +346,10 @@ class EditLabWorldToImage(EditLabNode):
             if refs and reference_mode == "reference_latents":
                 latents = [vae.encode(pil_to_tensor(r, width, height)) for r in refs]
                 positive = host.conditioning_set_values(positive, {"reference_latents": latents}, append=True)
+            elif refs and reference_mode == "image_prompt":
+                for r in refs:
+                    seen = clip_vision.encode_image(pil_to_tensor(r, width, height), crop=True)
+                    positive = host.apply_style_model(positive, style_model, seen)
             latent = {"samples": torch.zeros([1, 4, height // 8, width // 8])}
             out = host.ksample(model, run_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)
             image = vae.decode(out["samples"])

@@ -291,3 +291,40 @@ def test_progress_preview_per_iteration_and_interruption(w2i, flux, inputs, monk
     with pytest.raises(Interrupted):
         agent(w2i, flux, "a red zorblax lamp", iterations=5, source_1=library(w2i))
     assert len(previews) == 1  # stopped during the second iteration
+
+
+def test_image_prompt_mode_equals_the_hosts_style_model_apply(w2i, flux, inputs, tmp_path):
+    """reference_mode = image_prompt (Flux Redux style): iteration 1 equals the host's own CLIPVisionEncode +
+    StyleModelApply + KSampler + VAEDecode on the retrieved image, bit for bit, and differs from iteration 0."""
+    import comfy.sd
+    import nodes as host_nodes
+    from comfy.ldm.flux.redux import ReduxImageEncoder
+
+    from editlab.nodes.common import EditLabInputError
+
+    nodes, _ = w2i
+    cv = _tiny_clip_vision(tmp_path, 32)
+    context = flux.clip.encode_from_tokens(flux.clip.tokenize("x"))[0].shape[-1]
+    redux = ReduxImageEncoder(redux_dim=32, txt_in_features=context)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in redux.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    style = comfy.sd.StyleModel(redux)
+    out = agent(w2i, flux, "a red zorblax lamp", reference_mode="image_prompt", source_1=library(w2i),
+                style_model=style, clip_vision=cv)
+    batch, h = out[3], json.loads(out[2])
+    assert h["iterations"][1]["references"][0]["url"] == "file:red_zorblax_lamp.png"
+    with Image.open(inputs / "lib" / "red_zorblax_lamp.png") as im:
+        ref = nodes.pil_to_tensor(im.convert("RGB"), 64, 64)
+    pos = host_nodes.CLIPTextEncode().encode(flux.clip, "a red zorblax lamp")[0]
+    seen = host_nodes.CLIPVisionEncode().encode(cv, ref, "center")[0]
+    pos = host_nodes.StyleModelApply().apply_stylemodel(pos, style, seen, 1.0, "multiply")[0]
+    neg = host_nodes.CLIPTextEncode().encode(flux.clip, "")[0]
+    latent = host_nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+    sampled = host_nodes.KSampler().sample(flux.model, 5, 2, 1.0, "euler", "simple", pos, neg, latent)[0]
+    expected = host_nodes.VAEDecode().decode(flux.vae, sampled)[0]
+    assert torch.equal(batch[1:2], expected)
+    assert not torch.equal(batch[1], batch[0])
+    with pytest.raises(EditLabInputError, match="input 'reference_mode'"):
+        agent(w2i, flux, "a red zorblax lamp", reference_mode="image_prompt", source_1=library(w2i))

@@ -137,3 +137,11 @@ def test_netguard_refuses_a_remote_endpoint_before_dialling(monkeypatch):
     monkeypatch.setenv("EDITLAB_NETGUARD", "loopback")
     with pytest.raises(LLMError, match="not loopback"):
         LLMClient(LLMConfig(base_url="https://api.openai.com/v1")).chat([{"role": "user", "content": "x"}])
+
+
+def test_without_the_openai_package_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai now raises ImportError
+    with pytest.raises(LLMError, match="'openai' package is not installed"):
+        LLMClient(LLMConfig()).chat([{"role": "user", "content": "x"}])
