@@ -8,7 +8,6 @@ network round trips do); the absolute times (a CPU, a tiny model, loopback) do n
 """
 import statistics
 import sys
-import tempfile
 import time
 import types
 from pathlib import Path
@@ -76,8 +75,7 @@ def main():
         return {"choice": 0, "reason": "first"}
 
     real_run, real_plan, real_pick = agent_mod.run_agent, J.plan, J.pick
-    with torch.inference_mode(), ChatStandIn(responder=respond) as llm_site, StandIn() as site, \
-            tempfile.TemporaryDirectory() as cache:
+    with torch.inference_mode(), ChatStandIn(responder=respond) as llm_site, StandIn() as site:
         site.routes["/v1/images/"] = Reply(200, {"results": [
             {"url": f"{site.url}/img/{i}.png", "title": f"lamp {i}", "license": "cc0", "license_version": "1.0"}
             for i in range(5)]})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from importlib.util import find_spec
 
 import numpy as np
@@ -152,7 +151,6 @@ class EditLabVIEScore(EditLabNode):
                             f"({r.pq_reasoning})" for i, r in enumerate(results))
         text = json.dumps({"semantic_consistency": sc, "perceptual_quality": pq, "overall": overall,
                            "model": llm.model, "pairs": [r.record() for r in results]}, indent=1)
-        assert all(math.isfinite(v) for v in (sc, pq, overall))
         summary = f"VIEScore: SC {sc:.2f}, PQ {pq:.2f}, overall {overall:.2f}"
         return io.NodeOutput(sc, pq, overall, reasons, text, ui=ui.PreviewText(summary))
 

@@ -119,8 +119,9 @@ class EditLabWebImageSearch(EditLabNode):
                                        "format enabled; no licence information); custom_json: your endpoint."),
                 io.String.Input("endpoint", default="",
                                 tooltip="Empty = the service's default (" + ", ".join(
-                                    f"{k}: {v}" for k, v in DEFAULT_ENDPOINTS.items()) + "). custom_json: a URL "
-                                    "template with {query} and optionally {count}."),
+                                    f"{k}: {v}" for k, v in DEFAULT_ENDPOINTS.items()) + "). A local SearxNG "
+                                    "or endpoint on 127.0.0.1 needs allow_loopback. custom_json: a URL template with "
+                                    "{query} and optionally {count}."),
                 io.Boolean.Input("allow_loopback", default=False,
                                  tooltip="Allow 127.0.0.1 / localhost (a local SearxNG or your own service). Private "
                                          "network and metadata addresses stay refused."),

@@ -5,7 +5,8 @@ whose message says why (the agent records it and goes on).
 Web services and the fields read from their documented JSON answers:
 - Openverse ``GET {endpoint}?q=&page_size=`` -> ``results[]``: ``url`` (the file), ``title``, ``license`` +
   ``license_version``, ``foreign_landing_url``, ``creator``;
-- Wikimedia Commons (MediaWiki API) ``action=query&generator=search&gsrnamespace=6&prop=imageinfo&iiprop=url|extmetadata``
+- Wikimedia Commons (MediaWiki API)
+  ``action=query&generator=search&gsrnamespace=6&prop=imageinfo&iiprop=url|extmetadata``
   -> ``query.pages{}``: ``title``, ``index`` (rank), ``imageinfo[0].url`` / ``thumburl``, ``descriptionurl``,
   ``extmetadata.LicenseShortName.value``, ``extmetadata.Artist.value``;
 - SearxNG ``GET {endpoint}/search?q=&format=json&categories=images`` -> ``results[]``: ``img_src``, ``title``,
