@@ -51,9 +51,10 @@ def run_agent(prompt: str, generate: Callable, score_fn: Callable | None, source
               llm: LLMClient | None = None, on_iteration: Callable | None = None,
               check_interrupted: Callable | None = None) -> AgentResult:
     """``generate(prompt, references: list[PIL], seed) -> (image, PIL image)``;
-    ``score_fn(PIL image, prompt, keywords) -> Score`` (None: nothing is scored); ``sources``: objects with ``name``, ``describe()``, ``search()``, ``load()``;
-    ``on_iteration(index, total, image)`` after each iteration (progress, preview); ``check_interrupted()`` raises
-    to stop."""
+    ``score_fn(PIL image, prompt, keywords) -> Score`` (None: nothing is scored);
+    ``sources``: objects with ``name``, ``describe()``, ``search()``, ``load()``;
+    ``on_iteration(index, total, PIL image)`` after each iteration (progress, preview);
+    ``check_interrupted()`` raises to stop."""
     keys = extract_keywords(prompt)
     skipped = []
     if llm is None:
