@@ -722,6 +722,17 @@ def worldtoimage_agent(g, m, stage, prompt, llm=None, scorer=None, sources=(), i
                  inputs, ["IMAGE", "STRING", "STRING", "IMAGE"], stage, 0, 0)
 
 
+W2I_SOCKETS = 10  # the agent's input slots, shown linked or not: model, clip, vae, llm, scorer, 3 sources, style, vision
+
+
+def worldtoimage_agent_sized(g, *args, **kw):
+    """The agent node, sized for all its input slots (the front end draws the unlinked optional ones too)."""
+    node = worldtoimage_agent(g, *args, **kw)
+    entry = g.nodes[node - 1]
+    entry["size"] = node_size(entry["type"], entry["widgets"], W2I_SOCKETS, len(entry["outputs"]))
+    return node
+
+
 def worldtoimage_outputs(g, agent, stage, prefix):
     save(g, agent, f"{prefix}/best", stage, 0, 0, slot=0, title="Best image")
     save(g, agent, f"{prefix}/iteration", stage, 1, 0, slot=3, title="Every iteration")
@@ -749,7 +760,7 @@ def worldtoimage_local_library():
     m = flux_loaders(g, s_models)
     library = g.add("EditLabImageLibrary", [("folder", "."), ("recursive", False)], {},
                     ["EDITLAB_IMAGE_SOURCE", "STRING"], s_sources, 0, 0)
-    agent = worldtoimage_agent(g, m, s_agent, W2I_PROMPT, sources=[library])
+    agent = worldtoimage_agent_sized(g, m, s_agent, W2I_PROMPT, sources=[library])
     worldtoimage_outputs(g, agent, s_out, "worldtoimage/local")
     return g
 
@@ -783,7 +794,7 @@ def worldtoimage_openverse():
     web = g.add("EditLabWebImageSearch", [("service", "openverse"), ("endpoint", ""), ("allow_loopback", False),
                                           ("use_cache", True), ("timeout", 10.0), ("max_megabytes", 20.0),
                                           ("max_megapixels", 40.0)], {}, ["EDITLAB_IMAGE_SOURCE"], s_llm, 0, 1)
-    agent = worldtoimage_agent(g, m, s_agent, "a Zorblax desk lamp on a wooden desk", llm=llm, scorer=scorer,
+    agent = worldtoimage_agent_sized(g, m, s_agent, "a Zorblax desk lamp on a wooden desk", llm=llm, scorer=scorer,
                                sources=[web], iterations=3)
     worldtoimage_outputs(g, agent, s_out, "worldtoimage/openverse")
     return g
