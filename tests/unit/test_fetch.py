@@ -210,3 +210,26 @@ def test_the_test_servers_guard_refuses_and_logs_in_a_subprocess(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert "refused EditLab test network guard" in done.stdout and "loopback ok" in done.stdout, done.stderr
     assert "non-loopback connection attempt to ('10.0.0.1', 80)" in log.read_text()
+
+
+def test_no_dns_rebinding_gap_the_checked_address_is_the_one_dialled(site, monkeypatch):
+    """A name that resolves to a public address when checked and to loopback afterwards (DNS rebinding): the name is
+    resolved once per hop and the socket is opened on the address that was checked."""
+    monkeypatch.delenv("EDITLAB_NETGUARD", raising=False)
+    site.routes["/x.png"] = Reply(200, png_bytes(), {"Content-Type": "image/png"})
+    answers = iter(["93.184.216.34", "127.0.0.1", "127.0.0.1"])
+    resolved, dialled = [], []
+
+    def resolve(host, port):
+        ip = next(answers)
+        resolved.append(ip)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
+
+    def open_(ip, port, timeout):
+        dialled.append(ip)
+        return socket.create_connection(("127.0.0.1", site.port), timeout)  # the stand-in plays the public site
+
+    monkeypatch.setattr(F, "_resolve", resolve)
+    monkeypatch.setattr(F, "_open", open_)
+    im, _ = F.fetch_image("http://rebind.example.com/x.png", F.FetchLimits())
+    assert im.size == (16, 16) and resolved == ["93.184.216.34"] and dialled == ["93.184.216.34"]

@@ -270,3 +270,21 @@ def test_same_seed_library_and_script_give_the_same_history_bit_for_bit(library,
     a, b, c = once(1), once(1), once(2)
     assert a == b
     assert a[0] != c[0]  # the seed is in the history: a different run is told apart
+
+
+def test_without_llm_the_scorer_still_ranks_queries_follow_missing_keywords_and_stop_early(library):
+    """No LLM, a scorer: keyword queries start from the keywords the scorer missed; keep-best and the threshold work."""
+    values = iter([0.1, 0.5, 0.3])
+
+    def score(image, prompt, keys):
+        s = Score("vlm", alignment=0.5, coverage=0.5, missing_keywords=["rain", "london"])
+        s.combined = next(values)
+        return s
+
+    result = run_agent("a London bus in the rain", fake_generate, score, [LibrarySource(ImageLibrary(str(library)))],
+                       AgentSettings(iterations=3, threshold=0.45))
+    h = result.history
+    assert [it["queries"] for it in h["iterations"]] == [[], ["rain london"]]
+    assert h["stopped"] == "threshold" and h["best"] == 1 and len(result.images) == 2
+    assert [it["scores"]["combined"] for it in h["iterations"]] == [0.1, 0.5]
+    assert any("no LLM" in s for s in h["skipped"]) and not any("no scorer" in s for s in h["skipped"])
