@@ -42,6 +42,17 @@ def checked_config(base_url, model, api_key_env, temperature, timeout, max_retri
     if not base_url.startswith(("http://", "https://")) or len(base_url) > MAX_URL_CHARS:
         raise EditLabInputError("base_url", "an http:// or https:// URL of an OpenAI-compatible API (…/v1)",
                                 base_url[:100])
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(base_url)
+        credentials = bool(parts.username or parts.password)
+    except ValueError:
+        credentials = True
+    if credentials:
+        # never quoted: the URL holds a secret
+        raise EditLabInputError("base_url", "a URL without user:password (put the key in an environment variable "
+                                            "and give its name in api_key_env)")
     if not model.strip():
         raise EditLabInputError("model", "a model name the endpoint serves")
     env = api_key_env.strip()

@@ -75,6 +75,11 @@ def _first(item: dict, *keys) -> str:
     return ""
 
 
+def _absolute(url: str) -> str:
+    """Protocol-relative image URLs (``//upload.example.org/a.jpg``, as some SearxNG engines give) as https."""
+    return "https:" + url if url.startswith("//") else url
+
+
 def parse_results(service: str, data, count: int, endpoint: str = "") -> list[Candidate]:
     out = []
     if service == "openverse":
@@ -100,7 +105,7 @@ def parse_results(service: str, data, count: int, endpoint: str = "") -> list[Ca
     elif service == "searxng":
         for r in (data or {}).get("results") or []:
             if isinstance(r, dict) and _text(r.get("img_src")):
-                out.append(Candidate(r["img_src"].strip(), _text(r.get("title")), "unknown (via SearxNG)",
+                out.append(Candidate(_absolute(r["img_src"].strip()), _text(r.get("title")), "unknown (via SearxNG)",
                                      f"searxng:{_text(r.get('engine')) or '?'}", _text(r.get("url"))))
     elif service == "custom_json":
         items = data if isinstance(data, list) else next(
@@ -111,7 +116,7 @@ def parse_results(service: str, data, count: int, endpoint: str = "") -> list[Ca
             if isinstance(r, dict):
                 url = _first(r, "url", "image", "img_src", "image_url")
                 if url:
-                    out.append(Candidate(url, _first(r, "title", "caption", "name"),
+                    out.append(Candidate(_absolute(url), _first(r, "title", "caption", "name"),
                                          _first(r, "license", "licence") or "unknown", f"custom:{host}",
                                          _first(r, "page", "landing", "foreign_landing_url")))
     else:

@@ -210,6 +210,10 @@ def test_library_index_and_bad_inputs(w2i, inputs):
         llm_nodes.EditLabLLM.execute(base_url="http://127.0.0.1:1/v1", model="m", api_key_env=KEY,
                                      temperature=0.0, timeout=5.0, max_retries=0, vision=True)
     assert KEY not in str(err.value)
+    with pytest.raises(EditLabInputError, match="input 'base_url'.*without user:password") as err:
+        llm_nodes.EditLabLLM.execute(base_url=f"https://me:{KEY}@llm.example.com/v1", model="m", api_key_env="",
+                                     temperature=0.0, timeout=5.0, max_retries=0, vision=True)
+    assert KEY not in str(err.value)
     with pytest.raises(EditLabInputError, match="input 'base_url'"):
         llm_nodes.EditLabLLM.execute(base_url="file:///etc/passwd", model="m", api_key_env="", temperature=0.0,
                                      timeout=5.0, max_retries=0, vision=True)

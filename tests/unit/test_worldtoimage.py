@@ -110,6 +110,13 @@ def test_web_adapters_and_cache(tmp_path, service, answer, path, first):
         assert record["url"] == found[0].url and record["licence"] == first[1]
 
 
+def test_protocol_relative_image_urls_become_https():
+    from editlab.models.worldtoimage.sources import parse_results
+
+    found = parse_results("searxng", {"results": [{"img_src": "//upload.example.org/a.jpg", "title": "a"}]}, 5)
+    assert found[0].url == "https://upload.example.org/a.jpg"
+
+
 def test_unreachable_source_is_a_source_error(tmp_path):
     with StandIn() as site:
         port = site.port
