@@ -233,3 +233,16 @@ def test_no_dns_rebinding_gap_the_checked_address_is_the_one_dialled(site, monke
     monkeypatch.setattr(F, "_open", open_)
     im, _ = F.fetch_image("http://rebind.example.com/x.png", F.FetchLimits())
     assert im.size == (16, 16) and resolved == ["93.184.216.34"] and dialled == ["93.184.216.34"]
+
+
+def test_a_broken_address_check_is_caught_by_the_socket_guard(monkeypatch):
+    """If the fetcher's own check were broken, the tests' socket guard would still stop the dial and fail the test
+    (here the record is taken by the test itself, which shows what the autouse fixture would have reported)."""
+    import netguard
+
+    monkeypatch.delenv("EDITLAB_NETGUARD", raising=False)
+    monkeypatch.setattr(F, "address_refusal", lambda ip, allow_loopback: None)  # "broken": everything allowed
+    with pytest.raises(F.FetchRefused, match="connection failed"):
+        F.fetch("http://10.0.0.1:9/x.png", F.FetchLimits(connect_timeout=1, total_timeout=2))
+    seen = netguard.take()
+    assert len(seen) == 1 and "('10.0.0.1', 9)" in seen[0]
