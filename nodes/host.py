@@ -234,3 +234,38 @@ def step_previews(model, total_steps: int):
 def resize_image(image, width: int, height: int):
     """IMAGE (B, H, W, C) resized as WanImageToVideo resizes its start image (bilinear, centre crop)."""
     return comfy.utils.common_upscale(image.movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+
+
+# -- World-To-Image / LLM nodes ---------------------------------------------------------------------------------------
+
+CLIP_VISION_FOLDER = "clip_vision"
+
+
+def user_cache_dir(name: str) -> str:
+    """A cache folder of the pack under ComfyUI's user directory (kept across restarts, unlike the temp folder)."""
+    return os.path.join(folder_paths.get_user_directory(), "editlab", name)
+
+
+def clip_vision_files() -> list[str]:
+    """The files of ComfyUI's clip_vision model folder (what the stock CLIPVisionLoader lists)."""
+    return folder_paths.get_filename_list(CLIP_VISION_FOLDER)
+
+
+def load_clip_vision(name: str):
+    """The host's CLIP vision loader (``comfy.clip_vision.load``) on a file of the clip_vision folder."""
+    import comfy.clip_vision
+
+    return comfy.clip_vision.load(folder_paths.get_full_path_or_raise(CLIP_VISION_FOLDER, name))
+
+
+def progress_preview(bar, value: int, total: int, pil_image, max_side: int = 512) -> None:
+    """Advance the host's progress bar and send ``pil_image`` as the node's preview."""
+    bar.update_absolute(value, total, ("JPEG", pil_image, max_side))
+
+
+def apply_style_model(conditioning, style_model, clip_vision_output, strength: float = 1.0):
+    """The host's StyleModelApply (an image prompt such as Flux Redux: the image's tokens appended to the text's)."""
+    import nodes as host_nodes
+
+    return host_nodes.StyleModelApply().apply_stylemodel(conditioning, style_model, clip_vision_output, strength,
+                                                         "multiply")[0]

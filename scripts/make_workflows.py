@@ -856,6 +856,106 @@ def chronoedit_distilled_8step():
     return chronoedit_graph(g, "chronoedit_distilled_8step", False, 8, 1.0, 2.0, 0, lora=True)
 
 
+# -- World-To-Image ------------------------------------------------------------------------------------------------
+MULTILINE.add(("EditLabWorldToImage", "prompt"))
+WIDE.update({"EditLabWorldToImage": 360, "EditLabLLM": 340, "EditLabWebImageSearch": 340})
+W2I_PROMPT = "a person holding a leather product bag"
+
+
+def worldtoimage_agent(g, m, stage, prompt, llm=None, scorer=None, sources=(), iterations=2, threshold=0.35):
+    inputs = {"model": m.model, "clip": m.clip, "vae": m.vae}
+    if llm:
+        inputs["llm"] = (llm, 0, "EDITLAB_LLM")
+    if scorer:
+        inputs["scorer"] = (scorer, 0, "EDITLAB_IMAGE_SCORER")
+    for i, src in enumerate(sources, 1):
+        inputs[f"source_{i}"] = (src, 0, "EDITLAB_IMAGE_SOURCE")
+    return g.add("EditLabWorldToImage",
+                 [("prompt", prompt), ("width", 64), ("height", 64), ("steps", 4), ("cfg", 1.0),
+                  ("sampler_name", "euler"), ("scheduler", "simple"), ("seed", 0), ("iterations", iterations),
+                  ("threshold", threshold), ("candidates", 5), ("references", 1),
+                  ("reference_mode", "reference_latents")],
+                 inputs, ["IMAGE", "STRING", "STRING", "IMAGE"], stage, 0, 0)
+
+
+W2I_SOCKETS = 10  # the agent's input slots, shown linked or not: model, clip, vae, llm, scorer, 3 sources, style, vision
+
+
+def worldtoimage_agent_sized(g, *args, **kw):
+    """The agent node, sized for all its input slots (the front end draws the unlinked optional ones too)."""
+    node = worldtoimage_agent(g, *args, **kw)
+    entry = g.nodes[node - 1]
+    entry["size"] = node_size(entry["type"], entry["widgets"], W2I_SOCKETS, len(entry["outputs"]))
+    return node
+
+
+def worldtoimage_outputs(g, agent, stage, prefix):
+    save(g, agent, f"{prefix}/best", stage, 0, 0, slot=0, title="Best image")
+    save(g, agent, f"{prefix}/iteration", stage, 1, 0, slot=3, title="Every iteration")
+
+
+def worldtoimage_local_library():
+    g = Graph("World-To-Image: local image library (offline)")
+    g.add_note(note("World-To-Image: local image library (offline)",
+                    "An agent loop that brings reference images into generation. **Image Library** indexes a folder "
+                    "of your images (captions from sidecar .txt files or file names). The **World-To-Image Agent** "
+                    "generates from the prompt, then each further iteration retrieves the library image that best "
+                    "matches the prompt's keywords and generates again with it as a **reference latent** (Flux "
+                    "Kontext style). Everything stays on this machine and a rerun gives the same history, which the "
+                    "agent node shows when it has run.",
+                    FLUX_FILES, "worldtoimage_local_library", ("editlab_product_bag.png",),
+                    "The library here is the input folder itself ('.'). No LLM and no scorer are wired, so the prompt "
+                    "is not rewritten and the first iteration is kept: the **History** says what was skipped. Add an "
+                    "**LLM** node (planning) and an **Image Scorer** (a vision LLM, or a CLIP vision model from "
+                    "`models/clip_vision/`) to rank the iterations and stop at the threshold. Reference latents need "
+                    "a Flux Kontext model for real results. " + SMALL))
+    s_models = g.stage("models", "Flux models", 0)
+    s_sources = g.stage("sources", "Local image library", 0)
+    s_agent = g.stage("agent", "Retrieve, generate, iterate", 1)
+    s_out = g.stage("out", "Best image, every iteration, history", 1)
+    m = flux_loaders(g, s_models)
+    library = g.add("EditLabImageLibrary", [("folder", "."), ("recursive", False)], {},
+                    ["EDITLAB_IMAGE_SOURCE", "STRING"], s_sources, 0, 0)
+    agent = worldtoimage_agent_sized(g, m, s_agent, W2I_PROMPT, sources=[library])
+    worldtoimage_outputs(g, agent, s_out, "worldtoimage/local")
+    return g
+
+
+def worldtoimage_openverse():
+    g = Graph("World-To-Image: LLM + Openverse")
+    g.add_note(note("World-To-Image: LLM + Openverse",
+                    "The full agent: an **OpenAI-compatible LLM** (here a local Ollama at 127.0.0.1:11434 serving a "
+                    "vision model; for OpenAI set base_url to https://api.openai.com/v1, model to e.g. gpt-4o and "
+                    "api_key_env to the NAME of the variable holding your key: the key itself never goes in the "
+                    "workflow) diagnoses each attempt, rewrites the prompt and chooses search queries; **Web Image "
+                    "Search** asks Openverse for openly licensed references (licence and source URL recorded, every "
+                    "download through the guarded client); the **Image Scorer** has the same LLM judge each image; the "
+                    "agent keeps the best and stops at the threshold. The agent node shows the history (JSON) when it "
+                    "has run.",
+                    FLUX_FILES, "worldtoimage_openverse", (),
+                    "Offline or without the LLM server it still runs: an unreachable search is recorded in the "
+                    "**History** and the loop goes on without references; an unreachable LLM means keyword queries, "
+                    "the prompt unchanged and no scores (also recorded). " + SMALL))
+    s_models = g.stage("models", "Flux models", 0)
+    s_llm = g.stage("llm", "LLM, judge and web search", 0)
+    s_agent = g.stage("agent", "Plan, retrieve, generate, score, iterate", 1)
+    s_out = g.stage("out", "Best image, every iteration, history", 1)
+    m = flux_loaders(g, s_models)
+    llm = g.add("EditLabLLM", [("base_url", "http://127.0.0.1:11434/v1"), ("model", "llava"), ("api_key_env", ""),
+                               ("temperature", 0.0), ("timeout", 30.0), ("max_retries", 1), ("vision", True)],
+                {}, ["EDITLAB_LLM"], s_llm, 0, 0)
+    scorer = g.add("EditLabImageScorer", [("judge", "vlm"), ("formula", "authors_gated"), ("vlm_aesthetic", False),
+                                          ("clip_vision_name", "(none)"), ("prompt", "")],
+                   {"llm": (llm, 0, "EDITLAB_LLM")}, ["EDITLAB_IMAGE_SCORER", "FLOAT", "STRING"], s_llm, 1, 0)
+    web = g.add("EditLabWebImageSearch", [("service", "openverse"), ("endpoint", ""), ("allow_loopback", False),
+                                          ("use_cache", True), ("timeout", 10.0), ("max_megabytes", 20.0),
+                                          ("max_megapixels", 40.0)], {}, ["EDITLAB_IMAGE_SOURCE"], s_llm, 0, 1)
+    agent = worldtoimage_agent_sized(g, m, s_agent, "a Zorblax desk lamp on a wooden desk", llm=llm, scorer=scorer,
+                               sources=[web], iterations=3)
+    worldtoimage_outputs(g, agent, s_out, "worldtoimage/openverse")
+    return g
+
+
 # The order the templates browser lists them in (the tour first), with the description its card shows; written to
 # web/templates.json, which web/editlab.js reads (ComfyUI's front end would otherwise show file names). The front end
 # turns '-' and '_' in descriptions into spaces: hyphens here are U+2011 and the minus sign U+2212.
@@ -883,6 +983,10 @@ DESCRIPTIONS = {
                                  "(dropped at step k, any sampler); the trajectory saved as a video (Wan 2.1 I2V).",
     "chronoedit_distilled_8step": "ChronoEdit with the 8\u2011step distill LoRA: 8 steps, cfg 1, shift 2 "
                                   "(Wan 2.1 I2V).",
+    "worldtoimage_local_library": "World\u2011To\u2011Image agent, offline: references from a local image library "
+                                  "as reference latents, iterated (Flux).",
+    "worldtoimage_openverse": "World\u2011To\u2011Image agent with an OpenAI\u2011compatible LLM and Openverse: "
+                              "plan, retrieve, generate, score, keep the best (Flux).",
 }
 WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slider_sweep,
              "saedit_sd35_slider": saedit_sd35_slider, "saedit_train_sae": saedit_train_sae,
@@ -893,7 +997,9 @@ WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slide
              "conceptsplit_two_concepts_sdxl": conceptsplit_two_concepts_sdxl,
              "conceptsplit_two_concepts_flux": conceptsplit_two_concepts_flux,
              "chronoedit_reasoning_edit": chronoedit_reasoning_edit,
-             "chronoedit_distilled_8step": chronoedit_distilled_8step}
+             "chronoedit_distilled_8step": chronoedit_distilled_8step,
+             "worldtoimage_local_library": worldtoimage_local_library,
+             "worldtoimage_openverse": worldtoimage_openverse}
 
 
 def main():

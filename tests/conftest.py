@@ -6,6 +6,12 @@
 - browser/: the front end with the pack's web extension, in headless Chromium (skipped where Chromium is missing).
 
 The repo is imported as the package ``editlab`` (as ComfyUI imports it), without putting the repo root on sys.path.
+
+Network guard (World-To-Image): no test may dial anything but loopback. ``tests/netguard.py`` patches the socket
+connect of this process for the whole session and every test fails if a non-loopback address was dialled during it
+(``no_outside_network``); the session's ComfyUI server gets the same guard through ``tests/netguard_site`` on its
+PYTHONPATH (a sitecustomize) and ``EDITLAB_NETGUARD=loopback``, which the pack's guarded fetcher honours; its
+attempts are logged to a file that the ``server`` fixture checks when the session ends.
 """
 from __future__ import annotations
 
@@ -17,6 +23,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import netguard  # noqa: E402 - tests/netguard.py, the loopback-only connection guard
+
+netguard.install()
+os.environ.setdefault("EDITLAB_NETGUARD", "loopback")
 if "editlab" not in sys.modules:
     _pkg = types.ModuleType("editlab")
     _pkg.__path__ = [str(REPO)]  # submodules import; the root __init__ (ComfyUI registration) does not run
@@ -43,15 +54,54 @@ def comfy_host():
     return Path(path)
 
 
+@pytest.fixture(autouse=True)
+def no_outside_network():
+    """Fails the test when anything in this process tried to dial a non-loopback address (the guard refused it)."""
+    netguard.take()
+    yield
+    seen = netguard.take()
+    if seen:
+        pytest.fail("the test tried to open a connection to a non-loopback address:\n" + "\n".join(seen))
+
+
+# A made-up API key in the test server's environment: tests/e2e/test_worldtoimage_live.py names its variable in an
+# LLM node and checks the value reaches the stand-in's Authorization header and nothing else.
+PLANTED_KEY_ENV = "EDITLAB_TEST_PLANTED_KEY"
+PLANTED_KEY = "sk-editlab-planted-e2e-7f3a9c1d5b"
+
+
+def guarded_server_env(log_path: Path) -> dict:
+    """Environment for a test ComfyUI server: the loopback-only guard (sitecustomize) reporting to ``log_path``, and
+    the planted key."""
+    site = str(Path(__file__).resolve().parent / "netguard_site")
+    old = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": site + (os.pathsep + old if old else ""), "EDITLAB_NETGUARD_LOG": str(log_path),
+            "EDITLAB_NETGUARD": "loopback", PLANTED_KEY_ENV: PLANTED_KEY}
+
+
 @pytest.fixture(scope="session")
-def server():
-    """A headless ComfyUI with the pack, started once for the whole session on a free loopback port."""
+def server(tmp_path_factory):
+    """A headless ComfyUI with the pack, started once for the whole session on a free loopback port, under the
+    loopback-only network guard."""
     from editlab.client.server import HeadlessServer
 
-    srv = HeadlessServer(cpu=True)
-    srv.start()
+    guard_log = tmp_path_factory.mktemp("netguard") / "server_netguard.log"
+    env = guarded_server_env(guard_log)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the server process inherits the environment when it starts
+    try:
+        srv = HeadlessServer(cpu=True)
+        srv.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     yield srv
     srv.__exit__(None, None, None)
+    if guard_log.exists() and guard_log.read_text().strip():
+        pytest.fail("the test server tried to open non-loopback connections:\n" + guard_log.read_text())
 
 
 @pytest.fixture(scope="session")

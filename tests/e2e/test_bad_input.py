@@ -225,6 +225,20 @@ def chrono_video(vae):
     graph = chrono_sampler()
     graph["6"] = graph.pop("9")
     return graph | {"9": N("EditLabTrajectoryToVideo", trajectory=["6", 1], vae=vae)}
+# -- worldtoimage --
+def llm_node(**over):
+    inputs = dict(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="", temperature=0.0, timeout=5.0,
+                  max_retries=0, vision=True)
+    inputs.update(over)
+    return {"9": N("EditLabLLM", **inputs)}
+
+
+def world_to_image(**over):
+    inputs = dict(model=["1", 0], clip=["1", 1], vae=["1", 2], prompt="a lamp", width=64, height=64, steps=1,
+                  cfg=1.0, sampler_name="euler", scheduler="simple", seed=0, iterations=1, threshold=0.3,
+                  candidates=1, references=0, reference_mode="none")
+    inputs.update(over)
+    return {"1": tiny(), "9": N("EditLabWorldToImage", **inputs)}
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
@@ -388,6 +402,25 @@ CASES = {
     "chronoedit vae without frames": Case(chrono_cond(vae=["5", 2]) | {"5": tiny("flux")}, "vae", "video VAE"),
     "chronoedit width not a multiple of 16": Case(chrono_cond(width=40), "width", "multiple of 16"),
     "chronoedit trajectory with a flux vae": Case(chrono_video(["5", 2]) | {"5": tiny("flux")}, "vae", "video VAE"),
+    # -- worldtoimage --
+    "llm key pasted as the variable name": Case(llm_node(api_key_env="sk-live-0123456789abcdefXYZ"), "api_key_env",
+                                                "NAME of an environment variable",
+                                                never_quoted=["sk-live-0123456789abcdefXYZ"]),
+    "llm file:// base url": Case(llm_node(base_url="file:///etc/passwd"), "base_url", "http:// or https://"),
+    "llm temperature NaN": Case(llm_node(temperature=NAN), "temperature", "finite"),
+    "image library folder outside input": Case({"9": N("EditLabImageLibrary", folder="../..", recursive=True)},
+                                               "folder", "inside ComfyUI's input folder"),
+    "web search template without {query}": Case({"9": N("EditLabWebImageSearch", service="custom_json",
+                                                        endpoint="http://127.0.0.1:9/search", allow_loopback=True,
+                                                        use_cache=False, timeout=5.0, max_megabytes=1.0,
+                                                        max_megapixels=1.0)}, "endpoint", "{query}"),
+    "image scorer vlm without llm": Case({"9": N("EditLabImageScorer", judge="vlm", formula="authors_gated",
+                                                 vlm_aesthetic=False)}, "llm", "EditLab LLM"),
+    "world-to-image empty prompt": Case(world_to_image(prompt="  "), "prompt", "1 to 2000 characters"),
+    "world-to-image threshold NaN": Case(world_to_image(threshold=NAN), "threshold", "finite"),
+    "viescore empty instruction": Case({"1": llm_node()["9"], "2": empty(), "9": N(
+        "EditLabVIEScore", llm=["1", 0], instruction=" ", source_image=["2", 0], edited_image=["2", 0])},
+        "instruction", "edit instruction"),
 }
 
 
