@@ -61,9 +61,9 @@ GROUP_PAD, GROUP_TITLE_H = 20, 46
 NOTE_W = 440
 VIEW_SCALE = 0.75
 VIEW_AT = (90, 140)  # screen pixels where the Note's top-left lands: clear of the side bar, tabs and banner
-MULTILINE = {("CLIPTextEncode", "text"), ("EditLabSAETrain", "prompts"), ("EditLabSAEDirection", "pairs"),
+MULTILINE = {("CLIPTextEncode", "text"), ("EditLabTextEncode", "text"), ("EditLabSAETrain", "prompts"), ("EditLabSAEDirection", "pairs"),
              ("EditLabSAESlider", "prompt"), ("EditLabBlendshapeEdit", "values")}
-WIDE = {"CLIPTextEncode": 400, "EditLabSAETrain": 360, "EditLabSAEDirection": 380, "EditLabSAESlider": 360,
+WIDE = {"CLIPTextEncode": 400, "EditLabTextEncode": 400, "EditLabSAETrain": 360, "EditLabSAEDirection": 380, "EditLabSAESlider": 360,
         "KSampler": 320, "DualCLIPLoader": 340, "UNETLoader": 340, "CheckpointLoaderSimple": 360,
         "LoadImage": 320, "SaveImage": 320, "EditLabBlendshapeEdit": 340}
 IMAGE_NODES = {"LoadImage": 300, "SaveImage": 280}  # room for the picture shown under the widgets
@@ -279,8 +279,13 @@ def note(title, what, files, name, inputs=(), extra=""):
 
 
 # -- pieces -----------------------------------------------------------------------------------------------------
-def text(g, clip, prompt, stage, col, row, title=None):
-    return g.add("CLIPTextEncode", [("text", prompt)], {"clip": clip}, ["CONDITIONING"], stage, col, row, title)
+def text(g, clip, prompt, stage, col, row, title=None, kind="CLIPTextEncode"):
+    return g.add(kind, [("text", prompt)], {"clip": clip}, ["CONDITIONING"], stage, col, row, title)
+
+
+def recorded_text(g, clip, prompt, stage, col, row):
+    """The prompt encoded by CLIP Text Encode (records tokens): an SAE Slider on it needs no retyped prompt."""
+    return text(g, clip, prompt, stage, col, row, "Prompt (records tokens)", kind="EditLabTextEncode")
 
 
 def sae_and_direction(g, m, name, stage, part="auto", col=0,
@@ -298,9 +303,10 @@ def sae_and_direction(g, m, name, stage, part="auto", col=0,
     return sae, direction
 
 
-def slider(g, m, cond, sae, direction, prompt, word, strength, stage, col, row, part="auto"):
+def slider(g, m, cond, sae, direction, word, strength, stage, col, row, part="auto"):
+    """An SAE Slider on a conditioning from CLIP Text Encode (records tokens): the prompt is not typed again."""
     return g.add("EditLabSAESlider",
-                 [("prompt", prompt), ("word", word), ("strength", strength), ("schedule", "exponential"),
+                 [("prompt", ""), ("word", word), ("strength", strength), ("schedule", "exponential"),
                   ("part", part)],
                  {"conditioning": (cond, 0, "CONDITIONING"), "clip": m.clip,
                   "sae": (sae, 0, "EDITLAB_SAE"), "direction": (direction, 0, "EDITLAB_SAE_DIRECTION")},
@@ -436,11 +442,12 @@ def tour():
     s_out = g.stage("out", "1 · Plain vs. slid, sampled and saved", 0)
     m = flux_loaders(g, s_models)
     prompt = "a photo of a fox in the snow"
-    pos, neg = text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1, title="Negative prompt")
+    pos, neg = recorded_text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1,
+                                                                        title="Negative prompt")
     latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
                    s_prompt, 0, 2)
     sae, direction = sae_and_direction(g, m, "editlab_tour_sae", s_sae)
-    smile = slider(g, m, pos, sae, direction, prompt, "fox", 1.0, s_sae, 2, 0)
+    smile = slider(g, m, pos, sae, direction, "fox", 1.0, s_sae, 2, 0)
     for i, (cond, prefix) in enumerate(((pos, "editlab_tour/flux"), (smile, "editlab_tour/saedit_smiling_fox"))):
         k = ksample(g, m, cond, neg, latent, s_out, 0, i)
         save(g, decode(g, m, k, s_out, 1, i), prefix, s_out, 2, i)
@@ -551,13 +558,14 @@ def saedit_flux_slider_sweep():
     s_sweep = g.stage("sweep", "Four strengths, sampled and saved as one batch", 1)
     m = flux_loaders(g, s_models)
     prompt = "a portrait of a man in a park"
-    pos, neg = text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1, title="Negative prompt")
+    pos, neg = recorded_text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1,
+                                                                        title="Negative prompt")
     latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
                    s_prompt, 0, 2)
     sae, direction = sae_and_direction(g, m, "sweep_sae", s_sae)
     images = []
     for i, strength in enumerate((-1.0, 0.0, 1.0, 2.0)):
-        cond = slider(g, m, pos, sae, direction, prompt, "man", strength, s_sweep, 0, i)
+        cond = slider(g, m, pos, sae, direction, "man", strength, s_sweep, 0, i)
         k = ksample(g, m, cond, neg, latent, s_sweep, 1, i)
         images.append(decode(g, m, k, s_sweep, 2, i))
     batch = images[0]
@@ -580,11 +588,12 @@ def saedit_sd35_slider():
     s_out = g.stage("out", "Plain vs. slid, sampled and saved", 1)
     m = sd35_loader(g, s_models)
     prompt = "a portrait of a woman in a garden"
-    pos, neg = text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1, title="Negative prompt")
+    pos, neg = recorded_text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1,
+                                                                        title="Negative prompt")
     latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
                    s_prompt, 0, 2)
     sae, direction = sae_and_direction(g, m, "sd35_sae", s_sae)
-    cond = slider(g, m, pos, sae, direction, prompt, "woman", 1.5, s_sae, 2, 0)
+    cond = slider(g, m, pos, sae, direction, "woman", 1.5, s_sae, 2, 0)
     for i, (c, prefix) in enumerate(((pos, "saedit/sd35_plain"), (cond, "saedit/sd35_smiling"))):
         k = ksample(g, m, c, neg, latent, s_out, 0, i)
         save(g, decode(g, m, k, s_out, 1, i), prefix, s_out, 2, i)
@@ -640,7 +649,7 @@ def saedit_photo_edit():
     scaled = g.add("ImageScale", [("upscale_method", "bilinear"), ("width", 64), ("height", 64), ("crop", "center")],
                    {"image": (photo, 0, "IMAGE")}, ["IMAGE"], s_photo, 0, 1)
     latent = g.add("VAEEncode", [], {"pixels": (scaled, 0, "IMAGE"), "vae": m.vae}, ["LATENT"], s_photo, 1, 0)
-    pos = text(g, m.clip, prompt, s_photo, 1, 1)
+    pos = recorded_text(g, m.clip, prompt, s_photo, 1, 1)
     sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", 20), ("denoise", 1.0)],
                    {"model": m.model}, ["SIGMAS"], s_photo, 2, 0)
     inverted = g.add("EditLabFlowInversion", [("iterations", 10)],
@@ -648,7 +657,7 @@ def saedit_photo_edit():
                       "latent": (latent, 0, "LATENT"), "sigmas": (sigmas, 0, "SIGMAS")}, ["NOISE", "LATENT"],
                      s_photo, 2, 1)
     sae, direction = sae_and_direction(g, m, "photo_sae", s_sae)
-    edited = slider(g, m, pos, sae, direction, prompt, "astronaut", 0.8, s_sae, 2, 0)
+    edited = slider(g, m, pos, sae, direction, "astronaut", 0.8, s_sae, 2, 0)
     sampler = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_out, 0, 0)
     for i, (name, cond) in enumerate((("reconstructed", pos), ("smiling", edited))):
         guider = g.add("BasicGuider", [], {"model": m.model, "conditioning": (cond, 0, "CONDITIONING")},
