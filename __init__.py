@@ -12,7 +12,7 @@ log = logging.getLogger("editlab")
 WEB_DIRECTORY = "./web"
 
 # nodes/<module>.py, each exporting NODES: the node classes it defines.
-NODE_MODULES = ("tiny", "saedit", "tryon", "expression", "conceptsplit")
+NODE_MODULES = ("tiny", "saedit", "tryon", "expression", "conceptsplit", "layered")
 
 
 def load_node_classes():

@@ -282,3 +282,30 @@ def load_for_training(model) -> None:
 def release(model) -> None:
     """Unpatch ``model`` (a training clone): the shared weights get their own values back, weight wrappers go."""
     model.detach(unpatch_all=True)
+
+
+def save_output_text(prefix: str, text: str, extension: str, input_name: str) -> str:
+    """Write ``text`` as output/PREFIX_NNNNN_.EXT with the numbering SaveImage uses (``folder_paths
+    .get_save_image_path``, which refuses a prefix leading out of the output folder); atomic, never overwriting.
+    Returns the path relative to the output folder."""
+    from .common import EditLabInputError
+
+    out_dir = folder_paths.get_output_directory()
+    try:
+        folder, base, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir)
+    except Exception:  # noqa: BLE001 - the host raises a bare Exception for a prefix outside the output folder
+        raise EditLabInputError(input_name, "a file name prefix inside ComfyUI's output folder", prefix) from None
+    os.makedirs(folder, exist_ok=True)
+    for n in range(counter, counter + 1000):
+        path = os.path.join(folder, f"{base}_{n:05}_.{extension}")
+        tmp = path + ".part"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            continue
+        finally:
+            os.unlink(tmp)
+        return os.path.relpath(path, out_dir)
+    raise EditLabInputError(input_name, "a prefix with a free file number", prefix)
