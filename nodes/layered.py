@@ -143,6 +143,16 @@ def encode_pairs(model, clip, vae, pairs, resolution: int, product_weight: float
     return out
 
 
+def _saved_copies():
+    """Autograd keeps its own copy of each activation it saves for backward: the host's Flux blocks add their
+    residuals in place (``x += ...``), which would otherwise overwrite a tensor a LayerNorm saved. Parameters are
+    saved as they are (they never change during a forward)."""
+    def pack(t):
+        return t if isinstance(t, torch.nn.Parameter) else t.clone()
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+
 def train_lora_stage(model, data: list, rank: int, steps: int, lr: float, seed: int, guidance: float,
                      frozen_lora: dict | None = None, on_step=None, should_stop=None, grad_sync=None):
     """Train one stage's LoRA on a clone of ``model`` (with ``frozen_lora`` patched in at strength 1 for stage 2),
@@ -151,30 +161,29 @@ def train_lora_stage(model, data: list, rank: int, steps: int, lr: float, seed: 
     from ..models.expression.train import frozen_for_autograd
     from ..models.layered.train import train_stage
 
-    mp = host.lora_model(model, frozen_lora, 1.0) if frozen_lora is not None else model.clone()
-    layers = host.add_lora_train_layers(mp, rank, seed)
-    try:
-        host.load_for_training(mp)
-        base, device = mp.model, host.compute_device()
-        sampling = base.model_sampling
+    with torch.inference_mode(False):  # the server runs nodes in inference mode; trainable layers must not be
+        mp = host.lora_model(model, frozen_lora, 1.0) if frozen_lora is not None else model.clone()
+        layers = host.add_lora_train_layers(mp, rank, seed)
+        try:
+            host.load_for_training(mp)
+            base, device = mp.model, host.compute_device()
+            sampling = base.model_sampling
 
-        def denoise(x, sigma, pair):
-            extra = base.extra_conds(cross_attn=pair["context"], pooled_output=pair["pooled"], guidance=guidance,
-                                     reference_latents=[pair["ref"]], noise=x, device=device)
-            conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
-            return base.apply_model(x, sigma, transformer_options={"sigmas": sigma}, **conds)
+            def denoise(x, sigma, pair):
+                extra = base.extra_conds(cross_attn=pair["context"], pooled_output=pair["pooled"],
+                                         guidance=guidance, reference_latents=[pair["ref"]], noise=x, device=device)
+                conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
+                return base.apply_model(x, sigma, transformer_options={"sigmas": sigma}, **conds)
 
-        params = [p for layer in layers.values() for p in layer.parameters() if p.requires_grad]
-        with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model):
+            params = [p for layer in layers.values() for p in layer.parameters() if p.requires_grad]
+            with torch.enable_grad(), frozen_for_autograd(base.diffusion_model), _saved_copies():
+                stats = train_stage(params, data, denoise, sampling.noise_scaling, sampling.percent_to_sigma, steps,
+                                    lr, seed, on_step=on_step, should_stop=should_stop, grad_sync=grad_sync)
             for p in params:
-                p.requires_grad_(True)
-            stats = train_stage(params, data, denoise, sampling.noise_scaling, sampling.percent_to_sigma, steps,
-                                lr, seed, on_step=on_step, should_stop=should_stop, grad_sync=grad_sync)
-        for p in params:
-            p.requires_grad_(False)
-        return host.lora_state_dict(layers), stats
-    finally:
-        host.release(mp)
+                p.requires_grad_(False)
+            return host.lora_state_dict(layers), stats
+        finally:
+            host.release(mp)
 
 
 def _metadata(stage: str, stats: dict, args: dict) -> dict:
