@@ -309,3 +309,14 @@ def save_output_text(prefix: str, text: str, extension: str, input_name: str) ->
             os.unlink(tmp)
         return os.path.relpath(path, out_dir)
     raise EditLabInputError(input_name, "a prefix with a free file number", prefix)
+
+
+def load_flux_files(unet_path: str, clip_paths: list[str], vae_path: str):
+    """(MODEL, CLIP, VAE) from files, as UNETLoader, DualCLIPLoader (type flux) and VAELoader load them (for
+    scripts/train_layered.py)."""
+    import comfy.sd
+
+    model = comfy.sd.load_diffusion_model(unet_path)
+    clip = comfy.sd.load_clip(clip_paths, clip_type=comfy.sd.CLIPType.FLUX)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae_path))
+    return model, clip, vae

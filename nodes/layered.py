@@ -154,9 +154,12 @@ def _saved_copies():
 
 
 def train_lora_stage(model, data: list, rank: int, steps: int, lr: float, seed: int, guidance: float,
-                     frozen_lora: dict | None = None, on_step=None, should_stop=None, grad_sync=None):
+                     frozen_lora: dict | None = None, on_step=None, should_stop=None, grad_sync=None,
+                     data_seed: int | None = None):
     """Train one stage's LoRA on a clone of ``model`` (with ``frozen_lora`` patched in at strength 1 for stage 2),
-    through the host's model_sampling and apply_model; the shared model is unpatched afterwards.
+    through the host's model_sampling and apply_model; the shared model is unpatched afterwards. ``seed`` draws the
+    initial LoRA weights, ``data_seed`` (default ``seed``) the pairs, sigmas and noise (data-parallel processes share
+    the first and differ in the second).
     Returns (LoRA tensors in LoraLoader's format, stats)."""
     from ..models.expression.train import frozen_for_autograd
     from ..models.layered.train import train_stage
@@ -178,7 +181,8 @@ def train_lora_stage(model, data: list, rank: int, steps: int, lr: float, seed: 
             params = [p for layer in layers.values() for p in layer.parameters() if p.requires_grad]
             with torch.enable_grad(), frozen_for_autograd(base.diffusion_model), _saved_copies():
                 stats = train_stage(params, data, denoise, sampling.noise_scaling, sampling.percent_to_sigma, steps,
-                                    lr, seed, on_step=on_step, should_stop=should_stop, grad_sync=grad_sync)
+                                    lr, seed if data_seed is None else data_seed, on_step=on_step,
+                                    should_stop=should_stop, grad_sync=grad_sync)
             for p in params:
                 p.requires_grad_(False)
             return host.lora_state_dict(layers), stats
