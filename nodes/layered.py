@@ -8,6 +8,7 @@ parts (lock, report, loss weighting, the pair folder) live in ``models/layered/`
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
@@ -20,6 +21,7 @@ from .common import (CATEGORY, EditLabInputError, EditLabNode, inside_input_fold
                      rgb_images, saved)
 
 CAT = f"{CATEGORY}/LayeredEdit"
+log = logging.getLogger("editlab")
 NONE = "None"
 LORA_FOLDER = host.LORA_FOLDER
 STAGES = ("both", "consistency_only")
@@ -384,9 +386,9 @@ class EditLabEditConsistency(EditLabNode):
         except LayeredInputError as exc:
             raise _input_error(exc) from None
         text = json.dumps(report, indent=1)
-        if filename_prefix:
-            report["file"] = host.save_output_text(filename_prefix, text, "json", "filename_prefix")
-            text = json.dumps(report, indent=1)
+        if filename_prefix:  # the file's numbered name is logged, not put in the report (same inputs, same report)
+            log.info("EditLab: consistency report saved as output/%s",
+                     host.save_output_text(filename_prefix, text, "json", "filename_prefix"))
         return io.NodeOutput(text, heat, ui=ui.PreviewText(text))
 
 

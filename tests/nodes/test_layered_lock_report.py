@@ -1,6 +1,7 @@
 """Product Lock and Edit Consistency Report as nodes: the lock's exactness through execute, RGBA/gray inputs, the
 report's JSON and heat-map outputs, the saved report file, and bad input named by input."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,12 +71,14 @@ def test_report_node_outputs_and_saved_file(layered):
     assert report["images"][0]["inside_mask"]["l1"] == 0
     assert report["images"][0]["outside_mask"]["l1"] > 0
     assert heat.shape == (1, 32, 40, 3) and float(heat.min()) >= 0 and float(heat.max()) <= 1
-    with open(f"{folder_paths.get_output_directory()}/{report['file']}", encoding="utf-8") as f:
-        saved = json.load(f)
-    assert saved["images"] == report["images"] and report["file"].startswith("reports/layered_")
+    out = folder_paths.get_output_directory()
+    files = sorted((Path(out) / "reports").glob("layered_*.json"))
+    assert [f.name for f in files] == ["layered_00001_.json"]
+    assert json.loads(files[0].read_text()) == report
     text2, _ = layered.EditLabEditConsistency.execute(original=original, edited=edited, mask=mask(),
                                                       filename_prefix="reports/layered").result
-    assert json.loads(text2)["file"] != report["file"]  # numbered, never overwritten
+    assert text2 == text  # the same report; the file is numbered, never overwritten
+    assert len(list((Path(out) / "reports").glob("layered_*.json"))) == 2
 
 
 def test_report_node_names_bad_input(layered):
