@@ -91,3 +91,33 @@ def test_report_node_names_bad_input(layered):
     with pytest.raises(EditLabInputError) as info:
         layered.EditLabEditConsistency.execute(original=original, edited=edited, filename_prefix="../../escape")
     assert info.value.input_name == "filename_prefix"
+
+
+def _as_host_runs_it(node):
+    from comfy_api.internal import lock_class, shallow_clone_class
+
+    return lock_class(shallow_clone_class(node))
+
+
+def test_every_float_and_combo_input_of_the_layered_nodes_is_checked(layered):
+    from comfy_api.latest import io
+
+    from editlab.nodes.common import EditLabInputError, EditLabNode
+
+    floats, combos = [], []
+    for node in layered.NODES:
+        assert issubclass(node, EditLabNode) and node.define_schema().category == "EditLab/LayeredEdit"
+        for inp in node.define_schema().inputs:
+            if isinstance(inp, io.Float.Input):
+                for bad in (float("nan"), float("inf"), float("-inf")):
+                    with pytest.raises(EditLabInputError, match=f"input '{inp.id}': expected a finite"):
+                        _as_host_runs_it(node).execute(**{inp.id: bad})
+                floats.append(f"{node.__name__}.{inp.id}")
+            elif isinstance(inp, io.Combo.Input):
+                with pytest.raises(EditLabInputError, match=f"input '{inp.id}': expected one of"):
+                    _as_host_runs_it(node).execute(**{inp.id: "no such option"})
+                combos.append(f"{node.__name__}.{inp.id}")
+    assert {"EditLabLayeredAdapters.pattern_shift_start", "EditLabLayeredAdapters.consistency_strength",
+            "EditLabLayeredTrain.lr", "EditLabLayeredTrain.product_weight",
+            "EditLabProductLock.colour_match"} <= set(floats)
+    assert {"EditLabLayeredAdapters.pattern_shift_lora", "EditLabLayeredTrain.stages"} <= set(combos)
