@@ -143,8 +143,9 @@ def test_each_adapter_acts_only_inside_its_window(layered, flux, loras):
     sigmas, ours = probe(flux, m, clip)
     ms = flux.model.model.model_sampling
 
-    def inside(sig, start, end):  # the window in sigmas, from the model's own schedule
-        return float(ms.percent_to_sigma(end)) < sig <= float(ms.percent_to_sigma(start))
+    def inside(sig, start, end):  # the window in sigmas, from the model's own schedule, at the sigmas' precision
+        at = lambda p: float(torch.tensor(float(ms.percent_to_sigma(p)), dtype=sigmas.dtype))  # noqa: E731
+        return at(end) < sig <= at(start)
 
     refs = {}
     for a in (False, True):
@@ -214,3 +215,43 @@ def test_bad_input_is_named(layered, flux, loras):
         adapters(layered, flux, pattern="broken.safetensors")
     with pytest.raises(EditLabInputError, match="pattern_shift_strength"):
         adapters(layered, flux, pattern=loras["pattern"], ps=float("nan"))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp8_e4m3fn"])
+def test_half_precision_storage(layered, loras, dtype):
+    """Weights stored in bf16 / fp8. bf16: strength 0 is still the base model bit for bit. fp8: the host writes every
+    patched weight back through ``comfy.float.stochastic_rounding``, which moves even exactly representable fp8
+    values (a host property: LoraLoader does the same at any strength other than 0, where it skips patching), so
+    strength 0 is the base model up to that re-rounding. Inside the window the output is what LoraLoaderModelOnly
+    gives; outside, the base model (bit for bit in bf16; in fp8 up to the same re-rounding)."""
+    import comfy.float
+
+    from editlab.models.tiny import build_tiny_models
+
+    tiny = build_tiny_models("flux", 0, dtype)
+    m0, c0 = adapters(layered, tiny, pattern=loras["pattern"], ps=0.0, consistency=loras["consistency"], cs=0.0)
+    _, base = probe(tiny, tiny.model, tiny.clip)
+    _, zero = probe(tiny, m0, c0)
+    w = tiny.model.model.diffusion_model.double_blocks[0].img_attn.qkv.weight
+    rerounded = comfy.float.stochastic_rounding(w.float(), w.dtype, seed=1)
+    if dtype == "bf16":
+        assert torch.equal(rerounded, w)
+        assert all(torch.equal(a, b) for a, b in zip(zero, base))
+    else:
+        assert not torch.equal(rerounded, w)  # the host's fp8 re-rounding is not the identity
+        assert all(torch.allclose(a, b, atol=0.05, rtol=0) for a, b in zip(zero, base))
+    m1, c1 = adapters(layered, tiny, pattern=loras["pattern"], ps=1.0, p0=0.0, p1=0.5)
+    sigmas, ours = probe(tiny, m1, c1)
+    _, ref = probe(tiny, stock_lora(tiny.model, loras["pattern"], 1.0), tiny.clip)
+    # the window ends at 0.5, which is exactly step 4's sigma here: that step is outside (sigma(end) < sigma)
+    cut = float(torch.tensor(float(tiny.model.model.model_sampling.percent_to_sigma(0.5)), dtype=sigmas.dtype))
+    assert cut in sigmas.tolist()
+    for i, sig in enumerate(sigmas[:-1].tolist()):
+        assert torch.isfinite(ours[i]).all()
+        if sig > cut:
+            assert torch.allclose(ours[i], ref[i], atol=2e-2, rtol=0), (i, (ours[i] - ref[i]).abs().max())
+        elif dtype == "bf16":
+            assert torch.equal(ours[i], base[i])
+        else:  # the hook is installed at keyframe strength 0 there: base up to the host's fp8 re-rounding
+            assert torch.allclose(ours[i], base[i], atol=0.05, rtol=0)
+            assert (ours[i] - ref[i]).abs().max() > 10 * (ours[i] - base[i]).abs().max()
