@@ -276,7 +276,8 @@ def lora_state_dict(layers: dict) -> dict:
 
 def load_for_training(model) -> None:
     """Load ``model`` (a clone carrying weight wrappers) fully onto the compute device, as TrainLoraNode does."""
-    comfy.model_management.load_models_gpu([model], memory_required=1e20, force_full_load=True)
+    with torch.no_grad():  # patching weights (a frozen LoRA, fp8 re-rounding) is not part of what trains
+        comfy.model_management.load_models_gpu([model], memory_required=1e20, force_full_load=True)
 
 
 def release(model) -> None:

@@ -149,3 +149,18 @@ def test_bad_input_is_named(flux, layered, pairs_folder, trained):  # noqa: F811
             model=sd15.model, clip=sd15.clip, vae=sd15.vae, folder=pairs_folder, stages="both",
             pattern_shift_lora="None", resolution=RES, rank=4, steps_stage1=1, steps_stage2=1, lr=1e-3,
             product_weight=5.0, guidance=2.5, seed=0, name="z")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp8_e4m3fn"])
+def test_half_precision_storage_trains_and_leaves_the_model(layered, pairs_folder, dtype):  # noqa: F811
+    from editlab.models.tiny import build_tiny_models
+
+    with torch.inference_mode():
+        tiny = build_tiny_models("flux", 0, dtype)
+        weights = snapshot(tiny.model)
+        _, _, stats = train(layered, tiny, pairs_folder, f"half_{dtype}", steps=3)
+    stats = json.loads(stats)
+    for stage in ("stage1", "stage2"):
+        assert np.isfinite(stats[stage]["loss_before"]) and np.isfinite(stats[stage]["loss_after"])
+    after = snapshot(tiny.model)
+    assert all(torch.equal(after[k], v) for k, v in weights.items())
