@@ -116,9 +116,10 @@ class EditLabLayeredAdapters(EditLabNode):
 
 # -- training ----------------------------------------------------------------------------------------------------------
 
-def encode_pairs(model, clip, vae, pairs, resolution: int, product_weight: float, device, should_stop=None) -> list:
+def encode_pairs(model, clip, vae, pairs, resolution: int, device, should_stop=None) -> list:
     """Each pair as the tensors training needs: target latent (model space), source latent (the reference, as
-    ReferenceLatent stores it), instruction context + pooled, per-cell loss weights (product_weight on the mask)."""
+    ReferenceLatent stores it), instruction context + pooled, the product mask (or None); uniform loss weights
+    (stage 1: ``weighted(data, 1.0)``; stage 2: ``weighted(data, product_weight)``)."""
     from ..models.layered.data import load_square
     from ..models.layered.train import latent_weights
 
@@ -141,8 +142,17 @@ def encode_pairs(model, clip, vae, pairs, resolution: int, product_weight: float
                         "ref": vae.encode(src).float().clone().to(device),
                         "context": cond[0][0].float().clone().to(device),
                         "pooled": None if pooled is None else pooled.float().clone().to(device),
-                        "weights": latent_weights(mask, tuple(x0.shape[-2:]), product_weight).to(device)})
+                        "mask": mask, "weights": latent_weights(None, tuple(x0.shape[-2:]), 1.0).to(device)})
     return out
+
+
+def weighted(data: list, product_weight: float) -> list:
+    """The pairs with each latent cell's loss weight 1 + (product_weight - 1) x the product's cover of the cell."""
+    from ..models.layered.train import latent_weights
+
+    with torch.inference_mode(False):  # ordinary tensors: autograd saves them
+        return [{**d, "weights": latent_weights(d["mask"], tuple(d["target"].shape[-2:]), product_weight)
+                 .to(d["target"].device)} for d in data]
 
 
 def _saved_copies():
@@ -209,7 +219,8 @@ class EditLabLayeredTrain(EditLabNode):
                         "style); the loss is the model's own denoising objective. Stage 1 trains the pattern-shift "
                         "LoRA; stage 2 freezes it and trains the consistency LoRA with the loss weighted towards the "
                         "product mask. The host's LoRA layers; saved to models/loras/ in LoraLoader's format. The "
-                        "input MODEL is left unchanged. For long runs: scripts/train_layered.py.",
+                        "input MODEL is left unchanged. Stage 1 is saved when it ends (a cancelled stage 2 can be "
+                        "rerun with consistency_only). For long runs: scripts/train_layered.py.",
             inputs=[
                 io.Model.Input("model", tooltip="The edit model with reference latents (Flux Kontext; kept frozen)."),
                 io.Clip.Input("clip", tooltip="Its text encoder, for the instructions."),
@@ -281,16 +292,16 @@ class EditLabLayeredTrain(EditLabNode):
 
         args = {"resolution": resolution, "rank": rank, "lr": lr, "seed": seed, "guidance": guidance}
         stats = {"pairs": [p.name for p in pairs], "skipped": skipped}
-        data = encode_pairs(model, clip, vae, pairs, resolution, 1.0, device, host.check_interrupted)
+        data = encode_pairs(model, clip, vae, pairs, resolution, device, host.check_interrupted)
         if both:
-            frozen, stats["stage1"] = train_lora_stage(model, data, rank, steps_stage1, lr, seed, guidance,
-                                                       on_step=tick, should_stop=host.check_interrupted)
+            frozen, stats["stage1"] = train_lora_stage(model, weighted(data, 1.0), rank, steps_stage1, lr, seed,
+                                                       guidance, on_step=tick, should_stop=host.check_interrupted)
+            # saved now: a stage 2 cancelled later can be run again with stages = consistency_only
             saved(lambda p, o: atomic_save_safetensors(frozen, p, _metadata("pattern_shift", stats["stage1"], args),
                                                        overwrite=o), path1, "name", overwrite)
             done[0] = steps_stage1
-        data = encode_pairs(model, clip, vae, pairs, resolution, product_weight, device, host.check_interrupted)
-        lora2, stats["stage2"] = train_lora_stage(model, data, rank, steps_stage2, lr, seed + 1, guidance,
-                                                  frozen_lora=frozen, on_step=tick,
+        lora2, stats["stage2"] = train_lora_stage(model, weighted(data, product_weight), rank, steps_stage2, lr,
+                                                  seed + 1, guidance, frozen_lora=frozen, on_step=tick,
                                                   should_stop=host.check_interrupted)
         stats["stage2"]["product_weight"] = product_weight
         saved(lambda p, o: atomic_save_safetensors(lora2, p, _metadata("consistency", stats["stage2"], args),

@@ -94,7 +94,7 @@ def main(argv=None):
     from editlab.models.common import atomic_save_safetensors
     from editlab.models.layered.data import read_pairs
     from editlab.nodes import host
-    from editlab.nodes.layered import _metadata, encode_pairs, train_lora_stage
+    from editlab.nodes.layered import _metadata, encode_pairs, train_lora_stage, weighted
 
     out_dir = Path(args.out_dir)
     files = {s: out_dir / f"{args.name}_{s}.safetensors" for s in ("pattern_shift", "consistency")}
@@ -125,19 +125,18 @@ def main(argv=None):
     settings = {k: getattr(args, k) for k in ("resolution", "rank", "lr", "seed", "guidance")}
     stats = {"pairs": len(pairs), "processes": world}
     frozen = host.load_lora_file(args.pattern_shift) if args.stages == "consistency_only" else None
+    data = encode_pairs(model, clip, vae, mine, args.resolution, device)
     if frozen is None:
-        data = encode_pairs(model, clip, vae, mine, args.resolution, 1.0, device)
-        frozen, stats["stage1"] = train_lora_stage(model, data, args.rank, args.steps1, args.lr, args.seed,
-                                                   args.guidance, on_step=on_step, grad_sync=sync,
+        frozen, stats["stage1"] = train_lora_stage(model, weighted(data, 1.0), args.rank, args.steps1, args.lr,
+                                                   args.seed, args.guidance, on_step=on_step, grad_sync=sync,
                                                    data_seed=args.seed + 7919 * rank)
         if rank == 0:
             atomic_save_safetensors(frozen, files["pattern_shift"], _metadata("pattern_shift", stats["stage1"],
                                                                               settings), overwrite=args.overwrite)
             log.info("saved %s", files["pattern_shift"])
-    data = encode_pairs(model, clip, vae, mine, args.resolution, args.product_weight, device)
-    lora2, stats["stage2"] = train_lora_stage(model, data, args.rank, args.steps2, args.lr, args.seed + 1,
-                                              args.guidance, frozen_lora=frozen, on_step=on_step, grad_sync=sync,
-                                              data_seed=args.seed + 1 + 7919 * rank)
+    lora2, stats["stage2"] = train_lora_stage(model, weighted(data, args.product_weight), args.rank, args.steps2,
+                                              args.lr, args.seed + 1, args.guidance, frozen_lora=frozen,
+                                              on_step=on_step, grad_sync=sync, data_seed=args.seed + 1 + 7919 * rank)
     checksum = sum(float(v.double().abs().sum()) for v in lora2.values())
     log.info("rank %d LoRA checksum %.10e", rank, checksum)
     if rank == 0:

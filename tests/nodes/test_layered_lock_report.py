@@ -121,3 +121,9 @@ def test_every_float_and_combo_input_of_the_layered_nodes_is_checked(layered):
             "EditLabLayeredTrain.lr", "EditLabLayeredTrain.product_weight",
             "EditLabProductLock.colour_match"} <= set(floats)
     assert {"EditLabLayeredAdapters.pattern_shift_lora", "EditLabLayeredTrain.stages"} <= set(combos)
+
+
+def test_every_input_of_the_layered_nodes_has_a_tooltip(layered):
+    missing = [f"{n.__name__}.{i.id}" for n in layered.NODES for i in n.define_schema().inputs
+               if not (getattr(i, "tooltip", None) or "").strip()]
+    assert not missing
