@@ -47,6 +47,17 @@ def _read_lora(name: str, input_name: str) -> dict | None:
         raise EditLabInputError(input_name, f"a LoRA file LoraLoader can read ({type(exc).__name__})", name) from None
 
 
+def _file_stamp(name):
+    path = host.model_file_path(LORA_FOLDER, name) if isinstance(name, str) and name != NONE else None
+    if path is None:
+        return name
+    try:
+        st = os.stat(path)
+    except OSError:
+        return name
+    return name, st.st_mtime_ns, st.st_size
+
+
 def _check_window(start: float, end: float, prefix: str) -> None:
     if not 0.0 <= start < end <= 1.0:
         raise EditLabInputError(f"{prefix}_start", f"0 <= {prefix}_start < {prefix}_end <= 1", (start, end))
@@ -87,6 +98,11 @@ class EditLabLayeredAdapters(EditLabNode):
                     *window("consistency", "consistency")],
             outputs=[io.Model.Output(), io.Clip.Output()],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, pattern_shift_lora=NONE, consistency_lora=NONE, **kwargs):
+        """A LoRA file rewritten under the same name (Layered Edit Train with overwrite) is read again."""
+        return tuple(_file_stamp(name) for name in (pattern_shift_lora, consistency_lora))
 
     @classmethod
     def execute(cls, model, clip, pattern_shift_lora, pattern_shift_strength, pattern_shift_start,

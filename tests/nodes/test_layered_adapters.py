@@ -255,3 +255,19 @@ def test_half_precision_storage(layered, loras, dtype):
         else:  # the hook is installed at keyframe strength 0 there: base up to the host's fp8 re-rounding
             assert torch.allclose(ours[i], base[i], atol=0.05, rtol=0)
             assert (ours[i] - ref[i]).abs().max() > 10 * (ours[i] - base[i]).abs().max()
+
+
+def test_a_rewritten_lora_file_is_read_again(layered, flux):
+    import os
+
+    from safetensors.torch import save_file
+
+    path = layered.lora_dir / "rewritten.safetensors"
+    save_file(random_lora(flux.model, 11), str(path))
+    first = layered.EditLabLayeredAdapters.fingerprint_inputs(pattern_shift_lora="rewritten.safetensors",
+                                                              consistency_lora="None")
+    save_file(random_lora(flux.model, 12, rank=3), str(path))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    second = layered.EditLabLayeredAdapters.fingerprint_inputs(pattern_shift_lora="rewritten.safetensors",
+                                                               consistency_lora="None")
+    assert first != second
