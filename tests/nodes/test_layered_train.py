@@ -1,6 +1,6 @@
 """Layered Edit Train on the tiny Flux with reference latents: each stage lowers its own loss (measured on a fixed set
 of pairs, sigmas and noise before and after), the frozen stage-1 file stays bit-identical through stage 2, both saved
-files load in the host's LoraLoaderModelOnly and change its output, the input MODEL is bit-identical afterwards
+files load in the host's LoraLoader and change its output, the input MODEL is bit-identical afterwards
 (weights and outputs), an interrupted run writes nothing, bad folders are named."""
 import hashlib
 import json
@@ -91,7 +91,7 @@ def test_saved_loras_load_in_the_stock_loader_and_change_the_output(trained, flu
             keys = list(f.keys())
         assert meta["editlab_stage"] in ("pattern_shift", "consistency")
         assert any(k.endswith(".lora_up.weight") for k in keys) and any(k.endswith(".alpha") for k in keys)
-        m = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(flux.model, name, 1.0)[0]
+        m, clip = comfy_nodes.LoraLoader().load_lora(flux.model, flux.clip, name, 1.0, 1.0)
         assert len(m.patches) == sum(k.endswith(".lora_up.weight") for k in keys)  # every layer found its weight
         _, outs = probe(flux, m, flux.clip)
         assert all((a - b).abs().max() > 1e-5 for a, b in zip(outs, trained["before"]))
