@@ -173,10 +173,11 @@ def weighted(data: list, product_weight: float) -> list:
 
 def _saved_copies():
     """Autograd keeps its own copy of each activation it saves for backward: the host's Flux blocks add their
-    residuals in place (``x += ...``), which would otherwise overwrite a tensor a LayerNorm saved. Parameters are
-    saved as they are (they never change during a forward)."""
+    residuals in place (``x += ...``), which would otherwise overwrite a tensor a LayerNorm saved. Only activations
+    (3-D and up: tokens x width, attention heads) are copied; weights (2-D, each computed afresh with its LoRA for
+    every forward and never changed after) are saved as they are, so a big model's weights are not held twice."""
     def pack(t):
-        return t if isinstance(t, torch.nn.Parameter) else t.clone()
+        return t.clone() if t.ndim >= 3 and not isinstance(t, torch.nn.Parameter) else t
 
     return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
 
