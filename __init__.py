@@ -12,7 +12,8 @@ log = logging.getLogger("editlab")
 WEB_DIRECTORY = "./web"
 
 # nodes/<module>.py, each exporting NODES: the node classes it defines.
-NODE_MODULES = ("tiny", "saedit", "tryon", "expression", "conceptsplit", "chronoedit", "llm", "worldtoimage")
+NODE_MODULES = ("tiny", "saedit", "tryon", "expression", "conceptsplit", "chronoedit", "llm", "worldtoimage",
+                "layered")
 
 
 def load_node_classes():

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 import comfy.hooks
 import comfy.model_base
 import comfy.model_management
@@ -269,3 +271,160 @@ def apply_style_model(conditioning, style_model, clip_vision_output, strength: f
 
     return host_nodes.StyleModelApply().apply_stylemodel(conditioning, style_model, clip_vision_output, strength,
                                                          "multiply")[0]
+
+
+# -- LoRA files, hook keyframes, LoRA training layers (layered edit) --------------------------------------------------
+# The stock loaders' LoRA code (comfy.utils.load_torch_file, comfy.lora key maps, comfy.sd.load_lora_for_models), the
+# hook system's weight hooks with keyframes (comfy.hooks: what CreateHookLora / CreateHookKeyframe / SetClipHooks
+# build) and the host's own LoRA training layers (comfy.weight_adapter, as comfy_extras/nodes_train.py uses them).
+
+LORA_FOLDER = "loras"
+
+
+def load_lora_file(path: str) -> dict:
+    """A LoRA file's tensors, as LoraLoader reads them."""
+    return comfy.utils.load_torch_file(path, safe_load=True)
+
+
+def lora_patches(model, lora: dict) -> dict:
+    """``lora`` mapped onto ``model``'s diffusion-model weights (the host's key map); empty when nothing matches."""
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    return comfy.lora.load_lora(lora, key_map, log_missing=False)
+
+
+def lora_model(model, lora: dict, strength: float):
+    """What LoraLoaderModelOnly returns: a clone of ``model`` with ``lora`` patched in at ``strength``."""
+    import comfy.sd
+
+    return comfy.sd.load_lora_for_models(model, None, lora, strength, 0)[0]
+
+
+def windowed_lora_hooks(lora: dict, strength: float, start_percent: float, end_percent: float):
+    """A hook group with one weight hook carrying ``lora`` at ``strength`` (CreateHookLora), active from
+    ``start_percent`` to ``end_percent`` of sampling and at strength 0 outside (CreateHookKeyframe keyframes, no
+    guaranteed steps, so the window is exact: on where sigma(end) < sigma <= sigma(start))."""
+    group = comfy.hooks.create_hook_lora(lora, strength_model=strength, strength_clip=0.0)
+    keyframes = comfy.hooks.HookKeyframeGroup()
+    if start_percent > 0.0:
+        keyframes.add(comfy.hooks.HookKeyframe(strength=0.0, start_percent=0.0, guarantee_steps=0))
+    keyframes.add(comfy.hooks.HookKeyframe(strength=1.0, start_percent=start_percent, guarantee_steps=0))
+    if end_percent < 1.0:
+        keyframes.add(comfy.hooks.HookKeyframe(strength=0.0, start_percent=end_percent, guarantee_steps=0))
+    group.set_keyframes_on_hooks(keyframes)
+    return group
+
+
+def combine_hooks(groups: list):
+    return comfy.hooks.HookGroup.combine_all_hooks(groups)
+
+
+def model_with_weight_hooks(model, hooks, patches: list[dict]):
+    """A clone of ``model`` with each weight hook's patches (mapped by ``lora_patches``) registered, as
+    ``comfy.hooks.load_hook_lora_for_models`` does: they act only while a conditioning carrying the hook is sampled,
+    at the hook's keyframe strength. Returns (clone, number of weights patched per hook)."""
+    m = model.clone()
+    counts = []
+    for hook, loaded in zip(hooks.get_type(comfy.hooks.EnumHookType.Weight), patches):
+        counts.append(len(m.add_hook_patches(hook=hook, patches=loaded, strength_patch=hook._strength_model)))
+    return m, counts
+
+
+def clip_with_cond_hooks(clip, hooks):
+    """What SetClipHooks (apply_to_conds on, schedule_clip off) returns: a clone of ``clip`` whose encoded
+    conditionings carry ``hooks`` (added to any hooks it already carried)."""
+    c = clip.clone()
+    combined = comfy.hooks.HookGroup.combine_all_hooks([clip.apply_hooks_to_conds, hooks])
+    c.apply_hooks_to_conds = combined
+    forced = comfy.hooks.HookGroup.combine_all_hooks([clip.patcher.forced_hooks, hooks]).clone()
+    forced.set_keyframes_on_hooks(None)
+    c.patcher.forced_hooks = forced
+    c.use_clip_schedule = False
+    c.patcher.register_all_hook_patches(hooks, comfy.hooks.create_target_dict(comfy.hooks.EnumWeightTarget.Clip))
+    return c
+
+
+def conditioning_hooks(conditioning):
+    """The hook groups a conditioning carries (one per entry; None where none)."""
+    return [c[1].get("hooks") for c in conditioning]
+
+
+def add_lora_train_layers(model, rank: int, seed: int) -> dict:
+    """Add the host's trainable LoRA layers (``comfy.weight_adapter`` LoRA, as TrainLoraNode creates them; alpha =
+    rank) as weight wrappers on ``model`` (a clone) for every 2-D weight of the diffusion model's blocks (all 2-D
+    weights where it has no blocks). Returns {module name: layer}; the layers' parameters are the trainable ones."""
+    from comfy.weight_adapter.lora import LoRAAdapter
+
+    found = [(n, m) for n, m in model.model.named_modules()
+             if n.startswith("diffusion_model.") and hasattr(m, "weight_function")
+             and getattr(m, "weight", None) is not None and m.weight.ndim == 2]
+    in_blocks = [(n, m) for n, m in found if "blocks" in n]
+    layers = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for n, m in (in_blocks or found):
+            layer = LoRAAdapter.create_train(m.weight, rank=rank, alpha=float(rank))
+            model.add_weight_wrapper(f"{n}.weight", layer)
+            layers[n] = layer
+    return layers
+
+
+def lora_state_dict(layers: dict) -> dict:
+    """The trained layers as a LoRA file's tensors in the format LoraLoader reads (``<module>.lora_up.weight``,
+    ``.lora_down.weight``, ``.alpha``; the keys TrainLoraNode / SaveLoRA write), float32 on the CPU."""
+    out = {}
+    for n, layer in layers.items():
+        out[f"{n}.lora_up.weight"] = layer.lora_up.weight.detach().float().cpu().contiguous()
+        out[f"{n}.lora_down.weight"] = layer.lora_down.weight.detach().float().cpu().contiguous()
+        out[f"{n}.alpha"] = layer.alpha.detach().float().cpu().reshape(())
+    return out
+
+
+def load_for_training(model) -> None:
+    """Load ``model`` (a clone carrying weight wrappers) fully onto the compute device, as TrainLoraNode does."""
+    with torch.no_grad():  # patching weights (a frozen LoRA, fp8 re-rounding) is not part of what trains
+        comfy.model_management.load_models_gpu([model], memory_required=1e20, force_full_load=True)
+
+
+def release(model) -> None:
+    """Unpatch ``model`` (a training clone): the shared weights get their own values back, weight wrappers go."""
+    model.detach(unpatch_all=True)
+
+
+def save_output_text(prefix: str, text: str, extension: str, input_name: str) -> str:
+    """Write ``text`` as output/PREFIX_NNNNN_.EXT with the numbering SaveImage uses (``folder_paths
+    .get_save_image_path``, which refuses a prefix leading out of the output folder); atomic, never overwriting.
+    Returns the path relative to the output folder."""
+    from .common import EditLabInputError
+
+    out_dir = folder_paths.get_output_directory()
+    try:
+        folder, base, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir)
+    except Exception:  # noqa: BLE001 - the host raises a bare Exception for a prefix outside the output folder
+        raise EditLabInputError(input_name, "a file name prefix inside ComfyUI's output folder", prefix) from None
+    os.makedirs(folder, exist_ok=True)
+    for n in range(counter, counter + 1000):
+        path = os.path.join(folder, f"{base}_{n:05}_.{extension}")
+        tmp = path + ".part"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            continue
+        finally:
+            os.unlink(tmp)
+        return os.path.relpath(path, out_dir)
+    raise EditLabInputError(input_name, "a prefix with a free file number", prefix)
+
+
+def load_flux_files(unet_path: str, clip_paths: list[str], vae_path: str):
+    """(MODEL, CLIP, VAE) from files, as UNETLoader, DualCLIPLoader (type flux) and VAELoader load them (for
+    scripts/train_layered.py)."""
+    import comfy.sd
+
+    model = comfy.sd.load_diffusion_model(unet_path)
+    clip = comfy.sd.load_clip(clip_paths, clip_type=comfy.sd.CLIPType.FLUX)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae_path))
+    return model, clip, vae

@@ -965,6 +965,126 @@ def worldtoimage_openverse():
     return g
 
 
+
+# -- layered edit (TBStar-Edit) ------------------------------------------------------------------------------------
+MODEL_FILES.update({
+    "flux1-dev-kontext_fp8_scaled.safetensors": (
+        "diffusion_models", "https://huggingface.co/Comfy-Org/flux1-kontext-dev_ComfyUI/resolve/main/split_files/"
+                            "diffusion_models/flux1-dev-kontext_fp8_scaled.safetensors"),
+    "t5xxl_fp8_e4m3fn_scaled.safetensors": (
+        "text_encoders", "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/"
+                         "t5xxl_fp8_e4m3fn_scaled.safetensors"),
+})
+KONTEXT_FILES = ("- `flux1-dev-kontext_fp8_scaled.safetensors` in `models/diffusion_models/`\n"
+                 "- `clip_l.safetensors` and `t5xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders/`\n"
+                 "- `ae.safetensors` in `models/vae/`\n"
+                 "- your layered LoRAs (optional) in `models/loras/`")
+LAYERED_LORAS = ("**Adapters**: *Layered Edit Adapters* ships with both LoRAs set to *None* (no change). Train yours "
+                 "with *Layered Edit Train* (edit pairs `NAME_source.png`, `NAME_target.png`, `NAME.txt`, "
+                 "`NAME_mask.png` in a folder of ComfyUI's input folder) or `scripts/train_layered.py`, then pick "
+                 "`NAME_pattern_shift.safetensors` and `NAME_consistency.safetensors` there, each with its strength "
+                 "and step window. Encode the instruction with the node's CLIP output: the conditioning carries the "
+                 "adapters to the sampler.")
+REPORT = ("*Edit Consistency Report* writes L1 / PSNR / SSIM inside and outside the product mask (shown on the node, "
+          "saved as `output/{prefix}_NNNNN_.json`) and a heat-map of what the edit touched.")
+
+
+def kontext_loaders(g, stage, col=0):
+    """UNETLoader + DualCLIPLoader + VAELoader with the file names of ComfyUI's Flux Kontext dev template."""
+    unet_file, t5 = "flux1-dev-kontext_fp8_scaled.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"
+    unet = g.add("UNETLoader", [("unet_name", unet_file), ("weight_dtype", "default")], outputs=["MODEL"],
+                 stage=stage, col=col, row=0, properties=_models_property(unet_file))
+    clip = g.add("DualCLIPLoader", [("clip_name1", "clip_l.safetensors"), ("clip_name2", t5), ("type", "flux"),
+                                    ("device", "default")], outputs=["CLIP"], stage=stage, col=col, row=1,
+                 properties=_models_property("clip_l.safetensors", t5))
+    vae = g.add("VAELoader", [("vae_name", "ae.safetensors")], outputs=["VAE"], stage=stage, col=col, row=2,
+                properties=_models_property("ae.safetensors"))
+    return Models((unet, 0, "MODEL"), (clip, 0, "CLIP"), (vae, 0, "VAE"))
+
+
+def _square(g, image, stage, col, row, title=None, size=64):
+    return g.add("ImageScale", [("upscale_method", "bilinear"), ("width", size), ("height", size),
+                                ("crop", "center")], {"image": (image, 0, "IMAGE")}, ["IMAGE"], stage, col, row, title)
+
+
+def layered_edit(title, what, name, photo_file, mask_file, instruction, lock, prefix):
+    """Product photo + its mask -> Layered Edit Adapters -> Flux Kontext edit (instruction + the photo as a reference
+    latent) -> optional Product Lock -> saved image, consistency report and heat-map."""
+    g = Graph(title)
+    g.add_note(note(title, what, KONTEXT_FILES, name, (photo_file, mask_file),
+                    LAYERED_LORAS + " " + REPORT.format(prefix=prefix + "_report") + " " +
+                    SMALL.replace("width/height", "the Image Scale sizes")))
+    s_models = g.stage("models", "Flux Kontext models", 0)
+    s_photo = g.stage("photo", "Product photo and its mask", 0)
+    s_adapters = g.stage("adapters", "Layered adapters (pattern shift + consistency)", 0)
+    s_edit = g.stage("edit", "Edit: instruction + the photo as a reference latent", 1)
+    s_out = g.stage("out", ("Product lock, " if lock else "") + "consistency report, save", 1)
+    m = kontext_loaders(g, s_models)
+    photo = load_image(g, photo_file, s_photo, 0, 0, title="Product photo")
+    mask_image = load_image(g, mask_file, s_photo, 0, 1, title="Product mask (white = product)")
+    scaled = _square(g, photo, s_photo, 1, 0, title="Scale photo")
+    scaled_mask = _square(g, mask_image, s_photo, 1, 1, title="Scale mask")
+    mask = g.add("ImageToMask", [("channel", "red")], {"image": (scaled_mask, 0, "IMAGE")}, ["MASK"], s_photo, 1, 2)
+    layered = g.add("EditLabLayeredAdapters",
+                    [("pattern_shift_lora", "None"), ("pattern_shift_strength", 1.0), ("pattern_shift_start", 0.0),
+                     ("pattern_shift_end", 1.0), ("consistency_lora", "None"), ("consistency_strength", 1.0),
+                     ("consistency_start", 0.3), ("consistency_end", 1.0)],
+                    {"model": m.model, "clip": m.clip}, ["MODEL", "CLIP"], s_adapters, 0, 0)
+    pos = text(g, (layered, 1, "CLIP"), instruction, s_edit, 0, 0, title="Instruction")
+    latent = g.add("VAEEncode", [], {"pixels": (scaled, 0, "IMAGE"), "vae": m.vae}, ["LATENT"], s_edit, 0, 1)
+    guided = g.add("FluxGuidance", [("guidance", 2.5)], {"conditioning": (pos, 0, "CONDITIONING")},
+                   ["CONDITIONING"], s_edit, 1, 0)
+    ref = g.add("ReferenceLatent", [], {"conditioning": (guided, 0, "CONDITIONING"),
+                                        "latent": (latent, 0, "LATENT")}, ["CONDITIONING"], s_edit, 1, 1)
+    neg = g.add("ConditioningZeroOut", [], {"conditioning": (pos, 0, "CONDITIONING")}, ["CONDITIONING"], s_edit,
+                1, 2)
+    sampled = ksample(g, m, ref, neg, latent, s_edit, 2, 0, model=(layered, 0, "MODEL"))
+    edited = decode(g, m, sampled, s_edit, 2, 1)
+    result = edited
+    col = 0
+    if lock:
+        result = g.add("EditLabProductLock", [("feather", 3), ("colour_match", 0.0)],
+                       {"original": (scaled, 0, "IMAGE"), "edited": (edited, 0, "IMAGE"), "mask": (mask, 0, "MASK")},
+                       ["IMAGE"], s_out, 0, 0)
+        col = 1
+    save(g, result, prefix, s_out, col, 0, title="Save the edit")
+    report = g.add("EditLabEditConsistency", [("filename_prefix", prefix + "_report")],
+                   {"original": (scaled, 0, "IMAGE"), "edited": (result, 0, "IMAGE"), "mask": (mask, 0, "MASK")},
+                   ["STRING", "IMAGE"], s_out, col + 1, 0)
+    save(g, report, prefix + "_heatmap", s_out, col + 1, 1, slot=1, title="Save the change heat-map")
+    return g
+
+
+def layered_background_replacement():
+    return layered_edit(
+        "Layered edit: background replacement with product lock", "An e-commerce edit that must not touch the "
+        "product: Flux Kontext replaces the background of a packshot, the layered adapters (TBStar-Edit) steer it, "
+        "and **Product Lock** puts the bag's own pixels back exactly, blending only a 3 px seam band.",
+        "layered_background_replacement", "editlab_product_bag.png", "editlab_product_bag_mask.png",
+        "Change the background to a sunny beach, keep the bag in the exact same position, scale and colours",
+        True, "layered/background")
+
+
+def layered_accessory_addition():
+    return layered_edit(
+        "Layered edit: accessory addition", "Adds an accessory next to a product with Flux Kontext and the layered "
+        "adapters; the consistency report shows how much the t-shirt itself changed (inside its mask) against "
+        "the rest of the picture.", "layered_accessory_addition", "editlab_product_tshirt.png",
+        "editlab_product_tshirt_mask.png",
+        "Add a pair of sunglasses hanging from the collar, keep the t-shirt exactly as it is", False,
+        "layered/accessory")
+
+
+def layered_watermark_removal():
+    return layered_edit(
+        "Layered edit: watermark removal", "Removes a shop watermark that runs over the background and over the "
+        "bag, so no lock here (it would keep the watermark on the product); the consistency report and heat-map "
+        "show where the edit changed pixels inside and outside the product.", "layered_watermark_removal",
+        "editlab_product_bag_watermarked.png", "editlab_product_bag_mask.png",
+        "Remove the grey 'SAMPLE (c) SHOP' watermark text, keep everything else unchanged", False,
+        "layered/watermark")
+
+
 # The order the templates browser lists them in (the tour first), with the description its card shows; written to
 # web/templates.json, which web/editlab.js reads (ComfyUI's front end would otherwise show file names). The front end
 # turns '-' and '_' in descriptions into spaces: hyphens here are U+2011 and the minus sign U+2212.
@@ -996,6 +1116,12 @@ DESCRIPTIONS = {
                                   "as reference latents, iterated (Flux).",
     "worldtoimage_openverse": "World\u2011To\u2011Image agent with an OpenAI\u2011compatible LLM and Openverse: "
                               "plan, retrieve, generate, score, keep the best (Flux).",
+    "layered_background_replacement": "Replace a product photo's background with Flux Kontext and the layered "
+                                      "adapters; Product Lock keeps the product's pixels exact.",
+    "layered_accessory_addition": "Add an accessory beside a product (Flux Kontext, layered adapters) and measure "
+                                  "how much the product changed.",
+    "layered_watermark_removal": "Remove a watermark (Flux Kontext, layered adapters); the report shows what "
+                                 "changed inside and outside the product.",
 }
 WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slider_sweep,
              "saedit_sd35_slider": saedit_sd35_slider, "saedit_train_sae": saedit_train_sae,
@@ -1008,7 +1134,10 @@ WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slide
              "chronoedit_reasoning_edit": chronoedit_reasoning_edit,
              "chronoedit_distilled_8step": chronoedit_distilled_8step,
              "worldtoimage_local_library": worldtoimage_local_library,
-             "worldtoimage_openverse": worldtoimage_openverse}
+             "worldtoimage_openverse": worldtoimage_openverse,
+             "layered_background_replacement": layered_background_replacement,
+             "layered_accessory_addition": layered_accessory_addition,
+             "layered_watermark_removal": layered_watermark_removal}
 
 
 def main():

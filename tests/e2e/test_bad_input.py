@@ -22,7 +22,7 @@ from editlab.client.api import PromptFailed, text_outputs
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = f"badinput{uuid.uuid4().hex[:8]}"
-MODEL_FOLDERS = ("sae", "sae_directions", "expression_adapters", "tova")
+MODEL_FOLDERS = ("sae", "sae_directions", "expression_adapters", "tova", "loras")
 SECRET = "SECRET-FIRST-LINE-of-a-file-outside-the-input-folder"
 NAN = float("nan")
 
@@ -421,6 +421,58 @@ CASES = {
     "viescore empty instruction": Case({"1": llm_node()["9"], "2": empty(), "9": N(
         "EditLabVIEScore", llm=["1", 0], instruction=" ", source_image=["2", 0], edited_image=["2", 0])},
         "instruction", "edit instruction"),
+    # -- layered --
+    "layered adapters window reversed": Case({"1": tiny(), "9": N(
+        "EditLabLayeredAdapters", model=["1", 0], clip=["1", 1], pattern_shift_lora="None",
+        pattern_shift_strength=1.0, pattern_shift_start=0.8, pattern_shift_end=0.2, consistency_lora="None",
+        consistency_strength=1.0, consistency_start=0.0, consistency_end=1.0)}, "pattern_shift_start",
+        "pattern_shift_start < pattern_shift_end"),
+    "layered adapters LoRA for another model": Case({"1": tiny(), "9": N(
+        "EditLabLayeredAdapters", model=["1", 0], clip=["1", 1], pattern_shift_lora="None",
+        pattern_shift_strength=1.0, pattern_shift_start=0.0, pattern_shift_end=1.0,
+        consistency_lora=f"{TOKEN}_foreign.safetensors", consistency_strength=1.0, consistency_start=0.0,
+        consistency_end=1.0)}, "consistency_lora", "a LoRA for this model"),
+    "layered adapters strength NaN": Case({"1": tiny(), "9": N(
+        "EditLabLayeredAdapters", model=["1", 0], clip=["1", 1], pattern_shift_lora="None",
+        pattern_shift_strength=NAN, pattern_shift_start=0.0, pattern_shift_end=1.0, consistency_lora="None",
+        consistency_strength=1.0, consistency_start=0.0, consistency_end=1.0)}, "pattern_shift_strength", "finite"),
+    "product lock empty mask": Case({"2": empty(), "3": solid(0.0), "9": N(
+        "EditLabProductLock", original=["2", 0], edited=["2", 0], mask=["3", 0], feather=4, colour_match=0.0)},
+        "mask", "empty"),
+    "product lock full mask": Case({"2": empty(), "3": solid(1.0), "9": N(
+        "EditLabProductLock", original=["2", 0], edited=["2", 0], mask=["3", 0], feather=4, colour_match=0.0)},
+        "mask", "covers all"),
+    "product lock mask of another size": Case({"2": empty(), "3": solid(1.0, 32, 64), "9": N(
+        "EditLabProductLock", original=["2", 0], edited=["2", 0], mask=["3", 0], feather=4, colour_match=0.0)},
+        "mask", "images' size"),
+    "product lock batch mismatch": Case({"2": empty(batch=2), "4": empty(batch=3), "3": solid(1.0), "9": N(
+        "EditLabProductLock", original=["2", 0], edited=["4", 0], mask=["3", 0], feather=4, colour_match=0.0)},
+        "original", "one original or one per edited image"),
+    "product lock colour_match NaN": Case({"2": empty(), "3": solid(1.0), "9": N(
+        "EditLabProductLock", original=["2", 0], edited=["2", 0], mask=["3", 0], feather=4, colour_match=NAN)},
+        "colour_match", "finite"),
+    "consistency report edited of another size": Case({"2": empty(), "4": empty(32, 32), "9": N(
+        "EditLabEditConsistency", original=["2", 0], edited=["4", 0], filename_prefix="")}, "edited",
+        "original's size"),
+    "consistency report prefix out of the output folder": Case({"2": empty(), "9": N(
+        "EditLabEditConsistency", original=["2", 0], edited=["2", 0], filename_prefix="../../escape")},
+        "filename_prefix", "inside ComfyUI's output folder"),
+    "layered train folder ../": Case({"1": tiny(), "9": N(
+        "EditLabLayeredTrain", model=["1", 0], clip=["1", 1], vae=["1", 2], folder="..", stages="both",
+        pattern_shift_lora="None", resolution=64, rank=2, steps_stage1=1, steps_stage2=1, lr=1e-3,
+        product_weight=5.0, guidance=2.5, seed=0, name=f"{TOKEN}_never")}, "folder", "inside"),
+    "layered train pairs without masks": Case({"1": tiny(), "9": N(
+        "EditLabLayeredTrain", model=["1", 0], clip=["1", 1], vae=["1", 2], folder=f"{TOKEN}_pairs", stages="both",
+        pattern_shift_lora="None", resolution=64, rank=2, steps_stage1=1, steps_stage2=1, lr=1e-3,
+        product_weight=5.0, guidance=2.5, seed=0, name=f"{TOKEN}_never")}, "folder", "product masks"),
+    "layered train on sd15": Case({"1": tiny("sd15"), "9": N(
+        "EditLabLayeredTrain", model=["1", 0], clip=["1", 1], vae=["1", 2], folder=f"{TOKEN}_pairs", stages="both",
+        pattern_shift_lora="None", resolution=64, rank=2, steps_stage1=1, steps_stage2=1, lr=1e-3,
+        product_weight=5.0, guidance=2.5, seed=0, name=f"{TOKEN}_never")}, "model", "Flux-family"),
+    "layered train lr NaN": Case({"1": tiny(), "9": N(
+        "EditLabLayeredTrain", model=["1", 0], clip=["1", 1], vae=["1", 2], folder=f"{TOKEN}_pairs", stages="both",
+        pattern_shift_lora="None", resolution=64, rank=2, steps_stage1=1, steps_stage2=1, lr=NAN,
+        product_weight=5.0, guidance=2.5, seed=0, name=f"{TOKEN}_never")}, "lr", "finite"),
 }
 
 
@@ -539,6 +591,18 @@ def prepared(server, workflow_inputs, tmp_path_factory):
     _save_sae(sae_dir / f"{TOKEN}_zero.safetensors", 0, 16)
     _bad_adapters(_model_dir("expression_adapters"))
     _tova_files(_model_dir("tova"))
+    # layered: a LoRA for another model, a pair folder without product masks
+    from safetensors.torch import save_file as _save_lora
+    from torch import zeros as _zeros
+
+    _save_lora({"lora_unet_nothing_here.lora_up.weight": _zeros(2, 2),
+                "lora_unet_nothing_here.lora_down.weight": _zeros(2, 2)},
+               str(_model_dir("loras") / f"{TOKEN}_foreign.safetensors"))
+    pairs = inputs / f"{TOKEN}_pairs"
+    pairs.mkdir()
+    shutil.copy(REPO / "workflows" / "input" / "editlab_product_bag.png", pairs / "bag_source.png")
+    shutil.copy(REPO / "workflows" / "input" / "editlab_product_bag_watermarked.png", pairs / "bag_target.png")
+    (pairs / "bag.txt").write_text("add a watermark")
     # a real SAE and direction for the tiny Flux, made by the nodes themselves
     _queue(server, sae_train(name=f"{TOKEN}_ok", generated_prompts=40))
     _queue(server, sae_direction(name=f"{TOKEN}_ok"))
