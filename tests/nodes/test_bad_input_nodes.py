@@ -24,7 +24,11 @@ def pack(comfy_host, tmp_path_factory):
     inputs = tmp_path_factory.mktemp("input")
     before = folder_paths.get_input_directory()
     folder_paths.set_input_directory(str(inputs))
-    nodes = [n for m in (tiny, saedit, tryon, expression, conceptsplit) for n in m.NODES]
+    import importlib
+
+    from packinfo import pack_node_modules
+
+    nodes = [n for m in pack_node_modules() for n in importlib.import_module(f"editlab.nodes.{m}").NODES]
     yield {"root": root, "input": inputs, "nodes": nodes, "common": common, "saedit": saedit,
            "expression": expression}
     folder_paths.set_input_directory(before)
