@@ -10,6 +10,7 @@ there. Run: python scripts/make_workflows.py
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -109,9 +110,22 @@ class Graph:
     def __init__(self, title: str):
         self.title = title
         self.nodes, self.stages, self.note = [], {}, None
+        self._section = ("", 0, "")  # (stage key prefix, band offset, title prefix): see section()
+
+    @contextlib.contextmanager
+    def section(self, key: str, band: int, label: str):
+        """Within the block, a workflow's builder adds its stages as a row of this graph (the tour): stage keys
+        prefixed, bands moved down by ``band``, titles prefixed with ``label``."""
+        old, self._section = self._section, (key + "_", band, label)
+        try:
+            yield self
+        finally:
+            self._section = old
 
     def stage(self, key, title, band, order=None):
         """A group: stages of one band sit side by side (in ``order``), bands one under the other."""
+        prefix, offset, label = self._section
+        key, title, band = prefix + key, label + title, band + offset
         self.stages[key] = {"title": title, "band": band, "order": len(self.stages) if order is None else order}
         return key
 
@@ -433,8 +447,12 @@ def tour():
         "Row 2, **DiT-VTON** try-on (Flux Fill): pose, garment mask, person | product | pose canvas, fill, exact "
         "paste-back.\nRow 3, **blendshape expressions**: the photo's 52 ARKit coefficients drawn over it (no "
         "generative model).\nRow 4, **ConceptSplit** (Flux): two concepts' value adapters trained in-graph, "
-        "attached token-wise, the LODA sampler keeping them apart, and each word's attention heat-map.",
-        FLUX_FILES + "\n" + FILL_FILES, "editlab_tour", ("editlab_photo.png", "editlab_product_tshirt.png"),
+        "attached token-wise, the LODA sampler keeping them apart, and each word's attention heat-map.\nRow 5, "
+        "**ChronoEdit** (Wan 2.1 I2V): a photo edited as a short video with temporal reasoning frames, the "
+        "trajectory saved.\nRow 6, **World-To-Image** (Flux): the agent with a local image library, offline.\nRow 7, "
+        "**layered edit** (Flux Kontext): background replacement with the product locked and a consistency report.",
+        FLUX_FILES + "\n" + FILL_FILES + "\n" + CHRONO_FILES + "\n" + KONTEXT_FILES, "editlab_tour",
+        ("editlab_photo.png", "editlab_product_tshirt.png", "editlab_product_bag.png", "editlab_product_bag_mask.png"),
         SAE_TRAINED.format(sae="editlab_tour_sae") + " " + SMALL))
     s_models = g.stage("models", "1 · SAEdit: Flux models", 0)
     s_prompt = g.stage("prompt", "1 · Prompt and latent", 0)
@@ -458,6 +476,21 @@ def tour():
                    {"image": (photo, 0, "IMAGE")}, ["EDITLAB_BLENDSHAPES", "IMAGE", "STRING"], s_face, 1, 0)
     save(g, shapes, "editlab_tour/blendshapes_overlay", s_face, 2, 0, slot=1)
     conceptsplit_rows(g, "flux", band=3, label="4 · ", m=m)
+    with g.section("chronoedit", 4, "5 · ChronoEdit: "):
+        chronoedit_graph(g, "editlab_tour", True, 10, 5.0, 5.0, 4)
+    with g.section("worldtoimage", 6, "6 · World-To-Image: "):
+        s_sources = g.stage("sources", "local image library", 0)
+        s_agent = g.stage("agent", "retrieve, generate, iterate", 0)
+        s_out = g.stage("out", "best image, every iteration", 0)
+        library = g.add("EditLabImageLibrary", [("folder", "."), ("recursive", False)], {},
+                        ["EDITLAB_IMAGE_SOURCE", "STRING"], s_sources, 0, 0)
+        agent = worldtoimage_agent_sized(g, m, s_agent, W2I_PROMPT, sources=[library])
+        worldtoimage_outputs(g, agent, s_out, "editlab_tour/worldtoimage")
+    with g.section("layered", 7, "7 · Layered edit: "):
+        layered_rows(g, "editlab_product_bag.png", "editlab_product_bag_mask.png",
+                     "Change the background to a sunny beach, keep the bag in the exact same position, scale and "
+                     "colours", True,
+                     "editlab_tour/layered_background")
     return g
 
 
@@ -1008,12 +1041,16 @@ def _square(g, image, stage, col, row, title=None, size=64):
 
 
 def layered_edit(title, what, name, photo_file, mask_file, instruction, lock, prefix):
-    """Product photo + its mask -> Layered Edit Adapters -> Flux Kontext edit (instruction + the photo as a reference
-    latent) -> optional Product Lock -> saved image, consistency report and heat-map."""
     g = Graph(title)
     g.add_note(note(title, what, KONTEXT_FILES, name, (photo_file, mask_file),
                     LAYERED_LORAS + " " + REPORT.format(prefix=prefix + "_report") + " " +
                     SMALL.replace("width/height", "the Image Scale sizes")))
+    return layered_rows(g, photo_file, mask_file, instruction, lock, prefix)
+
+
+def layered_rows(g, photo_file, mask_file, instruction, lock, prefix):
+    """Product photo + its mask -> Layered Edit Adapters -> Flux Kontext edit (instruction + the photo as a reference
+    latent) -> optional Product Lock -> saved image, consistency report and heat-map."""
     s_models = g.stage("models", "Flux Kontext models", 0)
     s_photo = g.stage("photo", "Product photo and its mask", 0)
     s_adapters = g.stage("adapters", "Layered adapters (pattern shift + consistency)", 0)
@@ -1089,8 +1126,8 @@ def layered_watermark_removal():
 # web/templates.json, which web/editlab.js reads (ComfyUI's front end would otherwise show file names). The front end
 # turns '-' and '_' in descriptions into spaces: hyphens here are U+2011 and the minus sign U+2212.
 DESCRIPTIONS = {
-    "editlab_tour": "Every method in one graph, a row each: SAEdit slider (Flux), try\u2011on (Flux Fill), face "
-                    "blendshapes, ConceptSplit (Flux). Start here.",
+    "editlab_tour": "Every method in one graph, a row each: SAEdit slider, try\u2011on, face blendshapes, "
+                    "ConceptSplit, ChronoEdit, World\u2011To\u2011Image, layered edit. Start here.",
     "saedit_flux_slider_sweep": "A 'smiling' SAE direction slid on one word at strengths \u22121, 0, 1 and 2 (Flux).",
     "saedit_sd35_slider": "The SAEdit slider on Stable Diffusion 3.5: plain and slid image side by side.",
     "saedit_train_sae": "Train a sparse autoencoder on your text encoder and save a direction from prompt pairs.",
