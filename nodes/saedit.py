@@ -13,7 +13,7 @@ from comfy_api.latest import io, ui
 from ..models.saedit import prompts as prompt_corpus
 from ..models.saedit.direction import METHODS, direction_from_pairs
 from ..models.saedit.edit import decoded_delta
-from ..models.saedit.inversion import invert_euler
+from ..models.saedit.inversion import InversionSampler, InvertedNoise
 from ..models.saedit.files import SAEFileError, load_direction, load_sae, save_direction, save_sae
 from ..models.saedit.sae import SAEConfig, SparseAutoencoder
 from ..models.saedit.schedule import SCHEDULES
@@ -481,49 +481,16 @@ class EditLabSAEFeatures(EditLabNode):
         return io.NodeOutput(heatmap(codes, texts, table), json.dumps(table))
 
 
-class _InversionSampler(host.Sampler):
-    """Runs the Euler-reversal inversion inside ComfyUI's guider, so conditioning and patches apply as in sampling."""
-
-    def __init__(self, iterations: int):
-        self.iterations = iterations
-
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        bar = host.progress(len(sigmas) - 1)
-        ones = latent_image.new_ones((latent_image.shape[0],))
-
-        def denoise(x, sigma):
-            host.check_interrupted()
-            return model_wrap(x, ones * sigma, **extra_args)
-
-        return invert_euler(denoise, latent_image, sigmas, self.iterations,
-                            on_step=lambda i, n: bar.update_absolute(i, n))
-
-
-class InvertedNoise:
-    """A NOISE source that returns the inverted latent (for SamplerCustomAdvanced, which then samples it back)."""
-
-    def __init__(self, noise):
-        self.noise = noise
-        self.seed = 0
-
-    def generate_noise(self, input_latent):
-        shape = tuple(input_latent["samples"].shape)
-        if shape != tuple(self.noise.shape):
-            raise EditLabInputError("latent_image", f"a latent of the inverted image's shape {tuple(self.noise.shape)}",
-                                    shape)
-        return self.noise.clone()
-
-
 class EditLabFlowInversion(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="EditLabFlowInversion", display_name="Flow Inversion (Flux)", category=CAT,
-            description="Inverts an image latent to the noise that Euler sampling on the same sigmas and conditioning "
-                        "turns back into it (rectified-flow models: Flux family). Feed 'noise' to "
-                        "SamplerCustomAdvanced with the euler sampler and the same sigmas, then edit the conditioning "
-                        "(e.g. with SAE Slider) to edit the photo. Works for rectified-flow models (Flux, SD3).",
+            description="Inverts an image latent to the noise that Euler sampling on the same sigmas, conditioning "
+                        "and CFG turns back into it (rectified-flow models: Flux family, SD3). Feed 'noise' to "
+                        "SamplerCustomAdvanced with the euler sampler, the same sigmas and a guider with the same cfg "
+                        "and negative (BasicGuider at cfg 1, CFGGuider otherwise), then edit the conditioning (e.g. "
+                        "with SAE Slider) to edit the photo.",
             inputs=[
                 io.Model.Input("model", tooltip="A rectified-flow model (Flux family, SD3)."),
                 io.Conditioning.Input("conditioning", tooltip="The unedited prompt."),
@@ -531,12 +498,18 @@ class EditLabFlowInversion(EditLabNode):
                 io.Sigmas.Input("sigmas", tooltip="The sigmas the edit will be sampled with (e.g. BasicScheduler)."),
                 io.Int.Input("iterations", default=3, min=1, max=50,
                              tooltip="Fixed-point iterations per step: more is a closer inversion, and slower."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip="The CFG the edit will be sampled with (1: no CFG, e.g. Flux dev; SD3 uses "
+                                       "CFG). Other than 1 needs the negative."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="The negative prompt the edit will be sampled with (needed when cfg is "
+                                              "not 1)."),
             ],
             outputs=[io.Noise.Output(display_name="noise"), io.Latent.Output(display_name="inverted")],
         )
 
     @classmethod
-    def execute(cls, model, conditioning, latent, sigmas, iterations) -> io.NodeOutput:
+    def execute(cls, model, conditioning, latent, sigmas, iterations, cfg=1.0, negative=None) -> io.NodeOutput:
         kind = getattr(model.model.model_type, "name", str(model.model.model_type))
         if kind not in ("FLUX", "FLOW"):
             raise EditLabInputError("model", "a rectified-flow model (Flux family, SD3)", kind)
@@ -545,13 +518,24 @@ class EditLabFlowInversion(EditLabNode):
             raise EditLabInputError("sigmas", "a finite, 1-D schedule of at least 2 sigmas", tuple(sigmas.shape))
         if not bool(torch.isfinite(samples).all()):
             raise EditLabInputError("latent", "a latent of finite values (it holds NaN or infinite values)")
+        if cfg != 1.0 and negative is None:
+            raise EditLabInputError("negative", f"the negative prompt the edit is sampled with (cfg is {cfg:g}: the "
+                                                "inversion must use the same CFG as the sampling back)")
+        bar = host.progress(len(sigmas) - 1)
+        sampler = InversionSampler(iterations, on_step=lambda i, n: bar.update_absolute(i, n),
+                                   should_stop=host.check_interrupted)
         try:
-            out = host.sample_custom(model, torch.zeros_like(samples), 1.0, _InversionSampler(iterations),
-                                             sigmas, conditioning, conditioning, samples)
+            out = host.sample_custom(model, torch.zeros_like(samples), cfg, sampler, sigmas, conditioning,
+                                     conditioning if negative is None else negative, samples)
         except ValueError as exc:
             raise EditLabInputError("sigmas", str(exc)) from None
         noise = model.model.process_latent_in(out)  # the guider scaled its result out of model space; undo it
-        return io.NodeOutput(InvertedNoise(noise), {"samples": out})
+
+        def mismatch(shape):
+            return EditLabInputError("latent_image", f"a latent of the inverted image's shape {tuple(noise.shape)}",
+                                     shape)
+
+        return io.NodeOutput(InvertedNoise(noise, mismatch), {"samples": out})
 
 
 NODES = [EditLabSAETrain, EditLabSAELoader, EditLabSAEDirection, EditLabSAEDirectionLoader, EditLabSAESlider,

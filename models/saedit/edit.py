@@ -32,22 +32,3 @@ def apply_token_edit(embeddings: torch.Tensor, positions: list[int], delta: torc
         raise ValueError(f"token positions {positions} are outside the {out.shape[1]} tokens")
     out[:, idx] = out[:, idx] + strength * delta.to(out)
     return out
-
-
-def word_token_positions(word_ids: list[int], words: list[str], target: str, offset: int = 0) -> list[int]:
-    """Positions of the tokens of ``target`` (one word or several) in a tokenised prompt.
-
-    ``word_ids[i]`` is the 1-based word index of token i (0 for special and padding tokens), ``words`` the
-    prompt's words as the tokenizer split them. ``offset`` is added (SD3 puts T5 tokens after 77 CLIP tokens).
-    """
-    wanted = [w.strip(".,;:!?\"'()").lower() for w in target.split() if w.strip()]
-    if not wanted:
-        raise ValueError("the word to edit is empty")
-    norm = [w.strip(".,;:!?\"'()").lower() for w in words]
-    hits = []
-    for start in range(len(norm) - len(wanted) + 1):
-        if norm[start:start + len(wanted)] == wanted:
-            hits.extend(range(start + 1, start + 1 + len(wanted)))
-    if not hits:
-        raise ValueError(f"'{target}' is not a word of the prompt ({' '.join(words)})")
-    return [i + offset for i, w in enumerate(word_ids) if w in set(hits)]

@@ -33,3 +33,37 @@ def invert_euler(denoise: Callable[[torch.Tensor, float], torch.Tensor], x0: tor
         if on_step:
             on_step(done, total)
     return x
+
+
+class InversionSampler:
+    """A sampler object for the host's guider (``sample_custom``): the Euler reversal above, with the guider's own
+    denoiser, so conditioning, CFG with the negative, and model patches apply exactly as when sampling back."""
+
+    def __init__(self, iterations: int, on_step=None, should_stop=None):
+        self.iterations, self.on_step, self.should_stop = iterations, on_step, should_stop
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        ones = latent_image.new_ones((latent_image.shape[0],))
+
+        def denoise(x, sigma):
+            if self.should_stop is not None:
+                self.should_stop()
+            return model_wrap(x, ones * sigma, **extra_args)
+
+        return invert_euler(denoise, latent_image, sigmas, self.iterations, on_step=self.on_step)
+
+
+class InvertedNoise:
+    """A NOISE source (for SamplerCustomAdvanced) that returns the inverted latent; ``mismatch(shape)`` makes the
+    error raised for a latent of another shape."""
+
+    def __init__(self, noise: torch.Tensor, mismatch):
+        self.noise, self.mismatch = noise, mismatch
+        self.seed = 0
+
+    def generate_noise(self, input_latent):
+        shape = tuple(input_latent["samples"].shape)
+        if shape != tuple(self.noise.shape):
+            raise self.mismatch(shape)
+        return self.noise.clone()

@@ -278,21 +278,41 @@ def flux(comfy_host):
     return build_tiny_models("flux", 0)
 
 
-def _invert_and_resample(flux, steps, iterations):
+def _invert_and_resample(flux, steps, iterations, cfg=1.0):
     import comfy.sample
     import comfy.samplers
 
     from editlab.nodes.saedit import EditLabFlowInversion
 
     cond = flux.clip.encode_from_tokens_scheduled(flux.clip.tokenize("a red fox"))
+    neg = flux.clip.encode_from_tokens_scheduled(flux.clip.tokenize("blurry")) if cfg != 1.0 else cond
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
     latent = flux.vae.encode(image).detach()
     sigmas = comfy.samplers.calculate_sigmas(flux.model.get_model_object("model_sampling"), "simple", steps)
+    extra = {} if cfg == 1.0 else {"cfg": cfg, "negative": neg}
     noise, inverted = EditLabFlowInversion.execute(model=flux.model, conditioning=cond, latent={"samples": latent},
-                                                   sigmas=sigmas, iterations=iterations).result
-    back = comfy.sample.sample_custom(flux.model, noise.generate_noise({"samples": latent}), 1.0,
-                                      comfy.samplers.sampler_object("euler"), sigmas, cond, cond, latent)
+                                                   sigmas=sigmas, iterations=iterations, **extra).result
+    # sampled back by the host's own euler at the same cfg and negative
+    back = comfy.sample.sample_custom(flux.model, noise.generate_noise({"samples": latent}), cfg,
+                                      comfy.samplers.sampler_object("euler"), sigmas, cond, neg, latent)
     return latent, noise.noise, back
+
+
+def test_inversion_under_cfg_reconstructs_the_latent_sampled_with_that_cfg(flux):
+    """SD3 is sampled with CFG: the inversion runs the same CFG (positive and negative), and the host's euler at that
+    cfg takes its noise back to the latent; an inversion at cfg 1 does not."""
+    latent, noise, back = _invert_and_resample(flux, steps=20, iterations=10, cfg=3.5)
+    assert float((back - latent).abs().max()) < 1e-3 * float(latent.std())
+    import comfy.sample
+    import comfy.samplers
+
+    _, plain_noise, _ = _invert_and_resample(flux, steps=20, iterations=10)
+    cond = flux.clip.encode_from_tokens_scheduled(flux.clip.tokenize("a red fox"))
+    neg = flux.clip.encode_from_tokens_scheduled(flux.clip.tokenize("blurry"))
+    sigmas = comfy.samplers.calculate_sigmas(flux.model.get_model_object("model_sampling"), "simple", 20)
+    wrong = comfy.sample.sample_custom(flux.model, plain_noise, 3.5, comfy.samplers.sampler_object("euler"), sigmas,
+                                       cond, neg, latent)
+    assert float((wrong - latent).abs().max()) > 100 * float((back - latent).abs().max())
 
 
 def test_inversion_then_euler_sampling_reconstructs_the_latent(flux):
@@ -316,6 +336,9 @@ def test_inversion_rejects_non_flow_models_and_partial_schedules(comfy_host, flu
         EditLabFlowInversion.execute(model=sd15.model, conditioning=[], latent={"samples": torch.zeros(1, 4, 8, 8)},
                                      sigmas=torch.tensor([1.0, 0.0]), iterations=1)
     cond = flux.clip.encode_from_tokens_scheduled(flux.clip.tokenize("x"))
+    with pytest.raises(EditLabInputError, match="input 'negative': expected the negative prompt"):
+        EditLabFlowInversion.execute(model=flux.model, conditioning=cond, latent={"samples": torch.zeros(1, 16, 8, 8)},
+                                     sigmas=torch.tensor([1.0, 0.0]), iterations=1, cfg=3.5)
     with pytest.raises(EditLabInputError, match="input 'sigmas'.*end at 0"):
         EditLabFlowInversion.execute(model=flux.model, conditioning=cond, latent={"samples": torch.zeros(1, 16, 8, 8)},
                                      sigmas=torch.tensor([1.0, 0.5]), iterations=1)
@@ -341,6 +364,21 @@ def test_features_per_token_with_direction_labels(nodes, setup):
     direction_ids = set(setup["direction"].feature_ids.tolist())
     labelled = {f["id"] for row in table["tokens"] for f in row["features"] if f["labels"]}
     assert labelled <= direction_ids  # only the direction's features carry its label (saved under this SAE)
+    # a direction made of the features that fire most on 'man': they must show up labelled on that token
+    from editlab.models.saedit.tokens import word_positions
+
+    encoded = prompt_tokens(setup["tiny"].clip, PROMPT)
+    man = word_positions(setup["tiny"].clip, encoded, "man")[0]
+    codes = setup["sae"].sae.encode(encoded.embeddings[0, [man]].float())[0]
+    top = codes.topk(2).indices
+    vec = torch.zeros_like(codes)
+    vec[top] = 1.0
+    own = nodes.LoadedDirection(vec, top, vec[top], [], "man_features.safetensors")
+    _, text = nodes.EditLabSAEFeatures.execute(clip=setup["tiny"].clip, sae=setup["sae"], prompt=PROMPT, part="auto",
+                                               top_n=4, direction=own).result
+    row, = [r for r in json.loads(text)["tokens"] if r["position"] == man]
+    shown = {f["id"]: f["labels"] for f in row["features"]}
+    assert all("man_features" in shown[int(i)] for i in top), shown
     assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3 and 0 <= image.min() <= image.max() <= 1
     assert image.shape[1] >= 40 + 14 * len(positions)
 

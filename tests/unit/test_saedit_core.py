@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from editlab.models.saedit.direction import aggregate, direction_from_pairs, pair_vector
-from editlab.models.saedit.edit import apply_token_edit, decoded_delta, word_token_positions
+from editlab.models.saedit.edit import apply_token_edit, decoded_delta
 from editlab.models.saedit.files import SAEFileError, load_direction, load_sae, save_direction, save_sae
 from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder
 from editlab.models.saedit.schedule import step_strength, strengths
@@ -119,8 +119,33 @@ def test_aggregate_svd_aligns_sign_and_stays_on_the_support():
         d = aggregate(vectors, method)
         assert math.isclose(float(d.norm()), 1.0, rel_tol=1e-6)
         assert d[1] > 0.9 and d[0] == 0 and d[2] == 0  # sign follows the mean; no feature outside the support
-    out = direction_from_pairs([(torch.rand(3, 4), torch.rand(2, 4))] * 3)
-    assert out["feature_ids"].numel() >= 1 and torch.equal(out["direction"][out["feature_ids"]], out["weights"])
+
+
+
+def test_direction_from_pairs_by_hand():
+    """Three pairs over a 6-feature dictionary, worked out by hand. Every source fires feature 0 only, which no
+    target has (ratio 0). Feature 4 rises in the first two targets (3, 4), feature 1 in the second (2), feature 5 in
+    the third (0.5): at the 50th percentile each pair keeps exactly its rising features. The mean and the SVD's first
+    vector are computed here from those vectors by hand (a 2x2 eigenproblem), independently of the code."""
+    src = [torch.tensor([[1.0, 0, 0, 0, 0, 0]]), torch.tensor([[1.0, 0, 0, 0, 0, 0]]),
+           torch.tensor([[1.0, 0, 0, 0, 0, 0]])]
+    tgt = [torch.tensor([[0.0, 0, 0, 0, 3, 0]]), torch.tensor([[0.0, 2, 0, 0, 4, 0]]),
+           torch.tensor([[0.0, 0, 0, 0, 0, 0.5]])]
+    out = direction_from_pairs(list(zip(src, tgt)), "mean", percentile=50)
+    vectors = torch.tensor([[0, 0, 0, 0, 3, 0], [0, 2, 0, 0, 4, 0], [0, 0, 0, 0, 0, 0.5]])
+    assert torch.equal(out["pair_vectors"], vectors)
+    mean = torch.tensor([0, 2 / 3, 0, 0, 7 / 3, 0.5 / 3])
+    assert torch.allclose(out["direction"], mean / mean.norm())
+    assert out["feature_ids"].tolist() == [4, 1, 5]  # by weight
+    # svd: V^T V = diag-block [[4, 8], [8, 25]] on features (1, 4) and 0.25 on feature 5; the top eigenvector of the
+    # 2x2 block (eigenvalue 27.72 > 0.25) is (8, 27.72 - 4) normalised
+    lam = (29 + math.sqrt(21 ** 2 + 4 * 64)) / 2
+    v = torch.tensor([8.0, lam - 4])
+    v = v / v.norm()
+    svd = direction_from_pairs(list(zip(src, tgt)), "svd", percentile=50)
+    want = torch.zeros(6)
+    want[1], want[4] = v
+    assert torch.allclose(svd["direction"], want, atol=1e-5) and svd["feature_ids"].tolist() == [4, 1]
 
 
 def test_direction_errors_are_clear():
@@ -181,15 +206,6 @@ def test_edit_is_token_local_linear_and_exact_elsewhere():
                           (apply_token_edit(emb, [7], delta, -2.0) - emb))
     with pytest.raises(ValueError, match="8 wide but the embeddings are 5 wide"):
         apply_token_edit(torch.zeros(1, 3, 5), [0], delta, 1.0)
-
-
-def test_word_positions():
-    # "a smiling man": tokens [▁, a, ▁smiling, ▁man, </s>, pad...] with 1-based word ids
-    word_ids = [1, 1, 2, 3, 0, 0]
-    assert word_token_positions(word_ids, ["a", "smiling", "man"], "man") == [3]
-    assert word_token_positions(word_ids, ["a", "smiling", "man"], "smiling man", offset=77) == [79, 80]
-    with pytest.raises(ValueError, match="'woman' is not a word of the prompt"):
-        word_token_positions(word_ids, ["a", "smiling", "man"], "woman")
 
 
 def test_conditioning_layouts_per_family():
