@@ -26,12 +26,14 @@ def host():
     args.cpu = True
 
 
-def slider_overhead(steps=20, repeats=15):
+def slider_overhead(cfg: float, steps=20, repeats=15):
+    """(plain s, slid s, model calls plain, model calls slid) at ``cfg``: the slider is conditioning the host
+    schedules (timestep ranges), so under CFG it batches with the negative as the plain prompt does."""
     import comfy.sample
 
     from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder
     from editlab.models.tiny import build_tiny_models
-    from editlab.nodes.saedit import EditLabSAESlider, LoadedDirection, LoadedSAE
+    from editlab.nodes.saedit import EditLabSAESlider, EditLabTextEncode, LoadedDirection, LoadedSAE
 
     tiny = build_tiny_models("flux", 0)
     sae = SparseAutoencoder(SAEConfig(act_size=32, dict_size=1024, top_k=16))
@@ -39,25 +41,33 @@ def slider_overhead(steps=20, repeats=15):
     direction = torch.zeros(1024)
     direction[:8] = 1 / 8 ** 0.5
     prompt = "a portrait of a man in a park"
-    cond = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize(prompt))
+    cond, = EditLabTextEncode.execute(clip=tiny.clip, text=prompt).result
+    neg = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize("blurry"))
     edited, = EditLabSAESlider.execute(conditioning=cond, clip=tiny.clip, sae=LoadedSAE(sae, "bench", "t5"),
-                                       direction=LoadedDirection(direction, None, None, [], "bench"), prompt=prompt,
+                                       direction=LoadedDirection(direction, None, None, [], "bench"), prompt="",
                                        word="man", strength=1.0, schedule="exponential", part="auto").result
     latent = torch.zeros(1, 16, 16, 16)
     noise = comfy.sample.prepare_noise(latent, 0)
+    calls = []
+    dm = tiny.model.model.diffusion_model
+    dm.register_forward_pre_hook(lambda m, a: calls.append(1))
 
     def run(positive):
         t = time.perf_counter()
-        comfy.sample.sample(tiny.model, noise, steps, 1.0, "euler", "simple", positive, cond, latent,
+        comfy.sample.sample(tiny.model, noise, steps, cfg, "euler", "simple", positive, neg, latent,
                             disable_pbar=True)
         return time.perf_counter() - t
 
-    run(cond), run(edited)  # warm up
+    counted = []
+    for positive in (cond, edited):  # warm up, and count the model calls of one run each
+        calls.clear()
+        run(positive)
+        counted.append(len(calls))
     plain, slid = [], []
     for _ in range(repeats):  # interleaved, so drift hits both alike
         plain.append(run(cond))
         slid.append(run(edited))
-    return statistics.median(plain), statistics.median(slid)
+    return statistics.median(plain), statistics.median(slid), counted[0], counted[1]
 
 
 def training_throughput(width=4096, dict_size=16384, top_k=64, tokens=8192, batch=2048):
@@ -73,8 +83,10 @@ def training_throughput(width=4096, dict_size=16384, top_k=64, tokens=8192, batc
 
 if __name__ == "__main__":
     host()
-    plain, slid = slider_overhead()
-    print(f"tiny Flux, 20 euler steps, 16x16 latent: plain {plain * 1000:.1f} ms, with SAE slider "
-          f"{slid * 1000:.1f} ms: overhead ratio {slid / plain:.3f}x")
+    for cfg in (1.0, 3.5):
+        plain, slid, n_plain, n_slid = slider_overhead(cfg)
+        print(f"tiny Flux, 20 euler steps, cfg {cfg:g}, 16x16 latent: plain {plain * 1000:.1f} ms ({n_plain} model "
+              f"calls), with SAE slider {slid * 1000:.1f} ms ({n_slid} calls): overhead ratio {slid / plain:.3f}x "
+              f"(target <= 1.10x)")
     tps = training_throughput()
     print(f"SAE training at T5-XXL width (4096 -> 16384 latents, k=64), torch on this CPU: {tps:.0f} tokens/s")
