@@ -45,28 +45,6 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     return triton_available() and all(t.is_cuda for t in tensors if t is not None)
 
 
-class lazy_jit:
-    """``triton.jit`` applied at the first launch, once per interpreter mode.
-
-    ``triton.jit`` decides between the compiler and the CPU interpreter (``TRITON_INTERPRET``) when it decorates;
-    deciding at launch lets one process hold both (the test suite sets the variable for its kernel tests only).
-    Kernels wrapped this way call no other jitted helpers (those would be looked up undecorated).
-    """
-
-    def __init__(self, fn):
-        self.fn = fn
-        self._compiled = {}
-        functools.update_wrapper(self, fn)
-
-    def __getitem__(self, grid):
-        import triton
-
-        interpret = bool(triton.knobs.runtime.interpret)
-        if interpret not in self._compiled:
-            self._compiled[interpret] = triton.jit(self.fn)
-        return self._compiled[interpret][grid]
-
-
 def interpreter_needs_f32_dot(dtype: torch.dtype) -> bool:
     """Triton 3.8's CPU interpreter multiplies bfloat16 ``tl.dot`` operands wrongly (numpy has no bfloat16); under
     the interpreter the kernels widen those operands to float32 first (same products: bf16 values are exact in

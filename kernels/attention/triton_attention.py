@@ -15,12 +15,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dispatch import interpreter_needs_f32_dot, lazy_jit
+from ..dispatch import interpreter_needs_f32_dot
 
 LOG2E = 1.4426950408889634
 
 
-def _forward_kernel(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale, H, Nq, Nk, D,
+@triton.jit
+def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale, H, Nq, Nk, D,
                     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, sbb, sbh, sbn,
                     HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -79,7 +80,8 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, q
                  out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
-def _key_probs_kernel(q_ptr, k_ptr, keys_ptr, bias_ptr, lse_ptr, probs_ptr, scale, H, Nq, S, D,
+@triton.jit
+def _key_probs(q_ptr, k_ptr, keys_ptr, bias_ptr, lse_ptr, probs_ptr, scale, H, Nq, S, D,
                       sqb, sqh, sqn, skb, skh, skn, sbb, sbh, sbn,
                       HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -114,8 +116,6 @@ def _key_probs_kernel(q_ptr, k_ptr, keys_ptr, bias_ptr, lse_ptr, probs_ptr, scal
                  mask=m_ok[:, None] & s_ok[None, :])
 
 
-_forward = lazy_jit(_forward_kernel)
-_key_probs = lazy_jit(_key_probs_kernel)
 
 
 def _last_contiguous(t):

@@ -13,10 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dispatch import lazy_jit
 
 
-def _gather_sum_kernel(vals_ptr, idx_ptr, w_ptr, bias_ptr, out_ptr, K, d, stride_wm, stride_wd,
+@triton.jit
+def _gather_sum(vals_ptr, idx_ptr, w_ptr, bias_ptr, out_ptr, K, d, stride_wm, stride_wd,
                        HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -35,7 +35,8 @@ def _gather_sum_kernel(vals_ptr, idx_ptr, w_ptr, bias_ptr, out_ptr, K, d, stride
     tl.store(out_ptr + row * d + ds, acc.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
-def _gather_dot_kernel(grad_ptr, idx_ptr, w_ptr, out_ptr, K, d, stride_wm, stride_wd,
+@triton.jit
+def _gather_dot(grad_ptr, idx_ptr, w_ptr, out_ptr, K, d, stride_wm, stride_wd,
                        BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -52,7 +53,8 @@ def _gather_dot_kernel(grad_ptr, idx_ptr, w_ptr, out_ptr, K, d, stride_wm, strid
     tl.store(out_ptr + row * K + ks, acc.to(out_ptr.dtype.element_ty), mask=k_ok)
 
 
-def _scatter_rows_kernel(src_ptr, weights_ptr, rows_ptr, offsets_ptr, out_ptr, d, stride_om, stride_od,
+@triton.jit
+def _scatter_rows(src_ptr, weights_ptr, rows_ptr, offsets_ptr, out_ptr, d, stride_om, stride_od,
                          BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
     j = tl.program_id(0).to(tl.int64)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -70,9 +72,6 @@ def _scatter_rows_kernel(src_ptr, weights_ptr, rows_ptr, offsets_ptr, out_ptr, d
     tl.store(out_ptr + j * stride_om + ds * stride_od, acc.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
-_gather_sum = lazy_jit(_gather_sum_kernel)
-_gather_dot = lazy_jit(_gather_dot_kernel)
-_scatter_rows = lazy_jit(_scatter_rows_kernel)
 
 BLOCK_D = 128
 

@@ -10,10 +10,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dispatch import interpreter_needs_f32_dot, lazy_jit
+from ..dispatch import interpreter_needs_f32_dot
 
 
-def _encode_kernel(x_ptr, w_ptr, bdec_ptr, benc_ptr, out_ptr, n, d, m, threshold,
+@triton.jit
+def _encode(x_ptr, w_ptr, bdec_ptr, benc_ptr, out_ptr, n, d, m, threshold,
                    stride_xn, stride_wd, stride_on,
                    HAS_BENC: tl.constexpr, HAS_THRESHOLD: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -48,7 +49,6 @@ def _encode_kernel(x_ptr, w_ptr, bdec_ptr, benc_ptr, out_ptr, n, d, m, threshold
              mask=row_ok[:, None] & col_ok[None, :])
 
 
-_encode = lazy_jit(_encode_kernel)
 
 
 def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_dec: torch.Tensor, b_enc: torch.Tensor | None = None,
