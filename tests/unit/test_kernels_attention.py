@@ -1,0 +1,141 @@
+"""Attention with token maps (kernels/attention) under Triton's CPU interpreter, against
+``F.scaled_dot_product_attention`` and plain softmax math written here.
+
+The file runs in a child process with ``TRITON_INTERPRET=1`` (see kernel_interpreter.py). Lengths 1, 77 (a CLIP
+context), 333 (77 text + 256 image tokens, a joint sequence) and cross-attention (queries != keys), head dims 64 and
+128, float32 / float16 / bfloat16 with per-dtype tolerances (relative to the largest reference entry).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from editlab.tests.unit.kernel_interpreter import keep_only_the_child_runner
+
+pytest.importorskip("triton")
+
+from editlab.kernels.attention import attention, key_probabilities  # noqa: E402
+
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+LSE_TOL = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}  # lse: fp32 math on the same inputs
+# (B, H, Nq, Nk, D)
+SHAPES = [(1, 1, 1, 1, 64), (2, 3, 77, 77, 64), (1, 2, 333, 333, 128), (2, 2, 256, 77, 64)]
+CASES = [(*s, torch.float32) for s in SHAPES] + [(*s, dt) for s in SHAPES[1:3] for dt in (torch.float16,
+                                                                                             torch.bfloat16)]
+ids = lambda v: str(v).replace("torch.", "")  # noqa: E731
+
+
+@pytest.fixture(autouse=True)
+def forced_triton(monkeypatch):
+    monkeypatch.setenv("EDITLAB_KERNELS", "triton")
+
+
+def close(got, want, tol, what):
+    got, want = got.detach().double(), want.detach().double()
+    err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+    assert err <= tol, f"{what}: relative error {err:.2e} above {tol:.0e}"
+
+
+def qkv(B, H, Nq, Nk, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, n, D, generator=g).to(dtype) for n in (Nq, Nk, Nk)]
+
+
+def chosen_keys(Nk):
+    """A few distinct keys, the first and last included (ragged-edge blocks)."""
+    return torch.tensor(sorted({0, Nk // 3, Nk // 2, Nk - 1}))
+
+
+def plain_logits(q, k):
+    return q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,dtype", CASES, ids=ids)
+def test_without_maps_it_is_sdpa_and_returns_the_log_sum_exp(B, H, Nq, Nk, D, dtype):
+    q, k, v = qkv(B, H, Nq, Nk, D, dtype)
+    result = attention(q, k, v)
+    assert result.out.dtype == dtype and result.out.shape == (B, H, Nq, D) and result.probs is None
+    close(result.out, F.scaled_dot_product_attention(q.float(), k.float(), v.float()), TOL[dtype], "out")
+    close(result.lse, torch.logsumexp(plain_logits(q, k), -1), LSE_TOL[dtype], "lse")
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,dtype", CASES, ids=ids)
+def test_token_maps_are_the_softmax_restricted_to_the_chosen_keys(B, H, Nq, Nk, D, dtype):
+    q, k, v = qkv(B, H, Nq, Nk, D, dtype, seed=1)
+    keys = chosen_keys(Nk)
+    result = attention(q, k, v, keys)
+    want = plain_logits(q, k).softmax(-1)[..., keys]
+    assert result.probs.shape == (B, H, Nq, keys.numel())
+    close(result.probs, want, LSE_TOL[dtype] * 10, "probs")
+    close(result.out, F.scaled_dot_product_attention(q.float(), k.float(), v.float()), TOL[dtype], "out")
+    maps_only = key_probabilities(q, k, keys)
+    assert maps_only.out is None
+    close(maps_only.probs, want, LSE_TOL[dtype] * 10, "key_probabilities")
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,dtype", CASES, ids=ids)
+def test_bias_lands_on_the_chosen_keys_only(B, H, Nq, Nk, D, dtype):
+    q, k, v = qkv(B, H, Nq, Nk, D, dtype, seed=2)
+    keys = chosen_keys(Nk)
+    g = torch.Generator().manual_seed(3)
+    bias = -4 * torch.rand(B, 1, Nq, keys.numel(), generator=g)  # per query, shared by the heads
+    dense = torch.zeros(B, 1, Nq, Nk)
+    dense[..., keys] = bias
+    result = attention(q, k, v, keys, bias)
+    close(result.out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=dense),
+          TOL[dtype], "out with bias")
+    logits = plain_logits(q, k) + dense.double()
+    close(result.lse, torch.logsumexp(logits, -1), LSE_TOL[dtype], "lse with bias")
+    close(result.probs, logits.softmax(-1)[..., keys], LSE_TOL[dtype] * 10, "probs with bias")
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D", [(1, 1, 1, 1, 64), (2, 2, 77, 77, 64), (1, 1, 100, 333, 128)], ids=ids)
+def test_gradients_match_plain_attention(B, H, Nq, Nk, D):
+    q, k, v = [t.requires_grad_(True) for t in qkv(B, H, Nq, Nk, D, torch.float32, seed=4)]
+    keys = chosen_keys(Nk)
+    bias = (-2 * torch.rand(B, H, Nq, keys.numel())).requires_grad_(True)
+    g = torch.Generator().manual_seed(5)
+    w_out, w_probs = torch.randn(B, H, Nq, D, generator=g), torch.randn(B, H, Nq, keys.numel(), generator=g)
+    result = attention(q, k, v, keys, bias)
+    ((result.out * w_out).sum() + (result.probs * w_probs).sum()).backward()
+
+    leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v, bias)]
+    q2, k2, v2, b2 = leaves
+    dense = torch.zeros(B, H, Nq, Nk, dtype=torch.float64).index_copy(-1, keys, b2)
+    p = (plain_logits(q2, k2) + dense).softmax(-1)
+    ((p @ v2 * w_out.double()).sum() + (p[..., keys] * w_probs.double()).sum()).backward()
+    for name, t, leaf in zip("q k v bias".split(), (q, k, v, bias), leaves):
+        close(t.grad, leaf.grad, 1e-5, f"grad {name}")
+
+
+def test_inputs_are_checked():
+    q, k, v = qkv(1, 2, 8, 9, 64, torch.float32)
+    with pytest.raises(ValueError, match="bias needs keys"):
+        attention(q, k, v, None, torch.zeros(1, 1, 8, 2))
+    with pytest.raises(ValueError, match="0..8"):
+        attention(q, k, v, torch.tensor([3, 9]))
+    with pytest.raises(ValueError, match="distinct"):
+        attention(q, k, v, torch.tensor([3, 3]), torch.zeros(1, 1, 8, 2))
+    with pytest.raises(ValueError, match="bias must be"):
+        attention(q, k, v, torch.tensor([3, 4]), torch.zeros(1, 1, 7, 2))
+
+
+def test_comfy_override_runs_the_kernel_in_the_host_layout():
+    from editlab.kernels.attention.comfy import MapRequest, token_map_override
+
+    B, H, N, D = 1, 2, 333, 64
+    q, k, v = qkv(B, H, N, N, D, torch.float16, seed=6)
+    flat = [t.transpose(1, 2).reshape(B, N, H * D) for t in (q, k, v)]
+    keys, got = torch.tensor([0, 10, 76]), []
+    override = token_map_override(lambda *a: MapRequest(keys, None, got.append))
+
+    def host(*args, **kwargs):
+        raise AssertionError("the host's attention should not run when maps are asked for")
+
+    out = override(host, *flat, H, transformer_options={})
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).transpose(1, 2).reshape(B, N, H * D)
+    assert out.shape == (B, N, H * D) and out.dtype == torch.float16
+    close(out, want, TOL[torch.float16], "override out")
+    close(got[0].probs, plain_logits(q, k).softmax(-1)[..., keys], 1e-3, "override maps")
+
+
+keep_only_the_child_runner(globals(), __file__)
