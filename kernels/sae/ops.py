@@ -1,6 +1,7 @@
 """The SAE kernels as autograd Functions, and the entry points that dispatch (``kernels.dispatch``).
 
-``encode`` keeps, for the backward, only the input, the encoder and the kept (values, indices): the (n, m)
+``encode`` computes the (n, m) activations with ``triton_encode`` (GEMM + bias + ReLU / threshold in one kernel),
+selects, and keeps, for the backward, only the input, the encoder and the kept (values, indices): the (n, m)
 pre-activations exist only inside the forward. Gradients, with g = grad_values where value > 0 (the ReLU; padding
 entries have value 0 and so drop out):
 - x:      g scattered through W_enc's columns (``gather_sum`` over W_enc viewed as (m, d));
@@ -24,12 +25,24 @@ def _check(k, threshold):
         raise ValueError(f"k must be at least 1; got {k}")
 
 
+def _pre_activations(x, W_enc, b_dec, b_enc, threshold):
+    """The Triton GEMM with its fused epilogue; for float32 on CUDA without TF32, cuBLAS's SGEMM (a Triton float32
+    dot without TF32 runs on FMA units and loses to it) with the epilogue in place."""
+    if x.is_cuda and x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        xc = x - b_dec
+        pre = torch.addmm(b_enc, xc, W_enc) if b_enc is not None else xc @ W_enc
+        del xc
+        pre.relu_()
+        return pre.masked_fill_(pre <= threshold, 0) if threshold is not None else pre
+    from .triton_encode import pre_activations
+
+    return pre_activations(x, W_enc, b_dec, b_enc, threshold)
+
+
 class SAEEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, k, batch, threshold):
-        from .triton_encode import pre_activations
-
-        pre = pre_activations(x, W_enc, b_dec, b_enc, threshold)
+        pre = _pre_activations(x, W_enc, b_dec, b_enc, threshold)
         values, indices = reference.select(pre, k, batch, threshold)
         del pre
         ctx.save_for_backward(x, W_enc, b_dec, values, indices)
@@ -46,7 +59,8 @@ class SAEEncode(torch.autograd.Function):
         g = (grad_values * (values > 0)).contiguous()
         grad_x = grad_W = grad_benc = grad_bdec = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
-            grad_xc = gather_sum(g, indices, W_enc.t(), out_dtype=x.dtype)
+            # W_enc's columns are strided by m: one transposed copy (one pass over W_enc) makes the gather coalesced
+            grad_xc = gather_sum(g, indices, W_enc.t().contiguous(), out_dtype=x.dtype)
             grad_x = grad_xc if ctx.needs_input_grad[0] else None
             grad_bdec = -grad_xc.sum(0).to(b_dec.dtype) if ctx.needs_input_grad[3] else None
         if ctx.needs_input_grad[1]:

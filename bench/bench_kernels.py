@@ -1,0 +1,172 @@
+"""Fused kernels against their torch baselines, on a CUDA GPU (``triton.testing.do_bench``, medians in ms).
+
+  python bench/bench_kernels.py            (or: make bench, which runs every bench/)
+
+SAE training step (encode + decode, forward + backward), width 4096 -> 65,536 latents, k 300 per token, 4096
+tokens, float32 parameters as the trainer keeps them: ``SparseAutoencoder.training_losses`` through the kernels
+against the same call in eager torch (``EDITLAB_KERNELS=reference``); speed ratio and peak memory of each.
+Attention with token maps, 4,096 image + 512 text tokens, 24 heads, head dim 128, bfloat16, 8 chosen text keys:
+- ``F.scaled_dot_product_attention`` alone (the floor: FlashAttention-2 on an H100),
+- the kernel: output + log-sum-exp + probabilities on the chosen keys (and the same with a bias on them),
+- materialising the probabilities: SDPA plus softmax(q k^T) in float32 to read the chosen columns (what the maps
+  cost without the kernel);
+with the extra memory each needs over SDPA's output. Targets (issue 14): SAE step >= 1.5x eager with lower peak
+memory; maps >= 0.8x SDPA alone and >= 3x faster than materialising, O(N) extra memory.
+
+Rows are appended to out/bench/kernels.csv with the device, torch and Triton versions. Without a CUDA GPU the
+script says so, runs a tiny CPU sanity check of the references, and exits 0.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+if "editlab" not in sys.modules:
+    pkg = types.ModuleType("editlab")
+    pkg.__path__ = [str(ROOT)]
+    sys.modules["editlab"] = pkg
+
+from editlab.kernels.attention import attention  # noqa: E402
+from editlab.kernels.sae import decode, encode  # noqa: E402
+from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder  # noqa: E402
+
+OUT = ROOT / "out" / "bench" / "kernels.csv"
+
+
+class forced:
+    """EDITLAB_KERNELS set for a block."""
+
+    def __init__(self, mode):
+        self.mode = mode
+
+    def __enter__(self):
+        self.old = os.environ.get("EDITLAB_KERNELS")
+        os.environ["EDITLAB_KERNELS"] = self.mode
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("EDITLAB_KERNELS", None)
+        else:
+            os.environ["EDITLAB_KERNELS"] = self.old
+
+
+def measure(fn):
+    """(median ms, peak MiB above what was allocated before) of ``fn``."""
+    from triton.testing import do_bench
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return float(do_bench(fn, warmup=25, rep=200, return_mode="median")), peak
+
+
+def sae_rows(n=4096, d=4096, m=65536, k=300):
+    dev = torch.device("cuda")
+    sae = SparseAutoencoder(SAEConfig(act_size=d, dict_size=m, top_k=k, n_batches_to_dead=10 ** 9)).to(dev)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    sae.train()
+    x = torch.randn(n, d, device=dev)
+
+    def step():
+        for p in sae.parameters():
+            p.grad = None
+        sae.training_losses(x)["loss"].backward()
+
+    rows = {}
+    for mode in ("reference", "triton"):
+        with forced(mode):
+            rows[mode] = measure(step)
+    (eager_ms, eager_mib), (k_ms, k_mib) = rows["reference"], rows["triton"]
+    case = f"sae_step n{n} d{d} m{m} k{k} fp32"
+    return [(case, "eager torch", eager_ms, eager_mib, 1.0),
+            (case, "triton kernels", k_ms, k_mib, eager_ms / k_ms)]
+
+
+def attention_rows(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.bfloat16):
+    dev = torch.device("cuda")
+    n = img + txt
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, dim, device=dev, dtype=dtype, generator=g) for _ in range(3))
+    keys = torch.arange(1, 1 + n_keys, device=dev)  # text first, as in Flux's joint sequence
+    bias = torch.full((1, 1, n, n_keys), -2.0, device=dev, dtype=torch.float32)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def maps():
+        return attention(q, k, v, keys)
+
+    def maps_bias():
+        return attention(q, k, v, keys, bias)
+
+    def materialised():
+        out = F.scaled_dot_product_attention(q, k, v)
+        probs = (q.float() @ k.float().transpose(-1, -2) * dim ** -0.5).softmax(-1)[..., keys]
+        return out, probs
+
+    with forced("triton"):
+        sdpa_ms, sdpa_mib = measure(sdpa)
+        case = f"attention n{img}+{txt} h{heads} d{dim} {str(dtype).split('.')[-1]} keys{n_keys}"
+        rows = [(case, "sdpa alone", sdpa_ms, sdpa_mib, 1.0)]
+        for name, fn in (("kernel: out+lse+maps", maps), ("kernel: out+lse+maps+bias", maps_bias),
+                         ("sdpa + materialised probs", materialised)):
+            ms, mib = measure(fn)
+            rows.append((case, name, ms, mib, sdpa_ms / ms))
+    kernel_ms = rows[1][2]
+    rows.append((case, "materialised / kernel (speed-up)", rows[3][2], rows[3][3], rows[3][2] / kernel_ms))
+    return rows
+
+
+def cpu_sanity():
+    g = torch.Generator().manual_seed(0)
+    x, W_enc, W_dec = torch.randn(8, 16, generator=g), torch.randn(16, 64, generator=g), torch.randn(64, 16,
+                                                                                                     generator=g)
+    values, indices = encode(x, W_enc, torch.zeros(16), k=4)
+    assert decode(values, indices, W_dec).shape == (8, 16)
+    q = torch.randn(1, 2, 33, 64, generator=g)
+    result = attention(q, q, q, torch.tensor([0, 5]))
+    assert torch.allclose(result.out, F.scaled_dot_product_attention(q, q, q), atol=1e-5)
+
+
+def main():
+    if not torch.cuda.is_available():
+        t = time.monotonic()
+        cpu_sanity()
+        print(f"bench_kernels: needs a CUDA GPU (none here); CPU sanity check of the references passed in "
+              f"{time.monotonic() - t:.2f} s. Run `python bench/bench_kernels.py` on a GPU machine.")
+        return []
+    import triton
+
+    device = torch.cuda.get_device_name()
+    rows = sae_rows() + attention_rows()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    new = not OUT.exists()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    with open(OUT, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["time", "device", "torch", "triton", "case", "impl", "median_ms", "peak_mib",
+                        "speed_vs_baseline"])
+        for case, impl, ms, mib, ratio in rows:
+            w.writerow([stamp, device, torch.__version__, triton.__version__, case, impl, f"{ms:.4f}", f"{mib:.1f}",
+                        f"{ratio:.3f}"])
+    print(f"device: {device}; torch {torch.__version__}, triton {triton.__version__}")
+    for case, impl, ms, mib, ratio in rows:
+        print(f"{case:48s} {impl:36s} {ms:9.3f} ms {mib:9.1f} MiB  x{ratio:.2f}")
+    print(f"appended to {OUT}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
