@@ -42,28 +42,37 @@ def _host_mask(mask):
     return mask
 
 
+def attention_function(ask: MapRequest) -> Callable:
+    """A function with the signature of ComfyUI's attention functions (``attention_pytorch``: q, k, v, heads, mask,
+    attn_precision, skip_reshape, skip_output_reshape, ...) computing attention with the token-map kernel for
+    ``ask``. With a host mask the reference runs (the kernel's bias covers the chosen keys only)."""
+
+    def run(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False, **rest):
+        qh, kh, vh = (_heads_first(t, heads, skip_reshape) for t in (q, k, v))
+        keys = ask.keys.to(qh.device)
+        bias = None if ask.bias is None else ask.bias.to(qh.device)
+        if mask is None:
+            result = attention(qh, kh, vh, keys, bias)
+        else:
+            result = AttentionOutput(*reference.attention(qh, kh, vh, keys, bias, mask=_host_mask(mask)))
+        if ask.sink is not None:
+            ask.sink(result)
+        out = result.out
+        if skip_output_reshape:
+            return out
+        b, h, n, d = out.shape
+        return out.transpose(1, 2).reshape(b, n, h * d)
+
+    return run
+
+
 def token_map_override(request: Callable, previous: Callable | None = None) -> Callable:
     def override(func, *args, **kwargs):
-        def kernel(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
-                   **rest):
+        def kernel(q, k, v, heads, *more, **rest):
+            skip_reshape = rest.get("skip_reshape", False)
             qh, kh, vh = (_heads_first(t, heads, skip_reshape) for t in (q, k, v))
             ask = request(qh, kh, vh, rest.get("transformer_options") or {})
-            if ask is None:
-                return func(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
-                            skip_output_reshape=skip_output_reshape, **rest)
-            keys = ask.keys.to(qh.device)
-            bias = None if ask.bias is None else ask.bias.to(qh.device)
-            if mask is None:
-                result = attention(qh, kh, vh, keys, bias)
-            else:  # a host mask over all keys: the reference (the kernel's bias covers the chosen keys only)
-                result = AttentionOutput(*reference.attention(qh, kh, vh, keys, bias, mask=_host_mask(mask)))
-            if ask.sink is not None:
-                ask.sink(result)
-            out = result.out
-            if skip_output_reshape:
-                return out
-            b, h, n, d = out.shape
-            return out.transpose(1, 2).reshape(b, n, h * d)
+            return (func if ask is None else attention_function(ask))(q, k, v, heads, *more, **rest)
 
         if previous is not None:
             return previous(kernel, *args, **kwargs)
