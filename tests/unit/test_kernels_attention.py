@@ -138,4 +138,64 @@ def test_comfy_override_runs_the_kernel_in_the_host_layout():
     close(got[0].probs, plain_logits(q, k).softmax(-1)[..., keys], 1e-3, "override maps")
 
 
+# -- ConceptSplit on Flux: the map tap and the attention fixing guidance through the kernel ----------------------
+
+def _flux_call(patch, monkeypatch, mode, q, k, v, host):
+    monkeypatch.setenv("EDITLAB_KERNELS", mode)
+    options = {"block_type": "double", "block_index": 0, "cond_or_uncond": [0, 1]}  # row 0 conditional
+    return patch(host, q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True, transformer_options=options)
+
+
+def _sdpa_host(calls):
+    def host(q, k, v, heads, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
+        calls.append(mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return host
+
+
+FLUX_T, FLUX_GRID, CONCEPTS = 7, (4, 4), [[1, 2], [4]]  # 7 text tokens, then a 4x4 image grid
+
+
+def test_flux_map_tap_takes_its_maps_from_the_kernel(monkeypatch):
+    from types import SimpleNamespace
+
+    from editlab.models.conceptsplit.flux import FluxMapTap
+
+    n = FLUX_T + 16
+    q, k, v = qkv(2, 3, n, n, 64, torch.float32, seed=7)
+    tap = FluxMapTap(CONCEPTS, {"double.0": SimpleNamespace()}, (8, 8), FLUX_GRID)
+    tap._txt_len = FLUX_T
+    calls = []
+    out = _flux_call(tap, monkeypatch, "triton", q, k, v, _sdpa_host(calls))
+    assert calls == [None]  # the host's attention itself ran untouched
+    close(out, F.scaled_dot_product_attention(q, k, v), 1e-6, "host output")
+    probs = plain_logits(q[:1, :, FLUX_T:], k[:1]).softmax(-1).mean(1)[0]  # row 0: image queries, all keys
+    want = torch.stack([probs[:, c].sum(-1).reshape(FLUX_GRID) for c in CONCEPTS]).float()
+    want = F.interpolate(want[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
+    close(tap.maps(), want, 1e-5, "maps")
+
+
+def test_flux_afg_through_the_kernel_equals_the_dense_mask(monkeypatch):
+    from types import SimpleNamespace
+
+    from editlab.models.conceptsplit.flux import FluxAFG
+
+    n = FLUX_T + 16
+    q, k, v = qkv(2, 2, n, n, 64, torch.float32, seed=8)
+    masks = (torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(9)) > 0.5).float()
+    outs, calls = {}, {}
+    for mode in ("reference", "triton"):
+        afg = FluxAFG(CONCEPTS, masks, {"double.0": SimpleNamespace()}, 3.0, FLUX_GRID)
+        afg._txt_len = FLUX_T
+        calls[mode] = []
+        outs[mode] = (_flux_call(afg, monkeypatch, mode, q, k, v, _sdpa_host(calls[mode])), afg.outside)
+    assert calls["triton"] == [] and calls["reference"][0].shape == (2, 1, n, n)  # the kernel replaced the host
+    close(outs["triton"][0], outs["reference"][0], 1e-5, "AFG output")
+    assert outs["triton"][1][0] == pytest.approx(outs["reference"][1][0], rel=1e-6)  # the inspection record
+    # and the bias changed something: the conditional row moved, the unconditional row did not
+    plain = F.scaled_dot_product_attention(q, k, v)
+    assert not torch.allclose(outs["triton"][0][0], plain[0], atol=1e-4)
+    close(outs["triton"][0][1], plain[1], 1e-5, "unconditional row")
+
+
 keep_only_the_child_runner(globals(), __file__)
