@@ -1,7 +1,7 @@
 """Attention with token maps: dispatching entry points and the autograd Function around the Triton forward.
 
-The backward recomputes through the reference (``reference.attention`` under autograd): it forms the attention
-matrix of that one call, as eager attention does; the forward, which is what runs at every sampling step, does not.
+Forward and backward are Triton kernels (``triton_attention``): neither forms the attention matrix; the backward
+recomputes the probabilities from the saved log-sum-exp, as FlashAttention-2 does.
 """
 from __future__ import annotations
 
@@ -46,30 +46,21 @@ class _TritonAttention(torch.autograd.Function):
         from .triton_attention import attention as triton_attention
 
         out, lse, probs = triton_attention(q, k, v, keys, bias, scale, with_out=v is not None, with_probs=with_probs)
-        ctx.save_for_backward(q, k, v, keys, bias)
-        ctx.scale, ctx.with_probs = scale, with_probs
+        ctx.save_for_backward(q, k, v, keys, bias, out, lse, probs)
+        ctx.scale = scale
         return out, lse, probs
 
     @staticmethod
     def backward(ctx, g_out, g_lse, g_probs):
-        q, k, v, keys, bias = ctx.saved_tensors
-        inputs = [t for t in (q, k, v, bias) if t is not None]
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(True) for t in inputs]
-            it = iter(leaves)
-            q2, k2 = next(it), next(it)
-            v2 = next(it) if v is not None else None
-            b2 = next(it) if bias is not None else None
-            out, lse, probs = reference.attention(q2, k2, v2, keys if ctx.with_probs or b2 is not None else None,
-                                                  b2, ctx.scale, with_out=v is not None)
-            pairs = [(o, g) for o, g in ((out, g_out), (lse, g_lse), (probs, g_probs))
-                     if o is not None and g is not None]
-            grads = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
-        it = iter(grads)
-        gq, gk = next(it), next(it)
-        gv = next(it) if v is not None else None
-        gb = next(it) if bias is not None else None
-        return gq, gk, gv, None, gb, None, None
+        from .triton_attention import attention_backward
+
+        q, k, v, keys, bias, out, lse, probs = ctx.saved_tensors
+        dq, dk, dv, dbias = attention_backward(q, k, v, out, lse, probs, keys, bias, ctx.scale, g_out, g_lse,
+                                               g_probs)
+        if dbias is not None:  # summed over the dimensions the bias was broadcast along
+            spread = [i for i in (0, 1) if bias.shape[i] == 1 and dbias.shape[i] != 1]
+            dbias = (dbias.sum(dim=spread, keepdim=True) if spread else dbias).to(bias.dtype)
+        return dq, dk, dv, None, dbias, None, None
 
 
 def attention(q, k, v, keys=None, bias=None, scale=None) -> AttentionOutput:

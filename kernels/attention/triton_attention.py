@@ -22,9 +22,9 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale, H, Nq, Nk, D,
-                    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, sbb, sbh, sbn,
-                    HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, sbb, sbh, sbn,
+             HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -82,9 +82,9 @@ def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale
 
 @triton.jit
 def _key_probs(q_ptr, k_ptr, keys_ptr, bias_ptr, lse_ptr, probs_ptr, scale, H, Nq, S, D,
-                      sqb, sqh, sqn, skb, skh, skn, sbb, sbh, sbn,
-                      HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+               sqb, sqh, sqn, skb, skh, skn, sbb, sbh, sbn,
+               HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -171,3 +171,177 @@ def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_pro
                              *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)),
                              HAS_BIAS=has_bias, ALLOW_TF32=tf32, DOT_F32=dot_f32, BLOCK_M=BM, BLOCK_S=BS, BLOCK_D=BD)
     return out, lse, probs
+
+
+# -- backward ------------------------------------------------------------------------------------------------------
+# With P the softmax (recomputed from q, k and the saved lse), dO the output's gradient, G the gradient of the
+# probabilities on the chosen keys and g the log-sum-exp's gradient, the logits' gradient is
+#     dS_ij = P_ij * (dO_i . v_j - delta_i) + [j chosen] G_i,slot(j) * P_ij,
+#     delta_i = dO_i . out_i + sum_s G_is * probs_is - g_i          (one number per query, computed in torch);
+# then dq = scale * dS k, dk = scale * dS^T q, dv = P^T dO, dbias_is = dS_i,key(s). Two kernels, as in
+# FlashAttention-2: one per key block (dk, dv; walks the queries), one per query block (dq, dbias; walks the keys).
+
+
+@triton.jit
+def _mm(a, b, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr):
+    if DOT_F32:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif ALLOW_TF32:
+        c = tl.dot(a, b)
+    else:
+        c = tl.dot(a, b, input_precision="ieee")
+    return c
+
+
+@triton.jit
+def _probs_and_grad(q, k, v, do, lse2, delta, offs_m, offs_n, m_ok, n_ok, slot_ptr, bias_ptr, g_ptr, bh, qk_scale,
+                    Nq, S, sbb_bh, sbn, HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, HAS_G: tl.constexpr,
+                    ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr):
+    """(P, dS) of one (queries, keys) tile, P and dS float32, zero outside the valid rows and columns."""
+    s = _mm(q, tl.trans(k), ALLOW_TF32, DOT_F32) * qk_scale
+    slot = tl.load(slot_ptr + offs_n, mask=n_ok, other=-1)
+    chosen = (slot >= 0)[None, :] & m_ok[:, None]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + sbb_bh + offs_m[:, None].to(tl.int64) * sbn + slot[None, :], mask=chosen, other=0.0)
+        s += bias.to(tl.float32) * 1.4426950408889634
+    p = tl.exp2(s - lse2[:, None])
+    p = tl.where(m_ok[:, None] & n_ok[None, :], p, 0.0)
+    if HAS_V:
+        dp = _mm(do, tl.trans(v), ALLOW_TF32, DOT_F32)
+    else:
+        dp = tl.zeros(p.shape, dtype=tl.float32)
+    ds = p * (dp - delta[:, None])
+    if HAS_G:
+        g = tl.load(g_ptr + bh * Nq * S + offs_m[:, None].to(tl.int64) * S + slot[None, :], mask=chosen, other=0.0)
+        ds += g * p
+    return p, ds
+
+
+@triton.jit
+def _backward_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, slot_ptr, bias_ptr, g_ptr, dk_ptr, dv_ptr,
+                   qk_scale, scale, H, Nq, Nk, S, D, sbb, sbh, sbn,
+                   HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, HAS_G: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                   DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    sbb_bh = (bh // H) * sbb + (bh % H) * sbh
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < Nk
+    d_ok = offs_d < D
+    kv_off = bh * Nk * D + offs_n[:, None].to(tl.int64) * D + offs_d[None, :]
+    k = tl.load(k_ptr + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    if HAS_V:
+        v = tl.load(v_ptr + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        v = k
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for m0 in range(0, Nq, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < Nq
+        q_off = bh * Nq * D + offs_m[:, None].to(tl.int64) * D + offs_d[None, :]
+        q = tl.load(q_ptr + q_off, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        if HAS_V:
+            do = tl.load(do_ptr + q_off, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        else:
+            do = q
+        lse2 = tl.load(lse_ptr + bh * Nq + offs_m, mask=m_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_ptr + bh * Nq + offs_m, mask=m_ok, other=0.0)
+        p, ds = _probs_and_grad(q, k, v, do, lse2, delta, offs_m, offs_n, m_ok, n_ok, slot_ptr, bias_ptr, g_ptr, bh,
+                                qk_scale, Nq, S, sbb_bh, sbn, HAS_BIAS, HAS_V, HAS_G, ALLOW_TF32, DOT_F32)
+        if HAS_V:
+            dv += _mm(tl.trans(p.to(do.dtype)), do, ALLOW_TF32, DOT_F32)
+        dk += _mm(tl.trans(ds.to(q.dtype)), q, ALLOW_TF32, DOT_F32)
+    tl.store(dk_ptr + kv_off, (dk * scale).to(dk_ptr.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+    if HAS_V:
+        tl.store(dv_ptr + kv_off, dv.to(dv_ptr.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _backward_dq(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, slot_ptr, bias_ptr, g_ptr, dq_ptr, dbias_ptr,
+                 qk_scale, scale, H, Nq, Nk, S, D, sbb, sbh, sbn,
+                 HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, HAS_G: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                 DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    sbb_bh = (bh // H) * sbb + (bh % H) * sbh
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < Nq
+    d_ok = offs_d < D
+    q_off = bh * Nq * D + offs_m[:, None].to(tl.int64) * D + offs_d[None, :]
+    q = tl.load(q_ptr + q_off, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    if HAS_V:
+        do = tl.load(do_ptr + q_off, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        do = q
+    lse2 = tl.load(lse_ptr + bh * Nq + offs_m, mask=m_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(delta_ptr + bh * Nq + offs_m, mask=m_ok, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for n0 in range(0, Nk, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < Nk
+        kv_off = bh * Nk * D + offs_n[:, None].to(tl.int64) * D + offs_d[None, :]
+        k = tl.load(k_ptr + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if HAS_V:
+            v = tl.load(v_ptr + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        else:
+            v = k
+        p, ds = _probs_and_grad(q, k, v, do, lse2, delta, offs_m, offs_n, m_ok, n_ok, slot_ptr, bias_ptr, g_ptr, bh,
+                                qk_scale, Nq, S, sbb_bh, sbn, HAS_BIAS, HAS_V, HAS_G, ALLOW_TF32, DOT_F32)
+        dq += _mm(ds.to(k.dtype), k, ALLOW_TF32, DOT_F32)
+        if HAS_BIAS:
+            slot = tl.load(slot_ptr + offs_n, mask=n_ok, other=-1)
+            tl.store(dbias_ptr + bh * Nq * S + offs_m[:, None].to(tl.int64) * S + slot[None, :], ds,
+                     mask=m_ok[:, None] & (slot >= 0)[None, :])
+    tl.store(dq_ptr + q_off, (dq * scale).to(dq_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+def attention_backward(q, k, v, out, lse, probs, keys, bias, scale, g_out, g_lse, g_probs):
+    """(dq, dk, dv or None, dbias (B, H, Nq, S) float32 or None) for the forward's inputs and results."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    scale = D ** -0.5 if scale is None else float(scale)
+    q, k = q.contiguous(), k.contiguous()
+    has_v = v is not None and g_out is not None
+    v = v.contiguous() if v is not None else None
+    delta = torch.zeros(B, H, Nq, device=q.device, dtype=torch.float32)
+    if has_v:
+        g_out = g_out.contiguous()
+        delta += (g_out.float() * out.float()).sum(-1)
+    has_g = g_probs is not None and probs is not None
+    if has_g:
+        g_probs = g_probs.float().contiguous()
+        delta += (g_probs * probs).sum(-1)
+    if g_lse is not None:
+        delta -= g_lse.float()
+    S = keys.numel() if keys is not None else 0
+    slot = torch.full((Nk,), -1, device=q.device, dtype=torch.int32)
+    if S:
+        slot[keys] = torch.arange(S, device=q.device, dtype=torch.int32)
+    has_bias = bias is not None
+    if has_bias:
+        bias = (bias if bias.stride(-1) == 1 else bias.contiguous()).expand(B, H, Nq, S)
+        dbias = torch.zeros(B, H, Nq, S, device=q.device, dtype=torch.float32)
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dv = torch.empty_like(v) if has_v else None
+    dummy = delta
+    tf32 = q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32
+    flags = dict(HAS_BIAS=has_bias, HAS_V=has_v, HAS_G=has_g, ALLOW_TF32=tf32,
+                 DOT_F32=interpreter_needs_f32_dot(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+    block = 64 if D <= 64 else 32
+    common = (lse.contiguous(), delta, slot, bias if has_bias else dummy, g_probs if has_g else dummy)
+    bstrides = (bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)
+    if B * H and Nq and Nk:
+        _backward_dkdv[(triton.cdiv(Nk, block), B * H)](
+            q, k, v if has_v else k, g_out if has_v else q, *common, dk, dv if has_v else dk,
+            scale * LOG2E, scale, H, Nq, Nk, S, D, *bstrides, BLOCK_M=block, BLOCK_N=block, **flags)
+        _backward_dq[(triton.cdiv(Nq, block), B * H)](
+            q, k, v if has_v else k, g_out if has_v else q, *common, dq, dbias if has_bias else dummy,
+            scale * LOG2E, scale, H, Nq, Nk, S, D, *bstrides, BLOCK_M=block, BLOCK_N=block, **flags)
+    else:
+        dq.zero_(), dk.zero_()
+        if has_v:
+            dv.zero_()
+    return dq, dk, dv, (dbias if has_bias else None)
