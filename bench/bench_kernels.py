@@ -104,6 +104,9 @@ def attention_rows(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.b
     def sdpa():
         return F.scaled_dot_product_attention(q, k, v)
 
+    def plain():
+        return attention(q, k, v)
+
     def maps():
         return attention(q, k, v, keys)
 
@@ -120,7 +123,7 @@ def attention_rows(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.b
         case = f"attention n{img}+{txt} h{heads} d{dim} {str(dtype).split('.')[-1]} keys{n_keys}"
         rows = [(case, "sdpa alone", sdpa_ms, sdpa_mib, 1.0)]
         for name, fn in (("kernel: out+lse+maps", maps), ("kernel: out+lse+maps+bias", maps_bias),
-                         ("sdpa + materialised probs", materialised)):
+                         ("sdpa + materialised probs", materialised), ("kernel: out+lse (no maps)", plain)):
             ms, mib = measure(fn)
             rows.append((case, name, ms, mib, sdpa_ms / ms))
     kernel_ms = rows[1][2]

@@ -118,6 +118,13 @@ def _key_probs(q_ptr, k_ptr, keys_ptr, bias_ptr, lse_ptr, probs_ptr, scale, H, N
 
 
 
+# Tried on the GPU at the first call of each shape (triton.autotune); the interpreter takes ``_blocks``.
+_FORWARD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+                    for bm, bn, w, st in ((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
+                                          (128, 32, 4, 3), (64, 128, 4, 2))]
+_forward_tuned = triton.autotune(_FORWARD_CONFIGS, key=["Nq", "Nk", "D", "HAS_BIAS", "HAS_V"])(_forward)
+
+
 def _last_contiguous(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -152,13 +159,16 @@ def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_pro
     grid = (triton.cdiv(Nq, BM), B * H)
     if B * H and Nq:
         vv, oo = (v, out) if with_out else (q, lse)
-        _forward[grid](q, k, vv, slot, bias, oo, lse, scale * LOG2E, H, Nq, Nk, D,
-                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                       vv.stride(0), vv.stride(1), vv.stride(2) if vv.ndim == 4 else 0,
-                       *((out.stride(0), out.stride(1), out.stride(2)) if with_out else (0, 0, 0)),
-                       *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)),
-                       HAS_BIAS=has_bias, HAS_V=with_out, ALLOW_TF32=tf32, DOT_F32=dot_f32,
-                       BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, num_warps=4 if D <= 64 else 8, num_stages=2)
+        args = (q, k, vv, slot, bias, oo, lse, scale * LOG2E, H, Nq, Nk, D,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                vv.stride(0), vv.stride(1), vv.stride(2),
+                *((out.stride(0), out.stride(1), out.stride(2)) if with_out else (0, 0, 0)),
+                *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)))
+        flags = dict(HAS_BIAS=has_bias, HAS_V=with_out, ALLOW_TF32=tf32, DOT_F32=dot_f32, BLOCK_D=BD)
+        if q.is_cuda and not triton.knobs.runtime.interpret:
+            _forward_tuned[lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)](*args, **flags)
+        else:
+            _forward[grid](*args, **flags, BLOCK_M=BM, BLOCK_N=BN)
     probs = None
     if keys is not None and with_probs:
         S = keys.numel()

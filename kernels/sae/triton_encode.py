@@ -51,6 +51,14 @@ def _encode(x_ptr, w_ptr, bdec_ptr, benc_ptr, out_ptr, n, d, m, threshold,
 
 
 
+# GEMM tilings tried on the GPU at the first call of each shape (triton.autotune); the interpreter takes one.
+_encode_tuned = triton.autotune(
+    [triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_D": bd}, num_warps=w, num_stages=st)
+     for bn, bm, bd, w, st in ((128, 128, 32, 4, 4), (128, 256, 64, 8, 3), (64, 128, 32, 4, 4), (128, 128, 64, 8, 3),
+                               (64, 256, 32, 4, 4))],
+    key=["n", "d", "m", "HAS_BENC", "HAS_THRESHOLD"])(_encode)
+
+
 def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_dec: torch.Tensor, b_enc: torch.Tensor | None = None,
                     threshold: float | None = None) -> torch.Tensor:
     """(n, m) activations in ``x``'s dtype (fp32 accumulation); zero at or below ``threshold`` when given."""
@@ -60,13 +68,15 @@ def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_dec: torch.Tensor, b
     out = torch.empty(n, m, device=x.device, dtype=x.dtype)
     if n == 0:
         return out
-    BLOCK_N, BLOCK_M, BLOCK_D = 64, 128, 32
-    grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(m, BLOCK_M))
-    _encode[grid](x, W_enc, b_dec, b_enc.contiguous() if b_enc is not None else b_dec, out, n, d, m,
-                  float(threshold) if threshold is not None else 0.0,
-                  x.stride(0), W_enc.stride(0), out.stride(0),
-                  HAS_BENC=b_enc is not None, HAS_THRESHOLD=threshold is not None,
-                  ALLOW_TF32=x.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32,
-                  DOT_F32=interpreter_needs_f32_dot(x.dtype),
-                  BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D)
+    args = (x, W_enc, b_dec, b_enc.contiguous() if b_enc is not None else b_dec, out, n, d, m,
+            float(threshold) if threshold is not None else 0.0, x.stride(0), W_enc.stride(0), out.stride(0))
+    flags = dict(HAS_BENC=b_enc is not None, HAS_THRESHOLD=threshold is not None,
+                 ALLOW_TF32=x.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32,
+                 DOT_F32=interpreter_needs_f32_dot(x.dtype))
+    if x.is_cuda and not triton.knobs.runtime.interpret:
+        _encode_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))](*args, **flags)
+    else:
+        BLOCK_N, BLOCK_M, BLOCK_D = 64, 128, 32
+        _encode[(triton.cdiv(n, BLOCK_N), triton.cdiv(m, BLOCK_M))](*args, **flags, BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M,
+                                                                     BLOCK_D=BLOCK_D)
     return out
