@@ -121,3 +121,17 @@ def test_override_chains_to_the_previous_override_and_respects_a_host_mask():
     assert torch.allclose(out, want, atol=1e-5)
     logits = q @ k.transpose(-1, -2) / D ** 0.5 + mask[:, None]
     assert torch.allclose(got[0].probs, logits.softmax(-1)[..., [0, 3]], atol=1e-6)
+
+
+def test_sae_training_on_the_cpu_keeps_the_dense_path(monkeypatch):
+    from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder
+
+    monkeypatch.delenv("EDITLAB_KERNELS", raising=False)
+
+    def not_here(self, x):
+        raise AssertionError("the sparse kernels ran on CPU tensors")
+
+    monkeypatch.setattr(SparseAutoencoder, "_sparse_training_losses", not_here)
+    sae = SparseAutoencoder(SAEConfig(act_size=8, dict_size=32, top_k=2))
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    assert torch.isfinite(sae.training_losses(torch.randn(5, 8))["loss"])
