@@ -25,10 +25,14 @@ def _check(k, threshold):
         raise ValueError(f"k must be at least 1; got {k}")
 
 
+def _cublas_float32(x) -> bool:
+    """Float32 on CUDA without TF32: cuBLAS's SGEMM (a Triton float32 dot without TF32 runs on FMA units)."""
+    return x.is_cuda and x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+
+
 def _pre_activations(x, W_enc, b_dec, b_enc, threshold):
-    """The Triton GEMM with its fused epilogue; for float32 on CUDA without TF32, cuBLAS's SGEMM (a Triton float32
-    dot without TF32 runs on FMA units and loses to it) with the epilogue in place."""
-    if x.is_cuda and x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    """The Triton GEMM with its fused epilogue, or (``_cublas_float32``) torch's GEMM with the epilogue in place."""
+    if _cublas_float32(x):
         xc = x - b_dec
         pre = torch.addmm(b_enc, xc, W_enc) if b_enc is not None else xc @ W_enc
         del xc

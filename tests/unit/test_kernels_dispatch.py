@@ -135,3 +135,13 @@ def test_sae_training_on_the_cpu_keeps_the_dense_path(monkeypatch):
     sae = SparseAutoencoder(SAEConfig(act_size=8, dict_size=32, top_k=2))
     sae.reset_parameters(torch.Generator().manual_seed(0))
     assert torch.isfinite(sae.training_losses(torch.randn(5, 8))["loss"])
+
+
+def test_the_kernel_benchmark_runs_its_code_without_a_gpu():
+    """bench/bench_kernels.py's own code at toy sizes on the CPU (what it does when no GPU is at hand)."""
+    import runpy
+    from pathlib import Path
+
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[2] / "bench" / "bench_kernels.py"))
+    rows = bench["dry_run"]()
+    assert [r[1] for r in rows][:3] == ["eager torch", "triton kernels", "sdpa alone (flash backend)"]

@@ -129,6 +129,20 @@ def test_encode_keeps_no_dense_activations_for_the_backward():
     assert saved and all(torch.Size(s).numel() < 77 * 333 for s in saved), saved
 
 
+@pytest.mark.parametrize("rule", [dict(k=7), dict(k=7, batch=True), dict(threshold=0.5)], ids=str)
+def test_float32_gemm_branch_selects_the_same_codes(monkeypatch, rule):
+    """On CUDA float32 without TF32 the encoder's GEMM is torch's (cuBLAS); same codes as the Triton GEMM."""
+    from editlab.kernels.sae import ops
+
+    x, W_enc, b_enc, b_dec, _ = problem(77, 40, 333, torch.float32, seed=5)
+    triton_codes = encode(x, W_enc, b_dec, b_enc, **rule)
+    monkeypatch.setattr(ops, "_cublas_float32", lambda x: True)
+    torch_codes = encode(x, W_enc, b_dec, b_enc, **rule)
+    assert as_set(*torch_codes) == as_set(*triton_codes)
+    pre = dense_pre(x, W_enc, b_enc, b_dec)
+    close(torch_codes[0], pre.gather(1, torch_codes[1]) * (torch_codes[0] > 0), torch.float32, "values")
+
+
 def test_encode_needs_one_selection_rule():
     x, W_enc, b_enc, b_dec, _ = problem(4, 16, 32, torch.float32)
     with pytest.raises(ValueError, match="exactly one"):
