@@ -4,7 +4,8 @@
 
 SAE training step (encode + decode, forward + backward), width 4096 -> 65,536 latents, k 300 per token, 4096
 tokens, float32 parameters as the trainer keeps them: ``SparseAutoencoder.training_losses`` through the kernels
-against the same call in eager torch (``EDITLAB_KERNELS=reference``); speed ratio and peak memory of each.
+against the same call in eager torch (``EDITLAB_KERNELS=reference``); speed ratio and peak memory of each. The
+sparse decoder alone against ``F.embedding_bag`` and, when installed, EleutherAI sparsify's Triton decoder.
 Attention with token maps, 4,096 image + 512 text tokens, 24 heads, head dim 128, bfloat16, 8 chosen text keys:
 - ``F.scaled_dot_product_attention`` alone (the anchor: its FlashAttention-2 backend; the default backend too),
 - the kernel: output + log-sum-exp + probabilities on the chosen keys (and the same with a bias on them),
@@ -37,6 +38,7 @@ if "editlab" not in sys.modules:
     sys.modules["editlab"] = pkg
 
 from editlab.kernels.attention import attention  # noqa: E402
+from editlab.kernels.sae import decode  # noqa: E402
 from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder  # noqa: E402
 
 OUT = ROOT / "out" / "bench" / "kernels.csv"
@@ -101,6 +103,47 @@ def sae_rows(n=4096, d=4096, m=65536, k=300, device="cuda", timer=measure, kerne
             (case, "triton kernels", k_ms, k_mib, eager_ms / k_ms)]
 
 
+def decoder_rows(n=4096, d=4096, m=65536, k=300, device="cuda", timer=measure, kernels="triton"):
+    """The sparse decoder alone, forward + backward: ours, torch's embedding_bag, and EleutherAI sparsify's Triton
+    decoder when it is installed (``pip install eai-sparsify``; its API has moved between versions: skipped if it
+    does not fit)."""
+    import torch.nn.functional as F
+
+    dev = torch.device(device)
+    g = torch.Generator(device=dev).manual_seed(0)
+    W_dec = torch.randn(m, d, device=dev, generator=g).requires_grad_(True)
+    values = torch.rand(n, k, device=dev, generator=g).requires_grad_(True)
+    indices = torch.randint(0, m, (n, k), device=dev, generator=g)
+    grad = torch.randn(n, d, device=dev, generator=g)
+    impls = {"embedding_bag (eager)": lambda: F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")}
+
+    def ours():
+        with forced(kernels):
+            return decode(values, indices, W_dec)
+
+    impls["triton kernels"] = ours
+    try:
+        from sparsify.utils import triton_decode
+
+        impls["sparsify triton_decode"] = lambda: triton_decode(indices, values, W_dec)
+    except Exception as e:  # not installed, or another API
+        print(f"sparsify's decoder not measured: {type(e).__name__}: {e}")
+    case = f"sae_decode fwd+bwd n{n} d{d} m{m} k{k} fp32"
+    rows, base = [], None
+    for name, fn in impls.items():
+        def step(fn=fn):
+            values.grad = W_dec.grad = None
+            fn().backward(grad)
+        try:
+            ms, mib = timer(step)
+        except Exception as e:
+            print(f"{name} failed: {type(e).__name__}: {e}")
+            continue
+        base = base or ms
+        rows.append((case, name, ms, mib, base / ms))
+    return rows
+
+
 def attention_rows(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.bfloat16, device="cuda",
                    timer=measure, kernels="triton"):
     dev = torch.device(device)
@@ -148,9 +191,10 @@ def attention_rows(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.b
 def dry_run():
     """The bench's code on the CPU at toy sizes, through the torch references (what runs without a GPU)."""
     rows = sae_rows(n=64, d=32, m=256, k=4, device="cpu", timer=cpu_measure, kernels="reference")
+    rows += decoder_rows(n=64, d=32, m=256, k=4, device="cpu", timer=cpu_measure, kernels="reference")[:2]
     rows += attention_rows(img=64, txt=13, heads=2, dim=64, n_keys=3, dtype=torch.float32, device="cpu",
                            timer=cpu_measure, kernels="reference")
-    assert len(rows) == 2 + 7 and all(r[2] >= 0 for r in rows)
+    assert len(rows) == 2 + 2 + 7 and all(r[2] >= 0 for r in rows)
     return rows
 
 
@@ -164,7 +208,7 @@ def main():
     import triton
 
     device = torch.cuda.get_device_name()
-    rows = sae_rows() + attention_rows()
+    rows = sae_rows() + decoder_rows() + attention_rows()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     new = not OUT.exists()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -144,4 +144,5 @@ def test_the_kernel_benchmark_runs_its_code_without_a_gpu():
 
     bench = runpy.run_path(str(Path(__file__).resolve().parents[2] / "bench" / "bench_kernels.py"))
     rows = bench["dry_run"]()
-    assert [r[1] for r in rows][:3] == ["eager torch", "triton kernels", "sdpa alone (flash backend)"]
+    assert [r[1] for r in rows][:5] == ["eager torch", "triton kernels", "embedding_bag (eager)", "triton kernels",
+                                        "sdpa alone (flash backend)"]
