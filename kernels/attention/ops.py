@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..dispatch import use_triton
+from ..dispatch import triton_or_none, use_triton
 from . import reference
 
 
@@ -20,7 +20,7 @@ class AttentionOutput(NamedTuple):
 
 
 def _check(q, k, v, keys, bias):
-    if q.ndim != 4 or k.ndim != 4 or k.shape[:2] != q.shape[:2] and k.shape[0] != 1 or k.shape[-1] != q.shape[-1]:
+    if q.ndim != 4 or k.ndim != 4 or k.shape[:2] != q.shape[:2] or k.shape[-1] != q.shape[-1]:
         raise ValueError(f"q, k must be (B, H, N, D) with the same B, H, D; got {tuple(q.shape)}, {tuple(k.shape)}")
     if v is not None and v.shape[:-1] != k.shape[:-1]:
         raise ValueError(f"v must match k's (B, H, Nk); got {tuple(v.shape)} and {tuple(k.shape)}")
@@ -68,7 +68,9 @@ def attention(q, k, v, keys=None, bias=None, scale=None) -> AttentionOutput:
     probabilities on those keys; ``bias`` (B|1, H|1, Nq, S) is added to the logits of those keys only."""
     _check(q, k, v, keys, bias)
     if use_triton(q, k, v):
-        return AttentionOutput(*_TritonAttention.apply(q, k, v, keys, bias, scale, keys is not None))
+        done = triton_or_none(_TritonAttention.apply, q, k, v, keys, bias, scale, keys is not None)
+        if done is not None:
+            return AttentionOutput(*done)
     return AttentionOutput(*reference.attention(q, k, v, keys, bias, scale))
 
 
@@ -77,5 +79,7 @@ def key_probabilities(q, k, keys, bias=None, scale=None) -> AttentionOutput:
     over all keys, without the value product."""
     _check(q, k, None, keys, bias)
     if use_triton(q, k):
-        return AttentionOutput(*_TritonAttention.apply(q, k, None, keys, bias, scale, True))
+        done = triton_or_none(_TritonAttention.apply, q, k, None, keys, bias, scale, True)
+        if done is not None:
+            return AttentionOutput(*done)
     return AttentionOutput(*reference.attention(q, k, k, keys, bias, scale, with_out=False))

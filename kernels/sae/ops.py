@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import use_triton
+from ..dispatch import triton_or_none, use_triton
 from . import reference
 
 
@@ -104,12 +104,17 @@ def encode(x, W_enc, b_dec, b_enc=None, k=None, batch=False, threshold=None):
     _check(k, threshold)
     threshold = float(threshold) if threshold is not None else None
     if use_triton(x, W_enc, b_dec):
-        return SAEEncode.apply(x, W_enc, b_enc, b_dec, None if k is None else int(k), bool(batch), threshold)
+        done = triton_or_none(SAEEncode.apply, x, W_enc, b_enc, b_dec, None if k is None else int(k), bool(batch),
+                              threshold)
+        if done is not None:
+            return done
     return reference.encode(x, W_enc, b_dec, b_enc, k, batch, threshold)
 
 
 def decode(values, indices, W_dec, b_dec=None):
     """(n, d) ``sum_s values[:, s] * W_dec[indices[:, s]] + b_dec``."""
     if use_triton(values, W_dec):
-        return SAEDecode.apply(values, indices, W_dec, b_dec)
+        done = triton_or_none(SAEDecode.apply, values, indices, W_dec, b_dec)
+        if done is not None:
+            return done
     return reference.decode(values, indices, W_dec, b_dec)

@@ -129,6 +129,21 @@ def test_gradients_match_plain_attention(B, H, Nq, Nk, D, dtype, maps_only):
         close(t.grad, leaf.grad, GRAD_TOL[dtype], f"grad {name}", floor=0.1)  # one key: q and bias grads are 0
 
 
+def test_nothing_of_the_attention_matrix_size_is_kept_for_the_backward():
+    B, H, N, D = 1, 2, 333, 64
+    q, k, v = [t.requires_grad_(True) for t in qkv(B, H, N, N, D, torch.float32, seed=10)]
+    keys, saved = chosen_keys(N), []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = attention(q, k, v, keys, torch.zeros(B, 1, N, keys.numel()))
+    assert saved and all(torch.Size(s).numel() <= B * H * N * D for s in saved), saved  # O(N) per head
+    result.out.sum().backward()  # and the backward runs from that state
+
+
 def test_inputs_are_checked():
     q, k, v = qkv(1, 2, 8, 9, 64, torch.float32)
     with pytest.raises(ValueError, match="bias needs keys"):

@@ -146,3 +146,28 @@ def test_the_kernel_benchmark_runs_its_code_without_a_gpu():
     rows = bench["dry_run"]()
     assert [r[1] for r in rows][:5] == ["eager torch", "triton kernels", "embedding_bag (eager)", "triton kernels",
                                         "sdpa alone (flash backend)"]
+
+
+def test_a_kernel_that_fails_here_falls_back_to_the_reference_once_logged(monkeypatch, caplog):
+    from editlab.kernels.sae import ops
+
+    monkeypatch.setattr(dispatch, "_broken", set())
+    monkeypatch.setattr(ops, "use_triton", lambda *t: True)
+    calls = []
+
+    def fails(*args):
+        calls.append(1)
+        raise RuntimeError("out of resources: shared memory")
+
+    monkeypatch.setattr(ops.SAEEncode, "apply", fails)
+    monkeypatch.delenv("EDITLAB_KERNELS", raising=False)
+    x, W_enc, b_dec = torch.randn(4, 8), torch.randn(8, 16), torch.zeros(8)
+    want = torch.relu(x @ W_enc).topk(3, dim=-1)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            values, indices = encode(x, W_enc, b_dec, k=3)
+            assert torch.equal(values, want.values) and torch.equal(indices, want.indices)
+    assert len(calls) == 1 and sum("using the torch reference" in r.message for r in caplog.records) == 1
+    monkeypatch.setenv("EDITLAB_KERNELS", "triton")  # forced: the error is the caller's to see
+    with pytest.raises(RuntimeError, match="out of resources"):
+        encode(x, W_enc, b_dec, k=3)
