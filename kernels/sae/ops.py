@@ -47,7 +47,7 @@ class SAEEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, k, batch, threshold):
         pre = _pre_activations(x, W_enc, b_dec, b_enc, threshold)
-        values, indices = reference.select(pre, k, batch, threshold)
+        values, indices = reference.select(pre, k, batch, threshold, inplace=True)
         del pre
         ctx.save_for_backward(x, W_enc, b_dec, values, indices)
         ctx.has_benc = b_enc is not None

@@ -23,25 +23,28 @@ def pre_activations(x, W_enc, b_dec, b_enc=None):
     return torch.relu(pre)
 
 
-def _rows_of(pre: torch.Tensor, keep: torch.Tensor):
-    """(values, indices) of the entries of ``pre`` where ``keep``, per row, padded with zeros."""
+def _rows_of(pre: torch.Tensor, keep: torch.Tensor, inplace: bool = False):
+    """(values, indices) of the entries of ``pre`` where ``keep``, per row, padded with zeros (``inplace``: ``pre``
+    is a temporary and may be overwritten)."""
     width = max(int(keep.sum(-1).max()) if keep.numel() else 0, 1)
-    masked = torch.where(keep, pre, torch.full_like(pre, float("-inf")))
+    masked = pre.masked_fill_(~keep, float("-inf")) if inplace else pre.masked_fill(~keep, float("-inf"))
     values, indices = masked.topk(min(width, pre.shape[-1]), dim=-1)
     pad = torch.isinf(values)
     return values.masked_fill(pad, 0), indices.masked_fill(pad, 0)
 
 
-def select(pre: torch.Tensor, k: int | None = None, batch: bool = False, threshold: float | None = None):
-    """(values, indices) kept of the (n, m) activations ``pre`` (see the module docstring)."""
+def select(pre: torch.Tensor, k: int | None = None, batch: bool = False, threshold: float | None = None,
+           inplace: bool = False):
+    """(values, indices) kept of the (n, m) activations ``pre`` (see the module docstring); ``inplace``: ``pre`` is
+    a temporary the selection may overwrite (saves one (n, m) buffer)."""
     if threshold is not None:
-        return _rows_of(pre, pre > threshold)
+        return _rows_of(pre, pre > threshold, inplace)
     if not batch:
         return pre.topk(min(k, pre.shape[-1]), dim=-1)
     flat = pre.reshape(-1)
     _, idx = flat.topk(min(k * pre.shape[0], flat.numel()), sorted=False)
     keep = torch.zeros_like(flat, dtype=torch.bool).scatter_(0, idx, True).reshape(pre.shape)
-    return _rows_of(pre, keep)
+    return _rows_of(pre, keep, inplace)
 
 
 def encode(x, W_enc, b_dec, b_enc=None, k=None, batch=False, threshold=None):
