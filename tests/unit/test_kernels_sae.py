@@ -1,8 +1,9 @@
 """SAE kernels (kernels/sae) under Triton's CPU interpreter against plain torch math written here, in float64.
 
 Each test forces the Triton path (``EDITLAB_KERNELS=triton``); the file runs in a child process with
-``TRITON_INTERPRET=1`` (see kernel_interpreter.py) unless this process already imported Triton that way. Shapes are small and odd on purpose (lengths 1, 77, 333; widths that
-are no power of two); tolerances are per dtype, relative to the largest reference entry.
+``TRITON_INTERPRET=1`` (see kernel_interpreter.py) unless this process already imported Triton that way. Shapes
+are small and odd on purpose (lengths 1, 77, 333; widths that are no power of two); tolerances are per dtype,
+relative to the largest reference entry.
 """
 import pytest
 import torch
