@@ -21,62 +21,108 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale, H, Nq, Nk, D,
+def _mm(a, b, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr):
+    """``tl.dot`` with fp32 accumulation: TF32 allowed or not (as torch's matmul flag), or widened to float32 (the
+    interpreter's bf16 workaround, ``interpreter_needs_f32_dot``)."""
+    if DOT_F32:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif ALLOW_TF32:
+        c = tl.dot(a, b)
+    else:
+        c = tl.dot(a, b, input_precision="ieee")
+    return c
+
+
+@triton.jit
+def _load_tile(ptrs, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
+    """A 2-D load masked only along the dimensions that do not divide the block."""
+    if EVEN_ROWS and EVEN_COLS:
+        t = tl.load(ptrs)
+    elif EVEN_ROWS:
+        t = tl.load(ptrs, mask=cols_ok[None, :], other=0.0)
+    elif EVEN_COLS:
+        t = tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
+    else:
+        t = tl.load(ptrs, mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
+    return t
+
+
+@triton.jit
+def _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk, skn, svn, qk_scale,
+            slot_ptr, bias_base, sbn, WITH_BIAS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr,
+            DOT_F32: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
+    """One key block of the online softmax: the running maximum, sum and output updated."""
+    offs_n = n0 + offs_nb
+    n_ok = offs_n < Nk
+    k = _load_tile(k_base + offs_n[:, None] * skn + offs_d[None, :], n_ok, d_ok, EVEN_N, EVEN_D)
+    s = _mm(q, tl.trans(k), ALLOW_TF32, DOT_F32) * qk_scale
+    if WITH_BIAS:
+        slot = tl.load(slot_ptr + offs_n, mask=n_ok, other=-1)
+        bias = tl.load(bias_base + offs_m[:, None] * sbn + slot[None, :], mask=m_ok[:, None] & (slot >= 0)[None, :],
+                       other=0.0)
+        s += bias.to(tl.float32) * 1.4426950408889634
+    if not EVEN_N:
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if HAS_V:
+        v = _load_tile(v_base + offs_n[:, None] * svn + offs_d[None, :], n_ok, d_ok, EVEN_N, EVEN_D)
+        acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, ALLOW_TF32, DOT_F32)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale, H, Nq, Nk, D, key_lo, key_hi,
              sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, sbb, sbh, sbn,
              HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
+             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
+    # int64 only in the per-(batch, head) base pointers; offsets inside one head fit 32 bits (fewer registers)
+    q_base = q_ptr + b * sqb + h * sqh
+    k_base = k_ptr + b * skb + h * skh
+    v_base = v_ptr + b * svb + h * svh
+    bias_base = bias_ptr + b * sbb + h * sbh
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_nb = tl.arange(0, BLOCK_N)
     m_ok = offs_m < Nq
     d_ok = offs_d < D
-    q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqn + offs_d[None, :],
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    q = _load_tile(q_base + offs_m[:, None] * sqn + offs_d[None, :], m_ok, d_ok, False, EVEN_D)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for n0 in range(0, Nk, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Nk
-        k = tl.load(k_ptr + b * skb + h * skh + offs_n[:, None].to(tl.int64) * skn + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if DOT_F32:
-            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-        elif ALLOW_TF32:
-            s = tl.dot(q, tl.trans(k))
-        else:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        s = s * qk_scale
-        if HAS_BIAS:
-            slot = tl.load(slot_ptr + offs_n, mask=n_ok, other=-1)
-            chosen = slot >= 0
-            bias = tl.load(bias_ptr + b * sbb + h * sbh + offs_m[:, None].to(tl.int64) * sbn + slot[None, :],
-                           mask=m_ok[:, None] & chosen[None, :], other=0.0)
-            s += bias.to(tl.float32) * 1.4426950408889634
-        s = tl.where(n_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if HAS_V:
-            v = tl.load(v_ptr + b * svb + h * svh + offs_n[:, None].to(tl.int64) * svn + offs_d[None, :],
-                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            if DOT_F32:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32),
-                                                    input_precision="ieee")
-            elif ALLOW_TF32:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        m_i = m_new
+    if HAS_BIAS:
+        # the key blocks holding chosen keys read the bias; the others run the plain loop (softmax order is free)
+        lo = (key_lo // BLOCK_N) * BLOCK_N
+        hi = tl.minimum(((key_hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, ((Nk + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
+        for n0 in range(lo, hi, BLOCK_N):
+            acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, True, HAS_V, ALLOW_TF32, DOT_F32,
+                                    EVEN_N, EVEN_D)
+        for n0 in range(0, lo, BLOCK_N):
+            acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, False, HAS_V, ALLOW_TF32, DOT_F32,
+                                    EVEN_N, EVEN_D)
+        for n0 in range(hi, Nk, BLOCK_N):
+            acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, False, HAS_V, ALLOW_TF32, DOT_F32,
+                                    EVEN_N, EVEN_D)
+    else:
+        for n0 in range(0, Nk, BLOCK_N):
+            acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, False, HAS_V, ALLOW_TF32, DOT_F32,
+                                    EVEN_N, EVEN_D)
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
     tl.store(lse_ptr + pid_bh.to(tl.int64) * Nq + offs_m, lse, mask=m_ok)
     if HAS_V:
         out = acc / l_i[:, None]
-        tl.store(out_ptr + b * sob + h * soh + offs_m[:, None].to(tl.int64) * son + offs_d[None, :],
+        tl.store(out_ptr + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
@@ -118,11 +164,14 @@ def _key_probs(q_ptr, k_ptr, keys_ptr, bias_ptr, lse_ptr, probs_ptr, scale, H, N
 
 
 
-# Tried on the GPU at the first call of each shape (triton.autotune); the interpreter takes ``_blocks``.
+# Tried on the GPU at the first call of each shape (triton.autotune); the interpreter takes ``_blocks``. Tilings that
+# spill hundreds of bytes of registers at head dim 64 or 128 on sm_90 (ptxas -v: 128x128 with 8 warps, 128x64 and
+# 64x128 with 4) are left out.
 _FORWARD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-                    for bm, bn, w, st in ((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
-                                          (128, 32, 4, 3), (64, 128, 4, 2))]
-_forward_tuned = triton.autotune(_FORWARD_CONFIGS, key=["Nq", "Nk", "D", "HAS_BIAS", "HAS_V"])(_forward)
+                    for bm, bn, w, st in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 4),
+                                          (64, 64, 4, 3), (64, 32, 4, 3))]
+_forward_tuned = triton.autotune(_FORWARD_CONFIGS, key=["Nq", "Nk", "D", "HAS_BIAS", "HAS_V"])(
+    triton.heuristics({"EVEN_N": lambda args: args["Nk"] % args["BLOCK_N"] == 0})(_forward))
 
 
 def _last_contiguous(t):
@@ -159,16 +208,17 @@ def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_pro
     grid = (triton.cdiv(Nq, BM), B * H)
     if B * H and Nq:
         vv, oo = (v, out) if with_out else (q, lse)
-        args = (q, k, vv, slot, bias, oo, lse, scale * LOG2E, H, Nq, Nk, D,
+        key_lo, key_hi = (int(keys.min()), int(keys.max()) + 1) if has_bias and keys.numel() else (0, 0)
+        args = (q, k, vv, slot, bias, oo, lse, scale * LOG2E, H, Nq, Nk, D, key_lo, key_hi,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 vv.stride(0), vv.stride(1), vv.stride(2),
                 *((out.stride(0), out.stride(1), out.stride(2)) if with_out else (0, 0, 0)),
                 *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)))
-        flags = dict(HAS_BIAS=has_bias, HAS_V=with_out, ALLOW_TF32=tf32, DOT_F32=dot_f32, BLOCK_D=BD)
+        flags = dict(HAS_BIAS=has_bias, HAS_V=with_out, ALLOW_TF32=tf32, DOT_F32=dot_f32, EVEN_D=BD == D, BLOCK_D=BD)
         if q.is_cuda and not triton.knobs.runtime.interpret:
             _forward_tuned[lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)](*args, **flags)
         else:
-            _forward[grid](*args, **flags, BLOCK_M=BM, BLOCK_N=BN)
+            _forward[grid](*args, **flags, EVEN_N=Nk % BN == 0, BLOCK_M=BM, BLOCK_N=BN)
     probs = None
     if keys is not None and with_probs:
         S = keys.numel()
@@ -190,17 +240,6 @@ def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_pro
 #     delta_i = dO_i . out_i + sum_s G_is * probs_is - g_i          (one number per query, computed in torch);
 # then dq = scale * dS k, dk = scale * dS^T q, dv = P^T dO, dbias_is = dS_i,key(s). Two kernels, as in
 # FlashAttention-2: one per key block (dk, dv; walks the queries), one per query block (dq, dbias; walks the keys).
-
-
-@triton.jit
-def _mm(a, b, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr):
-    if DOT_F32:
-        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    elif ALLOW_TF32:
-        c = tl.dot(a, b)
-    else:
-        c = tl.dot(a, b, input_precision="ieee")
-    return c
 
 
 @triton.jit

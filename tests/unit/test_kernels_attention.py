@@ -18,7 +18,8 @@ from editlab.kernels.attention import attention, key_probabilities  # noqa: E402
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 LSE_TOL = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}  # lse: fp32 math on the same inputs
 # (B, H, Nq, Nk, D)
-SHAPES = [(1, 1, 1, 1, 64), (2, 3, 77, 77, 64), (1, 2, 333, 333, 128), (2, 2, 256, 77, 64)]
+SHAPES = [(1, 1, 1, 1, 64), (2, 3, 77, 77, 64), (1, 2, 333, 333, 128), (2, 2, 256, 77, 64),
+          (1, 2, 64, 128, 64), (1, 1, 50, 64, 80)]  # the last two: key blocks without masks; a head dim of 80
 CASES = [(*s, torch.float32) for s in SHAPES] + [(*s, dt) for s in SHAPES[1:3] for dt in (torch.float16,
                                                                                              torch.bfloat16)]
 ids = lambda v: str(v).replace("torch.", "")  # noqa: E731
@@ -87,6 +88,20 @@ def test_bias_lands_on_the_chosen_keys_only(B, H, Nq, Nk, D, dtype):
     logits = plain_logits(q, k) + dense.double()
     close(result.lse, torch.logsumexp(logits, -1), LSE_TOL[dtype], "lse with bias")
     close(result.probs, logits.softmax(-1)[..., keys], LSE_TOL[dtype] * 10, "probs with bias")
+
+
+@pytest.mark.parametrize("keys", [[3, 5, 9], [150, 160, 170], [330]], ids=["text first", "middle", "last block"])
+def test_bias_on_keys_clustered_in_a_few_blocks(keys):
+    """The kernel reads the bias only in the key blocks holding chosen keys; the other blocks run without it."""
+    q, k, v = qkv(1, 2, 333, 333, 64, torch.float16, seed=11)
+    keys = torch.tensor(keys)
+    bias = -3 * torch.rand(1, 2, 333, keys.numel(), generator=torch.Generator().manual_seed(12))
+    dense = torch.zeros(1, 2, 333, 333)
+    dense[..., keys] = bias
+    result = attention(q, k, v, keys, bias)
+    close(result.out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=dense),
+          TOL[torch.float16], "out")
+    close(result.probs, (plain_logits(q, k) + dense.double()).softmax(-1)[..., keys], 1e-3, "probs")
 
 
 GRAD_TOL = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
