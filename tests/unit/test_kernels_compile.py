@@ -96,22 +96,32 @@ def test_attention_maps_and_backward_bf16_d128():
                                      BLOCK_M=32, BLOCK_N=32, BLOCK_D=128))
 
 
-def test_sae_kernels():
-    """The encoder GEMM in bf16 (float32 without TF32 goes to cuBLAS), the sparse kernels in float32 (the trainer's)."""
-    from editlab.kernels.sae import triton_decode as td
+@pytest.mark.parametrize("i", range(5), ids=lambda i: f"config{i}")
+def test_sae_encoder_every_autotuned_config_bf16(i, tmp_path):
+    """(Float32 without TF32 goes to cuBLAS instead.)"""
     from editlab.kernels.sae import triton_encode as te
 
-    cfg = te._encode_tuned.configs[1]
-    compile_sm90(te._encode, dict(x_ptr="*bf16", w_ptr="*bf16", bdec_ptr="*bf16", benc_ptr="*bf16", out_ptr="*bf16",
-                                  threshold="fp32", stride_xn="i64", stride_wd="i64", stride_on="i64"),
-                 dict(HAS_BENC=True, HAS_THRESHOLD=True, ALLOW_TF32=True, DOT_F32=False, **cfg.kwargs),
-                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    cfg = te._encode_tuned.configs[i]
+    kernel = compile_sm90(te._encode, dict(x_ptr="*bf16", w_ptr="*bf16", bdec_ptr="*bf16", benc_ptr="*bf16",
+                                           out_ptr="*bf16", threshold="fp32", stride_xn="i64", stride_wd="i64",
+                                           stride_on="i64"),
+                          dict(HAS_BENC=True, HAS_THRESHOLD=True, ALLOW_TF32=True, DOT_F32=False, **cfg.kwargs),
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    assert spill_bytes(kernel.asm["ptx"], tmp_path) <= 64
+
+
+def test_sae_sparse_kernels_float32(tmp_path):
+    """The gathers and the sorted scatter in float32 (the trainer's dtype)."""
+    from editlab.kernels.sae import triton_decode as td
+
     dt = "fp32"
-    compile_sm90(td._gather_sum, dict(vals_ptr=f"*{dt}", idx_ptr="*i64", w_ptr=f"*{dt}", bias_ptr=f"*{dt}",
-                                      out_ptr=f"*{dt}", stride_wm="i64", stride_wd="i64"),
-                 dict(HAS_BIAS=True, BLOCK_K=64, BLOCK_D=128))
-    compile_sm90(td._gather_dot, dict(grad_ptr=f"*{dt}", idx_ptr="*i64", w_ptr=f"*{dt}", out_ptr=f"*{dt}",
-                                      stride_wm="i64", stride_wd="i64"), dict(BLOCK_K=64, BLOCK_D=128))
-    compile_sm90(td._scatter_rows, dict(src_ptr=f"*{dt}", weights_ptr=f"*{dt}", rows_ptr="*i32", offsets_ptr="*i64",
-                                        out_ptr=f"*{dt}", stride_om="i64", stride_od="i64"),
-                 dict(BLOCK_E=16, BLOCK_D=128))
+    kernels = [
+        compile_sm90(td._gather_sum, dict(vals_ptr=f"*{dt}", idx_ptr="*i64", w_ptr=f"*{dt}", bias_ptr=f"*{dt}",
+                                          out_ptr=f"*{dt}", stride_wm="i64", stride_wd="i64"),
+                     dict(HAS_BIAS=True, BLOCK_K=64, BLOCK_D=128)),
+        compile_sm90(td._gather_dot, dict(grad_ptr=f"*{dt}", idx_ptr="*i64", w_ptr=f"*{dt}", out_ptr=f"*{dt}",
+                                          stride_wm="i64", stride_wd="i64"), dict(BLOCK_K=64, BLOCK_D=128)),
+        compile_sm90(td._scatter_rows, dict(src_ptr=f"*{dt}", weights_ptr=f"*{dt}", rows_ptr="*i32",
+                                            offsets_ptr="*i64", out_ptr=f"*{dt}", stride_om="i64", stride_od="i64"),
+                     dict(BLOCK_E=16, BLOCK_D=128))]
+    assert all(spill_bytes(k.asm["ptx"], tmp_path) == 0 for k in kernels)
