@@ -170,8 +170,19 @@ def _key_probs(q_ptr, k_ptr, keys_ptr, bias_ptr, lse_ptr, probs_ptr, scale, H, N
 _FORWARD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
                     for bm, bn, w, st in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 4),
                                           (64, 64, 4, 3), (64, 32, 4, 3))]
-_forward_tuned = triton.autotune(_FORWARD_CONFIGS, key=["Nq", "Nk", "D", "HAS_BIAS", "HAS_V"])(
-    triton.heuristics({"EVEN_N": lambda args: args["Nk"] % args["BLOCK_N"] == 0})(_forward))
+
+
+def _tuned(configs):
+    return triton.autotune(configs, key=["Nq", "Nk", "D", "HAS_BIAS", "HAS_V"])(
+        triton.heuristics({"EVEN_N": lambda args: args["Nk"] % args["BLOCK_N"] == 0})(_forward))
+
+
+_forward_tuned = _tuned(_FORWARD_CONFIGS)
+
+
+def _autotuned(t: torch.Tensor) -> bool:
+    """The autotuned launch on a GPU; the interpreter (which cannot time configs) takes ``_blocks``."""
+    return t.is_cuda and not triton.knobs.runtime.interpret
 
 
 def _last_contiguous(t):
@@ -215,7 +226,7 @@ def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_pro
                 *((out.stride(0), out.stride(1), out.stride(2)) if with_out else (0, 0, 0)),
                 *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)))
         flags = dict(HAS_BIAS=has_bias, HAS_V=with_out, ALLOW_TF32=tf32, DOT_F32=dot_f32, EVEN_D=BD == D, BLOCK_D=BD)
-        if q.is_cuda and not triton.knobs.runtime.interpret:
+        if _autotuned(q):
             _forward_tuned[lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)](*args, **flags)
         else:
             _forward[grid](*args, **flags, EVEN_N=Nk % BN == 0, BLOCK_M=BM, BLOCK_N=BN)

@@ -54,11 +54,21 @@ def _encode(x_ptr, w_ptr, bdec_ptr, benc_ptr, out_ptr, n, d, m, threshold,
 
 # GEMM tilings tried on the GPU at the first call of each shape (triton.autotune); the interpreter takes one. All
 # compile for sm_90 without register spills worth the name in bf16 (ptxas -v; tests/unit/test_kernels_compile.py).
-_encode_tuned = triton.autotune(
-    [triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_D": bd}, num_warps=w, num_stages=st)
-     for bn, bm, bd, w, st in ((128, 128, 64, 8, 3), (64, 256, 32, 8, 4), (128, 256, 32, 8, 3), (64, 128, 32, 4, 4),
-                               (64, 128, 64, 4, 3))],
-    key=["n", "d", "m", "HAS_BENC", "HAS_THRESHOLD"])(_encode)
+_ENCODE_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_D": bd}, num_warps=w, num_stages=st)
+                   for bn, bm, bd, w, st in ((128, 128, 64, 8, 3), (64, 256, 32, 8, 4), (128, 256, 32, 8, 3),
+                                             (64, 128, 32, 4, 4), (64, 128, 64, 4, 3))]
+
+
+def _tuned(configs):
+    return triton.autotune(configs, key=["n", "d", "m", "HAS_BENC", "HAS_THRESHOLD"])(_encode)
+
+
+_encode_tuned = _tuned(_ENCODE_CONFIGS)
+
+
+def _autotuned(t: torch.Tensor) -> bool:
+    """The autotuned launch on a GPU; the interpreter (which cannot time configs) takes one tiling."""
+    return t.is_cuda and not triton.knobs.runtime.interpret
 
 
 def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_dec: torch.Tensor, b_enc: torch.Tensor | None = None,
@@ -75,7 +85,7 @@ def pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_dec: torch.Tensor, b
     flags = dict(HAS_BENC=b_enc is not None, HAS_THRESHOLD=threshold is not None,
                  ALLOW_TF32=x.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32,
                  DOT_F32=interpreter_needs_f32_dot(x.dtype))
-    if x.is_cuda and not triton.knobs.runtime.interpret:
+    if _autotuned(x):
         _encode_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))](*args, **flags)
     else:
         BLOCK_N, BLOCK_M, BLOCK_D = 64, 128, 32

@@ -104,6 +104,24 @@ def test_bias_on_keys_clustered_in_a_few_blocks(keys):
     close(result.probs, (plain_logits(q, k) + dense.double()).softmax(-1)[..., keys], 1e-3, "probs")
 
 
+@pytest.mark.parametrize("Nk", [128, 130], ids=["keys divide the blocks", "ragged keys"])
+def test_the_autotuned_launch_with_each_config(monkeypatch, Nk):
+    """The GPU's launch path (autotuner, EVEN_N heuristic, grid from the config), one config at a time: the
+    interpreter cannot time them, so each runs alone."""
+    from editlab.kernels.attention import triton_attention as ta
+
+    q, k, v = qkv(1, 2, 130, Nk, 64, torch.float16, seed=13)
+    keys = torch.tensor([1, 2, 70])
+    bias = -2 * torch.rand(1, 1, 130, 3, generator=torch.Generator().manual_seed(14))
+    dense = torch.zeros(1, 1, 130, Nk)
+    dense[..., keys] = bias
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=dense)
+    monkeypatch.setattr(ta, "_autotuned", lambda t: True)
+    for cfg in ta._FORWARD_CONFIGS:
+        monkeypatch.setattr(ta, "_forward_tuned", ta._tuned([cfg]))
+        close(attention(q, k, v, keys, bias).out, want, TOL[torch.float16], f"out with {cfg}")
+
+
 GRAD_TOL = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 GRAD_CASES = [(1, 1, 1, 1, 64, torch.float32), (2, 2, 77, 77, 64, torch.float32), (1, 1, 100, 333, 128, torch.float32),
               (1, 2, 77, 77, 64, torch.float16), (1, 2, 77, 77, 64, torch.bfloat16)]

@@ -144,6 +144,18 @@ def test_float32_gemm_branch_selects_the_same_codes(monkeypatch, rule):
     close(torch_codes[0], pre.gather(1, torch_codes[1]) * (torch_codes[0] > 0), torch.float32, "values")
 
 
+def test_the_autotuned_encoder_launch_with_each_config(monkeypatch):
+    """The GPU's launch path of the encoder GEMM, one config at a time (the interpreter cannot time them)."""
+    from editlab.kernels.sae import triton_encode as te
+
+    x, W_enc, b_enc, b_dec, _ = problem(77, 40, 333, torch.float16, seed=6)
+    want = dense_pre(x, W_enc, b_enc, b_dec)
+    monkeypatch.setattr(te, "_autotuned", lambda t: True)
+    for cfg in te._ENCODE_CONFIGS:
+        monkeypatch.setattr(te, "_encode_tuned", te._tuned([cfg]))
+        close(te.pre_activations(x, W_enc, b_dec, b_enc), want, torch.float16, f"activations with {cfg}")
+
+
 def test_encode_needs_one_selection_rule():
     x, W_enc, b_enc, b_dec, _ = problem(4, 16, 32, torch.float32)
     with pytest.raises(ValueError, match="exactly one"):
