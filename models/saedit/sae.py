@@ -156,7 +156,6 @@ class SparseAutoencoder(nn.Module):
             "dead_fraction": dead.float().mean().detach(),
         }
 
-
     def _sparse_training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``training_losses`` through the sparse kernels: the same quantities from (values, indices) codes."""
         from ...kernels.sae import decode, encode
