@@ -81,19 +81,28 @@ def test_attention_forward_other_dtypes(dt, D, has_v):
                  num_warps=4 if D <= 64 else 8, num_stages=2)
 
 
-def test_attention_maps_and_backward_bf16_d128():
+def test_attention_maps_bf16_d128():
     from editlab.kernels.attention import triton_attention as ta
 
     t = dict(q_ptr="*bf16", k_ptr="*bf16", keys_ptr="*i32", bias_ptr="*fp32", lse_ptr="*fp32", probs_ptr="*fp32",
              scale="fp32", **{n: "i64" for n in ("sqb", "sqh", "sqn", "skb", "skh", "skn", "sbb", "sbh", "sbn")})
     compile_sm90(ta._key_probs, t, dict(HAS_BIAS=True, ALLOW_TF32=True, DOT_F32=False, BLOCK_M=64, BLOCK_S=16,
                                         BLOCK_D=128))
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_attention_backward_bf16(D, tmp_path):
+    from editlab.kernels.attention import triton_attention as ta
+
     t = {n: "*bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "dk_ptr", "dv_ptr", "dq_ptr")}
     t.update(lse_ptr="*fp32", delta_ptr="*fp32", slot_ptr="*i32", bias_ptr="*fp32", g_ptr="*fp32",
              dbias_ptr="*fp32", qk_scale="fp32", scale="fp32", sbb="i64", sbh="i64", sbn="i64")
+    block, warps = ta.backward_tiling(D)
     for kernel in (ta._backward_dkdv, ta._backward_dq):
-        compile_sm90(kernel, t, dict(HAS_BIAS=True, HAS_V=True, HAS_G=True, ALLOW_TF32=True, DOT_F32=False,
-                                     BLOCK_M=32, BLOCK_N=32, BLOCK_D=128))
+        compiled = compile_sm90(kernel, t, dict(HAS_BIAS=True, HAS_V=True, HAS_G=True, ALLOW_TF32=True,
+                                                DOT_F32=False, BLOCK_M=block, BLOCK_N=block, BLOCK_D=D),
+                                num_warps=warps)
+        assert spill_bytes(compiled.asm["ptx"], tmp_path) == 0, kernel
 
 
 @pytest.mark.parametrize("i", range(5), ids=lambda i: f"config{i}")
