@@ -236,7 +236,7 @@ def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_pro
         probs = torch.empty(B, H, Nq, S, device=q.device, dtype=torch.float32)
         if B * H and Nq and S:
             keys32 = keys.to(torch.int32).contiguous()
-            BS = min(64, max(16, triton.next_power_of_2(S)))
+            BS = min(32, max(16, triton.next_power_of_2(S)))  # 64 spills at head dim 64 (ptxas -v)
             _key_probs[grid](q, k, keys32, bias, lse, probs, scale, H, Nq, S, D,
                              q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                              *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)),

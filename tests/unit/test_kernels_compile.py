@@ -81,13 +81,16 @@ def test_attention_forward_other_dtypes(dt, D, has_v):
                  num_warps=4 if D <= 64 else 8, num_stages=2)
 
 
-def test_attention_maps_bf16_d128():
+@pytest.mark.parametrize("D", [64, 128])
+def test_attention_maps_bf16(D, tmp_path):
     from editlab.kernels.attention import triton_attention as ta
 
     t = dict(q_ptr="*bf16", k_ptr="*bf16", keys_ptr="*i32", bias_ptr="*fp32", lse_ptr="*fp32", probs_ptr="*fp32",
              scale="fp32", **{n: "i64" for n in ("sqb", "sqh", "sqn", "skb", "skh", "skn", "sbb", "sbh", "sbn")})
-    compile_sm90(ta._key_probs, t, dict(HAS_BIAS=True, ALLOW_TF32=True, DOT_F32=False, BLOCK_M=64, BLOCK_S=16,
-                                        BLOCK_D=128))
+    block_m, _, block_d = ta._blocks(4096, D)
+    kernel = compile_sm90(ta._key_probs, t, dict(HAS_BIAS=True, ALLOW_TF32=True, DOT_F32=False, BLOCK_M=block_m,
+                                                 BLOCK_S=32, BLOCK_D=block_d))
+    assert spill_bytes(kernel.asm["ptx"], tmp_path) == 0
 
 
 @pytest.mark.parametrize("D", [64, 128])
