@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from ...kernels.attention import key_probabilities
+from ...kernels.attention.comfy import MapRequest, attention_function
+from ...kernels.dispatch import use_triton
 from ..expression.patch import Hook
 from .patch import cond_rows
 from .tova import moved_values
@@ -126,9 +129,13 @@ class FluxMapTap:
         rows = cond_rows(options.get("cond_or_uncond", [0]), b)
         if not rows or n - t < cells:
             return
-        img_q = q[rows][:, :, img_start:img_start + cells].float()
-        probs = (img_q @ k[rows].float().transpose(-1, -2) / d ** 0.5).softmax(-1).mean(1)  # (b, cells, n)
-        maps = torch.stack([probs[:, :, [txt_start + p for p in ps if p < t]].sum(-1).mean(0).reshape(self.grid)
+        # the probabilities on the concepts' keys only (kernels/attention: on CUDA without the (cells, n) matrix)
+        keys = sorted({txt_start + p for ps in self.concepts for p in ps if p < t})
+        slot = {key: i for i, key in enumerate(keys)}
+        img_q = q[rows][:, :, img_start:img_start + cells]
+        probs = key_probabilities(img_q, k[rows], torch.tensor(keys, dtype=torch.long, device=q.device)).probs
+        probs = probs.mean(1)  # (b, cells, len(keys))
+        maps = torch.stack([probs[:, :, [slot[txt_start + p] for p in ps if p < t]].sum(-1).mean(0).reshape(self.grid)
                             for ps in self.concepts])
         self.collected.append(F.interpolate(maps[None], size=self.size, mode="bilinear", align_corners=False)[0])
 
@@ -176,12 +183,21 @@ class FluxAFG:
         name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
         if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 2 \
                 and args[0].ndim == 4:
-            bias = self.bias(args[0], name, options)
-            if bias is not None:
-                if len(self.outside) < INSPECTED_CALLS:  # two more attention-sized products: a few calls only
-                    self.outside.append(record_outside_mass(self, args[0], args[1], bias, name, options))
-                old = kwargs.get("mask")
-                kwargs = {**kwargs, "mask": bias if old is None else old + bias}
+            if use_triton(args[0]) and kwargs.get("mask") is None:
+                # the kernel takes the bias on the concepts' keys only: no (n, n) mask, no masked host attention
+                keyed = self.key_bias(args[0], name, options)
+                if keyed is not None:
+                    if len(self.outside) < INSPECTED_CALLS:
+                        self.outside.append(record_outside_mass(self, args[0], args[1],
+                                                                self.bias(args[0], name, options), name, options))
+                    func = attention_function(MapRequest(*keyed))
+            else:
+                bias = self.bias(args[0], name, options)
+                if bias is not None:
+                    if len(self.outside) < INSPECTED_CALLS:  # two more attention-sized products: a few calls only
+                        self.outside.append(record_outside_mass(self, args[0], args[1], bias, name, options))
+                    old = kwargs.get("mask")
+                    kwargs = {**kwargs, "mask": bias if old is None else old + bias}
         if self.previous is not None:
             return self.previous(func, *args, **kwargs)
         return func(*args, **kwargs)
@@ -206,6 +222,30 @@ class FluxAFG:
             for r in rows:
                 bias[r, 0, qs[:, None], cols[None]] = -self.strength
         return bias
+
+    def key_bias(self, q, name, options):
+        """(keys (S,), bias (b, 1, n, S)): ``bias`` on the concepts' text keys only, for the attention kernel."""
+        import torch.nn.functional as F
+
+        b, h, n, d = q.shape
+        t = min(self._txt_len, n)
+        flipped = getattr(self.blocks[name], "flipped_img_txt", False)
+        txt_start, img_start = (n - t, 0) if flipped else (0, t)
+        cells = self.grid[0] * self.grid[1]
+        rows = cond_rows(options.get("cond_or_uncond", [0]), b)
+        if not rows or n - t < cells:
+            return None
+        masks = F.interpolate(self.masks[None].to(q.device), size=self.grid, mode="nearest")[0].reshape(
+            len(self.concepts), -1) > 0.5
+        keys = sorted({txt_start + p for ps in self.concepts for p in ps if p < t})
+        slot = {key: i for i, key in enumerate(keys)}
+        bias = torch.zeros(b, 1, n, len(keys), device=q.device, dtype=torch.float32)
+        for mask, positions in zip(masks, self.concepts):
+            qs = img_start + (~mask).nonzero()[:, 0]
+            cols = torch.tensor([slot[txt_start + p] for p in positions if p < t], device=q.device, dtype=torch.long)
+            for r in rows:
+                bias[r, 0, qs[:, None], cols[None]] = -self.strength
+        return torch.tensor(keys, device=q.device, dtype=torch.long), bias
 
 
 def record_outside_mass(afg: FluxAFG, q, k, bias, name, options) -> tuple[float, float]:

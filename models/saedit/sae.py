@@ -11,6 +11,9 @@ Parameter names and semantics follow the SAEdit authors' released module, so the
   batch's value.
 - Matryoshka: the loss averages the reconstruction error of each nested prefix of the dictionary, so the first
   latents carry the coarsest features.
+- On CUDA (``kernels.dispatch``) training runs through the fused sparse kernels (``kernels/sae``): the same losses
+  and statistics from (values, indices) codes, without dense (n, m) codes kept for the backward. Elsewhere, or with
+  ``EDITLAB_KERNELS=reference``, the dense torch code below runs unchanged.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from ...kernels.dispatch import use_triton
 
 
 @dataclass
@@ -109,6 +114,8 @@ class SparseAutoencoder(nn.Module):
 
     def training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One batch of tokens (n, d): BatchTopK codes, Matryoshka + auxiliary loss, and the statistics to log."""
+        if use_triton(x, self.W_enc):
+            return self._sparse_training_losses(x)
         pre = self.pre_activations(x)
         codes = self.batch_topk(pre)
         losses = []
@@ -146,6 +153,47 @@ class SparseAutoencoder(nn.Module):
             "aux_loss": aux_loss.detach(),
             "fvu": ((recon - x).pow(2).sum(-1).mean() / total_var).detach(),
             "l0": (codes > 0).float().sum(-1).mean().detach(),
+            "dead_fraction": dead.float().mean().detach(),
+        }
+
+    def _sparse_training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``training_losses`` through the sparse kernels: the same quantities from (values, indices) codes."""
+        from ...kernels.sae import decode, encode
+
+        values, indices = encode(x, self.W_enc, self.b_dec, k=self.config.top_k, batch=True)
+        losses = []
+        for end in self.group_bounds:  # each Matryoshka prefix: the codes on latents below ``end``
+            recon = decode(values * (indices < end), indices, self.W_dec, self.b_dec)
+            losses.append((recon - x).pow(2).sum(-1).mean())
+        recon_loss = torch.stack(losses).mean()
+
+        kept_mask = values > 0
+        fired = torch.zeros(self.config.dict_size, dtype=torch.bool, device=x.device)
+        fired[indices[kept_mask]] = True
+        with torch.no_grad():
+            self.steps_since_fired += 1
+            self.steps_since_fired[fired] = 0
+            kept = values[kept_mask]
+            if kept.numel():
+                rate = 1.0 if int(self.threshold_updates) == 0 else self.config.threshold_ema
+                self.threshold.mul_(1 - rate).add_(rate * kept.min())
+                self.threshold_updates += 1
+        dead = self.steps_since_fired >= self.config.n_batches_to_dead
+        aux_loss = x.new_zeros(())
+        if dead.any() and self.config.aux_penalty > 0:
+            residual = (x - recon).detach()
+            dead_pre = torch.relu((x - self.b_dec) @ self.W_enc[:, dead])  # the dead latents' columns only
+            k = min(self.config.aux_k, dead_pre.shape[1])
+            aux_values, aux_indices = dead_pre.topk(k, dim=-1)
+            aux_recon = decode(aux_values, aux_indices, self.W_dec[dead])
+            aux_loss = self.config.aux_penalty * (aux_recon - residual).pow(2).sum(-1).mean()
+        total_var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        return {
+            "loss": recon_loss + aux_loss,
+            "recon_loss": recon_loss.detach(),
+            "aux_loss": aux_loss.detach(),
+            "fvu": ((recon - x).pow(2).sum(-1).mean() / total_var).detach(),
+            "l0": kept_mask.float().sum(-1).mean().detach(),
             "dead_fraction": dead.float().mean().detach(),
         }
 

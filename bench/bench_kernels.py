@@ -1,0 +1,231 @@
+"""Fused kernels against their torch baselines, on a CUDA GPU (``triton.testing.do_bench``, medians in ms).
+
+  python bench/bench_kernels.py            (or: make bench, which runs every bench/)
+
+SAE training step (encode + decode, forward + backward), width 4096 -> 65,536 latents, k 300 per token, 4096
+tokens, float32 parameters as the trainer keeps them: ``SparseAutoencoder.training_losses`` through the kernels
+against the same call in eager torch (``EDITLAB_KERNELS=reference``); speed ratio and peak memory of each. The
+sparse decoder alone against ``F.embedding_bag`` and, when installed, EleutherAI sparsify's Triton decoder.
+Attention with token maps, 4,096 image + 512 text tokens, 24 heads, head dim 128, bfloat16, 8 chosen text keys:
+- ``F.scaled_dot_product_attention`` alone (the anchor: its FlashAttention-2 backend; the default backend too),
+- the kernel: output + log-sum-exp + probabilities on the chosen keys (and the same with a bias on them),
+- materialising the probabilities: SDPA plus softmax(q k^T) in float32 to read the chosen columns (what the maps
+  cost without the kernel);
+with the extra memory each needs over SDPA's output. Targets (issue 14): SAE step >= 1.5x eager with lower peak
+memory; maps >= 0.8x SDPA alone and >= 3x faster than materialising, O(N) extra memory.
+
+Rows are appended to out/bench/kernels.csv with the device, torch and Triton versions. Without a CUDA GPU the
+script says so, runs its own code at toy sizes on the CPU through the torch references (``dry_run``), and exits 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+if "editlab" not in sys.modules:
+    pkg = types.ModuleType("editlab")
+    pkg.__path__ = [str(ROOT)]
+    sys.modules["editlab"] = pkg
+
+from editlab.kernels.attention import attention  # noqa: E402
+from editlab.kernels.sae import decode  # noqa: E402
+from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder  # noqa: E402
+
+OUT = ROOT / "out" / "bench" / "kernels.csv"
+
+
+class forced:
+    """EDITLAB_KERNELS set for a block."""
+
+    def __init__(self, mode):
+        self.mode = mode
+
+    def __enter__(self):
+        self.old = os.environ.get("EDITLAB_KERNELS")
+        os.environ["EDITLAB_KERNELS"] = self.mode
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("EDITLAB_KERNELS", None)
+        else:
+            os.environ["EDITLAB_KERNELS"] = self.old
+
+
+def measure(fn):
+    """(median ms, peak MiB above what was allocated before) of ``fn``."""
+    from triton.testing import do_bench
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return float(do_bench(fn, warmup=25, rep=200, return_mode="median")), peak
+
+
+def cpu_measure(fn):
+    """The dry run's stand-in for ``measure`` (no GPU): wall time of one call, no memory figure."""
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1000, 0.0
+
+
+def sae_rows(n=4096, d=4096, m=65536, k=300, device="cuda", timer=measure, kernels="triton"):
+    dev = torch.device(device)
+    sae = SparseAutoencoder(SAEConfig(act_size=d, dict_size=m, top_k=k, n_batches_to_dead=10 ** 9)).to(dev)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    sae.train()
+    x = torch.randn(n, d, device=dev)
+
+    def step():
+        for p in sae.parameters():
+            p.grad = None
+        sae.training_losses(x)["loss"].backward()
+
+    rows = {}
+    for mode in ("reference", kernels):
+        with forced(mode):
+            rows[mode] = timer(step)
+    (eager_ms, eager_mib), (k_ms, k_mib) = rows["reference"], rows[kernels]
+    case = f"sae_step n{n} d{d} m{m} k{k} fp32"
+    return [(case, "eager torch", eager_ms, eager_mib, 1.0),
+            (case, "triton kernels", k_ms, k_mib, eager_ms / k_ms)]
+
+
+def decoder_rows(n=4096, d=4096, m=65536, k=300, device="cuda", timer=measure, kernels="triton"):
+    """The sparse decoder alone, forward + backward: ours, torch's embedding_bag, and EleutherAI sparsify's Triton
+    decoder when it is installed (``pip install eai-sparsify``; its API has moved between versions: skipped if it
+    does not fit)."""
+    import torch.nn.functional as F
+
+    dev = torch.device(device)
+    g = torch.Generator(device=dev).manual_seed(0)
+    W_dec = torch.randn(m, d, device=dev, generator=g).requires_grad_(True)
+    values = torch.rand(n, k, device=dev, generator=g).requires_grad_(True)
+    indices = torch.randint(0, m, (n, k), device=dev, generator=g)
+    grad = torch.randn(n, d, device=dev, generator=g)
+    impls = {"embedding_bag (eager)": lambda: F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")}
+
+    def ours():
+        with forced(kernels):
+            return decode(values, indices, W_dec)
+
+    impls["triton kernels"] = ours
+    try:
+        from sparsify.utils import triton_decode
+
+        impls["sparsify triton_decode"] = lambda: triton_decode(indices, values, W_dec)
+    except Exception as e:  # not installed, or another API
+        print(f"sparsify's decoder not measured: {type(e).__name__}: {e}")
+    case = f"sae_decode fwd+bwd n{n} d{d} m{m} k{k} fp32"
+    rows, base = [], None
+    for name, fn in impls.items():
+        def step(fn=fn):
+            values.grad = W_dec.grad = None
+            fn().backward(grad)
+        try:
+            ms, mib = timer(step)
+        except Exception as e:
+            print(f"{name} failed: {type(e).__name__}: {e}")
+            continue
+        base = base or ms
+        rows.append((case, name, ms, mib, base / ms))
+    return rows
+
+
+def attention_rows(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.bfloat16, device="cuda",
+                   timer=measure, kernels="triton"):
+    dev = torch.device(device)
+    n = img + txt
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, dim, device=dev, dtype=dtype, generator=g) for _ in range(3))
+    keys = torch.arange(1, 1 + n_keys, device=dev)  # text first, as in Flux's joint sequence
+    bias = torch.full((1, 1, n, n_keys), -2.0, device=dev, dtype=torch.float32)
+
+    def sdpa():  # the issue's anchor: SDPA's FlashAttention-2 backend
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION) if q.is_cuda else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(q, k, v)
+
+    def sdpa_default():  # whatever torch picks on this GPU (cuDNN attention on recent ones)
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def plain():
+        return attention(q, k, v)
+
+    def maps():
+        return attention(q, k, v, keys)
+
+    def maps_bias():
+        return attention(q, k, v, keys, bias)
+
+    def materialised():
+        out = F.scaled_dot_product_attention(q, k, v)
+        probs = (q.float() @ k.float().transpose(-1, -2) * dim ** -0.5).softmax(-1)[..., keys]
+        return out, probs
+
+    with forced(kernels):
+        sdpa_ms, sdpa_mib = timer(sdpa)
+        case = f"attention n{img}+{txt} h{heads} d{dim} {str(dtype).split('.')[-1]} keys{n_keys}"
+        rows = [(case, "sdpa alone (flash backend)", sdpa_ms, sdpa_mib, 1.0)]
+        for name, fn in (("kernel: out+lse+maps", maps), ("kernel: out+lse+maps+bias", maps_bias),
+                         ("sdpa + materialised probs", materialised), ("kernel: out+lse (no maps)", plain),
+                         ("sdpa alone (default backend)", sdpa_default)):
+            ms, mib = timer(fn)
+            rows.append((case, name, ms, mib, sdpa_ms / ms))
+    kernel_ms = rows[1][2]
+    rows.append((case, "materialised / kernel (speed-up)", rows[3][2], rows[3][3], rows[3][2] / kernel_ms))
+    return rows
+
+
+def dry_run():
+    """The bench's code on the CPU at toy sizes, through the torch references (what runs without a GPU)."""
+    rows = sae_rows(n=64, d=32, m=256, k=4, device="cpu", timer=cpu_measure, kernels="reference")
+    rows += decoder_rows(n=64, d=32, m=256, k=4, device="cpu", timer=cpu_measure, kernels="reference")[:2]
+    rows += attention_rows(img=64, txt=13, heads=2, dim=64, n_keys=3, dtype=torch.float32, device="cpu",
+                           timer=cpu_measure, kernels="reference")
+    assert len(rows) == 2 + 2 + 7 and all(r[2] >= 0 for r in rows)
+    return rows
+
+
+def main():
+    if not torch.cuda.is_available():
+        t = time.monotonic()
+        dry_run()
+        print(f"bench_kernels: needs a CUDA GPU (none here); a dry run of its code on the CPU passed in "
+              f"{time.monotonic() - t:.2f} s. Run `python bench/bench_kernels.py` on a GPU machine.")
+        return []
+    import triton
+
+    device = torch.cuda.get_device_name()
+    rows = sae_rows() + decoder_rows() + attention_rows()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    new = not OUT.exists()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    with open(OUT, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["time", "device", "torch", "triton", "case", "impl", "median_ms", "peak_mib",
+                        "speed_vs_baseline"])
+        for case, impl, ms, mib, ratio in rows:
+            w.writerow([stamp, device, torch.__version__, triton.__version__, case, impl, f"{ms:.4f}", f"{mib:.1f}",
+                        f"{ratio:.3f}"])
+    print(f"device: {device}; torch {torch.__version__}, triton {triton.__version__}")
+    for case, impl, ms, mib, ratio in rows:
+        print(f"{case:48s} {impl:36s} {ms:9.3f} ms {mib:9.1f} MiB  x{ratio:.2f}")
+    print(f"appended to {OUT}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

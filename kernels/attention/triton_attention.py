@@ -1,0 +1,415 @@
+"""Triton attention with token maps.
+
+``_forward``: one program per (block of queries, batch x head); it walks the keys in blocks with the online softmax
+(running maximum and sum, in base 2) and returns the output and each query's log-sum-exp; the attention matrix is
+never stored. Key and query lengths need not divide the blocks (masked loads: 77 or 256 text tokens, joint
+text+image sequences); head dims up to 256 (padded to a power of two). The optional bias sits on the chosen keys
+only: a (Nk,) slot map says which column of the (Nq, S) bias a key reads, -1 for the keys without one.
+
+``_key_probs``: from the log-sum-exp, the probabilities on the S chosen keys: exp(q k_s * scale + bias - lse), an
+(Nq, S) product per head instead of (Nq, Nk).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..dispatch import interpreter_needs_f32_dot
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _mm(a, b, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr):
+    """``tl.dot`` with fp32 accumulation: TF32 allowed or not (as torch's matmul flag), or widened to float32 (the
+    interpreter's bf16 workaround, ``interpreter_needs_f32_dot``)."""
+    if DOT_F32:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif ALLOW_TF32:
+        c = tl.dot(a, b)
+    else:
+        c = tl.dot(a, b, input_precision="ieee")
+    return c
+
+
+@triton.jit
+def _load_tile(ptrs, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
+    """A 2-D load masked only along the dimensions that do not divide the block."""
+    if EVEN_ROWS and EVEN_COLS:
+        t = tl.load(ptrs)
+    elif EVEN_ROWS:
+        t = tl.load(ptrs, mask=cols_ok[None, :], other=0.0)
+    elif EVEN_COLS:
+        t = tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
+    else:
+        t = tl.load(ptrs, mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
+    return t
+
+
+@triton.jit
+def _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk, skn, svn, qk_scale,
+            slot_ptr, bias_base, sbn, WITH_BIAS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr,
+            DOT_F32: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
+    """One key block of the online softmax: the running maximum, sum and output updated."""
+    offs_n = n0 + offs_nb
+    n_ok = offs_n < Nk
+    k = _load_tile(k_base + offs_n[:, None] * skn + offs_d[None, :], n_ok, d_ok, EVEN_N, EVEN_D)
+    s = _mm(q, tl.trans(k), ALLOW_TF32, DOT_F32) * qk_scale
+    if WITH_BIAS:
+        slot = tl.load(slot_ptr + offs_n, mask=n_ok, other=-1)
+        bias = tl.load(bias_base + offs_m[:, None] * sbn + slot[None, :], mask=m_ok[:, None] & (slot >= 0)[None, :],
+                       other=0.0)
+        s += bias.to(tl.float32) * 1.4426950408889634
+    if not EVEN_N:
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if HAS_V:
+        v = _load_tile(v_base + offs_n[:, None] * svn + offs_d[None, :], n_ok, d_ok, EVEN_N, EVEN_D)
+        acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, ALLOW_TF32, DOT_F32)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale, H, Nq, Nk, D, key_lo, key_hi,
+             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, sbb, sbh, sbn,
+             HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
+             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    # int64 only in the per-(batch, head) base pointers; offsets inside one head fit 32 bits (fewer registers)
+    q_base = q_ptr + b * sqb + h * sqh
+    k_base = k_ptr + b * skb + h * skh
+    v_base = v_ptr + b * svb + h * svh
+    bias_base = bias_ptr + b * sbb + h * sbh
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_nb = tl.arange(0, BLOCK_N)
+    m_ok = offs_m < Nq
+    d_ok = offs_d < D
+    q = _load_tile(q_base + offs_m[:, None] * sqn + offs_d[None, :], m_ok, d_ok, False, EVEN_D)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    if HAS_BIAS:
+        # the key blocks holding chosen keys read the bias; the others run the plain loop (softmax order is free)
+        lo = (key_lo // BLOCK_N) * BLOCK_N
+        hi = tl.minimum(((key_hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, ((Nk + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
+        for n0 in range(lo, hi, BLOCK_N):
+            acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, True, HAS_V, ALLOW_TF32, DOT_F32,
+                                    EVEN_N, EVEN_D)
+        for n0 in range(0, lo, BLOCK_N):
+            acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, False, HAS_V, ALLOW_TF32, DOT_F32,
+                                    EVEN_N, EVEN_D)
+        for n0 in range(hi, Nk, BLOCK_N):
+            acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, False, HAS_V, ALLOW_TF32, DOT_F32,
+                                    EVEN_N, EVEN_D)
+    else:
+        for n0 in range(0, Nk, BLOCK_N):
+            acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, False, HAS_V, ALLOW_TF32, DOT_F32,
+                                    EVEN_N, EVEN_D)
+    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
+    tl.store(lse_ptr + pid_bh.to(tl.int64) * Nq + offs_m, lse, mask=m_ok)
+    if HAS_V:
+        out = acc / l_i[:, None]
+        tl.store(out_ptr + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _key_probs(q_ptr, k_ptr, keys_ptr, bias_ptr, lse_ptr, probs_ptr, scale, H, Nq, S, D,
+               sqb, sqh, sqn, skb, skh, skn, sbb, sbh, sbn,
+               HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < Nq
+    d_ok = offs_d < D
+    q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqn + offs_d[None, :],
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * Nq + offs_m, mask=m_ok, other=0.0)
+    for s0 in range(0, S, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        s_ok = offs_s < S
+        key = tl.load(keys_ptr + offs_s, mask=s_ok, other=0).to(tl.int64)
+        k = tl.load(k_ptr + b * skb + h * skh + key[:, None] * skn + offs_d[None, :],
+                    mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+        if DOT_F32:
+            logits = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee") * scale
+        elif ALLOW_TF32:
+            logits = tl.dot(q, tl.trans(k)) * scale
+        else:
+            logits = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        if HAS_BIAS:
+            logits += tl.load(bias_ptr + b * sbb + h * sbh + offs_m[:, None].to(tl.int64) * sbn + offs_s[None, :],
+                              mask=m_ok[:, None] & s_ok[None, :], other=0.0).to(tl.float32)
+        p = tl.exp(logits - lse[:, None])
+        tl.store(probs_ptr + pid_bh.to(tl.int64) * Nq * S + offs_m[:, None].to(tl.int64) * S + offs_s[None, :], p,
+                 mask=m_ok[:, None] & s_ok[None, :])
+
+
+
+
+# Tried on the GPU at the first call of each shape (triton.autotune); the interpreter takes ``_blocks``. Tilings that
+# spill hundreds of bytes of registers at head dim 64 or 128 on sm_90 (ptxas -v: 128x128 with 8 warps, 128x64 and
+# 64x128 with 4) are left out.
+_FORWARD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+                    for bm, bn, w, st in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 4),
+                                          (64, 64, 4, 3), (64, 32, 4, 3))]
+
+
+def _tuned(configs):
+    return triton.autotune(configs, key=["Nq", "Nk", "D", "HAS_BIAS", "HAS_V"])(
+        triton.heuristics({"EVEN_N": lambda args: args["Nk"] % args["BLOCK_N"] == 0})(_forward))
+
+
+_forward_tuned = _tuned(_FORWARD_CONFIGS)
+
+
+def _autotuned(t: torch.Tensor) -> bool:
+    """The autotuned launch on a GPU; the interpreter (which cannot time configs) takes ``_blocks``."""
+    return t.is_cuda and not triton.knobs.runtime.interpret
+
+
+def _last_contiguous(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _blocks(Nq: int, D: int):
+    block_d = max(16, triton.next_power_of_2(D))
+    block_m = 128 if D <= 64 else 64
+    return min(block_m, max(16, triton.next_power_of_2(Nq))), 64, block_d
+
+
+def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_probs=True):
+    """(out or None, lse (B, H, Nq) float32, probs (B, H, Nq, S) float32 or None); layouts as in ``reference``."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    if D > 256:
+        raise ValueError(f"head dim {D} is above the kernel's 256")
+    scale = D ** -0.5 if scale is None else float(scale)
+    q, k = _last_contiguous(q), _last_contiguous(k)
+    v = _last_contiguous(v) if with_out else None
+    lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
+    out = torch.empty(B, H, Nq, D, device=q.device, dtype=q.dtype) if with_out else None
+    has_bias = bias is not None
+    if has_bias:
+        bias = _last_contiguous(bias).expand(B, H, Nq, keys.numel())
+        slot = torch.full((Nk,), -1, device=q.device, dtype=torch.int32)
+        slot[keys] = torch.arange(keys.numel(), device=q.device, dtype=torch.int32)
+    else:
+        slot = bias = lse  # unused pointers
+    tf32 = q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32
+    dot_f32 = interpreter_needs_f32_dot(q.dtype)
+    BM, BN, BD = _blocks(Nq, D)
+    grid = (triton.cdiv(Nq, BM), B * H)
+    if B * H and Nq:
+        vv, oo = (v, out) if with_out else (q, lse)
+        key_lo, key_hi = (int(keys.min()), int(keys.max()) + 1) if has_bias and keys.numel() else (0, 0)
+        args = (q, k, vv, slot, bias, oo, lse, scale * LOG2E, H, Nq, Nk, D, key_lo, key_hi,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                vv.stride(0), vv.stride(1), vv.stride(2),
+                *((out.stride(0), out.stride(1), out.stride(2)) if with_out else (0, 0, 0)),
+                *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)))
+        flags = dict(HAS_BIAS=has_bias, HAS_V=with_out, ALLOW_TF32=tf32, DOT_F32=dot_f32, EVEN_D=BD == D, BLOCK_D=BD)
+        if _autotuned(q):
+            _forward_tuned[lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)](*args, **flags)
+        else:
+            _forward[grid](*args, **flags, EVEN_N=Nk % BN == 0, BLOCK_M=BM, BLOCK_N=BN)
+    probs = None
+    if keys is not None and with_probs:
+        S = keys.numel()
+        probs = torch.empty(B, H, Nq, S, device=q.device, dtype=torch.float32)
+        if B * H and Nq and S:
+            keys32 = keys.to(torch.int32).contiguous()
+            BS = min(32, max(16, triton.next_power_of_2(S)))  # 64 spills at head dim 64 (ptxas -v)
+            _key_probs[grid](q, k, keys32, bias, lse, probs, scale, H, Nq, S, D,
+                             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                             *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)),
+                             HAS_BIAS=has_bias, ALLOW_TF32=tf32, DOT_F32=dot_f32, BLOCK_M=BM, BLOCK_S=BS, BLOCK_D=BD)
+    return out, lse, probs
+
+
+# -- backward ------------------------------------------------------------------------------------------------------
+# With P the softmax (recomputed from q, k and the saved lse), dO the output's gradient, G the gradient of the
+# probabilities on the chosen keys and g the log-sum-exp's gradient, the logits' gradient is
+#     dS_ij = P_ij * (dO_i . v_j - delta_i) + [j chosen] G_i,slot(j) * P_ij,
+#     delta_i = dO_i . out_i + sum_s G_is * probs_is - g_i          (one number per query, computed in torch);
+# then dq = scale * dS k, dk = scale * dS^T q, dv = P^T dO, dbias_is = dS_i,key(s). Two kernels, as in
+# FlashAttention-2: one per key block (dk, dv; walks the queries), one per query block (dq, dbias; walks the keys).
+
+
+@triton.jit
+def _probs_and_grad(q, k, v, do, lse2, delta, offs_m, offs_n, m_ok, n_ok, slot_ptr, bias_ptr, g_ptr, bh, qk_scale,
+                    Nq, S, sbb_bh, sbn, HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, HAS_G: tl.constexpr,
+                    ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr):
+    """(P, dS) of one (queries, keys) tile, P and dS float32, zero outside the valid rows and columns."""
+    s = _mm(q, tl.trans(k), ALLOW_TF32, DOT_F32) * qk_scale
+    slot = tl.load(slot_ptr + offs_n, mask=n_ok, other=-1)
+    chosen = (slot >= 0)[None, :] & m_ok[:, None]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + sbb_bh + offs_m[:, None].to(tl.int64) * sbn + slot[None, :], mask=chosen, other=0.0)
+        s += bias.to(tl.float32) * 1.4426950408889634
+    p = tl.exp2(s - lse2[:, None])
+    p = tl.where(m_ok[:, None] & n_ok[None, :], p, 0.0)
+    if HAS_V:
+        dp = _mm(do, tl.trans(v), ALLOW_TF32, DOT_F32)
+    else:
+        dp = tl.zeros(p.shape, dtype=tl.float32)
+    ds = p * (dp - delta[:, None])
+    if HAS_G:
+        g = tl.load(g_ptr + bh * Nq * S + offs_m[:, None].to(tl.int64) * S + slot[None, :], mask=chosen, other=0.0)
+        ds += g * p
+    return p, ds
+
+
+@triton.jit
+def _backward_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, slot_ptr, bias_ptr, g_ptr, dk_ptr, dv_ptr,
+                   qk_scale, scale, H, Nq, Nk, S, D, sbb, sbh, sbn,
+                   HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, HAS_G: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                   DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    sbb_bh = (bh // H) * sbb + (bh % H) * sbh
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < Nk
+    d_ok = offs_d < D
+    kv_off = bh * Nk * D + offs_n[:, None].to(tl.int64) * D + offs_d[None, :]
+    k = tl.load(k_ptr + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    if HAS_V:
+        v = tl.load(v_ptr + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        v = k
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for m0 in range(0, Nq, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < Nq
+        q_off = bh * Nq * D + offs_m[:, None].to(tl.int64) * D + offs_d[None, :]
+        q = tl.load(q_ptr + q_off, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        if HAS_V:
+            do = tl.load(do_ptr + q_off, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        else:
+            do = q
+        lse2 = tl.load(lse_ptr + bh * Nq + offs_m, mask=m_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_ptr + bh * Nq + offs_m, mask=m_ok, other=0.0)
+        p, ds = _probs_and_grad(q, k, v, do, lse2, delta, offs_m, offs_n, m_ok, n_ok, slot_ptr, bias_ptr, g_ptr, bh,
+                                qk_scale, Nq, S, sbb_bh, sbn, HAS_BIAS, HAS_V, HAS_G, ALLOW_TF32, DOT_F32)
+        if HAS_V:
+            dv += _mm(tl.trans(p.to(do.dtype)), do, ALLOW_TF32, DOT_F32)
+        dk += _mm(tl.trans(ds.to(q.dtype)), q, ALLOW_TF32, DOT_F32)
+    tl.store(dk_ptr + kv_off, (dk * scale).to(dk_ptr.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+    if HAS_V:
+        tl.store(dv_ptr + kv_off, dv.to(dv_ptr.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _backward_dq(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, slot_ptr, bias_ptr, g_ptr, dq_ptr, dbias_ptr,
+                 qk_scale, scale, H, Nq, Nk, S, D, sbb, sbh, sbn,
+                 HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, HAS_G: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                 DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    sbb_bh = (bh // H) * sbb + (bh % H) * sbh
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < Nq
+    d_ok = offs_d < D
+    q_off = bh * Nq * D + offs_m[:, None].to(tl.int64) * D + offs_d[None, :]
+    q = tl.load(q_ptr + q_off, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    if HAS_V:
+        do = tl.load(do_ptr + q_off, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        do = q
+    lse2 = tl.load(lse_ptr + bh * Nq + offs_m, mask=m_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(delta_ptr + bh * Nq + offs_m, mask=m_ok, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for n0 in range(0, Nk, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < Nk
+        kv_off = bh * Nk * D + offs_n[:, None].to(tl.int64) * D + offs_d[None, :]
+        k = tl.load(k_ptr + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if HAS_V:
+            v = tl.load(v_ptr + kv_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        else:
+            v = k
+        p, ds = _probs_and_grad(q, k, v, do, lse2, delta, offs_m, offs_n, m_ok, n_ok, slot_ptr, bias_ptr, g_ptr, bh,
+                                qk_scale, Nq, S, sbb_bh, sbn, HAS_BIAS, HAS_V, HAS_G, ALLOW_TF32, DOT_F32)
+        dq += _mm(ds.to(k.dtype), k, ALLOW_TF32, DOT_F32)
+        if HAS_BIAS:
+            slot = tl.load(slot_ptr + offs_n, mask=n_ok, other=-1)
+            tl.store(dbias_ptr + bh * Nq * S + offs_m[:, None].to(tl.int64) * S + slot[None, :], ds,
+                     mask=m_ok[:, None] & (slot >= 0)[None, :])
+    tl.store(dq_ptr + q_off, (dq * scale).to(dq_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+def backward_tiling(D: int) -> tuple[int, int]:
+    """(block, warps) of the backward kernels: 32 x 32 tiles, the only ones without register spills on sm_90 at head
+    dims 64 and 128 (ptxas -v; 64 x 64 spills hundreds of bytes), 8 warps above head dim 64."""
+    return 32, (4 if D <= 64 else 8)
+
+
+def attention_backward(q, k, v, out, lse, probs, keys, bias, scale, g_out, g_lse, g_probs):
+    """(dq, dk, dv or None, dbias (B, H, Nq, S) float32 or None) for the forward's inputs and results."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    scale = D ** -0.5 if scale is None else float(scale)
+    q, k = q.contiguous(), k.contiguous()
+    has_v = v is not None and g_out is not None
+    v = v.contiguous() if v is not None else None
+    delta = torch.zeros(B, H, Nq, device=q.device, dtype=torch.float32)
+    if has_v:
+        g_out = g_out.contiguous()
+        delta += (g_out.float() * out.float()).sum(-1)
+    has_g = g_probs is not None and probs is not None
+    if has_g:
+        g_probs = g_probs.float().contiguous()
+        delta += (g_probs * probs).sum(-1)
+    if g_lse is not None:
+        delta -= g_lse.float()
+    S = keys.numel() if keys is not None else 0
+    slot = torch.full((Nk,), -1, device=q.device, dtype=torch.int32)
+    if S:
+        slot[keys] = torch.arange(S, device=q.device, dtype=torch.int32)
+    has_bias = bias is not None
+    if has_bias:
+        bias = (bias if bias.stride(-1) == 1 else bias.contiguous()).expand(B, H, Nq, S)
+        dbias = torch.zeros(B, H, Nq, S, device=q.device, dtype=torch.float32)
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dv = torch.empty_like(v) if has_v else None
+    dummy = delta
+    tf32 = q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32
+    flags = dict(HAS_BIAS=has_bias, HAS_V=has_v, HAS_G=has_g, ALLOW_TF32=tf32,
+                 DOT_F32=interpreter_needs_f32_dot(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+    block, warps = backward_tiling(D)
+    common = (lse.contiguous(), delta, slot, bias if has_bias else dummy, g_probs if has_g else dummy)
+    bstrides = (bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)
+    if B * H and Nq and Nk:
+        _backward_dkdv[(triton.cdiv(Nk, block), B * H)](
+            q, k, v if has_v else k, g_out if has_v else q, *common, dk, dv if has_v else dk,
+            scale * LOG2E, scale, H, Nq, Nk, S, D, *bstrides, BLOCK_M=block, BLOCK_N=block, **flags,
+            num_warps=warps)
+        _backward_dq[(triton.cdiv(Nq, block), B * H)](
+            q, k, v if has_v else k, g_out if has_v else q, *common, dq, dbias if has_bias else dummy,
+            scale * LOG2E, scale, H, Nq, Nk, S, D, *bstrides, BLOCK_M=block, BLOCK_N=block, **flags,
+            num_warps=warps)
+    else:
+        dq.zero_(), dk.zero_()
+        if has_v:
+            dv.zero_()
+    return dq, dk, dv, (dbias if has_bias else None)

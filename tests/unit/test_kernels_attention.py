@@ -1,0 +1,271 @@
+"""Attention with token maps (kernels/attention) under Triton's CPU interpreter, against
+``F.scaled_dot_product_attention`` and plain softmax math written here.
+
+The file runs in a child process with ``TRITON_INTERPRET=1`` (see kernel_interpreter.py). Lengths 1, 77 (a CLIP
+context), 333 (77 text + 256 image tokens, a joint sequence) and cross-attention (queries != keys), head dims 64 and
+128, float32 / float16 / bfloat16 with per-dtype tolerances (relative to the largest reference entry).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from editlab.tests.unit.kernel_interpreter import keep_only_the_child_runner
+
+pytest.importorskip("triton")
+
+from editlab.kernels.attention import attention, key_probabilities  # noqa: E402
+
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+LSE_TOL = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}  # lse: fp32 math on the same inputs
+# (B, H, Nq, Nk, D)
+SHAPES = [(1, 1, 1, 1, 64), (2, 3, 77, 77, 64), (1, 2, 333, 333, 128), (2, 2, 256, 77, 64),
+          (1, 2, 64, 128, 64), (1, 1, 50, 64, 80)]  # the last two: key blocks without masks; a head dim of 80
+CASES = [(*s, torch.float32) for s in SHAPES] + [(*s, dt) for s in SHAPES[1:3] for dt in (torch.float16,
+                                                                                             torch.bfloat16)]
+ids = lambda v: str(v).replace("torch.", "")  # noqa: E731
+
+
+@pytest.fixture(autouse=True)
+def forced_triton(monkeypatch):
+    monkeypatch.setenv("EDITLAB_KERNELS", "triton")
+
+
+def close(got, want, tol, what, floor=1e-6):
+    """max |got - want| relative to max |want| (or ``floor`` where the reference is all but zero)."""
+    got, want = got.detach().double(), want.detach().double()
+    err = float((got - want).abs().max() / want.abs().max().clamp_min(floor))
+    assert err <= tol, f"{what}: relative error {err:.2e} above {tol:.0e}"
+
+
+def qkv(B, H, Nq, Nk, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, n, D, generator=g).to(dtype) for n in (Nq, Nk, Nk)]
+
+
+def chosen_keys(Nk):
+    """A few distinct keys, the first and last included (ragged-edge blocks)."""
+    return torch.tensor(sorted({0, Nk // 3, Nk // 2, Nk - 1}))
+
+
+def plain_logits(q, k):
+    return q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,dtype", CASES, ids=ids)
+def test_without_maps_it_is_sdpa_and_returns_the_log_sum_exp(B, H, Nq, Nk, D, dtype):
+    q, k, v = qkv(B, H, Nq, Nk, D, dtype)
+    result = attention(q, k, v)
+    assert result.out.dtype == dtype and result.out.shape == (B, H, Nq, D) and result.probs is None
+    close(result.out, F.scaled_dot_product_attention(q.float(), k.float(), v.float()), TOL[dtype], "out")
+    close(result.lse, torch.logsumexp(plain_logits(q, k), -1), LSE_TOL[dtype], "lse")
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,dtype", CASES, ids=ids)
+def test_token_maps_are_the_softmax_restricted_to_the_chosen_keys(B, H, Nq, Nk, D, dtype):
+    q, k, v = qkv(B, H, Nq, Nk, D, dtype, seed=1)
+    keys = chosen_keys(Nk)
+    result = attention(q, k, v, keys)
+    want = plain_logits(q, k).softmax(-1)[..., keys]
+    assert result.probs.shape == (B, H, Nq, keys.numel())
+    close(result.probs, want, LSE_TOL[dtype] * 10, "probs")
+    close(result.out, F.scaled_dot_product_attention(q.float(), k.float(), v.float()), TOL[dtype], "out")
+    maps_only = key_probabilities(q, k, keys)
+    assert maps_only.out is None
+    close(maps_only.probs, want, LSE_TOL[dtype] * 10, "key_probabilities")
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,dtype", CASES, ids=ids)
+def test_bias_lands_on_the_chosen_keys_only(B, H, Nq, Nk, D, dtype):
+    q, k, v = qkv(B, H, Nq, Nk, D, dtype, seed=2)
+    keys = chosen_keys(Nk)
+    g = torch.Generator().manual_seed(3)
+    bias = -4 * torch.rand(B, 1, Nq, keys.numel(), generator=g)  # per query, shared by the heads
+    dense = torch.zeros(B, 1, Nq, Nk)
+    dense[..., keys] = bias
+    result = attention(q, k, v, keys, bias)
+    close(result.out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=dense),
+          TOL[dtype], "out with bias")
+    logits = plain_logits(q, k) + dense.double()
+    close(result.lse, torch.logsumexp(logits, -1), LSE_TOL[dtype], "lse with bias")
+    close(result.probs, logits.softmax(-1)[..., keys], LSE_TOL[dtype] * 10, "probs with bias")
+
+
+@pytest.mark.parametrize("keys", [[3, 5, 9], [150, 160, 170], [330]], ids=["text first", "middle", "last block"])
+def test_bias_on_keys_clustered_in_a_few_blocks(keys):
+    """The kernel reads the bias only in the key blocks holding chosen keys; the other blocks run without it."""
+    q, k, v = qkv(1, 2, 333, 333, 64, torch.float16, seed=11)
+    keys = torch.tensor(keys)
+    bias = -3 * torch.rand(1, 2, 333, keys.numel(), generator=torch.Generator().manual_seed(12))
+    dense = torch.zeros(1, 2, 333, 333)
+    dense[..., keys] = bias
+    result = attention(q, k, v, keys, bias)
+    close(result.out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=dense),
+          TOL[torch.float16], "out")
+    close(result.probs, (plain_logits(q, k) + dense.double()).softmax(-1)[..., keys], 1e-3, "probs")
+
+
+@pytest.mark.parametrize("Nk", [128, 130], ids=["keys divide the blocks", "ragged keys"])
+def test_the_autotuned_launch_with_each_config(monkeypatch, Nk):
+    """The GPU's launch path (autotuner, EVEN_N heuristic, grid from the config), one config at a time: the
+    interpreter cannot time them, so each runs alone."""
+    from editlab.kernels.attention import triton_attention as ta
+
+    q, k, v = qkv(1, 2, 130, Nk, 64, torch.float16, seed=13)
+    keys = torch.tensor([1, 2, 70])
+    bias = -2 * torch.rand(1, 1, 130, 3, generator=torch.Generator().manual_seed(14))
+    dense = torch.zeros(1, 1, 130, Nk)
+    dense[..., keys] = bias
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=dense)
+    monkeypatch.setattr(ta, "_autotuned", lambda t: True)
+    for cfg in ta._FORWARD_CONFIGS:
+        monkeypatch.setattr(ta, "_forward_tuned", ta._tuned([cfg]))
+        close(attention(q, k, v, keys, bias).out, want, TOL[torch.float16], f"out with {cfg}")
+
+
+GRAD_TOL = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+GRAD_CASES = [(1, 1, 1, 1, 64, torch.float32), (2, 2, 77, 77, 64, torch.float32), (1, 1, 100, 333, 128, torch.float32),
+              (1, 2, 77, 77, 64, torch.float16), (1, 2, 77, 77, 64, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("maps_only", [False, True], ids=["out+maps+lse", "maps+lse only"])
+@pytest.mark.parametrize("B,H,Nq,Nk,D,dtype", GRAD_CASES, ids=ids)
+def test_gradients_match_plain_attention(B, H, Nq, Nk, D, dtype, maps_only):
+    """Gradients for q, k, v and the bias, through the output, the maps and the log-sum-exp at once."""
+    q, k, v = [t.requires_grad_(True) for t in qkv(B, H, Nq, Nk, D, dtype, seed=4)]
+    keys = chosen_keys(Nk)
+    heads_in_bias = 1 if maps_only else H  # also a bias broadcast over the heads
+    bias = (-2 * torch.rand(B, heads_in_bias, Nq, keys.numel())).requires_grad_(True)
+    g = torch.Generator().manual_seed(5)
+    w_out, w_probs = torch.randn(B, H, Nq, D, generator=g), torch.randn(B, H, Nq, keys.numel(), generator=g)
+    w_lse = torch.randn(B, H, Nq, generator=g)
+    if maps_only:
+        result = key_probabilities(q, k, keys, bias)
+        loss = (result.probs * w_probs).sum() + (result.lse * w_lse).sum()
+    else:
+        result = attention(q, k, v, keys, bias)
+        loss = (result.out.float() * w_out).sum() + (result.probs * w_probs).sum() + (result.lse * w_lse).sum()
+    loss.backward()
+
+    leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v, bias)]
+    q2, k2, v2, b2 = leaves
+    dense = torch.zeros(B, heads_in_bias, Nq, Nk, dtype=torch.float64).index_copy(-1, keys, b2)
+    logits = plain_logits(q2, k2) + dense
+    p, lse = logits.softmax(-1), logits.logsumexp(-1)
+    want = (p[..., keys] * w_probs.double()).sum() + (lse * w_lse.double()).sum()
+    if not maps_only:
+        want = want + (p @ v2 * w_out.double()).sum()
+    want.backward()
+    for name, t, leaf in zip("q k v bias".split(), (q, k, v, bias), leaves):
+        if maps_only and name == "v":
+            assert t.grad is None or not t.grad.any()
+            continue
+        close(t.grad, leaf.grad, GRAD_TOL[dtype], f"grad {name}", floor=0.1)  # one key: q and bias grads are 0
+
+
+def test_nothing_of_the_attention_matrix_size_is_kept_for_the_backward():
+    B, H, N, D = 1, 2, 333, 64
+    q, k, v = [t.requires_grad_(True) for t in qkv(B, H, N, N, D, torch.float32, seed=10)]
+    keys, saved = chosen_keys(N), []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = attention(q, k, v, keys, torch.zeros(B, 1, N, keys.numel()))
+    assert saved and all(torch.Size(s).numel() <= B * H * N * D for s in saved), saved  # O(N) per head
+    result.out.sum().backward()  # and the backward runs from that state
+
+
+def test_inputs_are_checked():
+    q, k, v = qkv(1, 2, 8, 9, 64, torch.float32)
+    with pytest.raises(ValueError, match="bias needs keys"):
+        attention(q, k, v, None, torch.zeros(1, 1, 8, 2))
+    with pytest.raises(ValueError, match="0..8"):
+        attention(q, k, v, torch.tensor([3, 9]))
+    with pytest.raises(ValueError, match="distinct"):
+        attention(q, k, v, torch.tensor([3, 3]), torch.zeros(1, 1, 8, 2))
+    with pytest.raises(ValueError, match="bias must be"):
+        attention(q, k, v, torch.tensor([3, 4]), torch.zeros(1, 1, 7, 2))
+
+
+def test_comfy_override_runs_the_kernel_in_the_host_layout():
+    from editlab.kernels.attention.comfy import MapRequest, token_map_override
+
+    B, H, N, D = 1, 2, 333, 64
+    q, k, v = qkv(B, H, N, N, D, torch.float16, seed=6)
+    flat = [t.transpose(1, 2).reshape(B, N, H * D) for t in (q, k, v)]
+    keys, got = torch.tensor([0, 10, 76]), []
+    override = token_map_override(lambda *a: MapRequest(keys, None, got.append))
+
+    def host(*args, **kwargs):
+        raise AssertionError("the host's attention should not run when maps are asked for")
+
+    out = override(host, *flat, H, transformer_options={})
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).transpose(1, 2).reshape(B, N, H * D)
+    assert out.shape == (B, N, H * D) and out.dtype == torch.float16
+    close(out, want, TOL[torch.float16], "override out")
+    close(got[0].probs, plain_logits(q, k).softmax(-1)[..., keys], 1e-3, "override maps")
+
+
+# -- ConceptSplit on Flux: the map tap and the attention fixing guidance through the kernel ----------------------
+
+def _flux_call(patch, monkeypatch, mode, q, k, v, host):
+    monkeypatch.setenv("EDITLAB_KERNELS", mode)
+    options = {"block_type": "double", "block_index": 0, "cond_or_uncond": [0, 1]}  # row 0 conditional
+    return patch(host, q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True, transformer_options=options)
+
+
+def _sdpa_host(calls):
+    def host(q, k, v, heads, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
+        calls.append(mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return host
+
+
+FLUX_T, FLUX_GRID, CONCEPTS = 7, (4, 4), [[1, 2], [4]]  # 7 text tokens, then a 4x4 image grid
+
+
+def test_flux_map_tap_takes_its_maps_from_the_kernel(monkeypatch):
+    from types import SimpleNamespace
+
+    from editlab.models.conceptsplit.flux import FluxMapTap
+
+    n = FLUX_T + 16
+    q, k, v = qkv(2, 3, n, n, 64, torch.float32, seed=7)
+    tap = FluxMapTap(CONCEPTS, {"double.0": SimpleNamespace()}, (8, 8), FLUX_GRID)
+    tap._txt_len = FLUX_T
+    calls = []
+    out = _flux_call(tap, monkeypatch, "triton", q, k, v, _sdpa_host(calls))
+    assert calls == [None]  # the host's attention itself ran untouched
+    close(out, F.scaled_dot_product_attention(q, k, v), 1e-6, "host output")
+    probs = plain_logits(q[:1, :, FLUX_T:], k[:1]).softmax(-1).mean(1)[0]  # row 0: image queries, all keys
+    want = torch.stack([probs[:, c].sum(-1).reshape(FLUX_GRID) for c in CONCEPTS]).float()
+    want = F.interpolate(want[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
+    close(tap.maps(), want, 1e-5, "maps")
+
+
+def test_flux_afg_through_the_kernel_equals_the_dense_mask(monkeypatch):
+    from types import SimpleNamespace
+
+    from editlab.models.conceptsplit.flux import FluxAFG
+
+    n = FLUX_T + 16
+    q, k, v = qkv(2, 2, n, n, 64, torch.float32, seed=8)
+    masks = (torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(9)) > 0.5).float()
+    outs, calls = {}, {}
+    for mode in ("reference", "triton"):
+        afg = FluxAFG(CONCEPTS, masks, {"double.0": SimpleNamespace()}, 3.0, FLUX_GRID)
+        afg._txt_len = FLUX_T
+        calls[mode] = []
+        outs[mode] = (_flux_call(afg, monkeypatch, mode, q, k, v, _sdpa_host(calls[mode])), afg.outside)
+    assert calls["triton"] == [] and calls["reference"][0].shape == (2, 1, n, n)  # the kernel replaced the host
+    close(outs["triton"][0], outs["reference"][0], 1e-5, "AFG output")
+    assert outs["triton"][1][0] == pytest.approx(outs["reference"][1][0], rel=1e-6)  # the inspection record
+    # and the bias changed something: the conditional row moved, the unconditional row did not
+    plain = F.scaled_dot_product_attention(q, k, v)
+    assert not torch.allclose(outs["triton"][0][0], plain[0], atol=1e-4)
+    close(outs["triton"][0][1], plain[1], 1e-5, "unconditional row")
+
+
+keep_only_the_child_runner(globals(), __file__)
