@@ -26,17 +26,70 @@ def sd15(comfy_host):
     return build_tiny_models("sd15", 0)
 
 
+# The tiny SD1.5 (one res block per level, two levels) named as diffusers names its attention processors: down
+# blocks, then up blocks, then the mid block; ComfyUI's blocks for the same layers: down_blocks.i.attentions.j is
+# input_blocks[(L + 1) * i + j + 1], up_blocks.i.attentions.j is output_blocks[(L + 1) * i + j] (L = 1 res block here,
+# 2 in SD1.5), the mid block is middle_block.
+DIFFUSERS_CROSS_ATTENTION = [
+    ("down_blocks.0.attentions.0", ("input", 1), 64), ("down_blocks.1.attentions.0", ("input", 3), 128),
+    ("up_blocks.0.attentions.0", ("output", 0), 128), ("up_blocks.0.attentions.1", ("output", 1), 128),
+    ("up_blocks.1.attentions.0", ("output", 2), 64), ("up_blocks.1.attentions.1", ("output", 3), 64),
+    ("mid_block.attentions.0", ("middle", 0), 128)]
+FLAME, CONTEXT, TOKENS = 55, 32, 4
+
+
+def diffusers_ip_adapter(seed=1):
+    """An adapter file as diffusers' ``load_ip_adapter`` reads it, written here from the documented layout (not by
+    the pack's writer): ``image_proj`` in diffusers' ImageProjection form (``proj`` linear to tokens * width, then
+    a LayerNorm ``norm``), ``ip_adapter`` with ``N.to_k_ip.weight`` / ``N.to_v_ip.weight`` numbered as diffusers'
+    ``_convert_ip_adapter_attn_to_diffusers`` counts its attention processors: self- and cross-attention alternate,
+    only cross-attention has weights, so the numbers run 1, 3, 5, ... Returns (file dict, diffusers name -> (k, v))."""
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen) / shape[-1] ** 0.5
+    image_proj = {"proj.weight": rand(TOKENS * CONTEXT, FLAME), "proj.bias": 0.1 * torch.randn(TOKENS * CONTEXT,
+                                                                                              generator=gen),
+                  "norm.weight": 1 + 0.1 * torch.randn(CONTEXT, generator=gen),
+                  "norm.bias": 0.1 * torch.randn(CONTEXT, generator=gen)}
+    ip, by_name = {}, {}
+    for n, (name, _, inner) in enumerate(DIFFUSERS_CROSS_ATTENTION):
+        k, v = rand(inner, CONTEXT), rand(inner, CONTEXT)
+        ip[f"{2 * n + 1}.to_k_ip.weight"], ip[f"{2 * n + 1}.to_v_ip.weight"] = k, v
+        by_name[name] = (k, v)
+    return {"image_proj": image_proj, "ip_adapter": ip}, by_name
+
+
 @pytest.fixture(scope="module")
 def authors_file(nodes, sd15):
-    """An adapter in the authors' key layout (FLAME-55, MLP projection), sized for the tiny SD1.5, saved as .bin."""
-    from editlab.models.expression.adapter import random_adapter
-    from editlab.models.expression.patch import cross_attention_layers
-
-    layers = cross_attention_layers(sd15.model.model.diffusion_model)
-    adapter = random_adapter(55, 32, [attn.to_q.weight.shape[0] for _, attn in layers], num_tokens=4, seed=1)
-    image_proj, ip = adapter.parts()
-    torch.save({"image_proj": image_proj, "ip_adapter": ip}, nodes.adapter_dir / "exp_adapter.bin")
+    """The authors' exp_adapter.bin layout (FLAME-55), sized for the tiny SD1.5, pickled as torch.save writes it."""
+    data, _ = diffusers_ip_adapter()
+    torch.save(data, nodes.adapter_dir / "exp_adapter.bin")
     return "exp_adapter.bin"
+
+
+def _patch_of(model):
+    """The expression patch Apply Expression installed on ``model`` (its attn2 output hook's owner)."""
+    return model.model_options["transformer_options"]["patches"]["attn2_output_patch"][-1].owner
+
+
+def test_authors_layout_maps_each_key_to_its_unet_layer(nodes, sd15, authors_file):
+    data, by_name = diffusers_ip_adapter()
+    adapter, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name=authors_file).result
+    model, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
+                                                  strength=1.0, start_percent=0.0, end_percent=1.0).result
+    patch = _patch_of(model)
+    net = adapter["adapter"]
+    assert sorted(patch.layers) == sorted((block, 0) for _, block, _ in DIFFUSERS_CROSS_ATTENTION)
+    for name, block, _ in DIFFUSERS_CROSS_ATTENTION:
+        i, attn = patch.layers[(block, 0)]
+        k, v = by_name[name]
+        assert torch.equal(net.to_k_ip[i].weight, k) and torch.equal(net.to_v_ip[i].weight, v), (name, block)
+        assert net.to_k_ip[i].weight.shape[0] == attn.to_q.weight.shape[0]
+    # the projection: tokens = LayerNorm(proj(x) as (tokens, width)), as diffusers' ImageProjection computes them
+    x = torch.from_numpy(_flame(nodes).values)[None]
+    proj = data["image_proj"]
+    by_hand = torch.nn.functional.layer_norm((x @ proj["proj.weight"].T + proj["proj.bias"]).reshape(1, TOKENS, CONTEXT),
+                                             (CONTEXT,), proj["norm.weight"], proj["norm.bias"])
+    assert torch.allclose(net.tokens(x), by_hand, atol=1e-6)
 
 
 def test_face_blendshapes_node_on_a_real_photo(nodes):
@@ -80,12 +133,22 @@ def conds(sd15):
             clip.encode_from_tokens_scheduled(clip.tokenize("")))
 
 
-def test_authors_layout_loads_and_strength_zero_is_the_base_model(nodes, sd15, authors_file, conds):
+def test_authors_layout_loads_and_strength_zero_runs_the_patch_and_is_the_base_model(nodes, sd15, authors_file,
+                                                                                     conds):
     adapter, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name=authors_file).result
     assert adapter["input"] == "flame55" and adapter["format"] == "authors" and adapter["adapter"].layers == 7
     same, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
                                                  strength=0.0, start_percent=0.0, end_percent=1.0).result
-    assert torch.equal(_run(same, *conds), _run(sd15.model, *conds))
+    net, calls = adapter["adapter"], []
+    attention = net.attention
+    net.attention = lambda *a: calls.append(a[0]) or attention(*a)  # the adapter's decoupled attention, counted
+    try:
+        out = _run(same, *conds)
+    finally:
+        del net.attention
+    # 3 steps, cond and uncond in one batch: every layer's decoupled attention ran each step, and added nothing
+    assert sorted(set(calls)) == list(range(7)) and len(calls) == 3 * 7
+    assert torch.equal(out, _run(sd15.model, *conds))
     moved, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
                                                   strength=1.0, start_percent=0.0, end_percent=1.0).result
     assert not torch.equal(_run(moved, *conds), _run(sd15.model, *conds))
