@@ -284,45 +284,44 @@ class EditLabReferenceAdapter(EditLabNode):
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def _face_folder_images(folder: str, resolution: int):
-    """Images of a folder inside ComfyUI's input directory, with their blendshapes. Faceless images are skipped and
-    listed; unreadable, oversized or linked-out ones too, with the reason."""
+def _read_face_photo(path: str) -> np.ndarray:
+    """An (H, W, 3) uint8 photo of a training folder; ValueError (the photo is listed, not fatal) for one that
+    links out of the input folder, has a size the face encoder cannot take, or does not decode."""
     from PIL import Image
 
+    if not inside_input_folder(path):
+        raise ValueError("links outside the input folder")
+    unreadable = lambda exc: ValueError(f"not a readable image ({type(exc).__name__})")
+    try:
+        im = Image.open(path)
+    except Exception as exc:  # noqa: BLE001 - corrupt, truncated, not an image, a decompression bomb
+        raise unreadable(exc) from None
+    with im:
+        try:  # before decoding: MediaPipe and OpenCV abort the process on some sizes
+            checked_image_size(im.height, im.width, "folder", min_side=MIN_FACE_IMAGE_SIDE)
+        except EditLabInputError:
+            raise ValueError(f"{im.width}x{im.height} px is outside the sizes the face encoder takes") from None
+        try:
+            return np.array(im.convert("RGB"))
+        except Exception as exc:  # noqa: BLE001
+            raise unreadable(exc) from None
+
+
+def _face_folder_images(folder: str, resolution: int):
+    """Square face crops of a folder's photos (inside ComfyUI's input directory), with their blendshapes
+    (``models/expression/dataset.py``). Faceless photos are skipped and listed; unreadable, oversized or linked-out
+    ones too, with the reason."""
+    from ..models.expression.dataset import face_training_set
+
     path = input_folder(folder, "folder")
-    images, values, skipped, unreadable = [], [], [], []
+    files = [(name, os.path.join(path, name)) for name in sorted(os.listdir(path)) if name.lower().endswith(IMAGE_EXTS)]
     with _encoder() as encoder:  # closed when the folder is done
-        for name in sorted(os.listdir(path)):
-            if not name.lower().endswith(IMAGE_EXTS):
-                continue
-            host.check_interrupted()
-            file = os.path.join(path, name)
-            if not inside_input_folder(file):
-                unreadable.append(f"{name}: links outside the input folder")
-                continue
-            try:
-                with Image.open(file) as im:
-                    # before decoding: MediaPipe and OpenCV abort the process on some sizes
-                    checked_image_size(im.height, im.width, "folder", min_side=MIN_FACE_IMAGE_SIDE)
-                    rgb = np.asarray(im.convert("RGB"))
-            except EditLabInputError:
-                unreadable.append(f"{name}: {im.width}x{im.height} px is outside the sizes the face encoder takes")
-                continue
-            except Exception as exc:  # noqa: BLE001 - corrupt, truncated, not an image, a decompression bomb
-                unreadable.append(f"{name}: not a readable image ({type(exc).__name__})")
-                continue
-            faces = encoder.faces(rgb)
-            if not faces:
-                skipped.append(name)
-                continue
-            small = Image.fromarray(rgb).resize((resolution, resolution), Image.LANCZOS)
-            images.append(torch.from_numpy(np.asarray(small)).float() / 255.0)
-            values.append(torch.from_numpy(faces[0].values))
-    if not images:
+        found = face_training_set(files, encoder, resolution, _read_face_photo, check=host.check_interrupted)
+    if not found.images:
         raise EditLabInputError("folder", "images with a face in them",
-                                f"{folder}: none found" + (f"; unreadable: {'; '.join(unreadable)}" if unreadable
-                                                           else ""))
-    return torch.stack(images), torch.stack(values), skipped, unreadable
+                                f"{folder}: none found" + (f"; unreadable: {'; '.join(found.unreadable)}"
+                                                           if found.unreadable else ""))
+    return found
 
 
 class EditLabTrainExpressionAdapter(EditLabNode):
@@ -373,7 +372,9 @@ class EditLabTrainExpressionAdapter(EditLabNode):
         path = output_file(ADAPTER_FOLDER, name, "name", overwrite)
         if len(prompt) > MAX_PROMPT_CHARS:
             raise EditLabInputError("prompt", f"a prompt of at most {MAX_PROMPT_CHARS} characters", prompt)
-        images, values, skipped, unreadable = _face_folder_images(folder, resolution)
+        found = _face_folder_images(folder, resolution)
+        images = torch.from_numpy(np.stack(found.images)).float() / 255.0
+        values = torch.from_numpy(np.stack(found.values))
         layers = cross_attention_layers(model.get_model_object("diffusion_model"))
         if not layers:
             raise EditLabInputError("model", "a UNet with cross-attention (SD1.5, SDXL)")
@@ -393,7 +394,8 @@ class EditLabTrainExpressionAdapter(EditLabNode):
                                    should_stop=host.check_interrupted)
         adapter = adapter.cpu().eval()
         saved(lambda p, o: save_adapter(adapter, p, "arkit52", overwrite=o), path, "name", overwrite)
-        stats.update(skipped=skipped, unreadable=unreadable, file=os.path.basename(path))
+        stats.update(skipped=found.skipped, unreadable=found.unreadable, file=os.path.basename(path),
+                     crops={n: [c.x0, c.y0, c.side] for n, c in zip(found.names, found.crops)})
         text = json.dumps(stats)
         return io.NodeOutput({"adapter": adapter, "name": os.path.basename(path), "input": "arkit52",
                               "format": "editlab"}, text, ui=ui.PreviewText(text))

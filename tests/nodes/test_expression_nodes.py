@@ -249,7 +249,9 @@ def test_training_lowers_the_loss_and_the_file_reads_back_identically(nodes, con
     astronaut = Image.fromarray(data.astronaut())
     grace = Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")).convert("RGB")
     astronaut.save(faces / "a.png")
-    astronaut.transpose(Image.FLIP_LEFT_RIGHT).save(faces / "b.png")
+    wide = Image.new("RGB", (1100, 512))  # a wide photo: trained on the face's square, not squashed whole
+    wide.paste(astronaut.transpose(Image.FLIP_LEFT_RIGHT), (500, 0))
+    wide.save(faces / "b.png")
     grace.save(faces / "c.png")
     Image.fromarray(data.coffee()).save(faces / "no_face.png")
     old = folder_paths.get_input_directory()
@@ -273,6 +275,8 @@ def test_training_lowers_the_loss_and_the_file_reads_back_identically(nodes, con
         folder_paths.set_input_directory(old)
     stats = json.loads(text)
     assert stats["images"] == 3 and stats["skipped"] == ["no_face.png"]
+    x0, y0, side = stats["crops"]["b.png"]
+    assert 500 <= x0 and x0 + side <= 1012 and side < 512  # the square round the face, inside the pasted photo
     assert stats["loss_after"] < stats["loss_before"], stats
     loaded, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name="trained.safetensors").result
     assert loaded["input"] == "arkit52"
