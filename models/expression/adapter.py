@@ -11,6 +11,7 @@ projection forms exist and are told apart by their keys:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,15 @@ class ExpressionAdapter(nn.Module):
             ip[f"{2 * i + 1}.to_k_ip.weight"] = self.to_k_ip[i].weight.detach()
             ip[f"{2 * i + 1}.to_v_ip.weight"] = self.to_v_ip[i].weight.detach()
         return image_proj, ip
+
+
+@dataclass
+class LoadedAdapter:
+    """The socket payload of an expression adapter: the network and where it came from."""
+    adapter: ExpressionAdapter
+    name: str  # the file name
+    input: str  # "arkit52" | "flame55" | "<D>-d"
+    format: str  # "authors" (diffusers' IP-Adapter layout) | this pack's FORMAT
 
 
 def load_adapter(path: str) -> tuple[ExpressionAdapter, dict]:

@@ -77,7 +77,7 @@ def test_authors_layout_maps_each_key_to_its_unet_layer(nodes, sd15, authors_fil
     model, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
                                                   strength=1.0, start_percent=0.0, end_percent=1.0).result
     patch = _patch_of(model)
-    net = adapter["adapter"]
+    net = adapter.adapter
     assert sorted(patch.layers) == sorted((block, 0) for _, block, _ in DIFFUSERS_CROSS_ATTENTION)
     for name, block, _ in DIFFUSERS_CROSS_ATTENTION:
         i, attn = patch.layers[(block, 0)]
@@ -136,10 +136,10 @@ def conds(sd15):
 def test_authors_layout_loads_and_strength_zero_runs_the_patch_and_is_the_base_model(nodes, sd15, authors_file,
                                                                                      conds):
     adapter, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name=authors_file).result
-    assert adapter["input"] == "flame55" and adapter["format"] == "authors" and adapter["adapter"].layers == 7
+    assert adapter.input == "flame55" and adapter.format == "authors" and adapter.adapter.layers == 7
     same, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
                                                  strength=0.0, start_percent=0.0, end_percent=1.0).result
-    net, calls = adapter["adapter"], []
+    net, calls = adapter.adapter, []
     attention = net.attention
     net.attention = lambda *a: calls.append(a[0]) or attention(*a)  # the adapter's decoupled attention, counted
     try:
@@ -279,7 +279,7 @@ def test_training_lowers_the_loss_and_the_file_reads_back_identically(nodes, con
     assert 500 <= x0 and x0 + side <= 1012 and side < 512  # the square round the face, inside the pasted photo
     assert stats["loss_after"] < stats["loss_before"], stats
     loaded, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name="trained.safetensors").result
-    assert loaded["input"] == "arkit52"
+    assert loaded.input == "arkit52"
     smile, = nodes.EditLabBlendshapeEdit.execute(preset="smile", values="{}", symmetric=True, intensity=1.0).result
     outs = []
     for a in (adapter, loaded):
