@@ -57,7 +57,9 @@ class ReferenceLoRA(nn.Module):
             inject_adapter_in_model(LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(TARGETS),
                                                init_lora_weights=True), container)
         for p, flag in host_flags:  # peft freezes the wrapped weights: they belong to the shared UNet
-            p.requires_grad_(flag)
+            if p.requires_grad != flag:
+                with torch.inference_mode(p.is_inference()):  # where an inference tensor's flag may be set
+                    p.requires_grad_(flag)
         self.layers = container
         self.set_scale(1.0)
 

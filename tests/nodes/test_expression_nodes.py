@@ -287,3 +287,84 @@ def test_training_lowers_the_loss_and_the_file_reads_back_identically(nodes, con
                                                   start_percent=0.0, end_percent=1.0).result
         outs.append(_run(m, *conds))
     assert torch.equal(outs[0], outs[1])
+
+
+def _sample(model, conds, seed=2):
+    import comfy.sample
+
+    latent = torch.zeros(1, 4, 8, 8)
+    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), 3, 3.0, "euler", "simple", *conds,
+                               latent, disable_pbar=True)
+
+
+def test_stage_two_trains_the_reference_lora_only_and_the_file_reads_back(nodes, conds, tmp_path):
+    """The paper's second stage: the LoRA's loss goes down; the expression adapter (frozen) and the shared MODEL
+    stay bit-identical; the saved LoRA, loaded back, gives the same images as the trained one; 'trained LoRA' differs
+    from the training-free mode, which stays the default."""
+    import folder_paths
+    from PIL import Image
+
+    from editlab.models.expression.adapter import LoadedAdapter, random_adapter
+    from editlab.models.expression.patch import cross_attention_layers
+    from editlab.models.tiny import build_tiny_models
+
+    faces = tmp_path / "input" / "faces"
+    faces.mkdir(parents=True)
+    Image.fromarray(data.astronaut()).save(faces / "a.png")
+    Image.fromarray(_rgb_grace()).save(faces / "b.png")
+    old = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    folder = tmp_path / "loras"
+    folder_paths.folder_names_and_paths[nodes.REFERENCE_LORA_FOLDER] = ([str(folder)], {".safetensors"})
+    with torch.inference_mode():  # as the server runs every node
+        sd15 = build_tiny_models("sd15", 0)
+        dims = [a.to_q.weight.shape[0] for _, a in cross_attention_layers(sd15.model.model.diffusion_model)]
+    with torch.inference_mode(False):
+        stage1 = LoadedAdapter(random_adapter(52, 32, dims, 2, seed=3), "stage1", "arkit52", "editlab")
+    adapter_before = {k: v.clone() for k, v in stage1.adapter.state_dict().items()}
+    params = {k: v.clone() for k, v in sd15.model.model.state_dict().items()}
+    flags = {k: (p.requires_grad, p.is_inference()) for k, p in sd15.model.model.named_parameters()}
+    plain = _sample(sd15.model, conds)
+    try:
+        with torch.inference_mode():
+            lora, text = nodes.EditLabTrainReferenceLoRA.execute(
+                model=sd15.model, clip=sd15.clip, vae=sd15.vae, adapter=stage1, folder="faces",
+                prompt="a photo of a face", resolution=64, steps=30, lr=5e-3, batch_size=2, rank=4, seed=0,
+                name="ref_lora").result
+    finally:
+        folder_paths.set_input_directory(old)
+    stats = json.loads(text)
+    assert stats["loss_after"] < stats["loss_before"], stats
+    assert all(torch.equal(v, stage1.adapter.state_dict()[k]) for k, v in adapter_before.items())
+    after = sd15.model.model.state_dict()
+    assert all(torch.equal(params[k], after[k]) for k in params)
+    assert {k: (p.requires_grad, p.is_inference()) for k, p in sd15.model.model.named_parameters()} == flags
+    assert torch.equal(_sample(sd15.model, conds), plain)
+    assert any(v.abs().sum() > 0 for k, v in lora.tensors.items() if "lora_B" in k)  # it learnt something
+
+    loaded, = nodes.EditLabReferenceLoRALoader.execute(lora_name="ref_lora.safetensors").result
+    reference = torch.from_numpy(data.astronaut()[::8, ::8].copy()).float()[None] / 255
+    outs = {}
+    for label, kw in (("trained", dict(mode="trained LoRA", lora=lora)),
+                      ("loaded", dict(mode="trained LoRA", lora=loaded)), ("free", {})):
+        with torch.inference_mode():  # as the server runs nodes
+            m, = nodes.EditLabReferenceAdapter.execute(model=sd15.model, vae=sd15.vae, reference=reference,
+                                                       strength=1.0, **kw).result
+            outs[label] = _sample(m, conds)
+    assert torch.equal(outs["trained"], outs["loaded"])
+    assert not torch.equal(outs["trained"], outs["free"])
+    from editlab.nodes.common import EditLabInputError
+
+    with pytest.raises(EditLabInputError, match="input 'lora': expected a reference LoRA connected"):
+        nodes.EditLabReferenceAdapter.execute(model=sd15.model, vae=sd15.vae, reference=reference, strength=1.0,
+                                              mode="trained LoRA")
+
+
+def _rgb_grace():
+    import os
+
+    import matplotlib
+    from PIL import Image
+
+    with Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")) as im:
+        return np.asarray(im.convert("RGB"))

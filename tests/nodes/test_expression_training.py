@@ -117,3 +117,31 @@ def test_timesteps_are_the_hosts_discrete_ones_drawn_uniformly(sd15):
     counts = torch.bincount(index // 100, minlength=10).double()  # uniform in t: 2000 per tenth, give or take
     chi2 = float(((counts - 2000) ** 2 / 2000).sum())
     assert chi2 < 30, counts  # 9 degrees of freedom: p < 0.001 above 27.9
+
+
+def test_stage_two_leaves_the_expression_adapter_it_reads_through_bit_identical(comfy_host):
+    """train_reference_lora runs the expression adapter itself (not a copy) with gradients flowing through it to
+    the LoRA: its weights and flags are as before, and only the LoRA moved."""
+    from editlab.models.expression.adapter import random_adapter
+    from editlab.models.expression.patch import cross_attention_layers, transformer_blocks
+    from editlab.models.expression.reference import train_reference_lora
+    from editlab.models.expression.reference_lora import ReferenceLoRA
+    from editlab.models.tiny import build_tiny_models
+
+    models = build_tiny_models("sd15", 0)
+    base = models.model.model
+    net = base.diffusion_model
+    adapter = random_adapter(52, 32, [a.to_q.weight.shape[0] for _, a in cross_attention_layers(net)], 2, seed=3)
+    adapter.train()
+    before = {k: v.clone() for k, v in adapter.state_dict().items()}
+    lora = ReferenceLoRA([(key, tb.attn1) for key, tb in transformer_blocks(net)], rank=2, seed=0)
+    lora_before = {k: v.clone() for k, v in lora.state().items()}
+    gen = torch.Generator().manual_seed(0)
+    latents, references = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
+    context, pooled = _context(models)
+    stats = train_reference_lora(base, adapter, lora, context, pooled, latents, references, torch.rand(2, 52), 64,
+                                 steps=20, lr=1e-2, batch_size=2, seed=0, device=torch.device("cpu"))
+    assert stats["loss_after"] < stats["loss_before"], stats
+    assert all(torch.equal(v, adapter.state_dict()[k]) for k, v in before.items())
+    assert all(p.requires_grad for p in adapter.parameters())  # its flags as they were
+    assert any(not torch.equal(v, lora.state()[k]) for k, v in lora_before.items())
