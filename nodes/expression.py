@@ -268,7 +268,8 @@ class EditLabReferenceAdapter(EditLabNode):
                     io.Vae.Input("vae", tooltip="The model's VAE, to encode the reference."),
                     io.Image.Input("reference", tooltip="The photo whose appearance should carry over."),
                     io.Float.Input("strength", default=0.8, min=0.0, max=1.0, step=0.05,
-                                   tooltip="0: the model unchanged; 1: self-attention reads the reference fully."),
+                                   tooltip="0: the model unchanged; 1: self-attention reads the reference fully "
+                                           "(as a trained LoRA was trained)."),
                     io.Combo.Input("mode", options=list(REFERENCE_MODES), default=REFERENCE_MODES[0], optional=True,
                                    tooltip="training-free: the UNet's own self-attention reads the reference; "
                                            "trained LoRA: with the connected reference LoRA."),

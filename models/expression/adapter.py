@@ -187,8 +187,10 @@ def random_adapter(input_dim: int, cross_dim: int, inner_dims: list[int], num_to
                    seed: int = 0) -> ExpressionAdapter:
     """A fresh adapter (training start, and test fixtures): small random weights."""
     gen = torch.Generator().manual_seed(seed)
-    proj = TokenProjection(form, input_dim, cross_dim, num_tokens, hidden=max(64, input_dim))
-    adapter = ExpressionAdapter(proj, inner_dims)
+    with torch.random.fork_rng(devices=[]):  # the layers' own initialisation (biases) from the seed as well
+        torch.manual_seed(seed)
+        proj = TokenProjection(form, input_dim, cross_dim, num_tokens, hidden=max(64, input_dim))
+        adapter = ExpressionAdapter(proj, inner_dims)
     with torch.no_grad():
         for name, p in adapter.named_parameters():
             if p.ndim >= 2:

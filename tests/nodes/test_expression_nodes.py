@@ -87,8 +87,8 @@ def test_authors_layout_maps_each_key_to_its_unet_layer(nodes, sd15, authors_fil
     # the projection: tokens = LayerNorm(proj(x) as (tokens, width)), as diffusers' ImageProjection computes them
     x = torch.from_numpy(_flame(nodes).values)[None]
     proj = data["image_proj"]
-    by_hand = torch.nn.functional.layer_norm((x @ proj["proj.weight"].T + proj["proj.bias"]).reshape(1, TOKENS, CONTEXT),
-                                             (CONTEXT,), proj["norm.weight"], proj["norm.bias"])
+    rows = (x @ proj["proj.weight"].T + proj["proj.bias"]).reshape(1, TOKENS, CONTEXT)
+    by_hand = torch.nn.functional.layer_norm(rows, (CONTEXT,), proj["norm.weight"], proj["norm.bias"])
     assert torch.allclose(net.tokens(x), by_hand, atol=1e-6)
 
 

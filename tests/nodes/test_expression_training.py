@@ -2,9 +2,9 @@
 timestep), equals the objective computed here by hand from the network's raw output (epsilon for SD1.5's
 eps-prediction, v for a v-prediction schedule, the velocity for a flow model), and its timesteps are the host's
 discrete ones, drawn uniformly."""
-
 import pytest
 import torch
+
 
 @pytest.fixture(scope="module")
 def sd15(comfy_host):
@@ -145,3 +145,22 @@ def test_stage_two_leaves_the_expression_adapter_it_reads_through_bit_identical(
     assert all(torch.equal(v, adapter.state_dict()[k]) for k, v in before.items())
     assert all(p.requires_grad for p in adapter.parameters())  # its flags as they were
     assert any(not torch.equal(v, lora.state()[k]) for k, v in lora_before.items())
+
+
+def test_loss_before_and_after_are_deterministic(sd15):
+    """Two trainings with one seed report the same losses, bit for bit (fixed evaluation draws, CPU generator)."""
+    from editlab.models.expression.adapter import random_adapter
+    from editlab.models.expression.patch import cross_attention_layers
+    from editlab.models.expression.train import train_unet_adapter
+
+    base = sd15.model.model
+    layers = cross_attention_layers(base.diffusion_model)
+    context, pooled = _context(sd15)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for _ in range(2):
+        adapter = random_adapter(52, 32, [a.to_q.weight.shape[0] for _, a in layers], 2, seed=0).train()
+        runs.append(train_unet_adapter(base, adapter, layers, context, pooled, latents, torch.rand(2, 52,
+                                       generator=torch.Generator().manual_seed(2)), 64, 3, 1e-3, 2, 0,
+                                       torch.device("cpu")))
+    assert runs[0] == runs[1] and runs[0]["loss_before"] != runs[0]["loss_after"]
