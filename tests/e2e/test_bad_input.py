@@ -583,6 +583,9 @@ SAVERS = {
                   "sae_directions"),
     "adapter": (lambda name, seed, **o: train_adapter(name=name, seed=seed, folder=f"{TOKEN}_faces", **o),
                 "expression_adapters"),
+    # -- expression (issue 16) --
+    "reference_lora": (lambda name, seed, **o: train_reference_lora(name=name, seed=seed, **o),
+                       "expression_reference_loras"),
 }
 
 
