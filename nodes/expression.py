@@ -400,9 +400,11 @@ class EditLabTrainExpressionAdapter(EditLabNode):
         return io.Schema(
             node_id="EditLabTrainExpressionAdapter", display_name="Train Expression Adapter (ARKit-52)",
             category=CAT, is_output_node=True,
-            description="Trains an ARKit-52 expression adapter on a folder of face photos (in ComfyUI's input "
-                        "directory) whose blendshapes the face encoder measures, with the diffusion loss and the "
-                        "model frozen; saves models/expression_adapters/NAME.safetensors. Interruptible.",
+            description="Stage 1: trains an ARKit-52 expression adapter on a folder of face photos (in ComfyUI's "
+                        "input directory), each cropped to a square around its face (photos without a face are "
+                        "skipped and listed), whose blendshapes the face encoder measures; the model's own diffusion "
+                        "objective (epsilon, v or velocity, at its discrete timesteps), the model frozen; saves "
+                        "models/expression_adapters/NAME.safetensors. Interruptible.",
             inputs=[
                 io.Model.Input("model", tooltip="The SD1.5/SDXL model the adapter is trained for (kept frozen)."),
                 io.Clip.Input("clip", tooltip="Its text encoder."),
