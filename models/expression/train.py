@@ -151,8 +151,15 @@ def raw_predictor(base, context: torch.Tensor, pooled: torch.Tensor | None, reso
                                  pooled_output=None if pooled is None else pooled.expand(b, -1),
                                  width=resolution, height=resolution)
         conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
-        base.apply_model(x, sigma, transformer_options={**options, "wrappers": wrappers, "sigmas": sigma}, **conds)
-        return kept["raw"].float()
+        denoised = base.apply_model(x, sigma, transformer_options={**options, "wrappers": wrappers,
+                                                                   "sigmas": sigma}, **conds)
+        if "raw" in kept:
+            return kept["raw"].float()
+        # a network that does not run the diffusion-model wrappers: its output read back from calculate_denoised,
+        # which is affine in it
+        offset = base.model_sampling.calculate_denoised(sigma, torch.zeros_like(x), x)
+        slope = base.model_sampling.calculate_denoised(sigma, torch.ones_like(x), x) - offset
+        return ((denoised - offset) / slope).float()
 
     return predict
 

@@ -164,3 +164,25 @@ def test_loss_before_and_after_are_deterministic(sd15):
                                        generator=torch.Generator().manual_seed(2)), 64, 3, 1e-3, 2, 0,
                                        torch.device("cpu")))
     assert runs[0] == runs[1] and runs[0]["loss_before"] != runs[0]["loss_after"]
+
+
+def test_raw_output_is_read_back_where_the_network_skips_the_wrappers(sd15):
+    """A network whose forward does not run the host's diffusion-model wrappers: the raw output is recovered from
+    the denoised prediction, and equals the one the wrapper sees."""
+    from editlab.models.expression.train import raw_predictor
+
+    base = sd15.model.model
+    context, pooled = _context(sd15)
+    x0, eps = _draw(6)
+    sigma = base.model_sampling.sigmas[torch.tensor([40, 700])]
+    x_t = x0 + sigma[:, None, None, None] * eps
+    predict = raw_predictor(base, context, pooled, 64, torch.device("cpu"), {"cond_or_uncond": [0]})
+    net = base.diffusion_model
+    with torch.no_grad():
+        seen = predict(x_t, sigma)
+        net.forward = net._forward  # the forward without the wrapper executor
+        try:
+            read_back = predict(x_t, sigma)
+        finally:
+            del net.forward
+    assert torch.allclose(read_back, seen, rtol=1e-3, atol=1e-4)
