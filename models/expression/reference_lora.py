@@ -61,6 +61,9 @@ class ReferenceLoRA(nn.Module):
                 with torch.inference_mode(p.is_inference()):  # where an inference tensor's flag may be set
                     p.requires_grad_(flag)
         self.layers = container
+        for m in self.lora_layers():  # peft gives the LoRA the wrapped weights' dtype (fp16, fp8): keep float32
+            m.lora_A.float()
+            m.lora_B.float()
         self.set_scale(1.0)
 
     def projections(self, key) -> nn.Module:

@@ -368,3 +368,34 @@ def _rgb_grace():
 
     with Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")) as im:
         return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp8_e4m3fn"])
+def test_trained_reference_lora_on_half_precision_and_fp8_weights(nodes, dtype):
+    """The LoRA keeps float32 whatever the UNet's storage, acts (the image moves from the training-free mode) and
+    leaves the stored weights as they were."""
+    from editlab.models.expression.patch import transformer_blocks
+    from editlab.models.expression.reference_lora import ReferenceLoRA, ReferenceLoRAWeights
+    from editlab.models.tiny import build_tiny_models
+
+    models = build_tiny_models("sd15", 0, dtype)
+    blocks = transformer_blocks(models.model.model.diffusion_model)
+    lora = ReferenceLoRA([(key, tb.attn1) for key, tb in blocks], rank=2, seed=0)
+    assert all(p.dtype == torch.float32 for p in lora.lora_parameters())
+    gen = torch.Generator().manual_seed(1)
+    state = {k: (torch.randn(v.shape, generator=gen) * 0.5 if "lora_B" in k else v) for k, v in lora.state().items()}
+    weights = ReferenceLoRAWeights(state, 2, 2.0, "synthetic")
+    clip = models.clip
+    conds = (clip.encode_from_tokens_scheduled(clip.tokenize("a face")),
+             clip.encode_from_tokens_scheduled(clip.tokenize("")))
+    stored = {k: v.clone() for k, v in models.model.model.diffusion_model.state_dict().items()}
+    reference = torch.from_numpy(data.astronaut()[::8, ::8].copy()).float()[None] / 255
+    outs = {}
+    with torch.inference_mode():
+        for label, kw in (("free", {}), ("trained", dict(mode="trained LoRA", lora=weights))):
+            m, = nodes.EditLabReferenceAdapter.execute(model=models.model, vae=models.vae, reference=reference,
+                                                       strength=1.0, **kw).result
+            outs[label] = _sample(m, conds)
+    assert torch.isfinite(outs["trained"]).all() and not torch.equal(outs["trained"], outs["free"])
+    after = models.model.model.diffusion_model.state_dict()
+    assert all(torch.equal(stored[k].float(), after[k].float()) and stored[k].dtype == after[k].dtype for k in stored)

@@ -119,7 +119,8 @@ def test_timesteps_are_the_hosts_discrete_ones_drawn_uniformly(sd15):
     assert chi2 < 30, counts  # 9 degrees of freedom: p < 0.001 above 27.9
 
 
-def test_stage_two_leaves_the_expression_adapter_it_reads_through_bit_identical(comfy_host):
+@pytest.mark.parametrize("dtype", ["fp32", "fp8_e4m3fn"])
+def test_stage_two_leaves_the_expression_adapter_it_reads_through_bit_identical(comfy_host, dtype):
     """train_reference_lora runs the expression adapter itself (not a copy) with gradients flowing through it to
     the LoRA: its weights and flags are as before, and only the LoRA moved."""
     from editlab.models.expression.adapter import random_adapter
@@ -128,9 +129,10 @@ def test_stage_two_leaves_the_expression_adapter_it_reads_through_bit_identical(
     from editlab.models.expression.reference_lora import ReferenceLoRA
     from editlab.models.tiny import build_tiny_models
 
-    models = build_tiny_models("sd15", 0)
+    models = build_tiny_models("sd15", 0, dtype)
     base = models.model.model
     net = base.diffusion_model
+    stored = {k: v.clone() for k, v in net.state_dict().items()}
     adapter = random_adapter(52, 32, [a.to_q.weight.shape[0] for _, a in cross_attention_layers(net)], 2, seed=3)
     adapter.train()
     before = {k: v.clone() for k, v in adapter.state_dict().items()}
@@ -145,6 +147,9 @@ def test_stage_two_leaves_the_expression_adapter_it_reads_through_bit_identical(
     assert all(torch.equal(v, adapter.state_dict()[k]) for k, v in before.items())
     assert all(p.requires_grad for p in adapter.parameters())  # its flags as they were
     assert any(not torch.equal(v, lora.state()[k]) for k, v in lora_before.items())
+    assert all(p.dtype == torch.float32 for p in lora.lora_parameters())
+    after = net.state_dict()
+    assert all(stored[k].dtype == after[k].dtype and torch.equal(stored[k].float(), after[k].float()) for k in stored)
 
 
 def test_loss_before_and_after_are_deterministic(sd15):
