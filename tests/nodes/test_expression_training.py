@@ -141,8 +141,9 @@ def test_stage_two_leaves_the_expression_adapter_it_reads_through_bit_identical(
     gen = torch.Generator().manual_seed(0)
     latents, references = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
     context, pooled = _context(models)
-    stats = train_reference_lora(base, adapter, lora, context, pooled, latents, references, torch.rand(2, 52), 64,
-                                 steps=20, lr=1e-2, batch_size=2, seed=0, device=torch.device("cpu"))
+    shapes = torch.rand(2, 52, generator=gen)
+    stats = train_reference_lora(base, adapter, lora, context, pooled, latents, references, shapes, 64, steps=20,
+                                 lr=1e-2, batch_size=2, seed=0, device=torch.device("cpu"))
     assert stats["loss_after"] < stats["loss_before"], stats
     assert all(torch.equal(v, adapter.state_dict()[k]) for k, v in before.items())
     assert all(p.requires_grad for p in adapter.parameters())  # its flags as they were
