@@ -1,5 +1,6 @@
 """Blendshape encoding time per image on this CPU (MediaPipe face landmarker, 52 ARKit coefficients + head pose),
-for a single portrait and for a wide two-face picture (which adds the windowed search)."""
+for a single portrait and for a wide two-face picture (which adds the windowed search); and what the trainers' square
+face crop (models/expression/dataset.py) adds per photo, as a fraction of the encoding it follows."""
 import os
 import statistics
 import sys
@@ -16,6 +17,16 @@ if "editlab" not in sys.modules:
     sys.modules["editlab"] = pkg
 
 from editlab.models.expression.blendshapes import FaceEncoder, landmarker_path  # noqa: E402
+from editlab.models.expression.dataset import face_crop  # noqa: E402
+
+
+def crop_ms(faces, image, repeats=20):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        face_crop(image, faces, 512)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
 
 
 def median_ms(encoder, image, repeats=20):
@@ -39,6 +50,8 @@ if __name__ == "__main__":
                        .convert("RGB").resize((512, 512)))
     portrait = median_ms(encoder, astronaut)
     pair = median_ms(encoder, np.concatenate([astronaut, grace], 1))
+    crop = crop_ms(encoder.faces(astronaut), astronaut)
     encoder.close()
     print(f"blendshapes per image, CPU: 512x512 portrait {portrait:.1f} ms; 1024x512 two-face picture "
           f"{pair:.1f} ms (windowed search: {pair / portrait:.1f}x)")
+    print(f"square face crop to 512x512 for training: {crop:.1f} ms per photo ({crop / portrait:.2f}x the encoding)")

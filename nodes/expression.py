@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import mediapipe  # noqa: F401 - imported here so a missing dependency removes only these nodes, with one log line
 import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..models.expression.adapter import AdapterFileError, load_adapter
-from ..models.expression.blendshapes import (ARKIT_NAMES, FLAME_SIZE, PRESETS, Blendshapes, FaceEncoder, edit,
-                                             flame, landmarker_path)
+from ..models.expression.adapter import AdapterFileError, ExpressionAdapter, LoadedAdapter, load_adapter
+from ..models.expression.blendshapes import (PRESETS, Blendshapes, FaceEncoder, edit, flame,
+                                             landmarker_path)
 from ..models.expression.overlay import draw_overlay
 from .common import (CATEGORY, EditLabInputError, EditLabNode, checked_image_size, inside_input_folder, input_folder,
                      output_file, rgb_images, saved)
@@ -21,9 +22,11 @@ from .host import mediapipe_dirs, model_folder
 
 CAT = f"{CATEGORY}/Expression"
 ADAPTER_FOLDER = model_folder("expression_adapters", {".safetensors", ".bin", ".pt"})
+REFERENCE_LORA_FOLDER = model_folder("expression_reference_loras", {".safetensors"})
 
 BlendshapesType = io.Custom("EDITLAB_BLENDSHAPES")
-AdapterType = io.Custom("EDITLAB_EXPRESSION_ADAPTER")
+AdapterType = io.Custom("EDITLAB_EXPRESSION_ADAPTER")  # LoadedAdapter
+ReferenceLoRAType = io.Custom("EDITLAB_REFERENCE_LORA")  # ReferenceLoRAWeights
 MIN_FACE_IMAGE_SIDE = 16  # px; smaller images hold no face the landmarker can find
 MAX_VALUES_CHARS = 100_000  # Blendshape Edit's JSON
 MAX_PROMPT_CHARS = 4000  # the adapter trainer's prompt
@@ -178,7 +181,23 @@ class EditLabExpressionAdapterLoader(EditLabNode):
             adapter, info = load_adapter(path)
         except AdapterFileError as exc:
             raise EditLabInputError("adapter_name", f"an expression adapter file: {exc}", adapter_name) from None
-        return io.NodeOutput({"adapter": adapter, "name": adapter_name, **info})
+        return io.NodeOutput(LoadedAdapter(adapter, adapter_name, info["input"], info["format"]))
+
+
+def _fitting_layers(model, adapter: LoadedAdapter) -> list:
+    """The MODEL's cross-attention layers, checked against the adapter's (count, widths, token width)."""
+    from ..models.expression.patch import cross_attention_layers
+
+    net = adapter.adapter
+    layers = cross_attention_layers(model.get_model_object("diffusion_model"))
+    dims = [attn.to_q.weight.shape[0] for _, attn in layers]
+    if len(layers) != net.layers or dims != [w.weight.shape[0] for w in net.to_k_ip]:
+        raise EditLabInputError("adapter", f"an adapter for this UNet's {len(layers)} cross-attention layers",
+                                f"{adapter.name} with {net.layers}")
+    if net.image_proj.cross_dim != layers[0][1].to_k.weight.shape[1]:
+        raise EditLabInputError("adapter", f"tokens as wide as this model's text context "
+                                           f"({layers[0][1].to_k.weight.shape[1]})", net.image_proj.cross_dim)
+    return layers
 
 
 class EditLabApplyExpression(EditLabNode):
@@ -207,24 +226,17 @@ class EditLabApplyExpression(EditLabNode):
 
     @classmethod
     def execute(cls, model, adapter, blendshapes, strength, start_percent, end_percent) -> io.NodeOutput:
-        from ..models.expression.patch import ExpressionAttentionPatch, cross_attention_layers
+        from ..models.expression.patch import ExpressionAttentionPatch
 
-        net = adapter["adapter"]
+        net = adapter.adapter
         if blendshapes.values.shape[0] != net.input_dim:
             raise EditLabInputError("blendshapes", f"{net.input_dim}-d blendshapes for this adapter "
-                                                   f"({adapter['input']})",
+                                                   f"({adapter.input})",
                                     f"{blendshapes.values.shape[0]}-d ({blendshapes.space})")
         if start_percent > end_percent:
             raise EditLabInputError("end_percent", f"a value at or after start_percent ({start_percent})",
                                     end_percent)
-        layers = cross_attention_layers(model.get_model_object("diffusion_model"))
-        dims = [attn.to_q.weight.shape[0] for _, attn in layers]
-        if len(layers) != net.layers or dims != [w.weight.shape[0] for w in net.to_k_ip]:
-            raise EditLabInputError("adapter", f"an adapter for this UNet's {len(layers)} cross-attention layers",
-                                    f"{adapter['name']} with {net.layers}")
-        if net.image_proj.cross_dim != layers[0][1].to_k.weight.shape[1]:
-            raise EditLabInputError("adapter", f"tokens as wide as this model's text context "
-                                               f"({layers[0][1].to_k.weight.shape[1]})", net.image_proj.cross_dim)
+        layers = _fitting_layers(model, adapter)
         sampling = model.get_model_object("model_sampling")
         patch = ExpressionAttentionPatch(net, torch.from_numpy(blendshapes.values), strength, layers,
                                          float(sampling.percent_to_sigma(start_percent)),
@@ -237,92 +249,149 @@ class EditLabApplyExpression(EditLabNode):
         return io.NodeOutput(m)
 
 
+REFERENCE_MODES = ("training-free", "trained LoRA")
+
+
 class EditLabReferenceAdapter(EditLabNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="EditLabReferenceAdapter", display_name="Reference Adapter", category=CAT,
             description="Makes the UNet's self-attention also read a reference photo's features, written once by "
-                        "running the UNet on the reference at its lowest noise level, so appearance and background "
-                        "carry over while the expression changes. At strength 0 the patch runs and changes nothing; "
-                        "1 uses the reference-extended attention fully.",
+                        "running the frozen UNet on the reference at its lowest noise level, so appearance and "
+                        "background carry over while the expression changes. Mode 'training-free' uses the UNet's "
+                        "own projections; 'trained LoRA' adds a reference LoRA (Train Reference LoRA, the paper's "
+                        "second stage, or Reference LoRA Loader) to the extended self-attention, scaled by "
+                        "lora_scale (the authors use 0.8). At strength 0 the patch runs and changes nothing; 1 uses "
+                        "the reference-extended attention fully.",
             inputs=[io.Model.Input("model", tooltip="An SD1.5 or SDXL model."),
                     io.Vae.Input("vae", tooltip="The model's VAE, to encode the reference."),
                     io.Image.Input("reference", tooltip="The photo whose appearance should carry over."),
                     io.Float.Input("strength", default=0.8, min=0.0, max=1.0, step=0.05,
-                                   tooltip="0: the model unchanged; 1: self-attention reads the reference fully.")],
+                                   tooltip="0: the model unchanged; 1: self-attention reads the reference fully "
+                                           "(as a trained LoRA was trained)."),
+                    io.Combo.Input("mode", options=list(REFERENCE_MODES), default=REFERENCE_MODES[0], optional=True,
+                                   tooltip="training-free: the UNet's own self-attention reads the reference; "
+                                           "trained LoRA: with the connected reference LoRA."),
+                    ReferenceLoRAType.Input("lora", optional=True,
+                                            tooltip="The reference LoRA for mode 'trained LoRA' (Train Reference "
+                                                    "LoRA or Reference LoRA Loader)."),
+                    io.Float.Input("lora_scale", default=0.8, min=0.0, max=2.0, step=0.05, optional=True,
+                                   tooltip="Scale of the reference LoRA (mode 'trained LoRA'); the authors use "
+                                           "0.8.")],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model, vae, reference, strength) -> io.NodeOutput:
-        from ..models.expression.patch import FeatureRecorder, ReferenceAttentionPatch, transformer_blocks
+    def execute(cls, model, vae, reference, strength, mode=REFERENCE_MODES[0], lora=None,
+                lora_scale=0.8) -> io.NodeOutput:
+        from ..models.expression.patch import ReferenceAttentionPatch, transformer_blocks
+        from ..models.expression.reference import reference_features
 
         reference = rgb_images(reference, "reference")
-        from ..models.expression.reference import record_reference_features
-
+        if mode == REFERENCE_MODES[1] and lora is None:
+            raise EditLabInputError("lora", "a reference LoRA connected in mode 'trained LoRA'")
+        if mode == REFERENCE_MODES[0] and lora is not None:
+            raise EditLabInputError("mode", "'trained LoRA' when a reference LoRA is connected (or disconnect it)",
+                                    mode)
         blocks = transformer_blocks(model.get_model_object("diffusion_model"))
         if not blocks:
             raise EditLabInputError("model", "a UNet with attention blocks (SD1.5, SDXL)")
+        layers = [(key, tb.attn1) for key, tb in blocks]
+        net = None if lora is None else _bound_lora(lora, layers, lora_scale)
         latent = vae.encode(reference[:1])
-        recorder = FeatureRecorder([key for key, _ in blocks])
-        writer = model.clone()
-        writer.set_model_attn1_patch(recorder)
-        host.load_models([writer])
-        record_reference_features(writer.model, latent, blocks[0][1].attn2.to_k.weight.shape[1],
-                                  writer.model_options.get("transformer_options", {}), recorder,
-                                  host.compute_device())
-        if len(recorder.features) != len(blocks):
-            raise EditLabInputError("model", "a UNet whose self-attention layers the reference pass reaches")
-        patch = ReferenceAttentionPatch(recorder.features, strength, [(key, tb.attn1) for key, tb in blocks])
+        host.load_models([model])
+        try:
+            features = reference_features(model.model, latent, model.model_options.get("transformer_options", {}),
+                                          host.compute_device())
+        except ValueError as exc:
+            raise EditLabInputError("model", str(exc)) from None
+        patch = ReferenceAttentionPatch(features, strength, layers, lora=net)
         m = model.clone()
         m.set_model_attn1_patch(patch.input_hook)
         m.set_model_attn1_output_patch(patch.output_hook)
         return io.NodeOutput(m)
 
 
+def _bound_lora(lora, layers: list, scale: float):
+    from ..models.expression.reference_lora import ReferenceLoRAFileError, reference_lora_for
+
+    try:
+        net = reference_lora_for(layers, lora.tensors, lora.rank, lora.alpha)
+    except ReferenceLoRAFileError as exc:
+        raise EditLabInputError("lora", f"a reference LoRA for this model: {exc}", lora.name) from None
+    net.set_scale(scale)
+    return net
+
+
+class EditLabReferenceLoRALoader(EditLabNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabReferenceLoRALoader", display_name="Reference LoRA Loader", category=CAT,
+            description="Loads a reference LoRA (the reference adapter's trained second stage) from "
+                        "models/expression_reference_loras/, for the Reference Adapter's 'trained LoRA' mode.",
+            inputs=[io.Combo.Input("lora_name", options=host.model_files(REFERENCE_LORA_FOLDER),
+                                   tooltip="A file in models/expression_reference_loras/ (.safetensors).")],
+            outputs=[ReferenceLoRAType.Output(display_name="lora")],
+        )
+
+    @classmethod
+    def execute(cls, lora_name) -> io.NodeOutput:
+        from ..models.expression.reference_lora import (ReferenceLoRAFileError, ReferenceLoRAWeights,
+                                                        read_reference_lora)
+
+        path = host.model_file_path(REFERENCE_LORA_FOLDER, lora_name)
+        if path is None:
+            raise EditLabInputError("lora_name", f"a file in models/{REFERENCE_LORA_FOLDER}/", lora_name)
+        try:
+            tensors, meta = read_reference_lora(path)
+        except ReferenceLoRAFileError as exc:
+            raise EditLabInputError("lora_name", f"a reference LoRA file: {exc}", lora_name) from None
+        return io.NodeOutput(ReferenceLoRAWeights(tensors, meta["rank"], meta["alpha"], lora_name))
+
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def _face_folder_images(folder: str, resolution: int):
-    """Images of a folder inside ComfyUI's input directory, with their blendshapes. Faceless images are skipped and
-    listed; unreadable, oversized or linked-out ones too, with the reason."""
+def _read_face_photo(path: str) -> np.ndarray:
+    """An (H, W, 3) uint8 photo of a training folder; ValueError (the photo is listed, not fatal) for one that
+    links out of the input folder, has a size the face encoder cannot take, or does not decode."""
     from PIL import Image
 
+    if not inside_input_folder(path):
+        raise ValueError("links outside the input folder")
+    unreadable = lambda exc: ValueError(f"not a readable image ({type(exc).__name__})")
+    try:
+        im = Image.open(path)
+    except Exception as exc:  # noqa: BLE001 - corrupt, truncated, not an image, a decompression bomb
+        raise unreadable(exc) from None
+    with im:
+        try:  # before decoding: MediaPipe and OpenCV abort the process on some sizes
+            checked_image_size(im.height, im.width, "folder", min_side=MIN_FACE_IMAGE_SIDE)
+        except EditLabInputError:
+            raise ValueError(f"{im.width}x{im.height} px is outside the sizes the face encoder takes") from None
+        try:
+            return np.array(im.convert("RGB"))
+        except Exception as exc:  # noqa: BLE001
+            raise unreadable(exc) from None
+
+
+def _face_folder_images(folder: str, resolution: int):
+    """Square face crops of a folder's photos (inside ComfyUI's input directory), with their blendshapes
+    (``models/expression/dataset.py``). Faceless photos are skipped and listed; unreadable, oversized or linked-out
+    ones too, with the reason."""
+    from ..models.expression.dataset import face_training_set
+
     path = input_folder(folder, "folder")
-    images, values, skipped, unreadable = [], [], [], []
+    files = [(name, os.path.join(path, name)) for name in sorted(os.listdir(path)) if name.lower().endswith(IMAGE_EXTS)]
     with _encoder() as encoder:  # closed when the folder is done
-        for name in sorted(os.listdir(path)):
-            if not name.lower().endswith(IMAGE_EXTS):
-                continue
-            host.check_interrupted()
-            file = os.path.join(path, name)
-            if not inside_input_folder(file):
-                unreadable.append(f"{name}: links outside the input folder")
-                continue
-            try:
-                with Image.open(file) as im:
-                    # before decoding: MediaPipe and OpenCV abort the process on some sizes
-                    checked_image_size(im.height, im.width, "folder", min_side=MIN_FACE_IMAGE_SIDE)
-                    rgb = np.asarray(im.convert("RGB"))
-            except EditLabInputError:
-                unreadable.append(f"{name}: {im.width}x{im.height} px is outside the sizes the face encoder takes")
-                continue
-            except Exception as exc:  # noqa: BLE001 - corrupt, truncated, not an image, a decompression bomb
-                unreadable.append(f"{name}: not a readable image ({type(exc).__name__})")
-                continue
-            faces = encoder.faces(rgb)
-            if not faces:
-                skipped.append(name)
-                continue
-            small = Image.fromarray(rgb).resize((resolution, resolution), Image.LANCZOS)
-            images.append(torch.from_numpy(np.asarray(small)).float() / 255.0)
-            values.append(torch.from_numpy(faces[0].values))
-    if not images:
+        found = face_training_set(files, encoder, resolution, _read_face_photo, check=host.check_interrupted)
+    if not found.images:
         raise EditLabInputError("folder", "images with a face in them",
-                                f"{folder}: none found" + (f"; unreadable: {'; '.join(unreadable)}" if unreadable
-                                                           else ""))
-    return torch.stack(images), torch.stack(values), skipped, unreadable
+                                f"{folder}: none found" + (f"; unreadable: {'; '.join(found.unreadable)}"
+                                                           if found.unreadable else ""))
+    return found
 
 
 class EditLabTrainExpressionAdapter(EditLabNode):
@@ -331,9 +400,11 @@ class EditLabTrainExpressionAdapter(EditLabNode):
         return io.Schema(
             node_id="EditLabTrainExpressionAdapter", display_name="Train Expression Adapter (ARKit-52)",
             category=CAT, is_output_node=True,
-            description="Trains an ARKit-52 expression adapter on a folder of face photos (in ComfyUI's input "
-                        "directory) whose blendshapes the face encoder measures, with the diffusion loss and the "
-                        "model frozen; saves models/expression_adapters/NAME.safetensors. Interruptible.",
+            description="Stage 1: trains an ARKit-52 expression adapter on a folder of face photos (in ComfyUI's "
+                        "input directory), each cropped to a square around its face (photos without a face are "
+                        "skipped and listed), whose blendshapes the face encoder measures; the model's own diffusion "
+                        "objective (epsilon, v or velocity, at its discrete timesteps), the model frozen; saves "
+                        "models/expression_adapters/NAME.safetensors. Interruptible.",
             inputs=[
                 io.Model.Input("model", tooltip="The SD1.5/SDXL model the adapter is trained for (kept frozen)."),
                 io.Clip.Input("clip", tooltip="Its text encoder."),
@@ -371,33 +442,133 @@ class EditLabTrainExpressionAdapter(EditLabNode):
         from ..models.expression.train import train_unet_adapter
 
         path = output_file(ADAPTER_FOLDER, name, "name", overwrite)
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise EditLabInputError("prompt", f"a prompt of at most {MAX_PROMPT_CHARS} characters", prompt)
-        images, values, skipped, unreadable = _face_folder_images(folder, resolution)
-        layers = cross_attention_layers(model.get_model_object("diffusion_model"))
+        data = _training_data(model, clip, vae, folder, prompt, resolution)
+        layers = cross_attention_layers(data.base.diffusion_model)
         if not layers:
             raise EditLabInputError("model", "a UNet with cross-attention (SD1.5, SDXL)")
-        cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        host.load_models([model])
-        base, device = model.model, host.compute_device()
-        with torch.inference_mode(False), torch.no_grad():  # data, not parameters: no graph through the VAE
-            latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
-            context = cond[0][0].clone().to(device)
-            pooled = cond[0][1].get("pooled_output")
-            pooled = None if pooled is None else pooled.clone().to(device)
-            adapter = random_adapter(52, context.shape[-1], [a.to_q.weight.shape[0] for _, a in layers], num_tokens,
-                                     seed=seed).to(device).train()
+        with torch.inference_mode(False), torch.no_grad():
+            adapter = random_adapter(52, data.context.shape[-1], [a.to_q.weight.shape[0] for _, a in layers],
+                                     num_tokens, seed=seed).to(data.device).train()
         bar = host.progress(steps)
-        stats = train_unet_adapter(base, adapter, layers, context, pooled, latents, values, resolution, steps, lr,
-                                   batch_size, seed, device, on_step=lambda i, n, loss: bar.update_absolute(i, n),
+        stats = train_unet_adapter(data.base, adapter, layers, data.context, data.pooled, data.latents, data.values,
+                                   resolution, steps, lr, batch_size, seed, data.device,
+                                   on_step=lambda i, n, loss: bar.update_absolute(i, n),
                                    should_stop=host.check_interrupted)
         adapter = adapter.cpu().eval()
         saved(lambda p, o: save_adapter(adapter, p, "arkit52", overwrite=o), path, "name", overwrite)
-        stats.update(skipped=skipped, unreadable=unreadable, file=os.path.basename(path))
-        text = json.dumps(stats)
-        return io.NodeOutput({"adapter": adapter, "name": os.path.basename(path), "input": "arkit52",
-                              "format": "editlab"}, text, ui=ui.PreviewText(text))
+        text = json.dumps({**stats, **data.report(), "file": os.path.basename(path)})
+        return io.NodeOutput(LoadedAdapter(adapter, os.path.basename(path), "arkit52", "editlab"), text,
+                             ui=ui.PreviewText(text))
+
+
+@dataclass
+class _TrainingData:
+    """A face folder ready for training inside a MODEL: crops, their latents, blendshapes and the prompt."""
+    found: object  # FaceTrainingSet
+    images: torch.Tensor  # (N, H, W, 3) in [0, 1]
+    base: object  # the host BaseModel (loaded)
+    device: object
+    latents: torch.Tensor
+    values: torch.Tensor
+    context: torch.Tensor
+    pooled: torch.Tensor | None
+
+    def report(self) -> dict:
+        return {"skipped": self.found.skipped, "unreadable": self.found.unreadable,
+                "crops": {n: [c.x0, c.y0, c.side] for n, c in zip(self.found.names, self.found.crops)}}
+
+
+def _training_data(model, clip, vae, folder: str, prompt: str, resolution: int) -> _TrainingData:
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise EditLabInputError("prompt", f"a prompt of at most {MAX_PROMPT_CHARS} characters", prompt)
+    found = _face_folder_images(folder, resolution)
+    images = torch.from_numpy(np.stack(found.images)).float() / 255.0
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+    host.load_models([model])
+    base, device = model.model, host.compute_device()
+    with torch.inference_mode(False), torch.no_grad():  # data, not parameters: no graph through the VAE
+        latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
+        context = cond[0][0].clone().to(device)
+        pooled = cond[0][1].get("pooled_output")
+        pooled = None if pooled is None else pooled.clone().to(device)
+    return _TrainingData(found, images, base, device, latents, torch.from_numpy(np.stack(found.values)), context,
+                         pooled)
+
+
+class EditLabTrainReferenceLoRA(EditLabNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EditLabTrainReferenceLoRA", display_name="Train Reference LoRA (stage 2)",
+            category=CAT, is_output_node=True,
+            description="The paper's second stage: trains a LoRA (peft) on the UNet's self-attention projections "
+                        "while the self-attention reads each photo's reference features (written by the frozen "
+                        "UNet from the mirrored photo) and the expression adapter, frozen, feeds the photo's "
+                        "measured blendshapes; the model's own diffusion objective, the model and the expression "
+                        "adapter unchanged. Face photos from a folder in ComfyUI's input directory (square face "
+                        "crops). Saves models/expression_reference_loras/NAME.safetensors for the Reference "
+                        "Adapter's 'trained LoRA' mode. Interruptible.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.5/SDXL model (kept frozen)."),
+                io.Clip.Input("clip", tooltip="Its text encoder."),
+                io.Vae.Input("vae", tooltip="Its VAE."),
+                AdapterType.Input("adapter", tooltip="The ARKit-52 expression adapter from stage 1 (kept frozen)."),
+                io.String.Input("folder", default="faces",
+                                tooltip="Folder of face photos inside ComfyUI's input folder ('.' = the input folder "
+                                        "itself)."),
+                io.String.Input("prompt", default="a photo of a face",
+                                tooltip="Caption used for every training image."),
+                io.Int.Input("resolution", default=512, min=64, max=1024, step=64,
+                             tooltip="Training image size in pixels."),
+                io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Training steps."),
+                io.Float.Input("lr", default=1e-4, min=1e-6, max=1e-1, step=1e-5, tooltip="AdamW learning rate."),
+                io.Int.Input("batch_size", default=2, min=1, max=64, tooltip="Images per step."),
+                io.Int.Input("rank", default=8, min=1, max=128, tooltip="LoRA rank."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed for the initial LoRA weights, noise and batch order."),
+                io.String.Input("name", default="my_reference_lora",
+                                tooltip="Saved as models/expression_reference_loras/NAME.safetensors."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Replace models/expression_reference_loras/NAME.safetensors if it exists "
+                                         "(off: an error)."),
+            ],
+            outputs=[ReferenceLoRAType.Output(display_name="lora"), io.String.Output(display_name="stats")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, adapter, folder, prompt, resolution, steps, lr, batch_size, rank, seed,
+                name, overwrite=False) -> io.NodeOutput:
+        from comfy_api.latest import ui
+
+        from ..models.expression.patch import transformer_blocks
+        from ..models.expression.reference import train_reference_lora
+        from ..models.expression.reference_lora import ReferenceLoRA, ReferenceLoRAWeights, save_reference_lora
+
+        path = output_file(REFERENCE_LORA_FOLDER, name, "name", overwrite)
+        if adapter.adapter.input_dim != 52:
+            raise EditLabInputError("adapter", "an ARKit-52 adapter (the folder's blendshapes are measured as "
+                                               "ARKit-52)", f"{adapter.name} ({adapter.input})")
+        _fitting_layers(model, adapter)
+        data = _training_data(model, clip, vae, folder, prompt, resolution)
+        blocks = transformer_blocks(data.base.diffusion_model)
+        with torch.inference_mode(False), torch.no_grad():
+            mirrored = data.images.flip(2)  # each photo's reference: the same face, mirrored
+            references = data.base.process_latent_in(vae.encode(mirrored.clone())).clone().to(data.device)
+            lora = ReferenceLoRA([(key, tb.attn1) for key, tb in blocks], rank, seed=seed).to(data.device)
+        with torch.inference_mode(False), torch.no_grad():  # a copy autograd can read through (never trained)
+            expression = ExpressionAdapter.from_parts(*adapter.adapter.parts()).to(data.device)
+        bar = host.progress(steps)
+        stats = train_reference_lora(data.base, expression, lora, data.context, data.pooled, data.latents,
+                                     references, data.values, resolution, steps, lr, batch_size, seed, data.device,
+                                     on_step=lambda i, n, loss: bar.update_absolute(i, n),
+                                     should_stop=host.check_interrupted)
+        lora.to("cpu")
+        saved(lambda p, o: save_reference_lora(lora, p, overwrite=o), path, "name", overwrite)
+        text = json.dumps({**stats, **data.report(), "file": os.path.basename(path)})
+        return io.NodeOutput(ReferenceLoRAWeights(lora.state(), lora.rank, lora.alpha, os.path.basename(path)),
+                             text, ui=ui.PreviewText(text))
 
 
 NODES = [EditLabFaceBlendshapes, EditLabBlendshapeEdit, EditLabFLAMEExpression, EditLabExpressionAdapterLoader,
-         EditLabApplyExpression, EditLabReferenceAdapter, EditLabTrainExpressionAdapter]
+         EditLabApplyExpression, EditLabReferenceAdapter, EditLabTrainExpressionAdapter, EditLabTrainReferenceLoRA,
+         EditLabReferenceLoRALoader]

@@ -534,7 +534,7 @@ def expression_reference_edit():
     s_ref = g.stage("ref", "Reference and edited expression", 1)
     scaled = g.add("ImageScale", [("upscale_method", "bilinear"), ("width", 64), ("height", 64), ("crop", "center")],
                    {"image": (photo, 0, "IMAGE")}, ["IMAGE"], s_ref, 0, 0)
-    reference = g.add("EditLabReferenceAdapter", [("strength", 0.8)],
+    reference = g.add("EditLabReferenceAdapter", [("strength", 0.8), ("mode", "training-free"), ("lora_scale", 0.8)],
                       {"model": m.model, "vae": m.vae, "reference": (scaled, 0, "IMAGE")}, ["MODEL"], s_ref, 0, 1)
     surprised = g.add("EditLabBlendshapeEdit", [("preset", "surprise"), ("values", "{}"), ("symmetric", True),
                                                 ("intensity", 1.0)], {"blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")},

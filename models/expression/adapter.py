@@ -11,6 +11,7 @@ projection forms exist and are told apart by their keys:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +138,15 @@ class ExpressionAdapter(nn.Module):
         return image_proj, ip
 
 
+@dataclass
+class LoadedAdapter:
+    """The socket payload of an expression adapter: the network and where it came from."""
+    adapter: ExpressionAdapter
+    name: str  # the file name
+    input: str  # "arkit52" | "flame55" | "<D>-d"
+    format: str  # "authors" (diffusers' IP-Adapter layout) | this pack's FORMAT
+
+
 def load_adapter(path: str) -> tuple[ExpressionAdapter, dict]:
     """The authors' pickled .bin (read with weights_only=True) or this pack's .safetensors."""
     try:
@@ -177,8 +187,10 @@ def random_adapter(input_dim: int, cross_dim: int, inner_dims: list[int], num_to
                    seed: int = 0) -> ExpressionAdapter:
     """A fresh adapter (training start, and test fixtures): small random weights."""
     gen = torch.Generator().manual_seed(seed)
-    proj = TokenProjection(form, input_dim, cross_dim, num_tokens, hidden=max(64, input_dim))
-    adapter = ExpressionAdapter(proj, inner_dims)
+    with torch.random.fork_rng(devices=[]):  # the layers' own initialisation (biases) from the seed as well
+        torch.manual_seed(seed)
+        proj = TokenProjection(form, input_dim, cross_dim, num_tokens, hidden=max(64, input_dim))
+        adapter = ExpressionAdapter(proj, inner_dims)
     with torch.no_grad():
         for name, p in adapter.named_parameters():
             if p.ndim >= 2:

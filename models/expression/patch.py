@@ -129,12 +129,19 @@ class ExpressionAttentionPatch:
 class ReferenceAttentionPatch:
     """Self-attention that also sees a reference image's features: for each layer, the output moves from
     ``attn(q, k, v)`` towards ``attn(q, [k; k_ref], [v; v_ref])`` by ``strength`` (1 = fully reference-extended).
-    The reference features are the self-attention inputs of a pass over the reference latent (written once)."""
+    The reference features are the self-attention inputs of a pass over the reference latent (written once).
 
-    def __init__(self, features: dict, strength: float, layers: list):
-        self.features = features  # (block, index) -> (1, N_ref, C)
+    With a ``lora`` (``ReferenceLoRA``, the trained reference adapter) the extended attention's projections carry
+    its LoRA; without one it is the training-free reference adapter. While ``training``, ``rows`` picks each batch
+    row's reference (features then hold one row per training image)."""
+
+    def __init__(self, features: dict, strength: float, layers: list, lora=None):
+        self.features = features  # (block, index) -> (1 or images, N_ref, C)
         self.strength = float(strength)
         self.layers = dict(layers)  # (block, index) -> attn1
+        self.lora = lora
+        self.training = False
+        self.rows = None  # training: the reference row of each batch row
         self._inputs = {}
         self.extra_models = []
         self.input_hook = Hook(self.before_attention, self, report_models=False)
@@ -144,9 +151,12 @@ class ReferenceAttentionPatch:
         return self
 
     def to(self, device_or_dtype):
-        """The host moves the recorded features with the model (devices only: they keep their precision)."""
+        """The host moves the recorded features (and the LoRA) with the model (devices only: they keep their
+        precision)."""
         if not isinstance(device_or_dtype, torch.dtype):
             self.features = {k: v.to(device_or_dtype) for k, v in self.features.items()}
+            if self.lora is not None:
+                self.lora.to(device_or_dtype)
         return self
 
     def before_attention(self, n, context, value, extra):
@@ -162,14 +172,19 @@ class ReferenceAttentionPatch:
             return out
         n, context = stashed
         attn = self.layers[key]
-        ref = self.features[key].to(n).expand(n.shape[0], -1, -1)
+        ref = self.features[key].to(n)
+        if self.training and self.rows is not None:
+            ref = ref[self.rows.to(ref.device)]
+        else:
+            ref = ref[:1].expand(n.shape[0], -1, -1)
+        proj = attn if self.lora is None else self.lora.projections(key)
         source = torch.cat([n if context is None else context, ref], dim=1)
-        q, k, v = attn.to_q(n), attn.to_k(source), attn.to_v(source)
+        q, k, v = proj.to_q(n), proj.to_k(source), proj.to_v(source)
         heads = extra["n_heads"]
         b, _, inner = q.shape
         split = lambda t: t.reshape(b, -1, heads, inner // heads).transpose(1, 2)
         extended = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
-        extended = attn.to_out(extended.transpose(1, 2).reshape(b, -1, inner))
+        extended = proj.to_out(extended.transpose(1, 2).reshape(b, -1, inner))
         return out + self.strength * (extended.to(out) - out)
 
 

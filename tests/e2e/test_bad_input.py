@@ -22,7 +22,7 @@ from editlab.client.api import PromptFailed, text_outputs
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = f"badinput{uuid.uuid4().hex[:8]}"
-MODEL_FOLDERS = ("sae", "sae_directions", "expression_adapters", "tova", "loras")
+MODEL_FOLDERS = ("sae", "sae_directions", "expression_adapters", "tova", "loras", "expression_reference_loras")
 SECRET = "SECRET-FIRST-LINE-of-a-file-outside-the-input-folder"
 NAN = float("nan")
 
@@ -155,6 +155,15 @@ def train_adapter(**over):
                   resolution=64, steps=1, lr=1e-3, batch_size=1, num_tokens=2, seed=0, name=f"{TOKEN}_never")
     inputs.update(over)
     return {"1": tiny("sd15"), "9": N("EditLabTrainExpressionAdapter", **inputs)}
+
+
+def train_reference_lora(**over):
+    inputs = dict(model=["1", 0], clip=["1", 1], vae=["1", 2], adapter=["2", 0], folder=f"{TOKEN}_faces",
+                  prompt="a face", resolution=64, steps=1, lr=1e-3, batch_size=1, rank=2, seed=0,
+                  name=f"{TOKEN}_never")
+    inputs.update(over)
+    return {"1": tiny("sd15"), "2": N("EditLabExpressionAdapterLoader", adapter_name=f"{TOKEN}_sd15.safetensors"),
+            "9": N("EditLabTrainReferenceLoRA", **inputs)}
 
 
 def tova_train(**over):
@@ -473,6 +482,31 @@ CASES = {
         "EditLabLayeredTrain", model=["1", 0], clip=["1", 1], vae=["1", 2], folder=f"{TOKEN}_pairs", stages="both",
         pattern_shift_lora="None", resolution=64, rank=2, steps_stage1=1, steps_stage2=1, lr=NAN,
         product_weight=5.0, guidance=2.5, seed=0, name=f"{TOKEN}_never")}, "lr", "finite"),
+    # -- expression (issue 16: reference LoRA, stage 2) --
+    "reference adapter trained mode without a lora": Case(reference_adapter(mode="trained LoRA"), "lora",
+                                                          "connected"),
+    "reference adapter lora without trained mode": Case(
+        reference_adapter(lora=["3", 0]) | {"3": N("EditLabReferenceLoRALoader",
+                                                   lora_name=f"{TOKEN}_other.safetensors")}, "mode", "trained LoRA"),
+    "reference adapter lora_scale NaN": Case(reference_adapter(lora_scale=NAN), "lora_scale", "finite"),
+    "reference adapter lora for another UNet": Case(
+        reference_adapter(mode="trained LoRA", lora=["3", 0]) | {"3": N("EditLabReferenceLoRALoader",
+                                                                        lora_name=f"{TOKEN}_other.safetensors")},
+        "lora", "does not fit"),
+    "reference lora loader corrupt file": Case({"9": N("EditLabReferenceLoRALoader",
+                                                       lora_name=f"{TOKEN}_corrupt.safetensors")}, "lora_name",
+                                               "cannot read"),
+    "reference lora loader another format": Case({"9": N("EditLabReferenceLoRALoader",
+                                                         lora_name=f"{TOKEN}_format.safetensors")}, "lora_name",
+                                                 "not a reference LoRA"),
+    "reference lora trainer FLAME adapter": Case(train_reference_lora() | {
+        "2": N("EditLabExpressionAdapterLoader", adapter_name=f"{TOKEN}_flame.safetensors")}, "adapter", "ARKit-52"),
+    "reference lora trainer adapter for another UNet": Case(train_reference_lora() | {
+        "2": N("EditLabExpressionAdapterLoader", adapter_name=f"{TOKEN}_ok.safetensors")}, "adapter",
+        "cross-attention layers"),
+    "reference lora trainer lr NaN": Case(train_reference_lora(lr=NAN), "lr", "finite"),
+    "reference lora trainer folder ../": Case(train_reference_lora(folder=".."), "folder", "inside"),
+    "reference lora trainer 1 MB prompt": Case(train_reference_lora(prompt=BIG_TEXT), "prompt", "4000 characters"),
 }
 
 
@@ -559,6 +593,26 @@ def _tova_files(folder: Path):
               str(folder / f"{TOKEN}_nometa.safetensors"))
 
 
+def _reference_lora_files(loras: Path, adapters: Path):
+    """-- expression (issue 16) --: reference LoRA files and the adapters the stage-2 rows load."""
+    import torch
+    from safetensors.torch import save_file
+
+    from editlab.models.expression.adapter import random_adapter, save_adapter
+
+    tiny_sd15 = [64, 128, 128, 128, 64, 64, 128]  # the tiny SD1.5's cross-attention widths
+    save_adapter(random_adapter(52, 32, tiny_sd15, num_tokens=2), str(adapters / f"{TOKEN}_sd15.safetensors"),
+                 "arkit52")
+    save_adapter(random_adapter(55, 32, [16, 16], num_tokens=2), str(adapters / f"{TOKEN}_flame.safetensors"),
+                 "flame55")
+    meta = {"format": "editlab.reference_lora.v1", "rank": "2", "alpha": "2.0", "layers": '["input_1_0"]'}
+    save_file({"input_1_0.to_q.lora_A.weight": torch.zeros(2, 7)}, str(loras / f"{TOKEN}_other.safetensors"),
+              metadata=meta)
+    save_file({"x": torch.zeros(2)}, str(loras / f"{TOKEN}_format.safetensors"),
+              metadata={**meta, "format": "editlab.tova.v1"})
+    (loras / f"{TOKEN}_corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+
+
 @pytest.fixture(scope="module")
 def prepared(server, workflow_inputs, tmp_path_factory):
     """The files the table refers to, made before any row runs; removed (with all TOKEN files) at the end."""
@@ -603,6 +657,7 @@ def prepared(server, workflow_inputs, tmp_path_factory):
     shutil.copy(REPO / "workflows" / "input" / "editlab_product_bag.png", pairs / "bag_source.png")
     shutil.copy(REPO / "workflows" / "input" / "editlab_product_bag_watermarked.png", pairs / "bag_target.png")
     (pairs / "bag.txt").write_text("add a watermark")
+    _reference_lora_files(_model_dir("expression_reference_loras"), _model_dir("expression_adapters"))
     # a real SAE and direction for the tiny Flux, made by the nodes themselves
     _queue(server, sae_train(name=f"{TOKEN}_ok", generated_prompts=40))
     _queue(server, sae_direction(name=f"{TOKEN}_ok"))
@@ -665,6 +720,9 @@ SAVERS = {
                   "sae_directions"),
     "adapter": (lambda name, seed, **o: train_adapter(name=name, seed=seed, folder=f"{TOKEN}_faces", **o),
                 "expression_adapters"),
+    # -- expression (issue 16) --
+    "reference_lora": (lambda name, seed, **o: train_reference_lora(name=name, seed=seed, **o),
+                       "expression_reference_loras"),
 }
 
 

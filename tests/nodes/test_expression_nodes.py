@@ -26,17 +26,70 @@ def sd15(comfy_host):
     return build_tiny_models("sd15", 0)
 
 
+# The tiny SD1.5 (one res block per level, two levels) named as diffusers names its attention processors: down
+# blocks, then up blocks, then the mid block; ComfyUI's blocks for the same layers: down_blocks.i.attentions.j is
+# input_blocks[(L + 1) * i + j + 1], up_blocks.i.attentions.j is output_blocks[(L + 1) * i + j] (L = 1 res block here,
+# 2 in SD1.5), the mid block is middle_block.
+DIFFUSERS_CROSS_ATTENTION = [
+    ("down_blocks.0.attentions.0", ("input", 1), 64), ("down_blocks.1.attentions.0", ("input", 3), 128),
+    ("up_blocks.0.attentions.0", ("output", 0), 128), ("up_blocks.0.attentions.1", ("output", 1), 128),
+    ("up_blocks.1.attentions.0", ("output", 2), 64), ("up_blocks.1.attentions.1", ("output", 3), 64),
+    ("mid_block.attentions.0", ("middle", 0), 128)]
+FLAME, CONTEXT, TOKENS = 55, 32, 4
+
+
+def diffusers_ip_adapter(seed=1):
+    """An adapter file as diffusers' ``load_ip_adapter`` reads it, written here from the documented layout (not by
+    the pack's writer): ``image_proj`` in diffusers' ImageProjection form (``proj`` linear to tokens * width, then
+    a LayerNorm ``norm``), ``ip_adapter`` with ``N.to_k_ip.weight`` / ``N.to_v_ip.weight`` numbered as diffusers'
+    ``_convert_ip_adapter_attn_to_diffusers`` counts its attention processors: self- and cross-attention alternate,
+    only cross-attention has weights, so the numbers run 1, 3, 5, ... Returns (file dict, diffusers name -> (k, v))."""
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen) / shape[-1] ** 0.5
+    image_proj = {"proj.weight": rand(TOKENS * CONTEXT, FLAME), "proj.bias": 0.1 * torch.randn(TOKENS * CONTEXT,
+                                                                                              generator=gen),
+                  "norm.weight": 1 + 0.1 * torch.randn(CONTEXT, generator=gen),
+                  "norm.bias": 0.1 * torch.randn(CONTEXT, generator=gen)}
+    ip, by_name = {}, {}
+    for n, (name, _, inner) in enumerate(DIFFUSERS_CROSS_ATTENTION):
+        k, v = rand(inner, CONTEXT), rand(inner, CONTEXT)
+        ip[f"{2 * n + 1}.to_k_ip.weight"], ip[f"{2 * n + 1}.to_v_ip.weight"] = k, v
+        by_name[name] = (k, v)
+    return {"image_proj": image_proj, "ip_adapter": ip}, by_name
+
+
 @pytest.fixture(scope="module")
 def authors_file(nodes, sd15):
-    """An adapter in the authors' key layout (FLAME-55, MLP projection), sized for the tiny SD1.5, saved as .bin."""
-    from editlab.models.expression.adapter import random_adapter
-    from editlab.models.expression.patch import cross_attention_layers
-
-    layers = cross_attention_layers(sd15.model.model.diffusion_model)
-    adapter = random_adapter(55, 32, [attn.to_q.weight.shape[0] for _, attn in layers], num_tokens=4, seed=1)
-    image_proj, ip = adapter.parts()
-    torch.save({"image_proj": image_proj, "ip_adapter": ip}, nodes.adapter_dir / "exp_adapter.bin")
+    """The authors' exp_adapter.bin layout (FLAME-55), sized for the tiny SD1.5, pickled as torch.save writes it."""
+    data, _ = diffusers_ip_adapter()
+    torch.save(data, nodes.adapter_dir / "exp_adapter.bin")
     return "exp_adapter.bin"
+
+
+def _patch_of(model):
+    """The expression patch Apply Expression installed on ``model`` (its attn2 output hook's owner)."""
+    return model.model_options["transformer_options"]["patches"]["attn2_output_patch"][-1].owner
+
+
+def test_authors_layout_maps_each_key_to_its_unet_layer(nodes, sd15, authors_file):
+    data, by_name = diffusers_ip_adapter()
+    adapter, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name=authors_file).result
+    model, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
+                                                  strength=1.0, start_percent=0.0, end_percent=1.0).result
+    patch = _patch_of(model)
+    net = adapter.adapter
+    assert sorted(patch.layers) == sorted((block, 0) for _, block, _ in DIFFUSERS_CROSS_ATTENTION)
+    for name, block, _ in DIFFUSERS_CROSS_ATTENTION:
+        i, attn = patch.layers[(block, 0)]
+        k, v = by_name[name]
+        assert torch.equal(net.to_k_ip[i].weight, k) and torch.equal(net.to_v_ip[i].weight, v), (name, block)
+        assert net.to_k_ip[i].weight.shape[0] == attn.to_q.weight.shape[0]
+    # the projection: tokens = LayerNorm(proj(x) as (tokens, width)), as diffusers' ImageProjection computes them
+    x = torch.from_numpy(_flame(nodes).values)[None]
+    proj = data["image_proj"]
+    rows = (x @ proj["proj.weight"].T + proj["proj.bias"]).reshape(1, TOKENS, CONTEXT)
+    by_hand = torch.nn.functional.layer_norm(rows, (CONTEXT,), proj["norm.weight"], proj["norm.bias"])
+    assert torch.allclose(net.tokens(x), by_hand, atol=1e-6)
 
 
 def test_face_blendshapes_node_on_a_real_photo(nodes):
@@ -80,12 +133,22 @@ def conds(sd15):
             clip.encode_from_tokens_scheduled(clip.tokenize("")))
 
 
-def test_authors_layout_loads_and_strength_zero_is_the_base_model(nodes, sd15, authors_file, conds):
+def test_authors_layout_loads_and_strength_zero_runs_the_patch_and_is_the_base_model(nodes, sd15, authors_file,
+                                                                                     conds):
     adapter, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name=authors_file).result
-    assert adapter["input"] == "flame55" and adapter["format"] == "authors" and adapter["adapter"].layers == 7
+    assert adapter.input == "flame55" and adapter.format == "authors" and adapter.adapter.layers == 7
     same, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
                                                  strength=0.0, start_percent=0.0, end_percent=1.0).result
-    assert torch.equal(_run(same, *conds), _run(sd15.model, *conds))
+    net, calls = adapter.adapter, []
+    attention = net.attention
+    net.attention = lambda *a: calls.append(a[0]) or attention(*a)  # the adapter's decoupled attention, counted
+    try:
+        out = _run(same, *conds)
+    finally:
+        del net.attention
+    # 3 steps, cond and uncond in one batch: every layer's decoupled attention ran each step, and added nothing
+    assert sorted(set(calls)) == list(range(7)) and len(calls) == 3 * 7
+    assert torch.equal(out, _run(sd15.model, *conds))
     moved, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
                                                   strength=1.0, start_percent=0.0, end_percent=1.0).result
     assert not torch.equal(_run(moved, *conds), _run(sd15.model, *conds))
@@ -186,7 +249,9 @@ def test_training_lowers_the_loss_and_the_file_reads_back_identically(nodes, con
     astronaut = Image.fromarray(data.astronaut())
     grace = Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")).convert("RGB")
     astronaut.save(faces / "a.png")
-    astronaut.transpose(Image.FLIP_LEFT_RIGHT).save(faces / "b.png")
+    wide = Image.new("RGB", (1100, 512))  # a wide photo: trained on the face's square, not squashed whole
+    wide.paste(astronaut.transpose(Image.FLIP_LEFT_RIGHT), (500, 0))
+    wide.save(faces / "b.png")
     grace.save(faces / "c.png")
     Image.fromarray(data.coffee()).save(faces / "no_face.png")
     old = folder_paths.get_input_directory()
@@ -210,9 +275,11 @@ def test_training_lowers_the_loss_and_the_file_reads_back_identically(nodes, con
         folder_paths.set_input_directory(old)
     stats = json.loads(text)
     assert stats["images"] == 3 and stats["skipped"] == ["no_face.png"]
+    x0, y0, side = stats["crops"]["b.png"]
+    assert 500 <= x0 and x0 + side <= 1012 and side < 512  # the square round the face, inside the pasted photo
     assert stats["loss_after"] < stats["loss_before"], stats
     loaded, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name="trained.safetensors").result
-    assert loaded["input"] == "arkit52"
+    assert loaded.input == "arkit52"
     smile, = nodes.EditLabBlendshapeEdit.execute(preset="smile", values="{}", symmetric=True, intensity=1.0).result
     outs = []
     for a in (adapter, loaded):
@@ -220,3 +287,115 @@ def test_training_lowers_the_loss_and_the_file_reads_back_identically(nodes, con
                                                   start_percent=0.0, end_percent=1.0).result
         outs.append(_run(m, *conds))
     assert torch.equal(outs[0], outs[1])
+
+
+def _sample(model, conds, seed=2):
+    import comfy.sample
+
+    latent = torch.zeros(1, 4, 8, 8)
+    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), 3, 3.0, "euler", "simple", *conds,
+                               latent, disable_pbar=True)
+
+
+def test_stage_two_trains_the_reference_lora_only_and_the_file_reads_back(nodes, conds, tmp_path):
+    """The paper's second stage: the LoRA's loss goes down; the expression adapter (frozen) and the shared MODEL
+    stay bit-identical; the saved LoRA, loaded back, gives the same images as the trained one; 'trained LoRA' differs
+    from the training-free mode, which stays the default."""
+    import folder_paths
+    from PIL import Image
+
+    from editlab.models.expression.adapter import LoadedAdapter, random_adapter
+    from editlab.models.expression.patch import cross_attention_layers
+    from editlab.models.tiny import build_tiny_models
+
+    faces = tmp_path / "input" / "faces"
+    faces.mkdir(parents=True)
+    Image.fromarray(data.astronaut()).save(faces / "a.png")
+    Image.fromarray(_rgb_grace()).save(faces / "b.png")
+    old = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    folder = tmp_path / "loras"
+    folder_paths.folder_names_and_paths[nodes.REFERENCE_LORA_FOLDER] = ([str(folder)], {".safetensors"})
+    with torch.inference_mode():  # as the server runs every node
+        sd15 = build_tiny_models("sd15", 0)
+        dims = [a.to_q.weight.shape[0] for _, a in cross_attention_layers(sd15.model.model.diffusion_model)]
+    with torch.inference_mode(False):
+        stage1 = LoadedAdapter(random_adapter(52, 32, dims, 2, seed=3), "stage1", "arkit52", "editlab")
+    adapter_before = {k: v.clone() for k, v in stage1.adapter.state_dict().items()}
+    params = {k: v.clone() for k, v in sd15.model.model.state_dict().items()}
+    flags = {k: (p.requires_grad, p.is_inference()) for k, p in sd15.model.model.named_parameters()}
+    plain = _sample(sd15.model, conds)
+    try:
+        with torch.inference_mode():
+            lora, text = nodes.EditLabTrainReferenceLoRA.execute(
+                model=sd15.model, clip=sd15.clip, vae=sd15.vae, adapter=stage1, folder="faces",
+                prompt="a photo of a face", resolution=64, steps=30, lr=5e-3, batch_size=2, rank=4, seed=0,
+                name="ref_lora").result
+    finally:
+        folder_paths.set_input_directory(old)
+    stats = json.loads(text)
+    assert stats["loss_after"] < stats["loss_before"], stats
+    assert all(torch.equal(v, stage1.adapter.state_dict()[k]) for k, v in adapter_before.items())
+    after = sd15.model.model.state_dict()
+    assert all(torch.equal(params[k], after[k]) for k in params)
+    assert {k: (p.requires_grad, p.is_inference()) for k, p in sd15.model.model.named_parameters()} == flags
+    assert torch.equal(_sample(sd15.model, conds), plain)
+    assert any(v.abs().sum() > 0 for k, v in lora.tensors.items() if "lora_B" in k)  # it learnt something
+
+    loaded, = nodes.EditLabReferenceLoRALoader.execute(lora_name="ref_lora.safetensors").result
+    reference = torch.from_numpy(data.astronaut()[::8, ::8].copy()).float()[None] / 255
+    outs = {}
+    for label, kw in (("trained", dict(mode="trained LoRA", lora=lora)),
+                      ("loaded", dict(mode="trained LoRA", lora=loaded)), ("free", {})):
+        with torch.inference_mode():  # as the server runs nodes
+            m, = nodes.EditLabReferenceAdapter.execute(model=sd15.model, vae=sd15.vae, reference=reference,
+                                                       strength=1.0, **kw).result
+            outs[label] = _sample(m, conds)
+    assert torch.equal(outs["trained"], outs["loaded"])
+    assert not torch.equal(outs["trained"], outs["free"])
+    from editlab.nodes.common import EditLabInputError
+
+    with pytest.raises(EditLabInputError, match="input 'lora': expected a reference LoRA connected"):
+        nodes.EditLabReferenceAdapter.execute(model=sd15.model, vae=sd15.vae, reference=reference, strength=1.0,
+                                              mode="trained LoRA")
+
+
+def _rgb_grace():
+    import os
+
+    import matplotlib
+    from PIL import Image
+
+    with Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp8_e4m3fn"])
+def test_trained_reference_lora_on_half_precision_and_fp8_weights(nodes, dtype):
+    """The LoRA keeps float32 whatever the UNet's storage, acts (the image moves from the training-free mode) and
+    leaves the stored weights as they were."""
+    from editlab.models.expression.patch import transformer_blocks
+    from editlab.models.expression.reference_lora import ReferenceLoRA, ReferenceLoRAWeights
+    from editlab.models.tiny import build_tiny_models
+
+    models = build_tiny_models("sd15", 0, dtype)
+    blocks = transformer_blocks(models.model.model.diffusion_model)
+    lora = ReferenceLoRA([(key, tb.attn1) for key, tb in blocks], rank=2, seed=0)
+    assert all(p.dtype == torch.float32 for p in lora.lora_parameters())
+    gen = torch.Generator().manual_seed(1)
+    state = {k: (torch.randn(v.shape, generator=gen) * 0.5 if "lora_B" in k else v) for k, v in lora.state().items()}
+    weights = ReferenceLoRAWeights(state, 2, 2.0, "synthetic")
+    clip = models.clip
+    conds = (clip.encode_from_tokens_scheduled(clip.tokenize("a face")),
+             clip.encode_from_tokens_scheduled(clip.tokenize("")))
+    stored = {k: v.clone() for k, v in models.model.model.diffusion_model.state_dict().items()}
+    reference = torch.from_numpy(data.astronaut()[::8, ::8].copy()).float()[None] / 255
+    outs = {}
+    with torch.inference_mode():
+        for label, kw in (("free", {}), ("trained", dict(mode="trained LoRA", lora=weights))):
+            m, = nodes.EditLabReferenceAdapter.execute(model=models.model, vae=models.vae, reference=reference,
+                                                       strength=1.0, **kw).result
+            outs[label] = _sample(m, conds)
+    assert torch.isfinite(outs["trained"]).all() and not torch.equal(outs["trained"], outs["free"])
+    after = models.model.model.diffusion_model.state_dict()
+    assert all(torch.equal(stored[k].float(), after[k].float()) and stored[k].dtype == after[k].dtype for k in stored)

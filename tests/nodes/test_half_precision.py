@@ -163,7 +163,7 @@ def test_expression_nodes_in_half_precision(expression, dtype):
     # the host's memory management loaded the adapter with the UNet, and left its precision alone
     import comfy.model_management
 
-    net = adapter["adapter"]
+    net = adapter.adapter
     assert any(lm.model.model is net for lm in comfy.model_management.current_loaded_models)
     assert all(p.dtype == torch.float32 for p in net.parameters())
     reference = sd15.vae.decode(base)
