@@ -67,8 +67,9 @@ def plain_topk(tokens: torch.Tensor, dict_size=DICT, k=K, epochs=EPOCHS, batch=B
                 "dead_fraction": float(((c > 0).sum(0) == 0).float().mean())}
 
 
-def pack_trainer(tokens: torch.Tensor, dict_size=DICT, k=K, epochs=EPOCHS, batch=BATCH, lr=LR, seed=0) -> dict:
-    _, stats = train_sae(tokens, SAEConfig(act_size=tokens.shape[1], dict_size=dict_size, top_k=k),
+def pack_trainer(tokens: torch.Tensor, dict_size=DICT, k=K, epochs=EPOCHS, batch=BATCH, lr=LR, seed=0,
+                 sparsity="topk") -> dict:
+    _, stats = train_sae(tokens, SAEConfig(act_size=tokens.shape[1], dict_size=dict_size, top_k=k, sparsity=sparsity),
                          TrainConfig(lr=lr, batch_size=batch, epochs=epochs, seed=seed))
     return stats
 
@@ -85,8 +86,9 @@ if __name__ == "__main__":
     tokens = real_tokens()
     print(f"MiniLM token embeddings: {tokens.shape[0]} tokens x {tokens.shape[1]}; dictionary {DICT}, k {K}, "
           f"{EPOCHS} epochs, batch {BATCH}, lr {LR:g}")
-    rows = {"plain TopK (baseline)": timed(plain_topk, tokens), "EditLab trainer": timed(pack_trainer, tokens)}
-    for name, r in rows.items():
+    rows = {"plain TopK (baseline)": timed(plain_topk, tokens), "EditLab trainer": timed(pack_trainer, tokens),
+            "EditLab, batch_topk": timed(lambda t: pack_trainer(t, sparsity="batch_topk"), tokens)}
+    for name, r in rows.items():  # the third: the authors' BatchTopK + threshold, for reference
         print(f"{name:24s} FVU {r['fvu']:.4f}  dead {100 * r['dead_fraction']:5.1f}%  L0 at inference "
               f"{r['l0']:5.1f} (k {K})  {r['seconds']:.1f} s")
     base, ours = rows["plain TopK (baseline)"], rows["EditLab trainer"]

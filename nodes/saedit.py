@@ -15,7 +15,7 @@ from ..models.saedit.direction import METHODS, direction_from_pairs
 from ..models.saedit.edit import decoded_delta
 from ..models.saedit.inversion import InversionSampler, InvertedNoise
 from ..models.saedit.files import SAEFileError, load_direction, load_sae, save_direction, save_sae
-from ..models.saedit.sae import SAEConfig, SparseAutoencoder
+from ..models.saedit.sae import SPARSITY, SAEConfig, SparseAutoencoder
 from ..models.saedit.schedule import SCHEDULES
 from ..models.saedit.slider import slide_conditioning
 from ..models.saedit.features import feature_table, heatmap
@@ -138,7 +138,7 @@ class EditLabSAETrain(EditLabNode):
                 io.Int.Input("dict_size", default=4096, min=16, max=1 << 20,
                              tooltip="Number of SAE features (dictionary size)."),
                 io.Int.Input("top_k", default=32, min=1, max=4096,
-                             tooltip="Features kept active per token (BatchTopK: on average over the batch)."),
+                             tooltip="Features kept active per token (batch_topk: on average over the batch)."),
                 io.String.Input("matryoshka_groups", default="",
                                 tooltip="Comma-separated group sizes adding up to dict_size; empty for none."),
                 io.Float.Input("lr", default=1e-3, min=1e-6, max=1.0, step=1e-4, tooltip="Adam learning rate."),
@@ -149,17 +149,21 @@ class EditLabSAETrain(EditLabNode):
                 io.String.Input("name", default="my_sae", tooltip="Saved as models/sae/NAME.safetensors."),
                 io.Boolean.Input("overwrite", default=False, optional=True,
                                  tooltip="Replace models/sae/NAME.safetensors if it exists (off: an error)."),
+                io.Combo.Input("sparsity", options=list(SPARSITY), default="topk", optional=True,
+                               tooltip="topk: each token keeps its top_k features, in training and use (reconstructs "
+                                       "better at equal budget). batch_topk: the SAEdit authors' BatchTopK (top_k "
+                                       "per token on average over a batch) with a learned threshold in use."),
             ],
             outputs=[SAEType.Output(display_name="sae"), io.String.Output(display_name="stats")],
         )
 
     @classmethod
     def execute(cls, clip, prompts, prompts_file, generated_prompts, part, dict_size, top_k, matryoshka_groups,
-                lr, batch_size, epochs, seed, name, overwrite=False) -> io.NodeOutput:
+                lr, batch_size, epochs, seed, name, overwrite=False, sparsity="topk") -> io.NodeOutput:
         if top_k > dict_size:
             raise EditLabInputError("top_k", f"at most dict_size ({dict_size})", top_k)
         groups = _matryoshka_groups(matryoshka_groups, dict_size)
-        config = SAEConfig(act_size=1, dict_size=dict_size, top_k=top_k, group_sizes=groups)
+        config = SAEConfig(act_size=1, dict_size=dict_size, top_k=top_k, group_sizes=groups, sparsity=sparsity)
         path = output_file(SAE_FOLDER, name, "name", overwrite)
         texts = _read_lines(prompts, prompts_file, "prompts") + prompt_corpus.corpus(generated_prompts, seed=seed)
         if not texts:

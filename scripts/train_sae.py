@@ -25,7 +25,7 @@ if "editlab" not in sys.modules:
     sys.modules["editlab"] = pkg
 
 from editlab.models.saedit.files import save_sae  # noqa: E402
-from editlab.models.saedit.sae import SAEConfig  # noqa: E402
+from editlab.models.saedit.sae import SPARSITY, SAEConfig  # noqa: E402
 from editlab.models.saedit.train import DataParallel, TrainConfig, evaluate_sae, train_sae  # noqa: E402
 
 log = logging.getLogger("train_sae")
@@ -56,6 +56,8 @@ def main(argv=None):
     p.add_argument("--dict-size", type=int, default=4096)
     p.add_argument("--top-k", type=int, default=32)
     p.add_argument("--groups", default="", help="Matryoshka group sizes, comma-separated")
+    p.add_argument("--sparsity", choices=SPARSITY, default="topk",
+                   help="topk: per token (default); batch_topk: the authors' BatchTopK with a threshold at inference")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=4096, help="tokens per step per process")
     p.add_argument("--epochs", type=int, default=2)
@@ -80,7 +82,8 @@ def main(argv=None):
         per = tokens.shape[0] // parallel.world
         tokens = tokens[parallel.rank * per:(parallel.rank + 1) * per]
     groups = [int(g) for g in args.groups.split(",") if g.strip()]
-    config = SAEConfig(act_size=tokens.shape[1], dict_size=args.dict_size, top_k=args.top_k, group_sizes=groups)
+    config = SAEConfig(act_size=tokens.shape[1], dict_size=args.dict_size, top_k=args.top_k, group_sizes=groups,
+                       sparsity=args.sparsity)
     rank = parallel.rank if parallel else 0
 
     def report(step, total, stats):

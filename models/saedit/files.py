@@ -83,14 +83,16 @@ def load_sae(path: Path) -> tuple[SparseAutoencoder, dict]:
             extra = sorted(set(raw) - known)
             if extra:
                 raise SAEFileError(f"{name}: unknown config keys {', '.join(map(str, extra))[:200]}")
-            config = SAEConfig(**raw)
+            # files written before encoder_bias and sparsity existed: BatchTopK without an encoder bias
+            config = SAEConfig(**{"encoder_bias": False, "sparsity": "batch_topk", **raw})
             if (config.act_size, config.dict_size) != (d, m):
                 raise SAEFileError(f"{name}: its config says {config.act_size} wide with {config.dict_size} "
                                    f"features; its tensors are {d} wide with {m}")
             info = {"encoder": str(metadata.get("encoder", "")), "stats": _json(metadata, "stats", "{}", name)}
         else:
             # The authors' module saves no configuration; at inference only the threshold matters.
-            config = SAEConfig(act_size=d, dict_size=m, top_k=min(32, m))
+            config = SAEConfig(act_size=d, dict_size=m, top_k=min(32, m), encoder_bias=False,
+                               sparsity="batch_topk")
             info = {"encoder": "", "stats": {}, "layout": "authors"}
         sae = SparseAutoencoder(config)
         state = {"W_enc": tensors["W_enc"], "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"],

@@ -1,14 +1,18 @@
 """A BatchTopK sparse autoencoder over text-encoder token embeddings, with optional Matryoshka groups.
 
 Parameter names and semantics follow the SAEdit authors' released module, so their files load unchanged:
-``W_enc`` (d, m), ``b_enc`` (m; kept for the layout, not used by the encoder), ``W_dec`` (m, d, unit-norm rows),
-``b_dec`` (d) and a scalar buffer ``threshold``.
+``W_enc`` (d, m), ``b_enc`` (m; in the authors' files kept for the layout, not used by the encoder), ``W_dec``
+(m, d, unit-norm rows), ``b_dec`` (d) and a scalar buffer ``threshold``.
 
-- encode: ``relu((x - b_dec) @ W_enc)``; in training the top ``k * n_tokens`` activations of the whole batch are kept
-  (BatchTopK), at inference every activation above the learned ``threshold`` is kept.
+- encode: ``relu((x - b_dec) @ W_enc)`` (``+ b_enc`` for SAEs whose config says ``encoder_bias``: the ones this pack
+  trains). ``sparsity = "batch_topk"`` (the authors'): in training the top ``k * n_tokens`` activations of the whole
+  batch are kept (BatchTopK), at inference every activation above the ``threshold``. ``sparsity = "topk"`` (this
+  pack's trainer's default): the top ``k`` of each token, in training and at inference alike (batch-independent).
+  On real MiniLM tokens at equal budget, per-token TopK reconstructs better (``bench/bench_saedit_trainer.py``).
 - decode: ``codes @ W_dec + b_dec``.
 - the threshold follows an EMA (rate 0.01) of the smallest activation BatchTopK kept, started at the first
-  batch's value.
+  batch's value; the trainer then sets it from the finished SAE (``calibrate_threshold`` in train.py), since an EMA
+  over a short run lags behind the activations' scale.
 - Matryoshka: the loss averages the reconstruction error of each nested prefix of the dictionary, so the first
   latents carry the coarsest features.
 - On CUDA (``kernels.dispatch``) training runs through the fused sparse kernels (``kernels/sae``): the same losses
@@ -25,6 +29,9 @@ from torch import nn
 from ...kernels.dispatch import use_triton
 
 
+SPARSITY = ("topk", "batch_topk")
+
+
 @dataclass
 class SAEConfig:
     act_size: int
@@ -35,6 +42,8 @@ class SAEConfig:
     aux_penalty: float = 1.0 / 32
     n_batches_to_dead: int = 20
     threshold_ema: float = 0.01
+    encoder_bias: bool = True  # add b_enc before the ReLU (this pack's SAEs; the authors' files load with False)
+    sparsity: str = "topk"  # "topk" per token, or the authors' "batch_topk" (threshold at inference)
 
     def __post_init__(self):
         if self.act_size <= 0 or self.dict_size <= 0:
@@ -43,6 +52,8 @@ class SAEConfig:
             raise ValueError(f"top_k must be in 1..dict_size ({self.dict_size}); got {self.top_k}")
         if any(not isinstance(s, int) or s <= 0 for s in self.group_sizes):
             raise ValueError(f"Matryoshka group sizes must be positive integers; got {self.group_sizes}")
+        if self.sparsity not in SPARSITY:
+            raise ValueError(f"sparsity must be one of {', '.join(SPARSITY)}; got {self.sparsity!r}")
         if self.group_sizes and sum(self.group_sizes) != self.dict_size:
             raise ValueError(f"Matryoshka group sizes must add up to dict_size {self.dict_size}; "
                              f"got {self.group_sizes} (sum {sum(self.group_sizes)})")
@@ -87,20 +98,51 @@ class SparseAutoencoder(nn.Module):
         return bounds
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.encoder_bias:
+            return torch.relu(torch.addmm(self.b_enc, x - self.b_dec, self.W_enc) if x.ndim == 2
+                              else (x - self.b_dec) @ self.W_enc + self.b_enc)
         return torch.relu((x - self.b_dec) @ self.W_enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference encoding: activations above the learned threshold (token by token, batch-independent)."""
+        """Inference encoding, token by token (batch-independent): each token's top k ("topk"), or the activations
+        above the learned threshold ("batch_topk")."""
         acts = self.pre_activations(x)
+        if self.config.sparsity == "topk":
+            return self.row_topk(acts)
         return acts * (acts > self.threshold)
 
+    def row_topk(self, acts: torch.Tensor) -> torch.Tensor:
+        top = acts.topk(min(self.config.top_k, acts.shape[-1]), dim=-1)
+        return torch.zeros_like(acts).scatter_(-1, top.indices, top.values)
+
+    def training_codes(self, acts: torch.Tensor) -> torch.Tensor:
+        """The codes training uses: per-token TopK, or BatchTopK over the batch."""
+        return self.row_topk(acts) if self.config.sparsity == "topk" else self.batch_topk(acts)
+
     def batch_topk(self, acts: torch.Tensor) -> torch.Tensor:
-        flat = acts.reshape(-1)
-        n_tokens = acts.reshape(-1, acts.shape[-1]).shape[0]
-        k = min(self.config.top_k * n_tokens, flat.numel())
+        """The top ``k * n_tokens`` activations of the whole batch, the rest zero (exactly; ties aside).
+
+        Found among each row's top ``4k`` candidates (a small fraction of the batch), which holds them unless a row
+        owns more than ``4k`` of them: then the whole batch is searched."""
+        rows = acts.reshape(-1, acts.shape[-1])
+        n, m = rows.shape
+        k = min(self.config.top_k * n, rows.numel())
+        width = min(4 * self.config.top_k, m)
+        if width < m:
+            cand_values, cand_indices = rows.topk(width, dim=-1, sorted=True)
+            cutoff = cand_values.reshape(-1).topk(k, sorted=False).values.min()
+            # a row whose last candidate still reaches the cutoff may hold more above it: search everything
+            if not bool((cand_values[:, -1] >= cutoff).any()):
+                keep = cand_values >= cutoff
+                surplus = int(keep.sum()) - k  # ties at the cutoff: keep exactly k, as topk does
+                if surplus > 0:
+                    tied = torch.nonzero(keep & (cand_values == cutoff))
+                    keep[tied[:surplus, 0], tied[:surplus, 1]] = False
+                out = torch.zeros_like(rows).scatter_(-1, cand_indices, cand_values * keep)
+                return out.reshape(acts.shape)
+        flat = rows.reshape(-1)
         values, indices = flat.topk(k, sorted=False)
-        out = torch.zeros_like(flat).scatter_(0, indices, values)
-        return out.reshape(acts.shape)
+        return torch.zeros_like(flat).scatter_(0, indices, values).reshape(acts.shape)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return codes @ self.W_dec + self.b_dec
@@ -117,7 +159,7 @@ class SparseAutoencoder(nn.Module):
         if use_triton(x, self.W_enc):
             return self._sparse_training_losses(x)
         pre = self.pre_activations(x)
-        codes = self.batch_topk(pre)
+        codes = self.training_codes(pre)
         losses = []
         recon = self.b_dec.expand_as(x)
         start = 0
@@ -160,7 +202,9 @@ class SparseAutoencoder(nn.Module):
         """``training_losses`` through the sparse kernels: the same quantities from (values, indices) codes."""
         from ...kernels.sae import decode, encode
 
-        values, indices = encode(x, self.W_enc, self.b_dec, k=self.config.top_k, batch=True)
+        b_enc = self.b_enc if self.config.encoder_bias else None
+        values, indices = encode(x, self.W_enc, self.b_dec, b_enc, k=self.config.top_k,
+                                 batch=self.config.sparsity == "batch_topk")
         losses = []
         for end in self.group_bounds:  # each Matryoshka prefix: the codes on latents below ``end``
             recon = decode(values * (indices < end), indices, self.W_dec, self.b_dec)
@@ -182,7 +226,10 @@ class SparseAutoencoder(nn.Module):
         aux_loss = x.new_zeros(())
         if dead.any() and self.config.aux_penalty > 0:
             residual = (x - recon).detach()
-            dead_pre = torch.relu((x - self.b_dec) @ self.W_enc[:, dead])  # the dead latents' columns only
+            dead_pre = (x - self.b_dec) @ self.W_enc[:, dead]  # the dead latents' columns only
+            if b_enc is not None:
+                dead_pre = dead_pre + b_enc[dead]
+            dead_pre = torch.relu(dead_pre)
             k = min(self.config.aux_k, dead_pre.shape[1])
             aux_values, aux_indices = dead_pre.topk(k, dim=-1)
             aux_recon = decode(aux_values, aux_indices, self.W_dec[dead])

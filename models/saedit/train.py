@@ -19,6 +19,7 @@ class TrainConfig:
     batch_size: int = 4096
     epochs: int = 2
     seed: int = 0
+    decay_fraction: float = 0.0  # the last fraction of the steps, the learning rate falls linearly to 0
 
 
 class DataParallel:
@@ -79,6 +80,9 @@ def train_sae(tokens: torch.Tensor, sae_config: SAEConfig, train_config: TrainCo
     batch = min(train_config.batch_size, n)
     steps_per_epoch = max(n // batch, 1)
     total = steps_per_epoch * train_config.epochs
+    decay_from = total - int(train_config.decay_fraction * total)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 1.0 if i < decay_from else max(total - i, 0) / max(total - decay_from, 1))
     step = 0
     sae.train()
     for _ in range(train_config.epochs):
@@ -93,6 +97,7 @@ def train_sae(tokens: torch.Tensor, sae_config: SAEConfig, train_config: TrainCo
             if parallel:
                 parallel.sync_gradients(sae)
             opt.step()
+            schedule.step()
             if parallel:
                 with torch.no_grad():
                     parallel.sync_state(sae)
@@ -101,7 +106,29 @@ def train_sae(tokens: torch.Tensor, sae_config: SAEConfig, train_config: TrainCo
             if on_step:
                 on_step(step, total, {k: float(v.detach()) for k, v in stats.items()})
     sae.eval()
+    if sae_config.sparsity == "batch_topk":  # per-token TopK needs no threshold at inference
+        calibrate_threshold(sae, tokens, batch, parallel)
     return sae, evaluate_sae(sae, tokens)
+
+
+@torch.no_grad()
+def calibrate_threshold(sae: SparseAutoencoder, tokens: torch.Tensor, batch: int,
+                        parallel: DataParallel | None = None) -> float:
+    """Set the inference threshold from the finished SAE: the mean, over the data's batches, of the smallest
+    activation BatchTopK keeps (what the training EMA tracks, without its lag), so that encoding by threshold keeps
+    about k latents per token, as training did."""
+    cutoffs = []
+    for i in range(0, max(tokens.shape[0] - batch, 0) + 1, batch):
+        codes = sae.batch_topk(sae.pre_activations(tokens[i:i + batch]))
+        kept = codes[codes > 0]
+        if kept.numel():
+            cutoffs.append(kept.min())
+    if cutoffs:
+        sae.threshold.copy_(torch.stack(cutoffs).mean())
+    if parallel:
+        parallel.dist.all_reduce(sae.threshold)
+        sae.threshold /= parallel.world
+    return float(sae.threshold)
 
 
 @torch.no_grad()

@@ -228,3 +228,37 @@ def test_conditioning_layouts_per_family():
         resolve_part({"l", "t5xxl"}, 256, "clip")
     with pytest.raises(ValueError, match="no T5 tokens"):
         resolve_part({"l", "g", "t5xxl"}, 77, "t5")
+
+
+@pytest.mark.parametrize("sparsity", ["topk", "batch_topk"])
+def test_the_auxiliary_loss_revives_dead_latents(sparsity):
+    """A quarter of the dictionary starts dead by competition (encoder columns shrunk 100x: positive but tiny
+    activations that never make the top k). Without the auxiliary loss no gradient ever reaches them and they stay
+    dead; with it (the authors' top-k of dead latents reconstructing the residual) they come back."""
+    from editlab.models.saedit.train import evaluate_sae
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(48, 16, generator=g)
+    data = torch.relu(torch.randn(4096, 48, generator=g)) @ basis / 6  # 48 directions in 16-d
+    revived = {}
+    for penalty in (0.0, 1 / 32):
+        cfg = SAEConfig(act_size=16, dict_size=64, top_k=4, aux_k=16, aux_penalty=penalty, n_batches_to_dead=5,
+                        sparsity=sparsity)
+        sae = SparseAutoencoder(cfg)
+        sae.reset_parameters(torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            sae.b_dec.copy_(data.mean(0))
+            sae.W_enc[:, 48:] *= 0.01
+        opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+        for step in range(400):
+            x = data[(step * 256) % 4096:(step * 256) % 4096 + 256]
+            loss = sae.training_losses(x)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sae.normalize_decoder()
+        with torch.no_grad():
+            codes = sae.training_codes(sae.pre_activations(data))
+        revived[penalty] = int(((codes[:, 48:] > 0).sum(0) > 0).sum())
+    assert revived[0.0] == 0, revived
+    assert revived[1 / 32] >= 8, revived  # at least half of the 16 sabotaged latents fire again
