@@ -38,7 +38,9 @@ def _adapter(family, dims, token, seed):
     with torch.no_grad():
         for p in a.up:
             p.normal_(generator=torch.Generator().manual_seed(seed))
-    return {"adapter": a.eval().requires_grad_(False), "name": token}
+    from editlab.nodes.conceptsplit import LoadedToVA
+
+    return LoadedToVA(a.eval().requires_grad_(False), token)
 
 
 def _interleaved(runs: dict, repeats: int) -> dict:

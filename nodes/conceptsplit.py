@@ -6,6 +6,7 @@ The method lives in ``models/conceptsplit/``; these nodes check inputs, call it,
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import os
 
 import numpy as np
@@ -23,7 +24,14 @@ from .common import (CATEGORY, EditLabInputError, EditLabNode, checked_image_siz
 
 CAT = f"{CATEGORY}/ConceptSplit"
 TOVA_FOLDER = host.model_folder("tova", {".safetensors"})
-ToVAType = io.Custom("EDITLAB_TOVA")
+ToVAType = io.Custom("EDITLAB_TOVA")  # LoadedToVA
+
+
+@dataclass
+class LoadedToVA:
+    """What travels on an EDITLAB_TOVA link: one concept's value adapter and the file it came from."""
+    adapter: ValueLoRA
+    name: str
 MAX_ADAPTERS = 4  # adapter_1 .. adapter_4 on the apply node
 MAX_PROMPT_CHARS = 4000
 MAX_TRAIN_IMAGES = 1000
@@ -146,7 +154,7 @@ class EditLabToVALoader(EditLabNode):
             adapter = load_tova(path)
         except ToVAFileError as exc:
             raise EditLabInputError("adapter_name", f"a ToVA file: {exc}", adapter_name) from None
-        return io.NodeOutput({"adapter": adapter, "name": adapter_name})
+        return io.NodeOutput(LoadedToVA(adapter, adapter_name))
 
 
 class EditLabToVAApply(EditLabNode):
@@ -184,13 +192,13 @@ class EditLabToVAApply(EditLabNode):
         for input_name, a in given:
             if a is None:
                 continue
-            adapter = a["adapter"]
+            adapter = a.adapter
             _check_adapter(adapter, input_name, family, dims)
             positions = _positions(clip, prompt, adapter.token, "prompt")
             shared = sorted(set(positions) & set(taken))
             if shared:
                 raise EditLabInputError(input_name, f"a concept on its own tokens; '{adapter.token}' sits on the "
-                                                    f"tokens of {taken[shared[0]]}", a["name"])
+                                                    f"tokens of {taken[shared[0]]}", a.name)
             taken.update({p: input_name for p in positions})
             bindings.append(Binding(adapter, positions, strength))
         m = model.clone()
@@ -277,7 +285,7 @@ class EditLabToVATrain(EditLabNode):
         stats.update(skipped=skipped, positions=positions, file=os.path.basename(path))
         saved(lambda p, o: save_tova(adapter, p, stats, overwrite=o), path, "name", overwrite)
         text = json.dumps(stats)
-        return io.NodeOutput({"adapter": adapter, "name": os.path.basename(path)}, text, ui=ui.PreviewText(text))
+        return io.NodeOutput(LoadedToVA(adapter, os.path.basename(path)), text, ui=ui.PreviewText(text))
 
 
 class EditLabAttentionMaps(EditLabNode):

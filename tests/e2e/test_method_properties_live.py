@@ -30,3 +30,23 @@ def test_tryon_paste_back_outside_the_mask_is_the_photo_through_the_server(serve
     assert outside.mean() > 0.3 and (~outside).mean() > 0.05
     assert np.array_equal(result[outside], photo[outside])  # 8-bit PNGs: exact, not close
     assert not np.array_equal(result[~outside], photo[~outside])  # the garment region was regenerated
+
+
+def test_sae_slider_at_strength_zero_is_the_plain_image_through_the_server(server, tmp_path):
+    """SAEdit through the live server on the shipped SD3.5 slider workflow (--tiny): with the slider at strength 0
+    the 'smiling' image equals the plain one bit for bit (the slider's path runs: its ranges reach the sampler), at
+    the shipped strength it differs."""
+    workflow = load_workflow(REPO / "workflows" / "saedit_sd35_slider.json")
+    api = load_workflow(REPO / "workflows" / "api" / "saedit_sd35_slider.json")
+    slider_id, = [k for k, v in api.items() if v["class_type"] == "EditLabSAESlider"]
+    trains = [k for k, v in api.items() if v["class_type"] == "EditLabSAETrain"]
+    sets = [f"{k}.overwrite=true" for k in trains]
+    outs = {}
+    for strength in ("0.0", None):
+        extra = [f"{slider_id}.strength={strength}"] if strength else []
+        files = run_workflow(server.client, workflow, sets + extra, tmp_path / str(strength), show_progress=False,
+                             tiny="always")
+        outs[strength] = {p.name.rsplit("_", 2)[0]: _pixels(p) for p in files if p.suffix == ".png"}
+    assert np.array_equal(outs["0.0"]["sd35_smiling"], outs["0.0"]["sd35_plain"])
+    assert np.array_equal(outs[None]["sd35_plain"], outs["0.0"]["sd35_plain"])
+    assert not np.array_equal(outs[None]["sd35_smiling"], outs[None]["sd35_plain"])

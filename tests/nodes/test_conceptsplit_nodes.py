@@ -101,7 +101,7 @@ def _positions(models, word):
 
 
 def test_loader_reads_the_token_and_family(nodes, sd15, adapters):
-    a = adapters["dog"]["adapter"]
+    a = adapters["dog"].adapter
     assert (a.token, a.family, a.rank, a.context_dim) == ("dog", "sd15", 4, 32)
     assert a.layer_names == list(_layers(sd15)) and len(a.layer_names) == 7
 
@@ -190,7 +190,7 @@ def test_strength_zero_runs_the_patch_and_equals_the_base_model(nodes, sd15):
     calls = []
     term = adapter.term
     adapter.term = lambda name, context: (calls.append(name), term(name, context))[1]
-    zero = apply(nodes, sd15, 0.0, adapter_1={"adapter": adapter, "name": "spy"})
+    zero = apply(nodes, sd15, 0.0, adapter_1=nodes.LoadedToVA(adapter, "spy"))
     assert zero is not sd15.model and _patch_of(zero).bindings[0].strength == 0.0
     assert torch.equal(_sample(zero, sd15), _sample(sd15.model, sd15))
     assert len(calls) >= len(_layers(sd15)), "the patched path must have run"
@@ -211,7 +211,7 @@ def test_composes_with_another_packs_attention_patches(nodes, sd15, adapters):
 def test_half_precision_weights_and_sdxl(nodes, arch, dtype):
     models = _tiny(dtype, arch)
     layers = _layers(models)
-    adapter = {"adapter": make_adapter("dog", layers, 1, family=arch), "name": "dog"}
+    adapter = nodes.LoadedToVA(make_adapter("dog", layers, 1, family=arch), "dog")
     zero = apply(nodes, models, 0.0, adapter_1=adapter)
     moved = apply(nodes, models, 1.0, adapter_1=adapter)
     base = _sample(models.model, models)
@@ -236,16 +236,16 @@ def test_bad_inputs_name_the_input(nodes, sd15, adapters):
         apply(nodes, sd15, prompt="a photo of a cat", adapter_1=adapters["cat"], adapter_2=adapters["dog"])
     with pytest.raises(EditLabInputError, match="input 'adapter_2'.*family \\(sd15\\)"):
         apply(nodes, sd15, adapter_1=adapters["cat"],
-              adapter_2={"adapter": make_adapter("dog", layers, 1, family="sdxl"), "name": "x"})
+              adapter_2=nodes.LoadedToVA(make_adapter("dog", layers, 1, family="sdxl"), "x"))
     with pytest.raises(EditLabInputError, match="input 'adapter_1'.*32-wide text context"):
-        apply(nodes, sd15, adapter_1={"adapter": make_adapter("dog", layers, 1, width=64), "name": "x"})
+        apply(nodes, sd15, adapter_1=nodes.LoadedToVA(make_adapter("dog", layers, 1, width=64), "x"))
     with pytest.raises(EditLabInputError, match="input 'adapter_2'.*own tokens"):
         apply(nodes, sd15, adapter_1=adapters["dog"], adapter_2=adapters["dog"])
     flux = _tiny(arch="flux")
     with pytest.raises(EditLabInputError, match="input 'adapter_1'.*family \\(flux\\)"):
         apply(nodes, flux, prompt="a dog", adapter_1=adapters["dog"])
     sd3 = _tiny(arch="sd3")
-    with pytest.raises(EditLabInputError, match="input 'model'.*SD1.5, SD2.1 or SDXL"):
+    with pytest.raises(EditLabInputError, match="input 'model'.*SD1.5, SD2.1, SDXL or Flux"):
         apply(nodes, sd3, prompt="a dog", adapter_1=adapters["dog"])
 
     from safetensors.torch import save_file
@@ -304,7 +304,7 @@ def test_training_lowers_the_loss_changes_only_the_lora_and_reads_back(nodes, co
     assert all(torch.equal(params[k], after[k]) for k in params)
     assert {k: (p.requires_grad, p.is_inference()) for k, p in models.model.model.named_parameters()} == flags
     assert torch.equal(_sample(models.model, models), before)
-    net = adapter["adapter"]
+    net = adapter.adapter
     assert all(p.abs().sum() > 0 for p in net.up) and (net.token, net.family, net.rank) == ("cat", "sd15", 4)
     # the saved file loads back to identical outputs
     loaded, = nodes.EditLabToVALoader.execute(adapter_name="trained_cat.safetensors").result
@@ -386,7 +386,9 @@ def flux_adapter(models, token, seed, width=None):
         with torch.no_grad():
             for p in a.up:
                 p.normal_(generator=torch.Generator().manual_seed(seed + 1))
-    return {"adapter": a.eval().requires_grad_(False), "name": f"{token}.safetensors"}
+    from editlab.nodes.conceptsplit import LoadedToVA
+
+    return LoadedToVA(a.eval().requires_grad_(False), f"{token}.safetensors")
 
 
 def _flux_sample(model, models, record=None, cfg=2.0):
@@ -469,8 +471,8 @@ def test_flux_text_values_change_only_at_the_bound_tokens(nodes, flux):
 def test_flux_strength_zero_runs_the_patch_and_equals_the_base(nodes, flux):
     a = flux_adapter(flux, "dog", 1)
     calls = []
-    term = a["adapter"].term
-    a["adapter"].term = lambda name, context: (calls.append(name), term(name, context))[1]
+    term = a.adapter.term
+    a.adapter.term = lambda name, context: (calls.append(name), term(name, context))[1]
     _, out = _flux_apply_recorded(nodes, flux, 0.0, adapter_1=a)
     assert calls and torch.equal(out, _flux_sample(flux.model, flux))
 
@@ -520,7 +522,7 @@ def test_training_on_sdxl_runs_and_leaves_the_model_unchanged(nodes, concept_fol
     assert stats["steps"] == 3 and all(map(lambda v: v == v, (stats["loss_before"], stats["loss_after"])))
     assert all(torch.equal(params[k], v) for k, v in models.model.model.state_dict().items())
     loaded, = nodes.EditLabToVALoader.execute(adapter_name="sdxl_cat.safetensors").result
-    assert (loaded["adapter"].family, loaded["adapter"].context_dim) == ("sdxl", 64)
+    assert (loaded.adapter.family, loaded.adapter.context_dim) == ("sdxl", 64)
 
 
 def test_flux_training_lowers_the_loss_changes_only_the_lora_and_reads_back(nodes, concept_folder):
@@ -537,7 +539,7 @@ def test_flux_training_lowers_the_loss_changes_only_the_lora_and_reads_back(node
     after = models.model.model.state_dict()
     assert all(torch.equal(params[k], after[k]) for k in params)
     assert torch.equal(_flux_sample(models.model, models), before)
-    net = adapter["adapter"]
+    net = adapter.adapter
     assert (net.token, net.family) == ("cat", "flux") and all(p.abs().sum() > 0 for p in net.up)
     assert set(net.inner_dims()) == {f"double.{i}" for i in range(len(models.model.model.diffusion_model.double_blocks))}
     loaded, = nodes.EditLabToVALoader.execute(adapter_name="trained_flux_cat.safetensors").result
