@@ -308,7 +308,8 @@ def sae_and_direction(g, m, name, stage, part="auto", col=0,
     sae = g.add("EditLabSAETrain",
                 [("prompts", ""), ("prompts_file", ""), ("generated_prompts", 300), ("part", part),
                  ("dict_size", 256), ("top_k", 16), ("matryoshka_groups", "64,192"), ("lr", 0.001),
-                 ("batch_size", 256), ("epochs", 3), ("seed", 0), ("name", name), ("overwrite", True)],
+                 ("batch_size", 256), ("epochs", 3), ("seed", 0), ("name", name), ("overwrite", True),
+                 ("sparsity", "topk")],
                 {"clip": m.clip}, ["EDITLAB_SAE", "STRING"], stage, col, 0)
     direction = g.add("EditLabSAEDirection",
                       [("pairs", pairs), ("pairs_file", ""), ("part", part), ("method", "svd"),
@@ -654,7 +655,7 @@ def saedit_train_sae():
                 [("prompts", "a man in a park\na woman on a beach\na dog in the snow"), ("prompts_file", ""),
                  ("generated_prompts", 1000), ("part", "auto"), ("dict_size", 512), ("top_k", 16),
                  ("matryoshka_groups", "64,64,128,256"), ("lr", 0.001), ("batch_size", 512), ("epochs", 4),
-                 ("seed", 0), ("name", "trained_sae"), ("overwrite", True)],
+                 ("seed", 0), ("name", "trained_sae"), ("overwrite", True), ("sparsity", "topk")],
                 {"clip": m.clip}, ["EDITLAB_SAE", "STRING"], s_train, 0, 0)
     g.add("EditLabSAEDirection",
           [("pairs", "a man | a smiling man\na woman | a smiling woman\na baby | a smiling baby"),
@@ -685,7 +686,7 @@ def saedit_photo_edit():
     pos = recorded_text(g, m.clip, prompt, s_photo, 1, 1)
     sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", 20), ("denoise", 1.0)],
                    {"model": m.model}, ["SIGMAS"], s_photo, 2, 0)
-    inverted = g.add("EditLabFlowInversion", [("iterations", 10)],
+    inverted = g.add("EditLabFlowInversion", [("iterations", 10), ("cfg", 1.0)],
                      {"model": m.model, "conditioning": (pos, 0, "CONDITIONING"),
                       "latent": (latent, 0, "LATENT"), "sigmas": (sigmas, 0, "SIGMAS")}, ["NOISE", "LATENT"],
                      s_photo, 2, 1)
