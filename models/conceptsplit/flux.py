@@ -203,24 +203,14 @@ class FluxAFG:
         return func(*args, **kwargs)
 
     def bias(self, q, name, options):
-        import torch.nn.functional as F
-
-        b, h, n, d = q.shape
-        t = min(self._txt_len, n)
-        flipped = getattr(self.blocks[name], "flipped_img_txt", False)
-        txt_start, img_start = (n - t, 0) if flipped else (0, t)
-        cells = self.grid[0] * self.grid[1]
-        rows = cond_rows(options.get("cond_or_uncond", [0]), b)
-        if not rows or n - t < cells:
+        """The same bias as :meth:`key_bias`, as a dense (b, 1, n, n) additive mask for the host's attention."""
+        found = self.key_bias(q, name, options)
+        if found is None:
             return None
-        masks = F.interpolate(self.masks[None].to(q.device), size=self.grid, mode="nearest")[0].reshape(
-            len(self.concepts), -1) > 0.5
+        keys, on_keys = found
+        b, _, n, _ = q.shape
         bias = torch.zeros(b, 1, n, n, device=q.device, dtype=q.dtype)
-        for mask, positions in zip(masks, self.concepts):
-            qs = img_start + (~mask).nonzero()[:, 0]
-            cols = torch.tensor([txt_start + p for p in positions if p < t], device=q.device, dtype=torch.long)
-            for r in rows:
-                bias[r, 0, qs[:, None], cols[None]] = -self.strength
+        bias[..., keys] = on_keys.to(q.dtype)
         return bias
 
     def key_bias(self, q, name, options):
