@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io, ui
 
+from ..models import panels
 from ..models.saedit import prompts as prompt_corpus
 from ..models.saedit.direction import METHODS, direction_from_pairs
 from ..models.saedit.edit import decoded_delta
@@ -403,7 +404,19 @@ class EditLabSAESlider(EditLabNode):
                 if PROMPT_KEY not in options:
                     _check_typed_prompt(clip, text, cond)
             out += slide_conditioning([[cond, options]], checked[key], delta, schedule, strength)
-        return io.NodeOutput(out)
+        view = panels.feature_view(
+            {"tokens": []}, panels.direction_features(direction.name, direction.feature_ids, direction.weights),
+            node="slider", sae=sae.name, word=word, strength=float(strength), schedule=schedule,
+            positions=sorted({int(p) for ps in checked.values() for p in _flat_positions(ps)})[:256])
+        return io.NodeOutput(out, ui=panels.ui_for("sae_features", view))
+
+
+def _flat_positions(positions) -> list[int]:
+    """The token positions a slider edits, from ``word_positions``' answer (a list, or a tensor)."""
+    try:
+        return [int(p) for p in (positions.tolist() if hasattr(positions, "tolist") else positions)]
+    except (TypeError, ValueError):
+        return []
 
 
 def _check_typed_prompt(clip, text: str, cond: torch.Tensor) -> None:
@@ -478,7 +491,10 @@ class EditLabSAEFeatures(EditLabNode):
         texts = token_texts(clip, encoded)
         table = feature_table(codes, texts, encoded.content, top_n, _direction_labels(sae.name, direction))
         table["sae"] = sae.name
-        return io.NodeOutput(heatmap(codes, texts, table), json.dumps(table))
+        chosen = None if direction is None else panels.direction_features(direction.name, direction.feature_ids,
+                                                                          direction.weights)
+        view = panels.feature_view(table, chosen, node="features", sae=sae.name, prompt=prompt[:400])
+        return io.NodeOutput(heatmap(codes, texts, table), json.dumps(table), ui=panels.ui_for("sae_features", view))
 
 
 class EditLabFlowInversion(EditLabNode):
