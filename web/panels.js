@@ -32,7 +32,7 @@ const CSS = `
 .editlab-panel details{margin:2px 0}.editlab-panel summary{cursor:pointer;font-weight:bold}
 .editlab-panel .row{display:grid;grid-template-columns:130px 1fr 36px;gap:4px;align-items:center}
 .editlab-panel .row input{width:100%;margin:0}.editlab-panel .row .v{text-align:right;font-variant-numeric:tabular-nums}
-.editlab-panel .row.measured .name{color:#8fd}.editlab-panel img{max-width:100%;border-radius:4px;display:block}
+.editlab-panel .row.measured .name{color:#8fd}.editlab-panel .row.from-preset .v{color:#fc6}.editlab-panel img{max-width:100%;border-radius:4px;display:block}
 .editlab-panel table{border-collapse:collapse;font-size:11px}.editlab-panel td,.editlab-panel th{padding:1px 3px;
   border:1px solid #333;text-align:right}.editlab-panel th{position:sticky;top:0;background:#222}
 .editlab-panel .lab{color:#7e7}.editlab-panel .muted{color:#999}.editlab-panel .card{display:grid;
@@ -62,14 +62,28 @@ function h(tag, attrs = {}, ...children) {
 }
 
 // A panel: a DOM widget that is never saved nor queued.
+// Its height: widget.panelHeight (set once its content is known), at least minHeight.
 function addPanel(node, name, element, minHeight) {
   style();
   const widget = node.addDOMWidget(name, "editlab_panel", element, {
     serialize: false, hideOnZoom: false, getValue: () => undefined, setValue: () => {},
-    getMinHeight: () => minHeight, getMaxHeight: () => 4000,
+    getMinHeight: () => Math.max(minHeight, widget.panelHeight ?? 0), getMaxHeight: () => 4000,
   });
   widget.serialize = false;
   return widget;
+}
+
+// Make room for a panel's content (up to maxHeight px; the rest scrolls) and grow the node to fit.
+function fit(node, widget, width, maxHeight) {
+  if (node.size[0] < width) node.setSize([width, node.size[1]]);
+  requestAnimationFrame(() => {
+    const root = widget.element;
+    const wanted = Math.min(maxHeight, [...root.children].reduce((h, c) => h + c.offsetHeight + 4, 16));
+    widget.panelHeight = Math.max(widget.panelHeight ?? 0, wanted);
+    const need = node.computeSize();
+    node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], need[1])]);
+    node.setDirtyCanvas(true, true);
+  });
 }
 
 async function fetchPanel(ref) {
@@ -77,11 +91,6 @@ async function fetchPanel(ref) {
                                  { cache: "no-store" });
   if (!res.ok) throw new Error(`${res.status}: ${(await res.json().catch(() => ({}))).error ?? res.statusText}`);
   return res.json();
-}
-
-function grow(node, width, height) {
-  node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], height)]);
-  node.setDirtyCanvas(true, true);
 }
 
 // -- Blendshape panel ----------------------------------------------------------------------------------------------
@@ -122,6 +131,8 @@ function blendshapePanel(node) {
       status),
     face, groups);
   let lastText = null;
+  let lastPreset = null;
+  let known = { names: [], presets: {} };
 
   function write(current) {
     values.value = JSON.stringify(current);
@@ -143,12 +154,15 @@ function blendshapePanel(node) {
     symmetric.checked = !!w("symmetric")?.value;
     const current = readValues(values);
     status.textContent = current === null ? "values is not JSON: fix it to use the sliders" : "";
+    const preset = known.presets[w("preset")?.value] ?? {};
     for (const [name, s] of sliders) {
-      const v = Number(current?.[name] ?? 0);
+      const v = Number(current?.[name] ?? preset[name] ?? 0);
+      s.row.classList.toggle("from-preset", current?.[name] == null && preset[name] != null);
       if (document.activeElement !== s.input) s.input.value = String(v);
       s.out.textContent = v.toFixed(2);
     }
     lastText = values.value;
+    lastPreset = w("preset")?.value;
   }
 
   symmetric.addEventListener("change", () => {
@@ -158,6 +172,7 @@ function blendshapePanel(node) {
   });
 
   blendshapeConstants().then(({ names, presets }) => {
+    known = { names, presets };
     for (const p of Object.keys(presets)) presetPick.append(h("option", { value: p, text: p }));
     presetPick.addEventListener("change", () => {
       const chosen = presets[presetPick.value];
@@ -191,7 +206,8 @@ function blendshapePanel(node) {
     sync();
   });
 
-  addPanel(node, "blendshape panel", root, 160);
+  const panel = addPanel(node, "blendshape panel", root, 160);
+  panel.panelHeight = 360;
   node.__editlabBlendshapes = {
     sync, root,
     showFace(data) { // data: the Face Blendshapes panel (thumbnail and measured values), or null
@@ -204,8 +220,9 @@ function blendshapePanel(node) {
       }
       if (data) face.append(h("img", { src: data.image, alt: "the face these blendshapes were measured from" }),
                             h("div", { class: "muted", text: "measured from this face (highlighted: above 0.05)" }));
+      if (data) { panel.panelHeight = 560; fit(node, panel, 460, 560); }
     },
-    dirty: () => values.value !== lastText,
+    dirty: () => values.value !== lastText || w("preset")?.value !== lastPreset,
   };
   const draw = node.onDrawForeground;
   node.onDrawForeground = function () { // the values text was edited by hand: the sliders follow
@@ -227,7 +244,6 @@ async function refreshFaces() {
     if (!ref) continue;
     try {
       node.__editlabBlendshapes.showFace(await fetchPanel({ kind: "face", id: ref }));
-      grow(node, 460, 420);
     } catch (e) {
       console.warn("EditLab: no face panel", e.message);
     }
@@ -307,7 +323,7 @@ function renderMaps(data) {
 }
 
 const RENDER = { sae_features: renderFeatures, agent_history: renderHistory, attention_maps: renderMaps };
-const SIZE = { sae_features: [560, 420], agent_history: [560, 520], attention_maps: [420, 260] };
+const SIZE = { sae_features: [600, 560], agent_history: [560, 640], attention_maps: [420, 360] }; // width, max height
 
 async function showRun(node, ref) {
   let panel = node.widgets?.find((x) => x.name === "editlab run panel");
@@ -322,7 +338,7 @@ async function showRun(node, ref) {
   } catch (e) {
     root.replaceChildren(h("div", { class: "muted", text: `no panel data (${e.message}): run the workflow again` }));
   }
-  grow(node, ...SIZE[ref.kind]);
+  fit(node, panel, ...SIZE[ref.kind]);
 }
 
 api.addEventListener("executed", ({ detail }) => {
