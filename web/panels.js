@@ -35,7 +35,7 @@ const CSS = `
 .editlab-panel .row.measured .name{color:#8fd}.editlab-panel .row.from-preset .v{color:#fc6}.editlab-panel img{max-width:100%;border-radius:4px;display:block}
 .editlab-panel table{border-collapse:collapse;font-size:11px}.editlab-panel td,.editlab-panel th{padding:1px 3px;
   border:1px solid #333;text-align:right}.editlab-panel th{position:sticky;top:0;background:#222}
-.editlab-panel .lab{color:#7e7}.editlab-panel .muted{color:#999}.editlab-panel .card{display:grid;
+.editlab-panel .face img{width:240px}.editlab-panel .lab{color:#7e7}.editlab-panel .muted{color:#999}.editlab-panel .card{display:grid;
   grid-template-columns:110px 1fr;gap:6px;border:1px solid #444;border-radius:4px;padding:4px;margin:4px 0}
 .editlab-panel .card.best{border-color:#7e7}.editlab-panel .maps{display:flex;flex-wrap:wrap;gap:6px}
 .editlab-panel .maps figure{margin:0;width:120px;text-align:center}.editlab-panel a{color:#8cf}

@@ -51,8 +51,10 @@ def _center_on(page, node_expr: str, scale: float = 1.0) -> None:
     page.evaluate(f"""(() => {{
       const node = {node_expr};
       for (const el of document.querySelectorAll('.editlab-panel')) el.scrollTop = 0;
+      const panel = node.widgets.find(w => w.name === 'editlab run panel');
+      const top = node.pos[1] + (panel ? Math.max(0, (panel.last_y ?? panel.y ?? 0) - 60) : 0);
       app.canvas.ds.scale = {scale};
-      app.canvas.ds.offset = [-node.pos[0] + 110 / {scale}, -node.pos[1] + 150 / {scale}];
+      app.canvas.ds.offset = [-node.pos[0] + 110 / {scale}, -top + 150 / {scale}];
       app.canvas.setDirty(true, true); app.canvas.draw(true, true);
       return true;
     }})()""")
