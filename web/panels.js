@@ -38,7 +38,7 @@ const CSS = `
 .editlab-panel .face img{width:240px}.editlab-panel .lab{color:#7e7}.editlab-panel .muted{color:#999}.editlab-panel .card{display:grid;
   grid-template-columns:110px 1fr;gap:6px;border:1px solid #444;border-radius:4px;padding:4px;margin:4px 0}
 .editlab-panel .card.best{border-color:#7e7}.editlab-panel .maps{display:flex;flex-wrap:wrap;gap:6px}
-.editlab-panel .maps figure{margin:0;width:120px;text-align:center}.editlab-panel a{color:#8cf}
+.editlab-panel .maps figure{margin:0;width:120px;text-align:center}.editlab-panel .maps img{width:120px}.editlab-panel a{color:#8cf}
 .editlab-panel .wbar{display:inline-block;height:8px;background:#7e7;vertical-align:middle}`;
 
 function style() {
@@ -67,7 +67,7 @@ function addPanel(node, name, element, minHeight) {
   style();
   const widget = node.addDOMWidget(name, "editlab_panel", element, {
     serialize: false, hideOnZoom: false, getValue: () => undefined, setValue: () => {},
-    getMinHeight: () => Math.max(minHeight, widget.panelHeight ?? 0), getMaxHeight: () => 4000,
+    getMinHeight: () => widget.panelHeight ?? minHeight, getMaxHeight: () => 4000,
   });
   widget.serialize = false;
   return widget;
@@ -206,8 +206,9 @@ function blendshapePanel(node) {
     sync();
   });
 
-  const panel = addPanel(node, "blendshape panel", root, 160);
-  panel.panelHeight = 360;
+  // Small at least (a workflow saved with a smaller node keeps its size: the panel scrolls); a new node is made
+  // tall enough to show it (onNodeCreated below).
+  const panel = addPanel(node, "blendshape panel", root, 48);
   node.__editlabBlendshapes = {
     sync, root,
     showFace(data) { // data: the Face Blendshapes panel (thumbnail and measured values), or null
@@ -362,7 +363,7 @@ app.registerExtension({
     nodeType.prototype.onNodeCreated = function () {
       const r = created?.apply(this, arguments);
       blendshapePanel(this);
-      this.setSize([Math.max(this.size[0], 460), Math.max(this.size[1], 520)]);
+      this.setSize([Math.max(this.size[0], 460), Math.max(this.size[1], 640)]);
       return r;
     };
     const connections = nodeType.prototype.onConnectionsChange;
