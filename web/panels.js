@@ -363,8 +363,21 @@ app.registerExtension({
     nodeType.prototype.onNodeCreated = function () {
       const r = created?.apply(this, arguments);
       blendshapePanel(this);
-      this.setSize([Math.max(this.size[0], 460), Math.max(this.size[1], 640)]);
+      // A node added by hand gets room for the panel; one loaded from a workflow keeps its saved size (it is
+      // configured in the same task, before this timer runs).
+      setTimeout(() => {
+        if (this.__editlabConfigured) return;
+        const panel = this.widgets?.find((x) => x.name === "blendshape panel");
+        if (panel) panel.panelHeight = 420;
+        this.setSize([Math.max(this.size[0], 460), Math.max(this.size[1], this.computeSize()[1])]);
+        this.setDirtyCanvas(true, true);
+      }, 0);
       return r;
+    };
+    const configure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function () {
+      this.__editlabConfigured = true;
+      return configure?.apply(this, arguments);
     };
     const connections = nodeType.prototype.onConnectionsChange;
     nodeType.prototype.onConnectionsChange = function () {
