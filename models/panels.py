@@ -115,8 +115,9 @@ MAX_PANEL_TOKENS = 128  # token rows in a feature view
 
 def direction_features(name: str, feature_ids, weights, limit: int = MAX_DIRECTION_FEATURES) -> dict:
     """A direction's features for the feature view: id, weight and label (the direction's name), strongest first."""
-    ids = [int(i) for i in np.asarray(feature_ids).reshape(-1)]
-    ws = [float(w) for w in np.asarray(weights, dtype=np.float64).reshape(-1)]
+    plain = lambda x: x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)  # noqa: E731
+    ids = [int(i) for i in plain(feature_ids).reshape(-1)]
+    ws = [float(w) for w in plain(weights).astype(np.float64).reshape(-1)]
     if len(ids) != len(ws):
         raise ValueError(f"{len(ids)} feature ids but {len(ws)} weights")
     order = sorted(range(len(ids)), key=lambda k: -abs(ws[k]))[:limit]

@@ -75,9 +75,10 @@ def test_thumbnail_is_a_png_of_the_image_scaled_to_its_longer_side():
 
 
 def test_direction_features_strongest_weight_first_and_the_feature_view_columns():
-    d = panels.direction_features("smile", [3, 9, 1], [0.1, -0.7, 0.4], limit=2)
+    d = panels.direction_features("smile", torch.tensor([3, 9, 1]),
+                                  torch.tensor([0.1, -0.7, 0.4], requires_grad=True), limit=2)
     assert [f["id"] for f in d["features"]] == [9, 1] and d["count"] == 3
-    assert d["features"][0] == {"id": 9, "weight": -0.7, "labels": ["smile"]}
+    assert d["features"][0] == {"id": 9, "weight": pytest.approx(-0.7), "labels": ["smile"]}
     table = {"tokens": [{"position": 1, "token": "a", "features": [{"id": 5, "activation": 1.0, "labels": []},
                                                                    {"id": 9, "activation": 0.5, "labels": []}]}]}
     view = panels.feature_view(table, d, sae="s")
