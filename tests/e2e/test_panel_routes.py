@@ -26,7 +26,14 @@ def _get(server, path: str, body: bytes | None = None, method: str = "GET"):
 @pytest.fixture(scope="module")
 def face_panel(server, workflow_inputs):
     """A real panel: Face Blendshapes run on the example photo; its id from the run's ui output (the history)."""
-    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "editlab_photo.png"}},
+    import random
+
+    # A scale no other test uses: the host would otherwise answer from its cache, and a cached node's ui is not in
+    # the new prompt's history.
+    scale = round(random.uniform(0.9, 0.99), 4)
+    prompt = {"0": {"class_type": "LoadImage", "inputs": {"image": "editlab_photo.png"}},
+              "1": {"class_type": "ImageScaleBy", "inputs": {"image": ["0", 0], "upscale_method": "bilinear",
+                                                              "scale_by": scale}},
               "2": {"class_type": "EditLabFaceBlendshapes", "inputs": {"image": ["1", 0], "face_index": 0,
                                                                         "allow_no_face": False}},
               "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 2]}}}
