@@ -386,7 +386,7 @@ class EditLabSAESlider(EditLabNode):
             raise EditLabInputError("conditioning", "a conditioning with at least one entry")
         delta = decoded_delta(sae.sae, direction.direction)
         wanted = _part_for(sae, part)
-        out, checked = [], {}
+        out, checked, first = [], {}, None
         for cond, options in conditioning:
             _check_width(sae, cond.shape[-1])
             text = _entry_text(options, prompt)
@@ -397,6 +397,7 @@ class EditLabSAESlider(EditLabNode):
                 except ValueError as exc:
                     raise EditLabInputError("part", str(exc), part) from None
                 _check_part(sae, layout.part)
+                first = first or (cond, layout)
                 try:
                     checked[key] = word_positions(clip, layout, word)
                 except ValueError as exc:
@@ -404,11 +405,25 @@ class EditLabSAESlider(EditLabNode):
                 if PROMPT_KEY not in options:
                     _check_typed_prompt(clip, text, cond)
             out += slide_conditioning([[cond, options]], checked[key], delta, schedule, strength)
-        view = panels.feature_view(
-            {"tokens": []}, panels.direction_features(direction.name, direction.feature_ids, direction.weights),
-            node="slider", sae=sae.name, word=word, strength=float(strength), schedule=schedule,
-            positions=sorted({int(p) for ps in checked.values() for p in _flat_positions(ps)})[:256])
-        return io.NodeOutput(out, ui=panels.ui_for("sae_features", view))
+        return io.NodeOutput(out, ui=panels.ui_for("sae_features", _slider_view(clip, sae, direction, first, word,
+                                                                                strength, schedule, checked)))
+
+
+def _slider_view(clip, sae, direction, first, word, strength, schedule, checked) -> dict:
+    """The feature view of a slider run: the direction's features, and the per-token activations of the first
+    conditioning entry as the slider received it (before its own edit), the direction's features labelled."""
+    chosen = panels.direction_features(direction.name, direction.feature_ids, direction.weights)
+    table = {"tokens": []}
+    if first is not None:
+        cond, layout = first
+        content = layout.content[:panels.MAX_PANEL_TOKENS]
+        with torch.no_grad():
+            codes = sae.sae.encode(cond[0, content].float().to(sae.sae.W_dec.device)).detach().cpu()
+        labels = {int(f): [direction.name] for f in _flat_positions(direction.feature_ids)}
+        table = feature_table(codes, token_texts(clip, layout)[:len(content)], content, 8, labels)
+    return panels.feature_view(table, chosen, node="slider", sae=sae.name, word=word, strength=float(strength),
+                               schedule=schedule,
+                               positions=sorted({int(p) for ps in checked.values() for p in _flat_positions(ps)})[:256])
 
 
 def _flat_positions(positions) -> list[int]:

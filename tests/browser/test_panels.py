@@ -203,9 +203,18 @@ def test_sae_feature_view_shows_the_run(page, object_info, artifacts):
     assert view["filled"] == sum(len([f for f in r["features"] if f["id"] in data["columns"][:32]])
                                  for r in data["tokens"])
     assert view["direction"] and view["direction"] == [f"#{f['id']}" for f in data["direction"]["features"][:24]]
-    slider = _panel(page, "EditLabSAESlider", "table.direction td")
-    assert page.evaluate(f"{slider}.widgets.find(w => w.name === 'editlab run panel').element.textContent"
-                         ).count("#") >= 1
+    # The slider's panel: its direction's features and the activations of the tokens it received.
+    slider = _panel(page, "EditLabSAESlider", "table.activations td")
+    seen = page.evaluate(f"""(() => {{
+      const el = {slider}.widgets.find(w => w.name === 'editlab run panel').element;
+      return {{id: el.dataset.panelId, tokens: [...el.querySelectorAll('table.activations tr')].slice(1)
+                                                 .map(r => r.cells[0].textContent),
+               direction: [...el.querySelectorAll('table.direction tr')].slice(1).map(r => r.cells[0].textContent)}};
+    }})()""")
+    sdata = page.evaluate(f"fetch('/editlab/panel/sae_features?id={seen['id']}').then(r => r.json())")
+    assert sdata["node"] == "slider" and sdata["word"] and sdata["positions"]
+    assert seen["tokens"] == [r["token"] for r in sdata["tokens"]] and sdata["word"] in " ".join(seen["tokens"])
+    assert seen["direction"] == [f"#{f['id']}" for f in sdata["direction"]["features"][:24]]
     _center_on(page, node, 0.9)
     page.screenshot(artifacts / "panel_sae_features.png")
 
