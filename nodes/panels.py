@@ -1,7 +1,8 @@
 """The pack's HTTP route for its web panels (web/panels/*.js): ``GET /editlab/panel/<kind>?id=<id>`` answers the
 JSON a node published with ``models.panels.ui_for`` during its last runs. It serves only that in-memory data: no
 request value ever names a file. ``GET /editlab/blendshapes``: the coefficient names and presets of
-Blendshape Edit (the Blendshape panel's constants). Bad input gets a 4xx with a one-line JSON error: an unknown kind or id 404,
+Blendshape Edit (the Blendshape panel's constants). Bad input gets a 4xx with a one-line JSON error: an unknown
+kind or id 404,
 an id that is not 1 to 64 of [A-Za-z0-9_-] (a path, dots, slashes) 400, an oversized query 413, a body 400/413.
 
 This module defines no nodes; it is in ``__init__``'s NODE_MODULES so that a failure here removes only the panels.

@@ -32,13 +32,16 @@ const CSS = `
 .editlab-panel details{margin:2px 0}.editlab-panel summary{cursor:pointer;font-weight:bold}
 .editlab-panel .row{display:grid;grid-template-columns:130px 1fr 36px;gap:4px;align-items:center}
 .editlab-panel .row input{width:100%;margin:0}.editlab-panel .row .v{text-align:right;font-variant-numeric:tabular-nums}
-.editlab-panel .row.measured .name{color:#8fd}.editlab-panel .row.from-preset .v{color:#fc6}.editlab-panel img{max-width:100%;border-radius:4px;display:block}
+.editlab-panel .row.measured .name{color:#8fd}.editlab-panel .row.from-preset .v{color:#fc6}
+.editlab-panel img{max-width:100%;border-radius:4px;display:block}
 .editlab-panel table{border-collapse:collapse;font-size:11px}.editlab-panel td,.editlab-panel th{padding:1px 3px;
   border:1px solid #333;text-align:right}.editlab-panel th{position:sticky;top:0;background:#222}
-.editlab-panel .face img{width:240px}.editlab-panel .lab{color:#7e7}.editlab-panel .muted{color:#999}.editlab-panel .card{display:grid;
+.editlab-panel .face img{width:240px}.editlab-panel .lab{color:#7e7}.editlab-panel .muted{color:#999}
+.editlab-panel .card{display:grid;
   grid-template-columns:110px 1fr;gap:6px;border:1px solid #444;border-radius:4px;padding:4px;margin:4px 0}
 .editlab-panel .card.best{border-color:#7e7}.editlab-panel .maps{display:flex;flex-wrap:wrap;gap:6px}
-.editlab-panel .maps figure{margin:0;width:120px;text-align:center}.editlab-panel .maps img{width:120px}.editlab-panel a{color:#8cf}
+.editlab-panel .maps figure{margin:0;width:120px;text-align:center}.editlab-panel .maps img{width:120px}
+.editlab-panel a{color:#8cf}
 .editlab-panel .wbar{display:inline-block;height:8px;background:#7e7;vertical-align:middle}`;
 
 function style() {
@@ -189,7 +192,8 @@ function blendshapePanel(node) {
       const mine = left.filter(test);
       if (!mine.length) continue;
       for (const n of mine) left.splice(left.indexOf(n), 1);
-      const box = h("details", { open: "", "data-region": region.toLowerCase() }, h("summary", { text: `${region} (${mine.length})` }));
+      const box = h("details", { open: "", "data-region": region.toLowerCase() },
+                    h("summary", { text: `${region} (${mine.length})` }));
       for (const name of mine) {
         const input = h("input", { type: "range", min: "0", max: "1", step: "0.01", value: "0", "data-name": name,
                                    title: name });
@@ -197,7 +201,9 @@ function blendshapePanel(node) {
         const row = h("div", { class: "row" }, h("span", { class: "name", text: name }), input, out);
         input.addEventListener("input", () => set(name, input.value));
         // LiteGraph must not take the pointer (the canvas would drag the node instead of the slider).
-        for (const kind of ["pointerdown", "mousedown", "wheel"]) input.addEventListener(kind, (e) => e.stopPropagation());
+        for (const kind of ["pointerdown", "mousedown", "wheel"]) {
+          input.addEventListener(kind, (e) => e.stopPropagation());
+        }
         sliders.set(name, { input, out, row });
         box.append(row);
       }
@@ -310,7 +316,8 @@ function renderHistory(data) {
       h("img", { src: it.thumbnail, alt: `iteration ${it.index}` }),
       h("div", {}, h("div", {}, h("b", { text: `#${it.index} ` }), h("span", { class: "prompt", text: it.prompt })),
         h("div", { class: "scores", text: scores.length ? scores.join(" · ") : "not scored" }),
-        it.missing_keywords.length ? h("div", { class: "muted", text: `missing: ${it.missing_keywords.join(", ")}` }) : null,
+        it.missing_keywords.length
+          ? h("div", { class: "muted", text: `missing: ${it.missing_keywords.join(", ")}` }) : null,
         it.references.length ? refs : h("div", { class: "muted", text: "no references" }),
         ...it.notes.map((n) => h("div", { class: "muted", text: n })))));
   }

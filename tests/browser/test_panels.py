@@ -110,7 +110,8 @@ def test_blendshape_panel_sliders_reach_the_prompt_body(page, artifacts):
     page.evaluate(f"(() => {{ [...{node}.__editlabBlendshapes.root.querySelectorAll('button')]"
                   f".find(b => b.textContent === 'reset').click(); return true; }})()")
     after = page.evaluate(f"(() => ({{values: {node}.widgets.find(w => w.name === 'values').value,"
-                          f" jaw: {node}.__editlabBlendshapes.root.querySelector('input[data-name=jawOpen]').value}}))()")
+                          f" jaw: {node}.__editlabBlendshapes.root"
+                          f".querySelector('input[data-name=jawOpen]').value}}))()")
     assert after == {"values": "{}", "jaw": "0"}
     # A preset: its coefficients (the node's own PRESETS) become the values the sliders show.
     from editlab.models.expression.blendshapes import PRESETS
@@ -194,7 +195,8 @@ def test_sae_feature_view_shows_the_run(page, object_info, artifacts):
     view = page.evaluate(f"""(() => {{
       const el = {node}.widgets.find(w => w.name === 'editlab run panel').element;
       return {{tokens: [...el.querySelectorAll('table.activations tr')].slice(1).map(r => r.cells[0].textContent),
-               filled: [...el.querySelectorAll('table.activations td')].filter(td => td.textContent && td.cellIndex > 0).length,
+               filled: [...el.querySelectorAll('table.activations td')]
+                 .filter(td => td.textContent && td.cellIndex > 0).length,
                direction: [...el.querySelectorAll('table.direction tr')].slice(1).map(r => r.cells[0].textContent),
                id: el.dataset.panelId}};
     }})()""")
@@ -268,7 +270,8 @@ def test_blendshape_panel_shows_the_face_it_was_measured_from(page, object_info,
     shown = page.evaluate(f"""(async () => {{
       const root = {node}.__editlabBlendshapes.root;
       const img = root.querySelector('.face img'); await img.decode().catch(() => null);
-      return {{width: img.naturalWidth, measured: [...root.querySelectorAll('.row.measured input')].map(i => i.dataset.name)}};
+      return {{width: img.naturalWidth,
+               measured: [...root.querySelectorAll('.row.measured input')].map(i => i.dataset.name)}};
     }})()""")
     assert shown["width"] > 0
     assert shown["measured"], "the coefficients measured above 0.05 are highlighted"
