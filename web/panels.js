@@ -76,17 +76,13 @@ function addPanel(node, name, element, minHeight) {
   return widget;
 }
 
-// Make room for a panel's content (up to maxHeight px; the rest scrolls) and grow the node to fit.
-function fit(node, widget, width, maxHeight) {
-  if (node.size[0] < width) node.setSize([width, node.size[1]]);
-  requestAnimationFrame(() => {
-    const root = widget.element;
-    const wanted = Math.min(maxHeight, [...root.children].reduce((h, c) => h + c.offsetHeight + 4, 16));
-    widget.panelHeight = Math.max(widget.panelHeight ?? 0, wanted);
-    const need = node.computeSize();
-    node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], need[1])]);
-    node.setDirtyCanvas(true, true);
-  });
+// Make room for a panel's content (``wanted`` px, at most maxHeight; the rest scrolls) and grow the node to fit.
+// The height is estimated from the data, not measured: a node off screen has its DOM widget hidden (no layout).
+function fit(node, widget, width, wanted, maxHeight) {
+  widget.panelHeight = Math.max(widget.panelHeight ?? 0, Math.min(maxHeight, wanted));
+  const need = node.computeSize();
+  node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], need[1])]);
+  node.setDirtyCanvas(true, true);
 }
 
 async function fetchPanel(ref) {
@@ -227,7 +223,7 @@ function blendshapePanel(node) {
       }
       if (data) face.append(h("img", { src: data.image, alt: "the face these blendshapes were measured from" }),
                             h("div", { class: "muted", text: "measured from this face (highlighted: above 0.05)" }));
-      if (data) { panel.panelHeight = 560; fit(node, panel, 460, 560); }
+      if (data) fit(node, panel, 460, 560, 560);
     },
     dirty: () => values.value !== lastText || w("preset")?.value !== lastPreset,
   };
@@ -332,6 +328,14 @@ function renderMaps(data) {
 
 const RENDER = { sae_features: renderFeatures, agent_history: renderHistory, attention_maps: renderMaps };
 const SIZE = { sae_features: [600, 560], agent_history: [560, 640], attention_maps: [420, 360] }; // width, max height
+const ROW = 19; // px, one table row or line of text
+const HEIGHT = { // the panel's natural height, from its data
+  sae_features: (d) => 40 + (d.direction ? ROW * (2 + Math.min(24, d.direction.features.length)) : 0)
+    + (d.tokens?.length ? ROW * (2 + d.tokens.length) : 0),
+  agent_history: (d) => 40 + ROW * (d.skipped?.length ?? 0)
+    + d.iterations.reduce((h, it) => h + Math.max(112, ROW * (3 + it.references.length + it.notes.length)), 0),
+  attention_maps: (d) => 50 + 160 * Math.ceil(d.maps.length / 3),
+};
 
 async function showRun(node, ref) {
   let panel = node.widgets?.find((x) => x.name === "editlab run panel");
@@ -339,14 +343,16 @@ async function showRun(node, ref) {
     panel = addPanel(node, "editlab run panel", h("div", { class: "editlab-panel", "data-kind": ref.kind }), 200);
   }
   const root = panel.element;
+  const [width, maxHeight] = SIZE[ref.kind];
   try {
     const data = await fetchPanel(ref);
     root.replaceChildren(...RENDER[ref.kind](data));
     root.dataset.panelId = ref.id;
+    fit(node, panel, width, HEIGHT[ref.kind](data), maxHeight);
   } catch (e) {
     root.replaceChildren(h("div", { class: "muted", text: `no panel data (${e.message}): run the workflow again` }));
+    fit(node, panel, width, 60, maxHeight);
   }
-  fit(node, panel, ...SIZE[ref.kind]);
 }
 
 api.addEventListener("executed", ({ detail }) => {

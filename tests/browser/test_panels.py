@@ -40,9 +40,9 @@ def _slide(page, node_expr: str, name: str, value: float) -> None:
     }})()""")
 
 
-def _center_on(page, node_expr: str, scale: float = 1.0) -> None:
+def _center_on(page, node_expr: str, scale: float = 1.0) -> int:
     """The node at the canvas's top left (right of the side bar, below the menu), its panel scrolled to the top;
-    dialogs and toasts closed."""
+    dialogs and toasts closed. Returns the panel's height on screen (px)."""
     for kind in ("keyDown", "keyUp"):
         page.send("Input.dispatchKeyEvent", {"type": kind, "key": "Escape", "code": "Escape",
                                              "windowsVirtualKeyCode": 27})
@@ -59,6 +59,9 @@ def _center_on(page, node_expr: str, scale: float = 1.0) -> None:
       return true;
     }})()""")
     page.evaluate("new Promise(r => setTimeout(r, 600))")
+    return page.evaluate(f"""(() => {{
+      const panel = {node_expr}.widgets.find(w => w.name === 'editlab run panel' || w.name === 'blendshape panel');
+      return panel ? panel.element.clientHeight : 0; }})()""")
 
 
 def test_blendshape_panel_sliders_reach_the_prompt_body(page, artifacts):
@@ -91,7 +94,7 @@ def test_blendshape_panel_sliders_reach_the_prompt_body(page, artifacts):
                symmetric: {node}.widgets.find(w => w.name === 'symmetric').value}};
     }})()""")
     assert shown == {"mouthSmileRight": "0.85", "eyeBlinkRight": "0", "symmetric": True}
-    _center_on(page, node)
+    assert _center_on(page, node) >= 300, "a new node has room for its panel"
     page.screenshot(artifacts / "panel_blendshapes.png")
     # Queue as the Run button does (app.queuePrompt): the body the page's own fetch sends is what is checked.
     page.evaluate(CAPTURE)
@@ -217,7 +220,7 @@ def test_sae_feature_view_shows_the_run(page, object_info, artifacts):
     assert sdata["node"] == "slider" and sdata["word"] and sdata["positions"]
     assert seen["tokens"] == [r["token"] for r in sdata["tokens"]] and sdata["word"] in " ".join(seen["tokens"])
     assert seen["direction"] == [f"#{f['id']}" for f in sdata["direction"]["features"][:24]]
-    _center_on(page, node, 0.9)
+    assert _center_on(page, node, 0.9) >= 250, "the panel is given room for its table"
     page.screenshot(artifacts / "panel_sae_features.png")
 
 
@@ -233,7 +236,7 @@ def test_attention_map_panel_shows_one_map_per_word(page, object_info, artifacts
     }})()""")
     assert shown["words"] == [w.strip() for w in shown["widget"].split(",") if w.strip()]
     assert all(w > 0 for w in shown["loaded"])
-    _center_on(page, node)
+    assert _center_on(page, node) >= 150, "the panel is given room for its maps"
     page.screenshot(artifacts / "panel_attention_maps.png")
 
 
@@ -258,7 +261,7 @@ def test_agent_history_panel_shows_every_iteration(page, object_info, artifacts)
     for it in data["iterations"]:
         for r in it["references"]:
             assert r["licence"] in shown["text"] and r["source"] in shown["text"]
-    _center_on(page, node, 0.9)
+    assert _center_on(page, node, 0.9) >= 250, "the panel is given room for its iterations"
     page.screenshot(artifacts / "panel_agent_history.png")
 
 
@@ -275,5 +278,5 @@ def test_blendshape_panel_shows_the_face_it_was_measured_from(page, object_info,
     }})()""")
     assert shown["width"] > 0
     assert shown["measured"], "the coefficients measured above 0.05 are highlighted"
-    _center_on(page, node)
+    assert _center_on(page, node) >= 400, "the panel grows to show the face and the sliders"
     page.screenshot(artifacts / "panel_blendshapes_face.png")
