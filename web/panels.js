@@ -327,7 +327,9 @@ function renderMaps(data) {
 }
 
 const RENDER = { sae_features: renderFeatures, agent_history: renderHistory, attention_maps: renderMaps };
-const SIZE = { sae_features: [600, 560], agent_history: [560, 640], attention_maps: [420, 360] }; // width, max height
+// Least width, most height. A node is made wider only when it is narrower than 360 px (a wider one would cover
+// its neighbours in a saved layout); tables scroll sideways.
+const SIZE = { sae_features: [360, 560], agent_history: [360, 640], attention_maps: [300, 360] };
 const ROW = 19; // px, one table row or line of text
 const HEIGHT = { // the panel's natural height, from its data
   sae_features: (d) => 40 + (d.direction ? ROW * (2 + Math.min(24, d.direction.features.length)) : 0)
