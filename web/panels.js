@@ -334,8 +334,8 @@ const ROW = 19; // px, one table row or line of text
 const HEIGHT = { // the panel's natural height, from its data
   sae_features: (d) => 40 + (d.direction ? ROW * (2 + Math.min(24, d.direction.features.length)) : 0)
     + (d.tokens?.length ? ROW * (2 + d.tokens.length) : 0),
-  agent_history: (d) => 40 + ROW * (d.skipped?.length ?? 0)
-    + d.iterations.reduce((h, it) => h + Math.max(112, ROW * (3 + it.references.length + it.notes.length)), 0),
+  agent_history: (d) => 60 + 2 * ROW * (d.skipped?.length ?? 0) + d.iterations.reduce((h, it) => h + Math.max(
+    120, ROW * (6 + 2 * it.references.length + 2 * it.notes.length + (it.missing_keywords.length ? 1 : 0))), 0),
   attention_maps: (d) => 50 + 160 * Math.ceil(d.maps.length / 3),
 };
 

@@ -240,27 +240,66 @@ def test_attention_map_panel_shows_one_map_per_word(page, object_info, artifacts
     page.screenshot(artifacts / "panel_attention_maps.png")
 
 
+def _judge_then_plan(body):
+    """The LLM stand-in: judges iteration 0 weak and iteration 1 perfect, plans one rewrite, picks the first
+    candidate."""
+    from editlab.models.worldtoimage import judge as J
+
+    system = body["messages"][0]["content"]
+    if system == J.JUDGE_SYSTEM:
+        _judge_then_plan.judged = getattr(_judge_then_plan, "judged", 0) + 1
+        a = 3 if _judge_then_plan.judged == 1 else 10
+        return {"alignment": a, "visible_keywords": ["zorblax", "desk", "lamp", "wooden"] if a == 10 else ["desk"],
+                "reason": f"alignment {a}"}
+    if system == J.PLAN_SYSTEM:
+        return {"diagnosis": "understanding", "prompt": "a brass desk lamp with a green shade on a wooden desk",
+                "queries": ["zorblax lamp"], "reason": "an unknown brand name"}
+    return {"choice": 0, "reason": "first"}
+
+
 def test_agent_history_panel_shows_every_iteration(page, object_info, artifacts):
-    # A prompt whose keywords the example library's captions (file names) hold, so iteration 1 retrieves one.
-    _run(page, object_info, "worldtoimage_local_library",
-         "(() => { app.graph.nodes.find(n => n.type === 'EditLabWorldToImage').widgets"
-         ".find(w => w.name === 'prompt').value = 'a leather product bag'; return true; })()")
+    """The shipped Openverse workflow with loopback stand-ins for the LLM (judge and planner) and for Openverse:
+    two iterations, the second with a rewritten prompt, a reference with its licence, and scores."""
+    from standins import ChatStandIn, Reply, StandIn, png_bytes
+
+    with ChatStandIn(responder=_judge_then_plan) as llm, StandIn() as site:
+        site.routes["/v1/images/"] = Reply(200, {"results": [
+            {"url": site.url + "/lamp.png", "title": "Zorblax lamp", "license": "by-sa", "license_version": "4.0",
+             "foreign_landing_url": "https://example.org/lamp"}]})
+        site.routes["/lamp.png"] = Reply(200, png_bytes(48, 48, (20, 160, 40)), {"Content-Type": "image/png"})
+        setup = """(() => {
+          const node = (t) => app.graph.nodes.find(n => n.type === t);
+          const set = (t, name, v) => { node(t).widgets.find(w => w.name === name).value = v; };
+          set('EditLabLLM', 'base_url', %s);
+          set('EditLabWebImageSearch', 'endpoint', %s);
+          set('EditLabWebImageSearch', 'allow_loopback', true);
+          set('EditLabWebImageSearch', 'use_cache', false);
+          set('EditLabWorldToImage', 'threshold', 0.3);
+          return true;
+        })()""" % (json.dumps(llm.base_url), json.dumps(site.url + "/v1/images/"))
+        _run(page, object_info, "worldtoimage_openverse", setup)
     node = _panel(page, "EditLabWorldToImage", ".card img")
     shown = page.evaluate(f"""(async () => {{
       const el = {node}.widgets.find(w => w.name === 'editlab run panel').element;
       const cards = [...el.querySelectorAll('.card')];
       await Promise.all(cards.map(c => c.querySelector('img').decode().catch(() => null)));
       return {{prompts: cards.map(c => c.querySelector('.prompt').textContent),
+               scores: cards.map(c => c.querySelector('.scores').textContent),
                loaded: cards.map(c => c.querySelector('img').naturalWidth),
-               refs: cards.map(c => c.querySelectorAll('li').length), text: el.innerText, id: el.dataset.panelId}};
+               best: cards.filter(c => c.classList.contains('best')).map(c => Number(c.dataset.iteration)),
+               refs: cards.map(c => [...c.querySelectorAll('li')].map(li => li.textContent)),
+               id: el.dataset.panelId}};
     }})()""")
     data = page.evaluate(f"fetch('/editlab/panel/agent_history?id={shown['id']}').then(r => r.json())")
-    assert shown["prompts"] == [it["prompt"] for it in data["iterations"]] and len(shown["prompts"]) >= 2
-    assert all(w > 0 for w in shown["loaded"])
-    assert shown["refs"] == [len(it["references"]) for it in data["iterations"]] and sum(shown["refs"]) >= 1
-    for it in data["iterations"]:
-        for r in it["references"]:
-            assert r["licence"] in shown["text"] and r["source"] in shown["text"]
+    assert shown["prompts"] == ["a Zorblax desk lamp on a wooden desk",
+                                "a brass desk lamp with a green shade on a wooden desk"]
+    assert all(w > 0 for w in shown["loaded"]) and shown["best"] == [1] == [data["best"]]
+    assert shown["refs"][0] == [] and len(shown["refs"][1]) == 1
+    assert "Zorblax lamp" in shown["refs"][1][0] and "BY-SA 4.0" in shown["refs"][1][0] and \
+        "openverse" in shown["refs"][1][0]
+    for text, it in zip(shown["scores"], data["iterations"]):
+        assert f"combined {it['scores']['combined']:.3f}" in text
+    assert data["iterations"][1]["scores"]["combined"] > data["iterations"][0]["scores"]["combined"]
     assert _center_on(page, node, 0.9) >= 250, "the panel is given room for its iterations"
     page.screenshot(artifacts / "panel_agent_history.png")
 
