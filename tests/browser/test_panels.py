@@ -40,6 +40,27 @@ def _slide(page, node_expr: str, name: str, value: float) -> None:
     }})()""")
 
 
+def _drag(page, node_expr: str, name: str, fraction: float) -> None:
+    """Drag a slider with the mouse (DevTools input events, as a user's pointer): press on its thumb's side of
+    the track and release at ``fraction`` of its width. The canvas must not take the drag."""
+    box = page.evaluate(f"""(() => {{
+      const input = {node_expr}.__editlabBlendshapes.root.querySelector('input[data-name="{name}"]');
+      input.scrollIntoView({{block: 'center'}});
+      const r = input.getBoundingClientRect();
+      return [r.left, r.top, r.width, r.height];
+    }})()""")
+    left, top, width, height = box
+    y = top + height / 2
+    x0, x1 = left + 4, left + 8 + (width - 16) * fraction  # the thumb is 16 px wide: its centre spans width - 16
+    page.send("Input.dispatchMouseEvent", {"type": "mousePressed", "x": x0, "y": y, "button": "left",
+                                           "clickCount": 1})
+    for k in range(1, 6):
+        page.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x0 + (x1 - x0) * k / 5, "y": y,
+                                               "button": "left", "buttons": 1})
+    page.send("Input.dispatchMouseEvent", {"type": "mouseReleased", "x": x1, "y": y, "button": "left",
+                                           "clickCount": 1})
+
+
 def _center_on(page, node_expr: str, scale: float = 1.0) -> int:
     """The node at the canvas's top left (right of the side bar, below the menu), its panel scrolled to the top;
     dialogs and toasts closed. Returns the panel's height on screen (px)."""
@@ -88,6 +109,12 @@ def test_blendshape_panel_sliders_reach_the_prompt_body(page, artifacts):
     page.evaluate(f"(() => {{ const s = {node}.__editlabBlendshapes.root.querySelector('input[type=checkbox]');"
                   f" s.click(); return s.checked; }})()")
     _slide(page, node, "mouthSmileLeft", 0.85)
+    # A drag with the mouse moves the slider, not the node.
+    pos = page.evaluate(f"Array.from({node}.pos)")
+    _center_on(page, node)
+    _drag(page, node, "mouthFunnel", 0.5)
+    dragged = page.evaluate(f"JSON.parse({node}.widgets.find(w => w.name === 'values').value).mouthFunnel")
+    assert dragged == pytest.approx(0.5, abs=0.06) and page.evaluate(f"Array.from({node}.pos)") == pos
     shown = page.evaluate(f"""(() => {{
       const q = (n) => {node}.__editlabBlendshapes.root.querySelector('input[data-name="' + n + '"]').value;
       return {{mouthSmileRight: q('mouthSmileRight'), eyeBlinkRight: q('eyeBlinkRight'),
@@ -103,7 +130,7 @@ def test_blendshape_panel_sliders_reach_the_prompt_body(page, artifacts):
     body = page.evaluate("window.__editlabPosts[0]")
     (sent,) = [n for n in body["prompt"].values() if n["class_type"] == "EditLabBlendshapeEdit"]
     assert json.loads(sent["inputs"]["values"]) == {"jawOpen": 0.7, "eyeBlinkLeft": 0.4, "mouthSmileLeft": 0.85,
-                                                    "mouthSmileRight": 0.85}
+                                                    "mouthSmileRight": 0.85, "mouthFunnel": dragged}
     assert sent["inputs"]["symmetric"] is True
     assert sorted(sent["inputs"]) == ["intensity", "preset", "symmetric", "values"]  # the panel is not an input
     saved = body["extra_data"]["extra_pnginfo"]["workflow"]["nodes"]
