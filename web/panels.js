@@ -372,6 +372,10 @@ api.addEventListener("executed", ({ detail }) => {
 
 app.registerExtension({
   name: "editlab.panels",
+  // Another workflow opens: node ids start over, so the last runs' panels belong to nodes that are gone.
+  async beforeConfigureGraph() {
+    latest.clear();
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== "EditLabBlendshapeEdit") return;
     const created = nodeType.prototype.onNodeCreated;

@@ -346,3 +346,10 @@ def test_blendshape_panel_shows_the_face_it_was_measured_from(page, object_info,
     assert shown["measured"], "the coefficients measured above 0.05 are highlighted"
     assert _center_on(page, node) >= 400, "the panel grows to show the face and the sliders"
     page.screenshot(artifacts / "panel_blendshapes_face.png")
+    # Opened again, the workflow's nodes have the same ids: the last run's face is not shown on them, and the node
+    # keeps the size the file gives it.
+    again = open_workflow(page, "expression_sliders")
+    (saved,) = [n for n in again["nodes"] if n["type"] == "EditLabBlendshapeEdit"]
+    page.evaluate("new Promise(r => setTimeout(r, 500))")
+    assert not page.evaluate(f"!!{node}.__editlabBlendshapes.root.querySelector('.face img')")
+    assert page.evaluate(f"Array.from({node}.size)")[1] == saved["box"][3] - page.evaluate("LiteGraph.NODE_TITLE_HEIGHT")
