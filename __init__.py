@@ -13,7 +13,7 @@ WEB_DIRECTORY = "./web"
 
 # nodes/<module>.py, each exporting NODES: the node classes it defines.
 NODE_MODULES = ("tiny", "saedit", "tryon", "expression", "conceptsplit", "chronoedit", "llm", "worldtoimage",
-                "layered")
+                "layered", "panels")
 
 
 def load_node_classes():

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..models import panels
 from ..models.conceptsplit.flux import FluxToVAPatch, double_block_layers, value_width
 from ..models.conceptsplit.loda import MAP_LAYERS
 from ..models.conceptsplit.patch import ToVAPatch, named_cross_attention_layers
@@ -370,7 +371,8 @@ class EditLabAttentionMaps(EditLabNode):
                                                                         mode="bilinear", align_corners=False)[0, 0]
                                         .clamp(min=0)) for v in maps])
         images = torch.stack([heatmap(v) for v in masks])
-        return io.NodeOutput(latent, images, masks)
+        return io.NodeOutput(latent, images, masks,
+                             ui=panels.ui_for("attention_maps", panels.attention_maps(list(positions), images)))
 
 
 class _LODASampler(host.Sampler):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..models import panels
 from ..models.expression.adapter import AdapterFileError, ExpressionAdapter, LoadedAdapter, load_adapter
 from ..models.expression.blendshapes import (PRESETS, Blendshapes, FaceEncoder, edit, flame,
                                              landmarker_path)
@@ -75,7 +76,10 @@ class EditLabFaceBlendshapes(EditLabNode):
             shapes = faces[face_index]
             shapes.meta = {"faces": len(faces), "face_index": face_index}
         overlay = torch.from_numpy(draw_overlay(frame, shapes)).float()[None] / 255.0
-        return io.NodeOutput(shapes, overlay, json.dumps({**shapes.as_dict(), **shapes.meta}))
+        measured = {**shapes.as_dict(), **shapes.meta}
+        face = {"image": panels.thumbnail(overlay[0], 256), "values": measured["values"],
+                "faces": shapes.meta.get("faces")}
+        return io.NodeOutput(shapes, overlay, json.dumps(measured), ui=panels.ui_for("face", face))
 
 
 class EditLabBlendshapeEdit(EditLabNode):

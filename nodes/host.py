@@ -428,3 +428,21 @@ def load_flux_files(unet_path: str, clip_paths: list[str], vae_path: str):
     clip = comfy.sd.load_clip(clip_paths, clip_type=comfy.sd.CLIPType.FLUX)
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae_path))
     return model, clip, vae
+
+
+# -- the pack's HTTP routes (web panels) ---------------------------------------------------------------------------
+def add_get_route(path: str, handler) -> bool:
+    """Register a GET route on the running server (``server.PromptServer.instance.routes``, which the host serves
+    with and without the /api prefix). False where no server runs (the nodes imported in-process, in tests: the
+    host's server module is then not imported at all)."""
+    import sys
+
+    if "server" not in sys.modules:
+        return False
+    import server
+
+    instance = getattr(server.PromptServer, "instance", None)
+    if instance is None:
+        return False
+    instance.routes.get(path)(handler)
+    return True

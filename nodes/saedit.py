@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io, ui
 
+from ..models import panels
 from ..models.saedit import prompts as prompt_corpus
 from ..models.saedit.direction import METHODS, direction_from_pairs
 from ..models.saedit.edit import decoded_delta
@@ -389,7 +390,7 @@ class EditLabSAESlider(EditLabNode):
             raise EditLabInputError("conditioning", "a conditioning with at least one entry")
         delta = decoded_delta(sae.sae, direction.direction)
         wanted = _part_for(sae, part)
-        out, checked = [], {}
+        out, checked, first = [], {}, None
         for cond, options in conditioning:
             _check_width(sae, cond.shape[-1])
             text = _entry_text(options, prompt)
@@ -400,6 +401,7 @@ class EditLabSAESlider(EditLabNode):
                 except ValueError as exc:
                     raise EditLabInputError("part", str(exc), part) from None
                 _check_part(sae, layout.part)
+                first = first or (cond, layout)
                 try:
                     checked[key] = word_positions(clip, layout, word)
                 except ValueError as exc:
@@ -407,7 +409,33 @@ class EditLabSAESlider(EditLabNode):
                 if PROMPT_KEY not in options:
                     _check_typed_prompt(clip, text, cond)
             out += slide_conditioning([[cond, options]], checked[key], delta, schedule, strength)
-        return io.NodeOutput(out)
+        return io.NodeOutput(out, ui=panels.ui_for("sae_features", _slider_view(clip, sae, direction, first, word,
+                                                                                strength, schedule, checked)))
+
+
+def _slider_view(clip, sae, direction, first, word, strength, schedule, checked) -> dict:
+    """The feature view of a slider run: the direction's features, and the per-token activations of the first
+    conditioning entry as the slider received it (before its own edit), the direction's features labelled."""
+    chosen = panels.direction_features(direction.name, direction.feature_ids, direction.weights)
+    table = {"tokens": []}
+    if first is not None:
+        cond, layout = first
+        content = layout.content[:panels.MAX_PANEL_TOKENS]
+        with torch.no_grad():
+            codes = sae.sae.encode(cond[0, content].float().to(sae.sae.W_dec.device)).detach().cpu()
+        labels = {int(f): [direction.name] for f in _flat_positions(direction.feature_ids)}
+        table = feature_table(codes, token_texts(clip, layout)[:len(content)], content, 8, labels)
+    return panels.feature_view(table, chosen, node="slider", sae=sae.name, word=word, strength=float(strength),
+                               schedule=schedule,
+                               positions=sorted({int(p) for ps in checked.values() for p in _flat_positions(ps)})[:256])
+
+
+def _flat_positions(positions) -> list[int]:
+    """The token positions a slider edits, from ``word_positions``' answer (a list, or a tensor)."""
+    try:
+        return [int(p) for p in (positions.tolist() if hasattr(positions, "tolist") else positions)]
+    except (TypeError, ValueError):
+        return []
 
 
 def _check_typed_prompt(clip, text: str, cond: torch.Tensor) -> None:
@@ -482,7 +510,10 @@ class EditLabSAEFeatures(EditLabNode):
         texts = token_texts(clip, encoded)
         table = feature_table(codes, texts, encoded.content, top_n, _direction_labels(sae.name, direction))
         table["sae"] = sae.name
-        return io.NodeOutput(heatmap(codes, texts, table), json.dumps(table))
+        chosen = None if direction is None else panels.direction_features(direction.name, direction.feature_ids,
+                                                                          direction.weights)
+        view = panels.feature_view(table, chosen, node="features", sae=sae.name, prompt=prompt[:400])
+        return io.NodeOutput(heatmap(codes, texts, table), json.dumps(table), ui=panels.ui_for("sae_features", view))
 
 
 class EditLabFlowInversion(EditLabNode):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
+from ..models import panels
 from ..models.fetch import FetchLimits
 from ..models.llm import LLMClient, LLMConfig
 from ..models.worldtoimage import judge as J
@@ -374,7 +375,8 @@ class EditLabWorldToImage(EditLabNode):
         summary = (f"best: iteration {result.best} of {len(result.images)} "
                    f"(score {history['best_score']}), stopped: {history['stopped']}")
         return io.NodeOutput(result.images[result.best], result.final_prompt, text, all_images,
-                             ui=ui.PreviewText(f"{summary}\n\n{text}"))
+                             ui={**ui.PreviewText(f"{summary}\n\n{text}").as_dict(),
+                                 **panels.ui_for("agent_history", panels.agent_history(history, result.images))})
 
 
 def _encode(clip, text: str):
