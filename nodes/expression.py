@@ -75,7 +75,7 @@ class EditLabFaceBlendshapes(EditLabNode):
         else:
             shapes = faces[face_index]
             shapes.meta = {"faces": len(faces), "face_index": face_index}
-        overlay = torch.from_numpy(draw_overlay(frame, shapes)).float()[None] / 255.0
+        overlay = torch.tensor(draw_overlay(frame, shapes)).float()[None] / 255.0  # a copy: the array is read-only
         measured = {**shapes.as_dict(), **shapes.meta}
         face = {"image": panels.thumbnail(overlay[0], 256), "values": measured["values"],
                 "faces": shapes.meta.get("faces")}

@@ -169,16 +169,7 @@ class SparseAutoencoder(nn.Module):
             start = end
         recon_loss = torch.stack(losses).mean()
 
-        fired = (codes > 0).any(0)
-        with torch.no_grad():
-            self.steps_since_fired += 1
-            self.steps_since_fired[fired] = 0
-            kept = codes[codes > 0]
-            if kept.numel():
-                rate = 1.0 if int(self.threshold_updates) == 0 else self.config.threshold_ema
-                self.threshold.mul_(1 - rate).add_(rate * kept.min())
-                self.threshold_updates += 1
-        dead = self.steps_since_fired >= self.config.n_batches_to_dead
+        dead = self._track_firing((codes > 0).any(0), codes[codes > 0])
         aux_loss = x.new_zeros(())
         if dead.any() and self.config.aux_penalty > 0:
             residual = (x - recon).detach()
@@ -188,15 +179,19 @@ class SparseAutoencoder(nn.Module):
             aux_codes = torch.zeros_like(dead_pre).scatter_(-1, indices, values)
             aux_recon = aux_codes @ self.W_dec[dead]
             aux_loss = self.config.aux_penalty * (aux_recon - residual).pow(2).sum(-1).mean()
-        total_var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-        return {
-            "loss": recon_loss + aux_loss,
-            "recon_loss": recon_loss.detach(),
-            "aux_loss": aux_loss.detach(),
-            "fvu": ((recon - x).pow(2).sum(-1).mean() / total_var).detach(),
-            "l0": (codes > 0).float().sum(-1).mean().detach(),
-            "dead_fraction": dead.float().mean().detach(),
-        }
+        return _step_stats(x, recon, recon_loss, aux_loss, (codes > 0).float().sum(-1), dead)
+
+    @torch.no_grad()
+    def _track_firing(self, fired: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """After a batch: count batches since each latent fired, move the threshold EMA towards the smallest kept
+        activation (started at the first batch's value); returns the dead-latent mask."""
+        self.steps_since_fired += 1
+        self.steps_since_fired[fired] = 0
+        if kept.numel():
+            rate = 1.0 if int(self.threshold_updates) == 0 else self.config.threshold_ema
+            self.threshold.mul_(1 - rate).add_(rate * kept.min())
+            self.threshold_updates += 1
+        return self.steps_since_fired >= self.config.n_batches_to_dead
 
     def _sparse_training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``training_losses`` through the sparse kernels: the same quantities from (values, indices) codes."""
@@ -214,15 +209,7 @@ class SparseAutoencoder(nn.Module):
         kept_mask = values > 0
         fired = torch.zeros(self.config.dict_size, dtype=torch.bool, device=x.device)
         fired[indices[kept_mask]] = True
-        with torch.no_grad():
-            self.steps_since_fired += 1
-            self.steps_since_fired[fired] = 0
-            kept = values[kept_mask]
-            if kept.numel():
-                rate = 1.0 if int(self.threshold_updates) == 0 else self.config.threshold_ema
-                self.threshold.mul_(1 - rate).add_(rate * kept.min())
-                self.threshold_updates += 1
-        dead = self.steps_since_fired >= self.config.n_batches_to_dead
+        dead = self._track_firing(fired, values[kept_mask])
         aux_loss = x.new_zeros(())
         if dead.any() and self.config.aux_penalty > 0:
             residual = (x - recon).detach()
@@ -234,15 +221,20 @@ class SparseAutoencoder(nn.Module):
             aux_values, aux_indices = dead_pre.topk(k, dim=-1)
             aux_recon = decode(aux_values, aux_indices, self.W_dec[dead])
             aux_loss = self.config.aux_penalty * (aux_recon - residual).pow(2).sum(-1).mean()
-        total_var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-        return {
-            "loss": recon_loss + aux_loss,
-            "recon_loss": recon_loss.detach(),
-            "aux_loss": aux_loss.detach(),
-            "fvu": ((recon - x).pow(2).sum(-1).mean() / total_var).detach(),
-            "l0": kept_mask.float().sum(-1).mean().detach(),
-            "dead_fraction": dead.float().mean().detach(),
-        }
+        return _step_stats(x, recon, recon_loss, aux_loss, kept_mask.float().sum(-1), dead)
+
+
+def _step_stats(x, recon, recon_loss, aux_loss, l0_per_token, dead) -> dict[str, torch.Tensor]:
+    """The loss to minimise and the statistics a training step logs."""
+    total_var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+    return {
+        "loss": recon_loss + aux_loss,
+        "recon_loss": recon_loss.detach(),
+        "aux_loss": aux_loss.detach(),
+        "fvu": ((recon - x).pow(2).sum(-1).mean() / total_var).detach(),
+        "l0": l0_per_token.mean().detach(),
+        "dead_fraction": dead.float().mean().detach(),
+    }
 
 
 def fraction_of_variance_unexplained(x: torch.Tensor, recon: torch.Tensor) -> float:
