@@ -216,3 +216,10 @@ def saved(write, path: str, input_name: str, overwrite: bool):
     except FileExistsError:
         raise EditLabInputError(input_name, "a name not used yet (or turn on overwrite)",
                                 os.path.basename(path)) from None
+
+
+def save_as_inputs(folder: str, default: str, verb: str = "Saved as") -> list:
+    """The ``name`` + ``overwrite`` inputs every node that writes models/FOLDER/NAME.safetensors ends with."""
+    return [io.String.Input("name", default=default, tooltip=f"{verb} models/{folder}/NAME.safetensors."),
+            io.Boolean.Input("overwrite", default=False, optional=True,
+                             tooltip=f"Replace models/{folder}/NAME.safetensors if it exists (off: an error).")]

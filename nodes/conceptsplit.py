@@ -20,8 +20,8 @@ from ..models.conceptsplit.patch import ToVAPatch, named_cross_attention_layers
 from ..models.conceptsplit.tova import Binding, ToVAFileError, ValueLoRA, load_tova, save_tova
 from ..models.saedit.tokens import prompt_tokens, word_positions
 from . import host
-from .common import (CATEGORY, EditLabInputError, EditLabNode, checked_image_size, inside_input_folder, input_folder,
-                     output_file, saved)
+from .common import (CATEGORY, EditLabInputError, EditLabNode, checked_image_size, input_folder, inside_input_folder,
+                     output_file, save_as_inputs, saved)
 
 CAT = f"{CATEGORY}/ConceptSplit"
 TOVA_FOLDER = host.model_folder("tova", {".safetensors"})
@@ -246,9 +246,7 @@ class EditLabToVATrain(EditLabNode):
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per step."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed for the initial weights, noise and batch order."),
-                io.String.Input("name", default="my_concept", tooltip="Saved as models/tova/NAME.safetensors."),
-                io.Boolean.Input("overwrite", default=False, optional=True,
-                                 tooltip="Replace models/tova/NAME.safetensors if it exists (off: an error)."),
+                *save_as_inputs("tova", "my_concept"),
             ],
             outputs=[ToVAType.Output(display_name="adapter"), io.String.Output(display_name="stats")],
         )

@@ -16,8 +16,8 @@ from ..models.expression.adapter import AdapterFileError, ExpressionAdapter, Loa
 from ..models.expression.blendshapes import (PRESETS, Blendshapes, FaceEncoder, edit, flame,
                                              landmarker_path)
 from ..models.expression.overlay import draw_overlay
-from .common import (CATEGORY, EditLabInputError, EditLabNode, checked_image_size, inside_input_folder, input_folder,
-                     output_file, rgb_images, saved)
+from .common import (CATEGORY, EditLabInputError, EditLabNode, checked_image_size, input_folder, inside_input_folder,
+                     output_file, rgb_images, save_as_inputs, saved)
 from . import host
 from .host import mediapipe_dirs, model_folder
 
@@ -427,11 +427,7 @@ class EditLabTrainExpressionAdapter(EditLabNode):
                              tooltip="Tokens the adapter adds to each cross-attention layer."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed for the initial weights, noise and batch order."),
-                io.String.Input("name", default="my_expression_adapter",
-                                tooltip="Saved as models/expression_adapters/NAME.safetensors."),
-                io.Boolean.Input("overwrite", default=False, optional=True,
-                                 tooltip="Replace models/expression_adapters/NAME.safetensors if it exists (off: an "
-                                         "error)."),
+                *save_as_inputs("expression_adapters", "my_expression_adapter"),
             ],
             outputs=[AdapterType.Output(display_name="adapter"), io.String.Output(display_name="stats")],
         )
@@ -530,11 +526,7 @@ class EditLabTrainReferenceLoRA(EditLabNode):
                 io.Int.Input("rank", default=8, min=1, max=128, tooltip="LoRA rank."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed for the initial LoRA weights, noise and batch order."),
-                io.String.Input("name", default="my_reference_lora",
-                                tooltip="Saved as models/expression_reference_loras/NAME.safetensors."),
-                io.Boolean.Input("overwrite", default=False, optional=True,
-                                 tooltip="Replace models/expression_reference_loras/NAME.safetensors if it exists "
-                                         "(off: an error)."),
+                *save_as_inputs("expression_reference_loras", "my_reference_lora"),
             ],
             outputs=[ReferenceLoRAType.Output(display_name="lora"), io.String.Output(display_name="stats")],
         )

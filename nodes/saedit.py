@@ -24,7 +24,8 @@ from ..models.saedit.tokens import (PARTS, content_embeddings, prompt_tokens, to
                                     word_positions)
 from ..models.saedit.train import TrainConfig, train_sae
 from . import host
-from .common import CATEGORY, EditLabInputError, EditLabNode, excerpt, output_file, read_text_lines, saved
+from .common import (CATEGORY, EditLabInputError, EditLabNode, excerpt, output_file, read_text_lines,
+                     save_as_inputs, saved)
 
 log = logging.getLogger(__name__)
 CAT = f"{CATEGORY}/SAEdit"
@@ -147,9 +148,7 @@ class EditLabSAETrain(EditLabNode):
                 io.Int.Input("epochs", default=10, min=1, max=1000, tooltip="Passes over all the prompts' tokens."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed for the generated prompts, the initial weights and the batch order."),
-                io.String.Input("name", default="my_sae", tooltip="Saved as models/sae/NAME.safetensors."),
-                io.Boolean.Input("overwrite", default=False, optional=True,
-                                 tooltip="Replace models/sae/NAME.safetensors if it exists (off: an error)."),
+                *save_as_inputs("sae", "my_sae"),
                 io.Combo.Input("sparsity", options=list(SPARSITY), default="topk", optional=True,
                                tooltip="topk: each token keeps its top_k features, in training and use (reconstructs "
                                        "better at equal budget). batch_topk: the SAEdit authors' BatchTopK (top_k "
@@ -233,10 +232,7 @@ class EditLabSAEDirection(EditLabNode):
                                        "change."),
                 io.Float.Input("percentile", default=99.5, min=50.0, max=100.0, step=0.1,
                                tooltip="Only features above this percentile of the source-to-target ratio take part."),
-                io.String.Input("name", default="", tooltip="Save as models/sae_directions/NAME.safetensors."),
-                io.Boolean.Input("overwrite", default=False, optional=True,
-                                 tooltip="Replace models/sae_directions/NAME.safetensors if it exists (off: an "
-                                         "error)."),
+                *save_as_inputs("sae_directions", "", verb="Save as"),
             ],
             outputs=[DirectionType.Output(display_name="direction")],
         )
