@@ -278,6 +278,15 @@ CASES = {
     "sae features 1500 tokens": Case(sae_features(prompt="a " * 1500), "prompt", "512 tokens"),
     "sae slider 1 MB prompt": Case(sae_slider(prompt=BIG_TEXT), "prompt", "4000 characters"),
     "sae slider 1 MB word": Case(sae_slider(word=BIG_TEXT), "word", "4000 characters"),
+    "sae slider prompt not the conditioning's": Case(sae_slider(prompt="a photo of a woman and a man"), "prompt",
+                                                     "the text this conditioning was encoded from"),
+    "sae slider prompt other than the recorded one": Case(
+        sae_slider(prompt="a photo of a woman and a man") | {
+            "3": N("EditLabTextEncode", text="a photo of a man", clip=["1", 1])},
+        "prompt", "the conditioning's own prompt"),
+    "sae slider on a part the SAE was not trained on": Case(sae_slider(part="clip"), "part", "no CLIP tokens"),
+    "text encode 1 MB text": Case({"1": tiny(), "9": N("EditLabTextEncode", text=BIG_TEXT, clip=["1", 1])}, "text",
+                                  "4000 characters"),
     "adapter trainer 1 MB prompt": Case(train_adapter(prompt=BIG_TEXT), "prompt", "4000 characters"),
     "sae train 5 kB prompt line": Case(sae_train(prompts="a" * 5000), "prompts", "4000 characters"),
     # -- nothing escapes ---------------------------------------------------------------------------------------
