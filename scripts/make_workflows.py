@@ -99,6 +99,9 @@ def node_size(type_, widgets, n_inputs, n_outputs):
     return [width, height + IMAGE_NODES.get(type_, 0)]
 
 
+MUTED = 2  # a node the page shows and saves but never queues: an option the Note tells the user to switch on
+
+
 class Models:
     """Where a workflow's MODEL, CLIP and VAE come from: (node id, output slot, type) each."""
 
@@ -543,6 +546,14 @@ def expression_reference_edit():
     model = apply_expression(g, m, adapter, surprised, s_ref, 1, 1, model=(reference, 0, "MODEL"))
     s_gen = g.stage("gen", "Sample and save", 1)
     expression_sample(g, m, model, "expression/reference_edit", s_gen)
+    s_stage2 = g.stage("stage2", "Second stage: reference LoRA (trained here; its loader is optional)", 2)
+    g.add("EditLabTrainReferenceLoRA",
+          [("folder", "."), ("prompt", "a photo of a face"), ("resolution", 64), ("steps", 2), ("lr", 0.0001),
+           ("batch_size", 1), ("rank", 4), ("seed", 0), ("name", "tiny_reference_lora"), ("overwrite", True)],
+          {"model": m.model, "clip": m.clip, "vae": m.vae, "adapter": (adapter, 0, "EDITLAB_EXPRESSION_ADAPTER")},
+          ["EDITLAB_REFERENCE_LORA", "STRING"], s_stage2, 0, 0)
+    g.add("EditLabReferenceLoRALoader", [("lora_name", "tiny_reference_lora.safetensors")], {},
+          ["EDITLAB_REFERENCE_LORA"], s_stage2, 1, 0, mode=MUTED)
     return g
 
 
@@ -791,6 +802,11 @@ def conceptsplit_workflow(family):
                     "dry run is quick: for real concepts give each its own folder of 4-10 photos and 500+ steps. "
                     + SMALL))
     conceptsplit_rows(g, family)
+    s_files = g.stage("files", "Optional (unmute with Ctrl+M): adapters trained earlier, from models/tova/", 2)
+    for i, word in enumerate(("sks", "zwx")):
+        g.add("EditLabToVALoader",
+              [("adapter_name", f"concept_{word}.safetensors" if family == "sd15" else
+                f"concept_{word}_{family}.safetensors")], {}, ["EDITLAB_TOVA"], s_files, i, 0, mode=MUTED)
     return g
 
 
@@ -901,6 +917,7 @@ def chronoedit_distilled_8step():
 
 # -- World-To-Image ------------------------------------------------------------------------------------------------
 MULTILINE.add(("EditLabWorldToImage", "prompt"))
+MULTILINE.add(("EditLabVIEScore", "instruction"))
 WIDE.update({"EditLabWorldToImage": 360, "EditLabLLM": 340, "EditLabWebImageSearch": 340})
 W2I_PROMPT = "a person holding a leather product bag"
 
@@ -1046,10 +1063,10 @@ def layered_edit(title, what, name, photo_file, mask_file, instruction, lock, pr
     g.add_note(note(title, what, KONTEXT_FILES, name, (photo_file, mask_file),
                     LAYERED_LORAS + " " + REPORT.format(prefix=prefix + "_report") + " " +
                     SMALL.replace("width/height", "the Image Scale sizes")))
-    return layered_rows(g, photo_file, mask_file, instruction, lock, prefix)
+    return layered_rows(g, photo_file, mask_file, instruction, lock, prefix, options=True)
 
 
-def layered_rows(g, photo_file, mask_file, instruction, lock, prefix):
+def layered_rows(g, photo_file, mask_file, instruction, lock, prefix, options=False):
     """Product photo + its mask -> Layered Edit Adapters -> Flux Kontext edit (instruction + the photo as a reference
     latent) -> optional Product Lock -> saved image, consistency report and heat-map."""
     s_models = g.stage("models", "Flux Kontext models", 0)
@@ -1090,6 +1107,21 @@ def layered_rows(g, photo_file, mask_file, instruction, lock, prefix):
                    {"original": (scaled, 0, "IMAGE"), "edited": (result, 0, "IMAGE"), "mask": (mask, 0, "MASK")},
                    ["STRING", "IMAGE"], s_out, col + 1, 0)
     save(g, report, prefix + "_heatmap", s_out, col + 1, 1, slot=1, title="Save the change heat-map")
+    if options:
+        s_opt = g.stage("options", "Optional (unmute with Ctrl+M): train the adapters, VIEScore the edit", 2)
+        g.add("EditLabLayeredTrain",
+              [("folder", "layered_pairs"), ("stages", "both"), ("pattern_shift_lora", "None"), ("resolution", 512),
+               ("rank", 16), ("steps_stage1", 1000), ("steps_stage2", 500), ("lr", 0.0001), ("product_weight", 5.0),
+               ("guidance", 2.5), ("seed", 0), ("name", "layered"), ("overwrite", False)],
+              {"model": m.model, "clip": m.clip, "vae": m.vae}, ["STRING", "STRING", "STRING"], s_opt, 0, 0,
+              mode=MUTED)
+        llm = g.add("EditLabLLM", [("base_url", "http://127.0.0.1:11434/v1"), ("model", "llava"),
+                                   ("api_key_env", ""), ("temperature", 0.0), ("timeout", 30.0), ("max_retries", 1),
+                                   ("vision", True)], {}, ["EDITLAB_LLM"], s_opt, 1, 0, mode=MUTED)
+        g.add("EditLabVIEScore", [("instruction", instruction)],
+              {"llm": (llm, 0, "EDITLAB_LLM"), "source_image": (scaled, 0, "IMAGE"),
+               "edited_image": (result, 0, "IMAGE")}, ["FLOAT", "FLOAT", "FLOAT", "STRING", "STRING"], s_opt, 2, 0,
+              mode=MUTED)
     return g
 
 
