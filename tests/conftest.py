@@ -42,13 +42,14 @@ def comfyui_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def comfy_host():
-    """ComfyUI importable in this process, on the CPU, with its argument parser left at defaults."""
+    """ComfyUI importable in this process, on the CPU, with its argument parser left at defaults. On a GPU machine,
+    ``EDITLAB_TEST_DEVICE=cuda`` leaves the host on its own device choice (the GPU): the node tier on CUDA."""
     path = str(comfyui_dir())
     if path not in sys.path:
         sys.path.insert(0, path)
     from comfy.cli_args import args
 
-    args.cpu = True
+    args.cpu = os.environ.get("EDITLAB_TEST_DEVICE", "cpu") == "cpu"
     import comfy.model_management  # noqa: F401 - reads args at import: after args.cpu is set
 
     return Path(path)

@@ -148,7 +148,15 @@ def test_groups_titles_and_initial_view(name, opened):
     assert 0 <= sx < state["canvas"][0] / 2 and MENU_HEIGHT <= sy < state["canvas"][1] / 2, (sx, sy)
 
 
-BROWSER = """(async () => {
+# A card's picture is loaded as a blob: URL, beside the element that carries the card's test id.
+OWN = """const own = (c) => {
+    let el = c;
+    while (el.parentElement &&
+           el.parentElement.querySelectorAll('[data-testid^="template-workflow-"]').length === 1) el = el.parentElement;
+    return [...el.querySelectorAll('img')];
+  };"""
+
+OPEN_BROWSER = """(async () => {
   const sleep = (ms) => new Promise(r => setTimeout(r, ms));
   await app.extensionManager.command.execute('Comfy.BrowseTemplates');
   let nav = null;
@@ -160,13 +168,7 @@ BROWSER = """(async () => {
   if (!nav) return {error: 'no EditLab category in the templates browser',
                     text: document.querySelector('[role="dialog"]')?.innerText?.slice(0, 2000)};
   (nav.closest('button, a, li') || nav).click();
-  // A card's picture is loaded as a blob: URL, beside the element that carries the card's test id.
-  const own = (c) => {
-    let el = c;
-    while (el.parentElement &&
-           el.parentElement.querySelectorAll('[data-testid^="template-workflow-"]').length === 1) el = el.parentElement;
-    return [...el.querySelectorAll('img')];
-  };
+  %(own)s
   let cards = [];
   for (let i = 0; i < 80; i++) {
     await sleep(250);
@@ -174,22 +176,34 @@ BROWSER = """(async () => {
     const imgs = cards.flatMap(own);
     if (cards.length && imgs.length >= cards.length && imgs.every(img => img.complete)) break;
   }
-  const out = [];
-  for (const c of cards) {
-    const name = c.dataset.testid.replace('template-workflow-', '');
-    c.scrollIntoView();  // pictures load when their card comes into view
-    for (let i = 0; i < 40 && !own(c).some(img => img.complete && img.naturalWidth > 0); i++) await sleep(250);
-    const res = await fetch('/api/workflow_templates/%(pack)s/' + name + '.jpg');
-    out.push({name, text: c.innerText, served: res.ok && res.headers.get('content-type'),
-              thumbnails: own(c).map(img => ({src: img.src, ok: img.complete && img.naturalWidth > 0}))});
+  return {names: cards.map(c => c.dataset.testid.replace('template-workflow-', ''))};
+})()""" % {"own": OWN}
+
+# One card, in its own evaluation (each well inside the page connection's time-out). Pictures load when their card
+# comes into view (LazyImage: an IntersectionObserver, then a fetch into a blob: URL) and are dropped when it leaves;
+# on a busy machine that takes a while. So the card is looked up afresh (the grid may re-render it), scrolled to the
+# middle of the view, and scrolled to again now and then, for up to 60 s.
+CARD = """(async (name) => {
+  const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+  %(own)s
+  const card = () => document.querySelector(`[data-testid="template-workflow-${name}"]`);
+  const loaded = () => card() && own(card()).some(img => img.complete && img.naturalWidth > 0);
+  for (let i = 0; i < 240 && !loaded(); i++) {
+    if (i %% 20 === 0) card()?.scrollIntoView({block: 'center'});
+    await sleep(250);
   }
-  return {cards: out};
-})()""" % {"pack": PACK}
+  const c = card();
+  const res = await fetch('/api/workflow_templates/%(pack)s/' + name + '.jpg');
+  return {name, text: c?.innerText || '', served: res.ok && res.headers.get('content-type'),
+          thumbnails: c ? own(c).map(img => ({src: img.src, ok: img.complete && img.naturalWidth > 0})) : []};
+})"""  % {"own": OWN, "pack": PACK}
 
 
 def test_templates_browser_shows_titles_descriptions_thumbnails_tour_first(page, opened, artifacts):
     cards = json.loads((REPO / "web" / "templates.json").read_text())
-    seen = page.evaluate(BROWSER)
+    opened_dialog = page.evaluate(OPEN_BROWSER)
+    assert "names" in opened_dialog, opened_dialog
+    seen = {"cards": [page.evaluate(f"{CARD}({json.dumps(name)})", timeout=90) for name in opened_dialog["names"]]}
     page.screenshot(artifacts / "templates_browser.png")
     for kind in ("keyDown", "keyUp"):  # close the dialog as a user would
         page.send("Input.dispatchKeyEvent", {"type": kind, "key": "Escape", "code": "Escape",
