@@ -14,6 +14,8 @@ Attention with token maps, 4,096 image + 512 text tokens, 24 heads, head dim 128
 with the extra memory each needs over SDPA's output. Targets (issue 14): SAE step >= 1.5x eager with lower peak
 memory; maps >= 0.8x SDPA alone and >= 3x faster than materialising, O(N) extra memory.
 
+First, correctness at those sizes on the GPU (``check_rows``: errors against SDPA, float32 softmax and eager torch,
+with tolerances; appended to out/bench/kernels_check.csv; the script exits non-zero if one is above its tolerance).
 Rows are appended to out/bench/kernels.csv with the device, torch and Triton versions. Without a CUDA GPU the
 script says so, runs its own code at toy sizes on the CPU through the torch references (``dry_run``), and exits 0.
 """
@@ -38,10 +40,11 @@ if "editlab" not in sys.modules:
     sys.modules["editlab"] = pkg
 
 from editlab.kernels.attention import attention  # noqa: E402
-from editlab.kernels.sae import decode  # noqa: E402
+from editlab.kernels.sae import decode, encode  # noqa: E402
 from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder  # noqa: E402
 
 OUT = ROOT / "out" / "bench" / "kernels.csv"
+CHECK = ROOT / "out" / "bench" / "kernels_check.csv"  # correctness at the same sizes, on the same device
 
 
 class forced:
@@ -188,6 +191,86 @@ def attention_rows(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.b
     return rows
 
 
+def _rel(got, want) -> float:
+    """max |got - want| / max |want|, in float64."""
+    got, want = got.detach().double(), want.detach().double()
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def check_rows(img=4096, txt=512, heads=24, dim=128, n_keys=8, n=4096, d=4096, m=65536, k=300, device="cuda",
+               kernels="triton"):
+    """Correctness at the bench's sizes, on the device: each row (case, what, error, tolerance). The kernels against
+    what they replace: SDPA's output (float32 math on the same bf16 inputs), softmax columns and log-sum-exp from a
+    float32 q k^T, SDPA with the bias as a dense mask, gradients against SDPA's; the SAE training step's loss and
+    gradients against eager torch on the same parameters, and the TopK codes' agreement."""
+    dev = torch.device(device)
+    rows = []
+    g = torch.Generator(device=dev).manual_seed(1)
+    N = img + txt
+    case = f"attention n{img}+{txt} h{heads} d{dim} bfloat16 keys{n_keys}"
+    for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float16, 3e-3)):
+        name = str(dtype).split(".")[-1]
+        q, k_, v = (torch.randn(1, heads, N, dim, device=dev, dtype=dtype, generator=g) for _ in range(3))
+        keys = torch.arange(1, 1 + n_keys, device=dev)
+        with forced(kernels):
+            got = attention(q, k_, v, keys)
+        want = F.scaled_dot_product_attention(q.float(), k_.float(), v.float())
+        rows.append((case.replace("bfloat16", name), "out vs sdpa (fp32 math)", _rel(got.out, want), tol))
+        lse_err = probs_err = 0.0
+        for h in range(heads):  # one head at a time: the dense reference is N x N
+            logits = q[0, h].float() @ k_[0, h].float().T * dim ** -0.5
+            lse_err = max(lse_err, _rel(got.lse[0, h], logits.logsumexp(-1)))
+            probs_err = max(probs_err, _rel(got.probs[0, h], logits.softmax(-1)[:, keys]))
+        rows.append((case.replace("bfloat16", name), "lse vs fp32 logsumexp", lse_err, 1e-4))
+        rows.append((case.replace("bfloat16", name), "maps vs fp32 softmax columns", probs_err, 1e-3))
+        bias = -4 * torch.rand(1, 1, N, n_keys, device=dev, generator=g)
+        dense = torch.zeros(1, 1, N, N, device=dev).index_copy_(-1, keys, bias)
+        with forced(kernels):
+            biased = attention(q, k_, v, keys, bias)
+        want_b = F.scaled_dot_product_attention(q.float(), k_.float(), v.float(), attn_mask=dense)
+        rows.append((case.replace("bfloat16", name), "out with bias vs sdpa + dense mask", _rel(biased.out, want_b),
+                     tol))
+        del dense, want_b
+    # gradients through the output (no maps), bf16, against SDPA's backward in float32
+    q, k_, v = (torch.randn(1, heads, N, dim, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_(True)
+                for _ in range(3))
+    w = torch.randn(1, heads, N, dim, device=dev, generator=g)
+    with forced(kernels):
+        (attention(q, k_, v, keys).out.float() * w).sum().backward()
+    leaves = [t.detach().float().requires_grad_(True) for t in (q, k_, v)]
+    (F.scaled_dot_product_attention(*leaves) * w).sum().backward()
+    for name, t, leaf in zip("qkv", (q, k_, v), leaves):
+        rows.append((case, f"grad {name} vs sdpa backward (fp32)", _rel(t.grad, leaf.grad), 5e-2))
+    del q, k_, v, w, leaves
+    torch.cuda.empty_cache() if dev.type == "cuda" else None
+
+    # the SAE training step at the trainer's size, kernels against eager torch on the same parameters and tokens
+    case = f"sae_step n{n} d{d} m{m} k{k} fp32"
+    x = torch.randn(n, d, device=dev, generator=g)
+    sae = SparseAutoencoder(SAEConfig(act_size=d, dict_size=m, top_k=k, n_batches_to_dead=10 ** 9)).to(dev)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    sae.train()
+    state = {key: t.clone() for key, t in sae.state_dict().items()}
+    results = {}
+    for mode in ("reference", kernels):
+        sae.load_state_dict(state)
+        for p_ in sae.parameters():
+            p_.grad = None
+        with forced(mode):
+            stats = sae.training_losses(x)
+            stats["loss"].backward()
+            codes = encode(x, sae.W_enc, sae.b_dec, sae.b_enc if sae.config.encoder_bias else None, k=k)
+        results[mode] = (float(stats["loss"].detach()), {name: p_.grad.clone() for name, p_ in sae.named_parameters()
+                                                 if p_.grad is not None}, codes)
+    (loss_r, grads_r, codes_r), (loss_t, grads_t, codes_t) = results["reference"], results[kernels]
+    rows.append((case, "loss vs eager", abs(loss_t - loss_r) / abs(loss_r), 1e-4))
+    for name in grads_r:
+        rows.append((case, f"grad {name} vs eager", _rel(grads_t[name], grads_r[name]), 1e-3))
+    same = (codes_t[1].sort(-1).values == codes_r[1].sort(-1).values).float().mean()
+    rows.append((case, "TopK indices differing from eager (fraction)", 1 - float(same), 1e-3))
+    return rows
+
+
 def dry_run():
     """The bench's code on the CPU at toy sizes, through the torch references (what runs without a GPU)."""
     rows = sae_rows(n=64, d=32, m=256, k=4, device="cpu", timer=cpu_measure, kernels="reference")
@@ -195,6 +278,9 @@ def dry_run():
     rows += attention_rows(img=64, txt=13, heads=2, dim=64, n_keys=3, dtype=torch.float32, device="cpu",
                            timer=cpu_measure, kernels="reference")
     assert len(rows) == 2 + 2 + 7 and all(r[2] >= 0 for r in rows)
+    checks = check_rows(img=64, txt=13, heads=2, dim=64, n_keys=3, n=64, d=32, m=256, k=4, device="cpu",
+                        kernels="reference")
+    assert checks and all(err <= tol for _, _, err, tol in checks), checks
     return rows
 
 
@@ -208,6 +294,18 @@ def main():
     import triton
 
     device = torch.cuda.get_device_name()
+    checks = check_rows()
+    failed = [c for c in checks if not c[2] <= c[3]]
+    CHECK.parent.mkdir(parents=True, exist_ok=True)
+    with open(CHECK, "a", newline="") as f:
+        w = csv.writer(f)
+        if f.tell() == 0:
+            w.writerow(["time", "device", "torch", "triton", "case", "check", "error", "tolerance", "ok"])
+        for case, what, err, tol in checks:
+            w.writerow([time.strftime("%Y-%m-%dT%H:%M:%S"), device, torch.__version__, triton.__version__, case, what,
+                        f"{err:.3e}", f"{tol:.0e}", err <= tol])
+    for case, what, err, tol in checks:
+        print(f"check {case:44s} {what:46s} {err:.2e} (tolerance {tol:.0e}) {'ok' if err <= tol else 'FAILED'}")
     rows = sae_rows() + decoder_rows() + attention_rows()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     new = not OUT.exists()
@@ -223,7 +321,9 @@ def main():
     print(f"device: {device}; torch {torch.__version__}, triton {triton.__version__}")
     for case, impl, ms, mib, ratio in rows:
         print(f"{case:48s} {impl:36s} {ms:9.3f} ms {mib:9.1f} MiB  x{ratio:.2f}")
-    print(f"appended to {OUT}")
+    print(f"appended to {OUT} and {CHECK}")
+    if failed:
+        raise SystemExit(f"{len(failed)} correctness checks above tolerance: {failed}")
     return rows
 
 
