@@ -213,8 +213,10 @@ def _read_body(url: str, conn, resp, limits: FetchLimits, deadline: float) -> by
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FetchRefused(url, f"the body took longer than the total time limit of {limits.total_timeout:g} s")
-        resp._editlab_sock.settimeout(max(0.01, min(limits.read_timeout, remaining)))
+        if resp.isclosed():  # the whole body is in (Content-Length reached): http.client closed the socket
+            return b"".join(chunks)
         try:
+            resp._editlab_sock.settimeout(max(0.01, min(limits.read_timeout, remaining)))
             chunk = resp.read1(CHUNK)
         except (socket.timeout, TimeoutError):
             if time.monotonic() >= deadline:

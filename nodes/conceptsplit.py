@@ -265,15 +265,16 @@ class EditLabToVATrain(EditLabNode):
         family, layers, dims = _tova_layers(model)
         positions = _positions(clip, prompt, word, "word")
         images, skipped = _folder_images(folder, resolution)
-        cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+        base = model.model
+        cond = host.encoded(clip.encode_from_tokens_scheduled, clip.tokenize(prompt))
+        latents = host.encoded(lambda: base.process_latent_in(vae.encode(images)))  # data: no graph through the VAE
         host.load_models([model])
-        base, device = model.model, host.compute_device()
+        device = host.compute_device()
         width = next(iter(dims.values()))[0]
-        with torch.inference_mode(False), torch.no_grad():  # data, not parameters: no graph through the VAE
-            latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
-            context = cond[0][0].clone().to(device)
+        with torch.inference_mode(False), torch.no_grad():
+            latents, context = latents.to(device), cond[0][0].to(device)
             pooled = cond[0][1].get("pooled_output")
-            pooled = None if pooled is None else pooled.clone().to(device)
+            pooled = None if pooled is None else pooled.to(device)
             adapter = ValueLoRA(word.strip(), family, rank, width, {n: d[1] for n, d in dims.items()},
                                 seed).to(device).train()
         bar = host.progress(steps)

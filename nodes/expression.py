@@ -483,14 +483,15 @@ def _training_data(model, clip, vae, folder: str, prompt: str, resolution: int) 
         raise EditLabInputError("prompt", f"a prompt of at most {MAX_PROMPT_CHARS} characters", prompt)
     found = _face_folder_images(folder, resolution)
     images = torch.from_numpy(np.stack(found.images)).float() / 255.0
-    cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+    base = model.model
+    cond = host.encoded(clip.encode_from_tokens_scheduled, clip.tokenize(prompt))
+    latents = host.encoded(lambda: base.process_latent_in(vae.encode(images)))  # data: no graph through the VAE
     host.load_models([model])
-    base, device = model.model, host.compute_device()
-    with torch.inference_mode(False), torch.no_grad():  # data, not parameters: no graph through the VAE
-        latents = base.process_latent_in(vae.encode(images.clone())).clone().to(device)
-        context = cond[0][0].clone().to(device)
+    device = host.compute_device()
+    with torch.inference_mode(False), torch.no_grad():
+        latents, context = latents.to(device), cond[0][0].to(device)
         pooled = cond[0][1].get("pooled_output")
-        pooled = None if pooled is None else pooled.clone().to(device)
+        pooled = None if pooled is None else pooled.to(device)
     return _TrainingData(found, images, base, device, latents, torch.from_numpy(np.stack(found.values)), context,
                          pooled)
 
@@ -547,9 +548,10 @@ class EditLabTrainReferenceLoRA(EditLabNode):
         _fitting_layers(model, adapter)
         data = _training_data(model, clip, vae, folder, prompt, resolution)
         blocks = transformer_blocks(data.base.diffusion_model)
+        mirrored = data.images.flip(2)  # each photo's reference: the same face, mirrored
+        references = host.encoded(lambda: data.base.process_latent_in(vae.encode(mirrored)))
         with torch.inference_mode(False), torch.no_grad():
-            mirrored = data.images.flip(2)  # each photo's reference: the same face, mirrored
-            references = data.base.process_latent_in(vae.encode(mirrored.clone())).clone().to(data.device)
+            references = references.to(data.device)
             lora = ReferenceLoRA([(key, tb.attn1) for key, tb in blocks], rank, seed=seed).to(data.device)
         with torch.inference_mode(False), torch.no_grad():  # a copy autograd can read through (never trained)
             expression = ExpressionAdapter.from_parts(*adapter.adapter.parts()).to(data.device)

@@ -109,6 +109,27 @@ def load_models(models: list) -> None:
     comfy.model_management.load_models_gpu(models)
 
 
+def encoded(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, a host computation whose result is training data (text or VAE encoding), run as the
+    host runs it, in inference mode, with every tensor of the result copied outside inference mode: ordinary
+    tensors that autograd may save. On a GPU the host loads weights while in inference mode, and its layers refuse
+    to run on them outside it ("Inference tensors do not track version counter")."""
+    with torch.inference_mode():
+        out = fn(*args, **kwargs)
+    with torch.inference_mode(False):
+        return _ordinary(out)
+
+
+def _ordinary(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _ordinary(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_ordinary(v) for v in value)
+    return value
+
+
 def check_interrupted() -> None:
     """Raises the host's interruption exception when the user pressed Cancel / POSTed /interrupt."""
     comfy.model_management.throw_exception_if_processing_interrupted()

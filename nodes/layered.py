@@ -151,13 +151,13 @@ def encode_pairs(model, clip, vae, pairs, resolution: int, device, should_stop=N
                 mask = load_square(p.mask, resolution, "L") if p.mask else None
             except Exception as exc:  # noqa: BLE001 - unreadable, truncated, a decompression bomb
                 raise EditLabInputError("folder", f"readable images for pair {p.name} ({exc})") from None
-            cond = clip.encode_from_tokens_scheduled(clip.tokenize(p.instruction))
+            cond = host.encoded(clip.encode_from_tokens_scheduled, clip.tokenize(p.instruction))
             pooled = cond[0][1].get("pooled_output")
-            x0 = base.process_latent_in(vae.encode(tgt)).float()
-            out.append({"name": p.name, "target": x0.clone().to(device),
-                        "ref": vae.encode(src).float().clone().to(device),
-                        "context": cond[0][0].float().clone().to(device),
-                        "pooled": None if pooled is None else pooled.float().clone().to(device),
+            x0 = host.encoded(lambda: base.process_latent_in(vae.encode(tgt)).float())
+            out.append({"name": p.name, "target": x0.to(device),
+                        "ref": host.encoded(lambda: vae.encode(src).float()).to(device),
+                        "context": cond[0][0].float().to(device),
+                        "pooled": None if pooled is None else pooled.float().to(device),
                         "mask": mask, "weights": latent_weights(None, tuple(x0.shape[-2:]), 1.0).to(device)})
     return out
 

@@ -182,7 +182,7 @@ class EditLabSAETrain(EditLabNode):
             steps = max(tokens.shape[0] // min(batch_size, tokens.shape[0]), 1) * epochs
             sae, stats = train_sae(tokens, config, train, on_step=_progress(steps),
                                    should_stop=host.check_interrupted)
-        sae = sae.cpu()
+            sae = sae.cpu()  # in here: copies made in inference mode would be inference tensors
         stats.update(prompts=len(texts), part=resolved)
         # atomic: a stopped run writes nothing. The resolved part ("t5" / "clip") is stored, so the SAE is refused
         # on the other part later (on SD3.5 the padded CLIP part and T5 are both 4096 wide).

@@ -21,6 +21,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,6 +51,10 @@ def comfy_host():
     from comfy.cli_args import args
 
     args.cpu = os.environ.get("EDITLAB_TEST_DEVICE", "cpu") == "cpu"
+    if not args.cpu:  # tests that rerun a computation and expect the same bits need deterministic GPU kernels
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     import comfy.model_management  # noqa: F401 - reads args at import: after args.cpu is set
 
     return Path(path)

@@ -98,8 +98,9 @@ def train_reference_lora(base, expression_adapter, lora, context: torch.Tensor, 
     from .train import train_in_unet
 
     net = base.diffusion_model
-    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: the training graph reads them
+    with torch.inference_mode():  # the host's layers run as the host runs them (on a GPU its weights were loaded so)
         per_image = [reference_features(base, references[i:i + 1], {}, device) for i in range(references.shape[0])]
+    with torch.inference_mode(False), torch.no_grad():  # ordinary copies: the training graph reads them
         features = {key: torch.cat([f[key] for f in per_image]).clone() for key in per_image[0]}
     expression = ExpressionAttentionPatch(expression_adapter, torch.zeros(1, expression_adapter.input_dim), 1.0,
                                           cross_attention_layers(net), float("inf"), 0.0)

@@ -187,7 +187,7 @@ def test_frame0_stays_the_input_latent_at_every_step(nodes, wan, conds, image):
         s = call["sigma"]
         expected = s * n0 + (1 - s) * l0
         got = call["x"][:, :16, :1]
-        torch.testing.assert_close(got, expected.expand_as(got), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, expected.to(got).expand_as(got), atol=1e-5, rtol=1e-5)
     assert torch.equal(edited["samples"][:, :, :1], c[2]["samples"][:, :, :1])
 
 
@@ -233,7 +233,7 @@ def test_restart_is_exact_for_euler(nodes, wan, conds, image):
     pin_noise[:, :, 0] = noise[:, :, 0]
     out = comfy.samplers.sample(two, pin_noise, pos, neg, cfg, "cpu", euler("xk"), sigmas[k:], two.model_options,
                                 latent_image=pin_latent, denoise_mask=mask[:, :, [0, -1]], seed=seed)
-    torch.testing.assert_close(edited["samples"], out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(edited["samples"], out.to(edited["samples"]), atol=1e-5, rtol=1e-5)
     # and the drop changed the result (the reasoning frames mattered)
     plain = _sample(nodes, wan.model, c, steps=steps, k=0, sampler="euler", cfg=cfg, seed=seed)[0]["samples"]
     assert not torch.allclose(plain, edited["samples"], atol=1e-4)

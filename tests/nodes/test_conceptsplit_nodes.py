@@ -90,6 +90,14 @@ def _sample(model, models, steps=2, seed=3):
                                *_conds(models), latent, disable_pbar=True)
 
 
+def _on_layers(models, context, *adapters):
+    """``context`` and the adapters on the device of the model's layers (the GPU, after a sampling there)."""
+    device = next(iter(_layers(models).values())).to_v.weight.device
+    for a in adapters:
+        a.adapter.to(device)
+    return context.to(device)
+
+
 def _patch_of(model):
     return model.model_options["transformer_options"]["patches"]["attn2_output_patch"][-1].owner
 
@@ -126,6 +134,8 @@ def test_values_change_only_at_the_bound_tokens_checked_at_the_projection(nodes,
     def replace(q, k, v, extra):
         name = f"{extra['block'][0]}.{extra['block'][1]}.{extra.get('block_index', 0)}"
         rows = cond_rows(extra["cond_or_uncond"], q.shape[0])
+        for b in bindings:
+            b.adapter.to(v.device)  # the model's device (on a GPU run; the ToVA patch does the same)
         delta = value_delta(bindings, name, stash.pop("value_in"), rows)
         moved = (v.float() + delta).to(v.dtype)
         other = [t for t in range(v.shape[1]) if t not in dog]
@@ -171,7 +181,7 @@ def test_two_adapters_equal_each_alone_on_its_own_token(nodes, sd15, adapters):
     dog_only = apply(nodes, sd15, adapter_1=adapters["dog"])
     cat_only = apply(nodes, sd15, adapter_1=adapters["cat"])
     dog, cat = _positions(sd15, "dog"), _positions(sd15, "cat")
-    context = _conds(sd15)[0][0][0]
+    context = _on_layers(sd15, _conds(sd15)[0][0][0], adapters["dog"], adapters["cat"])
     for name, attn in _layers(sd15).items():
         v_both = adapted_value(attn.to_v, _patch_of(both).bindings, name, context)
         v_dog = adapted_value(attn.to_v, _patch_of(dog_only).bindings, name, context)
@@ -220,7 +230,8 @@ def test_half_precision_weights_and_sdxl(nodes, arch, dtype):
     assert out.isfinite().all() and not torch.equal(out, base)
     from editlab.models.conceptsplit.tova import adapted_value
 
-    context = _conds(models)[0][0][0].to(torch.float32 if dtype == "fp32" else torch.bfloat16)
+    context = _on_layers(models, _conds(models)[0][0][0].to(torch.float32 if dtype == "fp32" else torch.bfloat16),
+                         adapter)
     dog = _positions(models, "dog")
     for name, attn in layers.items():
         v = adapted_value(attn.to_v, _patch_of(moved).bindings, name, context)
@@ -301,7 +312,7 @@ def test_training_lowers_the_loss_changes_only_the_lora_and_reads_back(nodes, co
     assert stats["images"] == 2 and stats["skipped"] == ["notes.png: not a readable image (UnidentifiedImageError)"]
     # only the value LoRA trained: every weight of the shared MODEL bit-identical, flags and tensor kinds as before
     after = models.model.model.state_dict()
-    assert all(torch.equal(params[k], after[k]) for k in params)
+    assert all(torch.equal(params[k], after[k].to(params[k].device)) for k in params)
     assert {k: (p.requires_grad, p.is_inference()) for k, p in models.model.model.named_parameters()} == flags
     assert torch.equal(_sample(models.model, models), before)
     net = adapter.adapter
@@ -520,7 +531,7 @@ def test_training_on_sdxl_runs_and_leaves_the_model_unchanged(nodes, concept_fol
     adapter, text = _train(nodes, models, concept_folder, "sdxl_cat", steps=3, rank=2)
     stats = json.loads(text)
     assert stats["steps"] == 3 and all(map(lambda v: v == v, (stats["loss_before"], stats["loss_after"])))
-    assert all(torch.equal(params[k], v) for k, v in models.model.model.state_dict().items())
+    assert all(torch.equal(params[k], v.to(params[k].device)) for k, v in models.model.model.state_dict().items())
     loaded, = nodes.EditLabToVALoader.execute(adapter_name="sdxl_cat.safetensors").result
     assert (loaded.adapter.family, loaded.adapter.context_dim) == ("sdxl", 64)
 
@@ -537,7 +548,7 @@ def test_flux_training_lowers_the_loss_changes_only_the_lora_and_reads_back(node
     stats = json.loads(text)
     assert stats["loss_after"] < stats["loss_before"], stats
     after = models.model.model.state_dict()
-    assert all(torch.equal(params[k], after[k]) for k in params)
+    assert all(torch.equal(params[k], after[k].to(params[k].device)) for k in params)
     assert torch.equal(_flux_sample(models.model, models), before)
     net = adapter.adapter
     assert (net.token, net.family) == ("cat", "flux") and all(p.abs().sum() > 0 for p in net.up)

@@ -105,8 +105,8 @@ def test_saedit_nodes_in_half_precision(saedit, dtype):
     base = cond[0][0]
     others = [i for i in range(base.shape[1]) if i not in pos]
     # the host hands the model its context in the model's dtype: compare there
-    assert seen and all(torch.equal(c[:, others], base[:, others].to(c.dtype)) for c in seen)
-    assert not torch.equal(seen[-1][:, pos], base[:, pos].to(seen[-1].dtype))
+    assert seen and all(torch.equal(c[:, others], base[:, others].to(c)) for c in seen)  # c's dtype and device
+    assert not torch.equal(seen[-1][:, pos], base[:, pos].to(seen[-1]))
     image, _ = saedit.EditLabSAEFeatures.execute(clip=flux.clip, sae=sae, prompt=PROMPT, part="auto", top_n=4,
                                                  direction=direction).result
     assert torch.isfinite(image).all()

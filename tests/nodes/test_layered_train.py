@@ -179,10 +179,11 @@ def test_gradients_through_the_hosts_flux_match_finite_differences(layered, flux
         try:
             host.load_for_training(mp)
             base = mp.model
-            cond = flux.clip.encode_from_tokens_scheduled(flux.clip.tokenize("a photo of a bag"))
-            ctx, pooled = cond[0][0].clone(), cond[0][1]["pooled_output"].clone()
-            x, ref = torch.randn(1, 16, 8, 8, generator=gen), torch.randn(1, 16, 8, 8, generator=gen)
-            sig = torch.tensor([0.6])
+            cond = host.encoded(flux.clip.encode_from_tokens_scheduled, flux.clip.tokenize("a photo of a bag"))
+            dev = host.compute_device()
+            ctx, pooled = cond[0][0].to(dev), cond[0][1]["pooled_output"].to(dev)
+            x, ref = (torch.randn(1, 16, 8, 8, generator=gen).to(dev) for _ in range(2))
+            sig = torch.tensor([0.6], device=dev)
 
             def loss():
                 extra = base.extra_conds(cross_attn=ctx, pooled_output=pooled, guidance=2.5, reference_latents=[ref],
