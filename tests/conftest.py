@@ -55,6 +55,7 @@ def comfy_host():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.allow_tf32 = False  # tests compare exact routes in float32: no TF32 convolutions
     import comfy.model_management  # noqa: F401 - reads args at import: after args.cpu is set
 
     return Path(path)

@@ -100,12 +100,26 @@ def train_adapter(adapter, patch, latents: torch.Tensor, values: torch.Tensor, p
     return {"loss_before": before, "loss_after": after, "steps": steps, "images": int(latents.shape[0])}
 
 
+def _untracked(t: torch.Tensor) -> bool:
+    """True for a tensor autograd cannot save: an inference tensor, or a parameter made in inference mode whose
+    data was replaced outside it (what a stock loader's weights become when moved to the GPU outside inference
+    mode): not flagged as inference, yet without a version counter."""
+    if t.is_inference():
+        return True
+    try:
+        t._version
+    except RuntimeError:
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def frozen_for_autograd(module: torch.nn.Module):
     """Within the block, gradients can flow through ``module`` to something outside it (an adapter) while none of
     its parameters trains: parameters are frozen, and inference tensors (made while ComfyUI ran a node in inference
-    mode, which autograd cannot save for backward) are swapped for ordinary copies. On exit the module holds its
-    original tensor objects with their original flags again, so the MODEL other nodes share is left as it was.
+    mode, which autograd cannot save for backward, and parameters made in inference mode and moved outside it:
+    ``_untracked``) are swapped for ordinary copies. On exit the module holds its original tensor objects with
+    their original flags again, so the MODEL other nodes share is left as it was.
     Enter it outside inference mode: copies made inside it would be inference tensors again."""
     swapped, flags = [], []
     try:
@@ -113,16 +127,16 @@ def frozen_for_autograd(module: torch.nn.Module):
             for name, p in list(sub._parameters.items()):
                 if p is None:
                     continue
-                if p.is_inference():
+                if _untracked(p):
                     swapped.append((sub._parameters, name, p))
-                    sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+                    sub._parameters[name] = torch.nn.Parameter(p.data.clone(), requires_grad=False)
                 else:
                     flags.append((p, p.requires_grad))
                     p.requires_grad_(False)
             for name, b in list(sub._buffers.items()):
-                if b is not None and b.is_inference():
+                if b is not None and _untracked(b):
                     swapped.append((sub._buffers, name, b))
-                    sub._buffers[name] = b.detach().clone()
+                    sub._buffers[name] = b.data.clone()
         yield module
     finally:
         for table, name, original in reversed(swapped):

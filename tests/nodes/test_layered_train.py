@@ -206,3 +206,26 @@ def test_gradients_through_the_hosts_flux_match_finite_differences(layered, flux
                     assert g == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=1e-2), name
         finally:
             host.release(mp)
+
+
+def test_trains_on_stock_weights_moved_outside_inference_mode(layered, pairs_folder):  # noqa: F811
+    """What a GPU does to a stock loader's weights: made in inference mode, then moved to the GPU by the training
+    load outside it, each parameter keeps its object but gets ordinary data, and is then neither an inference tensor
+    nor one with a version counter (seen on an H200: every LoRA training failed with "Inference tensors do not track
+    version counter"). Here the move is a dtype round trip outside inference mode, on the CPU."""
+    from editlab.models.tiny import build_tiny_models
+
+    with torch.inference_mode():
+        moved = build_tiny_models("flux", 0)
+    with torch.inference_mode(False), torch.no_grad():
+        moved.model.model.to(torch.float64).to(torch.float32)
+    weight = moved.model.model.diffusion_model.img_in.weight
+    assert not weight.is_inference()
+    with pytest.raises(RuntimeError, match="version counter"):
+        weight._version  # the state the GPU left it in
+    weights = snapshot(moved.model)
+    with torch.inference_mode():  # as the server runs nodes
+        text = train(layered, moved, pairs_folder, "moved_weights", steps=2)[2]
+    stats = json.loads(text)
+    assert all(v == v for s in ("stage1", "stage2") for v in (stats[s]["loss_before"], stats[s]["loss_after"])), stats
+    assert all(torch.equal(snapshot(moved.model)[k], v) for k, v in weights.items())

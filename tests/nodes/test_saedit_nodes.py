@@ -55,7 +55,7 @@ def sample(s, positive, steps=6, cfg=2.0, sampler="euler"):
     def record(module, args, kwargs):
         branches = kwargs["transformer_options"]["cond_or_uncond"]
         for i, ctx in enumerate(kwargs["context"].chunk(len(branches))):
-            seen.append((branches[i], ctx.clone()))
+            seen.append((branches[i], ctx.cpu().clone()))  # where the test's tensors are (a GPU run)
 
     dm = s["tiny"].model.model.diffusion_model
     handle = dm.register_forward_pre_hook(record, with_kwargs=True)
