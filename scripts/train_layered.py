@@ -86,9 +86,13 @@ def main(argv=None):
     if world > 1:
         import torch.distributed as dist
 
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if not host_args.cpu:  # one GPU per process (--cpu: gloo on the CPU, whatever GPUs there are)
+            local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+            if local >= gpus:
+                p.error(f"process {local} of this node has no GPU of its own: the node has {gpus}; run at most "
+                        f"{gpus} processes per node (torchrun --nproc_per_node), or pass --cpu")
+            torch.cuda.set_device(local)
+        dist.init_process_group("gloo" if host_args.cpu else "nccl")
     import comfy.model_management  # noqa: F401 - reads host_args
 
     from editlab.models.common import atomic_save_safetensors
