@@ -7,6 +7,7 @@
 # NODES_S; BENCH=0 skips step 1); KTEST_ARGS adds pytest arguments to step 2 (e.g. -n 8 with pytest-xdist, the
 # compiles being most of its time); NODE_TESTS picks the node test files (default tests/nodes), NODE_ARGS adds pytest arguments to step 3 (e.g. --ignore for tests whose dependencies are missing there).
 #   PYTHON=.venv/bin/python COMFYUI_PATH=.host/ComfyUI bash scripts/gpu_check.sh
+# On a bare GPU machine without ComfyUI, stage the host first with scripts/gpu_stage.sh (it says how to run there).
 set -u
 OUT=${OUT:-out/gpu}
 PY=${PYTHON:-python3}
