@@ -381,6 +381,19 @@ def _read_face_photo(path: str) -> np.ndarray:
             raise unreadable(exc) from None
 
 
+def _face_training_inputs() -> list:
+    """The face-photo training inputs both training nodes take, in this order (public names: saved workflows)."""
+    return [
+        io.String.Input("folder", default="faces",
+                        tooltip="Folder of face photos inside ComfyUI's input folder ('.' = the input folder itself)."),
+        io.String.Input("prompt", default="a photo of a face", tooltip="Caption used for every training image."),
+        io.Int.Input("resolution", default=512, min=64, max=1024, step=64, tooltip="Training image size in pixels."),
+        io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Training steps."),
+        io.Float.Input("lr", default=1e-4, min=1e-6, max=1e-1, step=1e-5, tooltip="AdamW learning rate."),
+        io.Int.Input("batch_size", default=2, min=1, max=64, tooltip="Images per step."),
+    ]
+
+
 def _face_folder_images(folder: str, resolution: int):
     """Square face crops of a folder's photos (inside ComfyUI's input directory), with their blendshapes
     (``models/expression/dataset.py``). Faceless photos are skipped and listed; unreadable, oversized or linked-out
@@ -413,16 +426,7 @@ class EditLabTrainExpressionAdapter(EditLabNode):
                 io.Model.Input("model", tooltip="The SD1.5/SDXL model the adapter is trained for (kept frozen)."),
                 io.Clip.Input("clip", tooltip="Its text encoder."),
                 io.Vae.Input("vae", tooltip="Its VAE."),
-                io.String.Input("folder", default="faces",
-                                tooltip="Folder of face photos inside ComfyUI's input folder ('.' = the input folder "
-                                        "itself)."),
-                io.String.Input("prompt", default="a photo of a face",
-                                tooltip="Caption used for every training image."),
-                io.Int.Input("resolution", default=512, min=64, max=1024, step=64,
-                             tooltip="Training image size in pixels."),
-                io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Training steps."),
-                io.Float.Input("lr", default=1e-4, min=1e-6, max=1e-1, step=1e-5, tooltip="AdamW learning rate."),
-                io.Int.Input("batch_size", default=2, min=1, max=64, tooltip="Images per step."),
+                *_face_training_inputs(),
                 io.Int.Input("num_tokens", default=4, min=1, max=64,
                              tooltip="Tokens the adapter adds to each cross-attention layer."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
@@ -514,16 +518,7 @@ class EditLabTrainReferenceLoRA(EditLabNode):
                 io.Clip.Input("clip", tooltip="Its text encoder."),
                 io.Vae.Input("vae", tooltip="Its VAE."),
                 AdapterType.Input("adapter", tooltip="The ARKit-52 expression adapter from stage 1 (kept frozen)."),
-                io.String.Input("folder", default="faces",
-                                tooltip="Folder of face photos inside ComfyUI's input folder ('.' = the input folder "
-                                        "itself)."),
-                io.String.Input("prompt", default="a photo of a face",
-                                tooltip="Caption used for every training image."),
-                io.Int.Input("resolution", default=512, min=64, max=1024, step=64,
-                             tooltip="Training image size in pixels."),
-                io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Training steps."),
-                io.Float.Input("lr", default=1e-4, min=1e-6, max=1e-1, step=1e-5, tooltip="AdamW learning rate."),
-                io.Int.Input("batch_size", default=2, min=1, max=64, tooltip="Images per step."),
+                *_face_training_inputs(),
                 io.Int.Input("rank", default=8, min=1, max=128, tooltip="LoRA rank."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed for the initial LoRA weights, noise and batch order."),
