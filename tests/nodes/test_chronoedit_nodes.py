@@ -12,10 +12,7 @@ W, H = 48, 32  # px: 6x4 latent cells, 3x2 tokens per frame
 FRAMES = 5  # latent frames with reasoning (17 video frames): small and quick
 
 
-@pytest.fixture(autouse=True)
-def server_mode(comfy_host):
-    with torch.inference_mode():
-        yield
+pytestmark = pytest.mark.usefixtures("server_mode")  # nodes run as the server runs them
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,7 @@ import torch
 PROMPT = "a photo of a dog and a cat"
 
 
-@pytest.fixture(autouse=True)
-def server_mode(comfy_host):
-    with torch.inference_mode():
-        yield
+pytestmark = pytest.mark.usefixtures("server_mode")  # nodes run as the server runs them
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,7 @@ import torch
 PROMPT = "a photo of a dog and a cat on a beach"
 
 
-@pytest.fixture(autouse=True)
-def server_mode(comfy_host):
-    """The server runs every node, and builds every model, under inference mode: so do these tests."""
-    with torch.inference_mode():
-        yield
+pytestmark = pytest.mark.usefixtures("server_mode")  # nodes run as the server runs them
 
 
 @pytest.fixture(scope="module")

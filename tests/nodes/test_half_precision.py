@@ -12,11 +12,7 @@ PROMPT = "a photo of a man on a beach with a dog"
 PAIRS = "a man | a smiling man\na dog in a park | a smiling dog in a park\na woman | a smiling woman"
 
 
-@pytest.fixture(autouse=True)
-def server_mode(comfy_host):
-    """The server runs every node, and builds every model, under inference mode: so do these tests."""
-    with torch.inference_mode():
-        yield
+pytestmark = pytest.mark.usefixtures("server_mode")  # nodes run as the server runs them
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def server_mode(comfy_host):
-    with torch.inference_mode():
-        yield
+pytestmark = pytest.mark.usefixtures("server_mode")  # nodes run as the server runs them
 
 
 @pytest.mark.parametrize("skip_reshape", [False, True])

@@ -11,10 +11,7 @@ PROMPT = "replace the background with a beach"
 STEPS = 8
 
 
-@pytest.fixture(autouse=True)
-def server_mode(comfy_host):
-    with torch.inference_mode():
-        yield
+pytestmark = pytest.mark.usefixtures("server_mode")  # nodes run as the server runs them
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from .test_layered_adapters import flux, layered, probe, server_mode  # noqa: F401 - fixtures
+from .test_layered_adapters import flux, layered, probe  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.usefixtures("server_mode")  # nodes run as the server runs them
 
 RES = 64
 
