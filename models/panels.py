@@ -113,31 +113,64 @@ MAX_DIRECTION_FEATURES = 64  # features listed for a direction (strongest weight
 MAX_PANEL_TOKENS = 128  # token rows in a feature view
 
 
-def direction_features(name: str, feature_ids, weights, limit: int = MAX_DIRECTION_FEATURES) -> dict:
-    """A direction's features for the feature view: id, weight and label (the direction's name), strongest first."""
-    plain = lambda x: x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)  # noqa: E731
-    ids = [int(i) for i in plain(feature_ids).reshape(-1)]
-    ws = [float(w) for w in plain(weights).astype(np.float64).reshape(-1)]
+def _plain(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def direction_ids(feature_ids=None, direction=None) -> list[int]:
+    """A direction's feature ids: its own list when it has one, else the non-zero entries of its vector (a
+    direction built in code may carry only the vector), else none."""
+    if feature_ids is not None:
+        return [int(i) for i in _plain(feature_ids).reshape(-1)]
+    if direction is not None:
+        return [int(i) for i in np.flatnonzero(_plain(direction).reshape(-1))]
+    return []
+
+
+def direction_features(name: str, feature_ids=None, weights=None, direction=None,
+                       limit: int = MAX_DIRECTION_FEATURES) -> dict:
+    """A direction's features for the feature view: id, weight and label (the direction's name), strongest first.
+
+    Only ``name`` is needed: without feature ids they come from the vector (``direction_ids``), without weights
+    they are read from the vector at those ids, and a weight nothing gives is None (listed after the others)."""
+    ids = direction_ids(feature_ids, direction)
+    if weights is not None:
+        ws = [float(w) for w in _plain(weights).astype(np.float64).reshape(-1)]
+    elif direction is not None:
+        vector = _plain(direction).astype(np.float64).reshape(-1)
+        ws = [float(vector[i]) if 0 <= i < vector.shape[0] else None for i in ids]
+    else:
+        ws = [None] * len(ids)
     if len(ids) != len(ws):
         raise ValueError(f"{len(ids)} feature ids but {len(ws)} weights")
-    order = sorted(range(len(ids)), key=lambda k: -abs(ws[k]))[:limit]
+    order = sorted(range(len(ids)), key=lambda k: -abs(ws[k]) if ws[k] is not None else 1.0)[:limit]
     return {"name": name, "count": len(ids),
-            "features": [{"id": ids[k], "weight": round(ws[k], 5), "labels": [name]} for k in order]}
+            "features": [{"id": ids[k], "weight": None if ws[k] is None else round(ws[k], 5), "labels": [name]}
+                         for k in order]}
 
 
 def feature_view(table: dict, direction: dict | None = None, **extra) -> dict:
     """The SAE feature view: per-token activations (``models.saedit.features.feature_table``'s rows, at most
-    MAX_PANEL_TOKENS) and, when given, the direction's features; the columns are the features any row lists."""
-    rows = list(table.get("tokens", []))[:MAX_PANEL_TOKENS]
+    MAX_PANEL_TOKENS) and, when given, the direction's features; the columns are the features any row lists. A
+    feature without labels (a table or direction made elsewhere) gets an empty list, so the page need not check."""
+    tokens = list(table.get("tokens", []))
+    rows = [{**row, "features": _labelled(row.get("features"))} for row in tokens[:MAX_PANEL_TOKENS]]
     columns: list[int] = []
     for row in rows:
         for f in row["features"]:
             if f["id"] not in columns:
                 columns.append(f["id"])
     if direction:
+        direction = {**direction, "features": _labelled(direction.get("features"))}
+        direction.setdefault("count", len(direction["features"]))
         columns = [f["id"] for f in direction["features"] if f["id"] not in columns] + columns
     return {**extra, "tokens": rows, "columns": columns[:96], "direction": direction,
-            "truncated": len(table.get("tokens", [])) > len(rows)}
+            "truncated": len(tokens) > len(rows)}
+
+
+def _labelled(features) -> list[dict]:
+    """Features as the page reads them: each with a ``labels`` list (empty when its source gave none)."""
+    return [{**f, "labels": list(f.get("labels") or [])} for f in features or []]
 
 
 MAX_PANEL_TEXT = 600  # characters of one prompt, title or note shown in a panel

@@ -46,8 +46,8 @@ class LoadedSAE:
 @dataclass
 class LoadedDirection:
     direction: object  # tensor (dict_size,)
-    feature_ids: object
-    weights: object
+    feature_ids: object  # tensor (k,), or None (a direction built in code): views use the vector's non-zeros
+    weights: object  # tensor (k,), or None: read from the vector
     pairs: list
     name: str
 
@@ -412,14 +412,14 @@ class EditLabSAESlider(EditLabNode):
 def _slider_view(clip, sae, direction, first, word, strength, schedule, checked) -> dict:
     """The feature view of a slider run: the direction's features, and the per-token activations of the first
     conditioning entry as the slider received it (before its own edit), the direction's features labelled."""
-    chosen = panels.direction_features(direction.name, direction.feature_ids, direction.weights)
+    chosen = panels.direction_features(direction.name, direction.feature_ids, direction.weights, direction.direction)
     table = {"tokens": []}
     if first is not None:
         cond, layout = first
         content = layout.content[:panels.MAX_PANEL_TOKENS]
         with torch.no_grad():
             codes = sae.sae.encode(cond[0, content].float().to(sae.sae.W_dec.device)).detach().cpu()
-        labels = {int(f): [direction.name] for f in _flat_positions(direction.feature_ids)}
+        labels = {f: [direction.name] for f in panels.direction_ids(direction.feature_ids, direction.direction)}
         table = feature_table(codes, token_texts(clip, layout)[:len(content)], content, 8, labels)
     return panels.feature_view(table, chosen, node="slider", sae=sae.name, word=word, strength=float(strength),
                                schedule=schedule,
@@ -460,11 +460,11 @@ def _direction_labels(sae_name: str, extra=None) -> dict[int, list[str]]:
         if d["sae"] == sae_name:
             found.append((os.path.splitext(name)[0], d["feature_ids"]))
     if extra is not None:
-        found.append((os.path.splitext(extra.name)[0], extra.feature_ids))
+        found.append((os.path.splitext(extra.name)[0], panels.direction_ids(extra.feature_ids, extra.direction)))
     for label, ids in found:
-        for f in ids.tolist():
-            if label not in labels.setdefault(int(f), []):
-                labels[int(f)].append(label)
+        for f in panels.direction_ids(ids):
+            if label not in labels.setdefault(f, []):
+                labels[f].append(label)
     return labels
 
 
@@ -507,7 +507,7 @@ class EditLabSAEFeatures(EditLabNode):
         table = feature_table(codes, texts, encoded.content, top_n, _direction_labels(sae.name, direction))
         table["sae"] = sae.name
         chosen = None if direction is None else panels.direction_features(direction.name, direction.feature_ids,
-                                                                          direction.weights)
+                                                                          direction.weights, direction.direction)
         view = panels.feature_view(table, chosen, node="features", sae=sae.name, prompt=prompt[:400])
         return io.NodeOutput(heatmap(codes, texts, table), json.dumps(table), ui=panels.ui_for("sae_features", view))
 

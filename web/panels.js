@@ -271,13 +271,13 @@ function renderFeatures(data) {
     for (const f of data.direction.features.slice(0, 24)) {
       list.append(h("tr", {}, h("td", { text: `#${f.id}` }),
         h("td", {}, h("span", { class: "wbar", style: `width:${Math.round(60 * Math.abs(f.weight) / maxW)}px` }),
-          ` ${f.weight.toFixed(3)}`),
-        h("td", { class: "lab", text: f.labels.join(", ") })));
+          f.weight == null ? " n/a" : ` ${f.weight.toFixed(3)}`),
+        h("td", { class: "lab", text: (f.labels ?? []).join(", ") })));
     }
     parts.push(h("div", { text: `direction "${data.direction.name}": ${data.direction.count} features` }), list);
   }
   if (data.tokens?.length) {
-    const labelled = new Set(data.tokens.flatMap((r) => r.features.filter((f) => f.labels.length).map((f) => f.id)));
+    const labelled = new Set(data.tokens.flatMap((r) => r.features.filter((f) => f.labels?.length).map((f) => f.id)));
     for (const f of data.direction?.features ?? []) labelled.add(f.id);
     const cols = data.columns.slice(0, 32);
     const max = Math.max(1e-9, ...data.tokens.flatMap((r) => r.features.map((f) => f.activation)));

@@ -31,7 +31,7 @@ def heatmap(codes: torch.Tensor, token_texts: list[str], table: dict, max_column
         for f in row["features"]:
             used[f["id"]] = max(used.get(f["id"], 0.0), f["activation"])
     columns = sorted(used, key=lambda k: -used[k])[:max_columns] or [0]
-    labelled = {f["id"] for row in table["tokens"] for f in row["features"] if f["labels"]}
+    labelled = {f["id"] for row in table["tokens"] for f in row["features"] if f.get("labels")}
     values = codes[:, columns].float().cpu().numpy() if codes.numel() else np.zeros((len(token_texts), 1))
     values = values / max(float(values.max()), 1e-12)
     left, top = 110, 40
