@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,27 @@ from .workflow import apply_overrides, load_workflow, to_api, validate
 log = logging.getLogger("editlab")
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM or SIGHUP) arrived: unwinds like Ctrl-C, so every server started is stopped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def install_stop_handlers() -> None:
+    """Ctrl-C, a service manager's SIGTERM and a closed terminal's SIGHUP all stop the client and its server: the
+    handlers are installed even where SIGINT was ignored at start (a shell's background job)."""
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _raise_stopped)
 
 
 class Progress:
@@ -140,7 +162,7 @@ def cmd_serve(args) -> int:
 
     workdir = Path(args.workdir) if args.workdir else REPO / "out" / "serve"
     srv = HeadlessServer(port=args.port, cpu=True if args.cpu else None, workdir=workdir)
-    srv.start()
+    srv.start()  # stops its child itself when interrupted while starting
     print(f"ComfyUI with EditLab at {srv.url} (pid {srv.proc.pid}; Ctrl-C stops it)\n"
           f"  its folders (kept after it stops): {srv.workdir}/{{input,output,user}}; log: {srv.log_path}",
           flush=True)
@@ -253,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="editlab: %(message)s")
+    install_stop_handlers()
     try:
         return args.func(args)
     except ClientError as exc:
@@ -260,6 +283,7 @@ def main(argv=None) -> int:
 
         print(f"editlab: error: {exc}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, PromptFailed) else EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("editlab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(f"editlab: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + int(signum)

@@ -24,6 +24,19 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _repo_root_entries(path: list[str]) -> list[str]:
+    """The entries of ``path`` that name the repo root ('' means the working directory)."""
+    return [p for p in path if Path(p or ".").resolve() == REPO]
+
+
+# The repo root is a package (ComfyUI imports it as one): on sys.path its kernels/, models/, nodes/, client/ would
+# shadow top-level packages of the same names (Hugging Face's `kernels`, which transformers imports; ComfyUI's
+# nodes.py). scripts/test.sh runs pytest in safe-path mode; `python -m pytest` from the repo root would put it first,
+# so it is taken out here before anything else is imported.
+for _entry in _repo_root_entries(sys.path):
+    sys.path.remove(_entry)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netguard  # noqa: E402 - tests/netguard.py, the loopback-only connection guard
 
@@ -42,7 +55,7 @@ def comfyui_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def comfy_host():
+def comfy_host(tmp_path_factory):
     """ComfyUI importable in this process, on the CPU, with its argument parser left at defaults. On a GPU machine,
     ``EDITLAB_TEST_DEVICE=cuda`` leaves the host on its own device choice (the GPU): the node tier on CUDA."""
     path = str(comfyui_dir())
@@ -58,7 +71,24 @@ def comfy_host():
         torch.backends.cudnn.allow_tf32 = False  # tests compare exact routes in float32: no TF32 convolutions
     import comfy.model_management  # noqa: F401 - reads args at import: after args.cpu is set
 
+    _models_into(tmp_path_factory.mktemp("host_models"))
     return Path(path)
+
+
+def _models_into(root: Path) -> None:
+    """Every model folder the host registered under its own models/ now points under ``root``: node tests that save
+    (SAE, ToVA, adapters, LoRAs) write into a temporary folder, never into the host's tree (a user's COMFYUI_PATH)."""
+    import folder_paths
+
+    old = os.path.abspath(folder_paths.models_dir)
+    for name, (paths, exts) in list(folder_paths.folder_names_and_paths.items()):
+        moved = [str(root / os.path.relpath(p, old)) if os.path.abspath(p).startswith(old + os.sep) else p
+                 for p in paths]
+        folder_paths.folder_names_and_paths[name] = (moved, exts)
+    folder_paths.models_dir = str(root)
+    cache = getattr(folder_paths, "filename_list_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +127,8 @@ def server(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the server process inherits the environment when it starts
     try:
-        srv = HeadlessServer(cpu=True)
+        # its models/ in a temporary base directory: tests that place model files never touch the host's tree
+        srv = HeadlessServer(cpu=True, base_directory=tmp_path_factory.mktemp("server_base"))
         srv.start()
     finally:
         for k, v in saved.items():
@@ -126,12 +157,47 @@ def object_info(server, workflow_inputs):
 
 
 @pytest.fixture(scope="session")
-def editlab_cli():
-    """Run ./editlab as a user would: ``editlab_cli("run", path, ...)`` returns the CompletedProcess."""
+def editlab_cli(tmp_path_factory):
+    """Run ./editlab as a user would: ``editlab_cli("run", path, ...)`` returns the CompletedProcess. The servers it
+    starts keep their models/ in a temporary base directory (workflows that train save there, not into the host)."""
     import subprocess
+
+    base = tmp_path_factory.mktemp("cli_base")
 
     def run(*args, timeout=600, env=None):
         return subprocess.run([str(REPO / "editlab"), *map(str, args)], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, **(env or {})}, cwd=str(REPO))
+                              timeout=timeout, env={**os.environ, "EDITLAB_BASE_DIRECTORY": str(base), **(env or {})},
+                              cwd=str(REPO))
 
     return run
+
+
+# -- the host's tree is never written by the suite ---------------------------------------------------------------
+
+def host_tree_state() -> dict:
+    """relative path -> (size, mtime) of every file in the host's tree, byte-code caches aside."""
+    root = comfyui_dir()
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            state[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def pytest_configure(config):
+    try:
+        config._editlab_host_tree = host_tree_state()
+    except Exception:  # no host set up (a unit run on a bare checkout): nothing to compare
+        config._editlab_host_tree = None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The host-tree check runs after everything else."""
+    last = [i for i in items if i.name == "test_the_suite_left_the_host_tree_unchanged"]
+    items[:] = [i for i in items if i not in last] + last

@@ -521,10 +521,17 @@ CASES = {
 
 # -- fixtures -------------------------------------------------------------------------------------------------------
 
-def _model_dir(folder: str) -> Path:
-    from editlab.client.hostenv import comfyui_path
+_SERVER_MODELS: list[Path] = []
 
-    return comfyui_path() / "models" / folder
+
+@pytest.fixture(autouse=True, scope="module")
+def _server_models(server):
+    """The session server's models/ folder (a temporary base directory, never the host's tree)."""
+    _SERVER_MODELS[:] = [server.models_dir]
+
+
+def _model_dir(folder: str) -> Path:
+    return _SERVER_MODELS[0] / folder
 
 
 def _queue(server, graph: dict, timeout=600):

@@ -22,10 +22,9 @@ def N(class_type, **inputs):
 def adapter_file(server):
     import torch
 
-    from editlab.client.hostenv import comfyui_path
     from editlab.models.expression.adapter import random_adapter
 
-    folder = comfyui_path() / "models" / "expression_adapters"
+    folder = server.models_dir / "expression_adapters"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{TOKEN}_exp_adapter.bin"
     image_proj, ip = random_adapter(55, 32, TINY_SD15_CROSS_ATTENTION, num_tokens=4, seed=1).parts()
