@@ -109,8 +109,10 @@ class EditLabWebImageSearch(EditLabNode):
             description=(
                 "A web image source for the World-To-Image agent: Openverse, Wikimedia Commons, a SearxNG instance or "
                 "your own JSON endpoint. Every request goes through one guarded client: http/https only, private, "
-                "loopback, link-local and cloud metadata addresses refused (loopback only when allowed), redirects "
-                "re-checked, size and time limits, and a download must decode as an image within the pixel cap. "
+                "loopback, link-local and cloud metadata addresses refused (loopback only for this endpoint's own "
+                "host and port, when allowed), redirects re-checked, one time limit per request, size limits, "
+                "malformed answers recorded as refusals, and a download must decode as a PNG, JPEG, WEBP, GIF or "
+                "BMP image within the pixel cap. "
                 "Results and images are cached on disk with their source URL and licence. Nothing is fetched until "
                 "the agent runs."),
             inputs=[
@@ -124,13 +126,16 @@ class EditLabWebImageSearch(EditLabNode):
                                     "or endpoint on 127.0.0.1 needs allow_loopback. custom_json: a URL template with "
                                     "{query} and optionally {count}."),
                 io.Boolean.Input("allow_loopback", default=False,
-                                 tooltip="Allow 127.0.0.1 / localhost (a local SearxNG or your own service). Private "
-                                         "network and metadata addresses stay refused."),
+                                 tooltip="Allow this endpoint on 127.0.0.1 / localhost (a local SearxNG or your own "
+                                         "service): its own host and port only; image URLs and redirects to any "
+                                         "other port on loopback stay refused, as do private and metadata "
+                                         "addresses."),
                 io.Boolean.Input("use_cache", default=True,
                                  tooltip="Reuse cached search answers and images (reruns are reproducible and "
                                          "offline); off: always ask the service again."),
                 io.Float.Input("timeout", default=10.0, min=0.5, max=120.0, step=0.5,
-                               tooltip="Seconds one request may take in total (connect, answer and body)."),
+                               tooltip="Seconds one request may take in total (name lookup, connect, headers and "
+                                       "body: a hard deadline)."),
                 io.Float.Input("max_megabytes", default=20.0, min=0.1, max=100.0, step=0.5,
                                tooltip="Largest download accepted; a bigger body is refused while streaming."),
                 io.Float.Input("max_megapixels", default=40.0, min=0.01, max=100.0, step=1.0,
@@ -143,10 +148,10 @@ class EditLabWebImageSearch(EditLabNode):
     def execute(cls, service, endpoint, allow_loopback, use_cache, timeout, max_megabytes,
                 max_megapixels) -> io.NodeOutput:
         limits = FetchLimits(max_bytes=int(max_megabytes * 2**20), connect_timeout=min(5.0, timeout),
-                             read_timeout=timeout, total_timeout=timeout, max_pixels=int(max_megapixels * 1e6),
-                             allow_loopback=bool(allow_loopback))
+                             read_timeout=timeout, total_timeout=timeout, max_pixels=int(max_megapixels * 1e6))
         try:
-            source = WebImageSource(service, endpoint, limits, host.user_cache_dir("worldtoimage"), use_cache)
+            source = WebImageSource(service, endpoint, limits, host.user_cache_dir("worldtoimage"), use_cache,
+                                    allow_loopback=bool(allow_loopback))
         except SourceError as exc:
             raise EditLabInputError("endpoint", str(exc), endpoint) from None
         return io.NodeOutput(source)

@@ -25,6 +25,7 @@ class Reply:
     delay: float = 0.0  # seconds before answering
     trickle: float = 0.0  # seconds between body chunks of 16 bytes (a slow body)
     length: bool = True  # send Content-Length (False: the body ends when the connection closes)
+    header_trickle: float = 0.0  # seconds between single bytes of a header that never ends (a header trickle)
 
 
 def png_bytes(w=16, h=16, color=(200, 30, 30)) -> bytes:
@@ -39,6 +40,7 @@ class StandIn:
     def __init__(self):
         self.routes: dict = {}
         self.requests: list = []
+        self.trickles_ended: list = []  # when each header trickle saw its client go away
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,6 +68,9 @@ class StandIn:
             def _send(self, r: Reply):
                 if r.delay:
                     time.sleep(r.delay)
+                if r.header_trickle:
+                    self._trickle_headers(r.header_trickle)
+                    return
                 body = r.body
                 ctype = r.headers.get("Content-Type")
                 if isinstance(body, (dict, list)):
@@ -92,6 +97,21 @@ class StandIn:
                         self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+                self.close_connection = True
+
+            def _trickle_headers(self, pause: float, longest: float = 30.0):
+                """A status line, then one header byte every ``pause`` seconds until the client goes away."""
+                end = time.monotonic() + longest
+                try:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Trickle: ")
+                    self.wfile.flush()
+                    while time.monotonic() < end:
+                        time.sleep(pause)
+                        self.wfile.write(b"a")
+                        self.wfile.flush()
+                except OSError:
+                    pass
+                outer.trickles_ended.append(time.monotonic())
                 self.close_connection = True
 
             def do_GET(self):

@@ -12,7 +12,12 @@ from standins import FakeInternet, Reply, StandIn, png_bytes
 
 from editlab.models import fetch as F
 
-LOOP = F.FetchLimits(allow_loopback=True, connect_timeout=2, read_timeout=2, total_timeout=5)
+BASE = F.FetchLimits(connect_timeout=2, read_timeout=2, total_timeout=5)
+
+
+def loop(site, **kw):
+    """Limits under which ``site`` (a loopback stand-in) is the configured endpoint: loopback for its origin only."""
+    return BASE.with_(loopback_origins=(F.origin(site.url),), **kw)
 
 
 @pytest.fixture
@@ -50,7 +55,7 @@ def test_redirect_is_followed_and_each_hop_checked(site, net):
     ("http://[::ffff:169.254.169.254]/", "cloud metadata"),
     ("http://192.168.1.1/", "private address"),
     ("http://224.0.0.1/", "multicast"),
-    ("http://0.0.0.0/", "unspecified"),
+    ("http://0.0.0.0/", "this network"),
 ])
 def test_redirect_to_a_forbidden_address_is_refused(site, net, target, why):
     site.routes["/r"] = Reply(302, b"", {"Location": target})
@@ -60,16 +65,34 @@ def test_redirect_to_a_forbidden_address_is_refused(site, net, target, why):
     assert len(site.requests) == 1  # the first hop only; nothing was dialled for the target (the socket guard agrees)
 
 
-def test_redirect_to_loopback_is_refused_when_loopback_is_not_allowed(site, net):
+def test_redirect_to_loopback_is_refused_unless_it_is_the_configured_endpoint(site, net):
     site.routes["/r"] = Reply(302, b"", {"Location": f"http://127.0.0.1:{site.port}/secret.png"})
     site.routes["/secret.png"] = Reply(200, png_bytes(), {"Content-Type": "image/png"})
     base = net.add("images.example.com", site, "93.184.216.34")
     with pytest.raises(F.FetchRefused, match="loopback address"):
-        F.fetch_image(base + "/r", F.FetchLimits(allow_loopback=False))
+        F.fetch_image(base + "/r", F.FetchLimits())
     assert [r["path"] for r in site.requests] == ["/r"]
-    # with loopback allowed the same chain is fetched
-    im, _ = F.fetch_image(base + "/r", F.FetchLimits(allow_loopback=True))
+    # loopback allowed for ANOTHER origin (a configured endpoint on another port): still refused
+    with pytest.raises(F.FetchRefused, match="only for the configured endpoint's own host and port"):
+        F.fetch_image(base + "/r", F.FetchLimits(loopback_origins=(f"http://127.0.0.1:{site.port + 1}",)))
+    # the redirect's own origin is the configured endpoint: fetched
+    im, _ = F.fetch_image(base + "/r", loop(site))
     assert im.size == (16, 16)
+
+
+def test_loopback_is_allowed_for_the_configured_origin_only(site):
+    """An answer from the configured local service pointing at another port on loopback (ComfyUI's own
+    /api/view, say) is refused before any dial; the service's own port is fetched."""
+    with StandIn() as other:
+        other.routes["/api/view"] = Reply(200, png_bytes(), {"Content-Type": "image/png"})
+        site.routes["/a.png"] = Reply(200, png_bytes(), {"Content-Type": "image/png"})
+        limits = loop(site)
+        assert F.fetch_image(site.url + "/a.png", limits)[0].size == (16, 16)
+        for url in (f"{other.url}/api/view?filename=x.png&type=output", f"http://localhost:{other.port}/api/view",
+                    f"http://[::1]:{other.port}/api/view", f"http://2130706433:{other.port}/api/view"):
+            with pytest.raises(F.FetchRefused, match="loopback"):
+                F.fetch_image(url, limits)
+        assert other.requests == []
 
 
 def test_loopback_refused_directly_without_the_setting(site):
@@ -90,30 +113,30 @@ def test_a_name_resolving_to_a_private_address_is_refused(site, net):
                                  "dict://127.0.0.1:11211/"])
 def test_other_schemes_are_refused(url):
     with pytest.raises(F.FetchRefused, match="scheme"):
-        F.fetch(url, LOOP)
+        F.fetch(url, BASE)
 
 
 def test_redirect_to_file_scheme_is_refused(site):
     site.routes["/r"] = Reply(302, b"", {"Location": "file:///etc/passwd"})
     with pytest.raises(F.FetchRefused, match="scheme 'file'"):
-        F.fetch(site.url + "/r", LOOP)
+        F.fetch(site.url + "/r", loop(site))
 
 
 def test_credentials_in_url_are_refused(site):
     with pytest.raises(F.FetchRefused, match="credentials"):
-        F.fetch(f"http://user:pw@127.0.0.1:{site.port}/x", LOOP)
+        F.fetch(f"http://user:pw@127.0.0.1:{site.port}/x", loop(site))
 
 
 def test_body_over_the_cap_by_content_length(site):
     site.routes["/big"] = Reply(200, b"x" * 5000, {"Content-Type": "image/png"})
     with pytest.raises(F.FetchRefused, match="5000 bytes, over the cap of 1000"):
-        F.fetch(site.url + "/big", LOOP.with_(max_bytes=1000))
+        F.fetch(site.url + "/big", loop(site, max_bytes=1000))
 
 
 def test_body_over_the_cap_while_streaming(site):
     site.routes["/big"] = Reply(200, b"x" * 300_000, {"Content-Type": "image/png"}, length=False)
     with pytest.raises(F.FetchRefused, match="passed the cap of 100000 bytes"):
-        F.fetch(site.url + "/big", LOOP.with_(max_bytes=100_000))
+        F.fetch(site.url + "/big", loop(site, max_bytes=100_000))
 
 
 def test_slow_body_past_the_total_time_limit(site):
@@ -122,21 +145,21 @@ def test_slow_body_past_the_total_time_limit(site):
     site.routes["/slow.png"] = Reply(200, png_bytes(), {"Content-Type": "image/png"}, trickle=0.2)
     t = time.monotonic()
     with pytest.raises(F.FetchRefused, match="total time limit of 1 s"):
-        F.fetch_image(site.url + "/slow.png", LOOP.with_(total_timeout=1.0, read_timeout=0.5))
+        F.fetch_image(site.url + "/slow.png", loop(site, total_timeout=1.0, read_timeout=0.5))
     assert time.monotonic() - t < 2.5
 
 
 def test_silent_server_past_the_read_time_limit(site):
     site.routes["/stall"] = Reply(200, png_bytes(), {"Content-Type": "image/png"}, delay=2.0)
     with pytest.raises(F.FetchRefused, match="connection failed|read time limit"):
-        F.fetch(site.url + "/stall", LOOP.with_(read_timeout=0.3, total_timeout=5))
+        F.fetch(site.url + "/stall", loop(site, read_timeout=0.3, total_timeout=5))
 
 
 def test_html_instead_of_an_image(site):
     site.routes["/page"] = Reply(200, "<!DOCTYPE html><html><body>not a picture</body></html>",
                                  {"Content-Type": "text/html"})
-    with pytest.raises(F.FetchRefused, match=r"not an image \(the answer is HTML\)"):
-        F.fetch_image(site.url + "/page", LOOP)
+    with pytest.raises(F.FetchRefused, match=r"not an image in PNG, JPEG, WEBP, GIF, BMP \(the answer is HTML\)"):
+        F.fetch_image(site.url + "/page", loop(site))
 
 
 def _png_header(width, height) -> bytes:
@@ -152,19 +175,19 @@ def _png_header(width, height) -> bytes:
 def test_image_bomb_over_the_pixel_cap(site, side):
     site.routes["/bomb.png"] = Reply(200, _png_header(side, side), {"Content-Type": "image/png"})
     with pytest.raises(F.FetchRefused, match="over the cap of 1000000 pixels"):
-        F.fetch_image(site.url + "/bomb.png", LOOP.with_(max_pixels=1_000_000))
+        F.fetch_image(site.url + "/bomb.png", loop(site, max_pixels=1_000_000))
 
 
 def test_status_other_than_200(site):
     site.routes["/gone"] = Reply(500, "boom")
     with pytest.raises(F.FetchRefused, match="HTTP status 500"):
-        F.fetch(site.url + "/gone", LOOP)
+        F.fetch(site.url + "/gone", loop(site))
 
 
 def test_redirect_loop_is_bounded(site):
     site.routes["/loop"] = Reply(302, b"", {"Location": "/loop"})
     with pytest.raises(F.FetchRefused, match="more than 3 redirects"):
-        F.fetch(site.url + "/loop", LOOP.with_(max_redirects=3))
+        F.fetch(site.url + "/loop", loop(site, max_redirects=3))
     assert len(site.requests) == 4
 
 
@@ -241,8 +264,143 @@ def test_a_broken_address_check_is_caught_by_the_socket_guard(monkeypatch):
     import netguard
 
     monkeypatch.delenv("EDITLAB_NETGUARD", raising=False)
-    monkeypatch.setattr(F, "address_refusal", lambda ip, allow_loopback: None)  # "broken": everything allowed
+    monkeypatch.setattr(F, "address_refusal", lambda *a: None)  # "broken": everything allowed
     with pytest.raises(F.FetchRefused, match="connection failed"):
         F.fetch("http://10.0.0.1:9/x.png", F.FetchLimits(connect_timeout=1, total_timeout=2))
     seen = netguard.take()
     assert len(seen) == 1 and "('10.0.0.1', 9)" in seen[0]
+
+
+# -- issue 22: one deadline over everything, header limits, malformed answers ---------------------------------------
+
+def test_header_trickle_is_cut_at_the_total_deadline(site):
+    """One header byte every 0.4 s: each read is quick, so only the deadline's watchdog can end it (it took 4.8 s
+    with total_timeout=1 before); the stand-in sees its client go away, and serves the next request."""
+    import time
+
+    site.routes["/slow"] = Reply(header_trickle=0.4)
+    site.routes["/ok.png"] = Reply(200, png_bytes(), {"Content-Type": "image/png"})
+    t = time.monotonic()
+    with pytest.raises(F.FetchRefused, match="total time limit of 1 s") as err:
+        F.fetch(site.url + "/slow", loop(site, total_timeout=1.0, read_timeout=0.9))
+    took = time.monotonic() - t
+    assert 0.9 < took < 1.6, took
+    assert err.value.kind == "timeout"
+    assert F.fetch_image(site.url + "/ok.png", loop(site))[0].size == (16, 16)  # the stand-in still serves
+    deadline = time.monotonic() + 3
+    while not site.trickles_ended and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert site.trickles_ended, "the trickling connection was not closed"
+
+
+def test_header_trickle_over_https_is_cut_too(monkeypatch):
+    """The watchdog shuts the TCP socket under a TLS layer as well (a TLS handshake that never finishes)."""
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    try:
+        t = time.monotonic()
+        with pytest.raises(F.FetchRefused, match="total time limit of 1 s"):
+            F.fetch(f"https://127.0.0.1:{port}/x", BASE.with_(total_timeout=1.0, read_timeout=5,
+                                                               loopback_origins=(f"https://127.0.0.1:{port}",)))
+        assert time.monotonic() - t < 1.6
+    finally:
+        listener.close()
+
+
+def test_slow_dns_is_cut_at_the_total_deadline(monkeypatch):
+    """getaddrinfo has no time limit of its own: the lookup runs in a worker that is abandoned at the deadline."""
+    import time
+
+    monkeypatch.delenv("EDITLAB_NETGUARD", raising=False)
+    asked = []
+
+    def slow(host, port):
+        asked.append(host)
+        time.sleep(4.0)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    monkeypatch.setattr(F, "_resolve", slow)
+    t = time.monotonic()
+    with pytest.raises(F.FetchRefused, match="did not resolve within the total time limit of 1 s") as err:
+        F.fetch("http://slow-dns.example.com/a.png", BASE.with_(total_timeout=1.0))
+    assert time.monotonic() - t < 1.5 and asked == ["slow-dns.example.com"] and err.value.kind == "timeout"
+
+
+def test_a_100000_deep_json_answer_is_a_refusal(site):
+    import time
+
+    site.routes["/deep"] = Reply(200, "[" * 100_000, {"Content-Type": "application/json"})
+    site.routes["/deep-closed"] = Reply(200, "[" * 100_000 + "]" * 100_000, {"Content-Type": "application/json"})
+    site.routes["/deep-in-string"] = Reply(200, '{"a": "' + "[" * 100_000 + '"}', {"Content-Type":
+                                                                                   "application/json"})
+    t = time.monotonic()
+    for path in ("/deep", "/deep-closed"):
+        with pytest.raises(F.FetchRefused, match="nested deeper than 64 levels") as err:
+            F.fetch_json(site.url + path, loop(site, total_timeout=2.0))
+        assert err.value.kind == "answer"
+    assert time.monotonic() - t < 2.0
+    assert F.fetch_json(site.url + "/deep-in-string", loop(site)) == {"a": "[" * 100_000}  # brackets in a string
+
+
+def test_json_answers_have_their_own_size_cap(site):
+    site.routes["/big"] = Reply(200, "[" + "1," * 600_000 + "1]", {"Content-Type": "application/json"})
+    with pytest.raises(F.FetchRefused, match="cap of 1000000 bytes"):
+        F.fetch_json(site.url + "/big", loop(site, max_json_bytes=1_000_000))
+
+
+def test_not_json_and_not_utf8_are_refusals(site):
+    site.routes["/html"] = Reply(200, "<html>", {"Content-Type": "text/html"})
+    site.routes["/latin"] = Reply(200, b'{"a": "\xe9"}', {"Content-Type": "application/json"})
+    with pytest.raises(F.FetchRefused, match="not JSON"):
+        F.fetch_json(site.url + "/html", loop(site))
+    with pytest.raises(F.FetchRefused, match="not UTF-8"):
+        F.fetch_json(site.url + "/latin", loop(site))
+
+
+@pytest.mark.parametrize("count, size, why", [(200, 10, "limit"), (3, 40_000, "limit")])
+def test_header_count_and_size_limits(site, count, size, why):
+    headers = {f"X-H{i}": "v" * size for i in range(count)}
+    site.routes["/h"] = Reply(200, b"{}", headers)
+    with pytest.raises(F.FetchRefused, match=why) as err:
+        F.fetch(site.url + "/h", loop(site))
+    assert err.value.kind == "answer"
+
+
+def test_compressed_bodies_are_refused(site):
+    import gzip
+
+    site.routes["/gz"] = Reply(200, gzip.compress(b"{}"), {"Content-Type": "application/json",
+                                                          "Content-Encoding": "gzip"})
+    with pytest.raises(F.FetchRefused, match="Content-Encoding 'gzip'"):
+        F.fetch(site.url + "/gz", loop(site))
+    assert site.requests[0]["headers"]["Accept-Encoding"] == "identity"
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "ICO", "PPM", "TGA"])
+def test_only_the_five_image_formats_are_decoded(site, fmt):
+    """Image.open is told the five formats: any other PIL plugin (TIFF, ICO, PPM, TGA ... and the ones that call
+    out to other programs) never sees the bytes."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, fmt)
+    site.routes["/x"] = Reply(200, buf.getvalue(), {"Content-Type": "image/x-other"})
+    with pytest.raises(F.FetchRefused, match="not an image in PNG, JPEG, WEBP, GIF, BMP"):
+        F.fetch_image(site.url + "/x", loop(site))
+
+
+def test_the_total_deadline_covers_every_redirect_hop(site):
+    import time
+
+    site.routes["/r"] = Reply(302, b"", {"Location": "/slow"}, delay=0.6)
+    site.routes["/slow"] = Reply(200, png_bytes(), {"Content-Type": "image/png"}, delay=0.6)
+    t = time.monotonic()
+    with pytest.raises(F.FetchRefused, match="total time limit of 1 s"):
+        F.fetch(site.url + "/r", loop(site, total_timeout=1.0, read_timeout=5))
+    assert time.monotonic() - t < 1.5

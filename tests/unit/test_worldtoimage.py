@@ -16,7 +16,7 @@ from editlab.models.worldtoimage.library import ImageLibrary
 from editlab.models.worldtoimage.scoring import Score, authors_gated, combine
 from editlab.models.worldtoimage.sources import LibrarySource, SourceError, WebImageSource
 
-LOOP = FetchLimits(allow_loopback=True, connect_timeout=2, read_timeout=2, total_timeout=5)
+LIMITS = FetchLimits(connect_timeout=2, read_timeout=2, total_timeout=5)  # stand-ins: allow_loopback=True
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +94,7 @@ def test_web_adapters_and_cache(tmp_path, service, answer, path, first):
         site.routes["/img/a.png"] = Reply(200, png_bytes(24, 12), {"Content-Type": "image/png"})
         endpoint = {"openverse": site.url + "/v1/images/", "wikimedia_commons": site.url + "/w/api.php",
                     "searxng": site.url, "custom_json": site.url + "/api/find?q={query}&n={count}"}[service]
-        src = WebImageSource(service, endpoint, LOOP, str(tmp_path / "cache"))
+        src = WebImageSource(service, endpoint, LIMITS, str(tmp_path / "cache"), allow_loopback=True)
         found = src.search("zorblax lamp", 5)
         assert (found[0].title, found[0].licence, found[0].source, found[0].page) == first
         assert found[0].url == site.url + "/img/a.png"
@@ -103,7 +103,7 @@ def test_web_adapters_and_cache(tmp_path, service, answer, path, first):
         img = src.load(found[0])
         assert img.size == (24, 12)
         n = len(site.requests)
-        again = WebImageSource(service, endpoint, LOOP, str(tmp_path / "cache"))
+        again = WebImageSource(service, endpoint, LIMITS, str(tmp_path / "cache"), allow_loopback=True)
         assert again.search("zorblax lamp", 5) == found and again.load(found[0]).size == (24, 12)
         assert len(site.requests) == n  # both from the disk cache
         record = json.loads(next((tmp_path / "cache" / "images").glob("*.json")).read_text())
@@ -120,7 +120,8 @@ def test_protocol_relative_image_urls_become_https():
 def test_unreachable_source_is_a_source_error(tmp_path):
     with StandIn() as site:
         port = site.port
-    src = WebImageSource("openverse", f"http://127.0.0.1:{port}/v1/images/", LOOP, str(tmp_path))
+    src = WebImageSource("openverse", f"http://127.0.0.1:{port}/v1/images/", LIMITS, str(tmp_path),
+                         allow_loopback=True)
     with pytest.raises(SourceError, match="connection failed"):
         src.search("lamp")
 
@@ -188,7 +189,8 @@ def _web(site, tmp_path):
     site.routes["/v1/images/"] = Reply(200, _fill(OPENVERSE, site.url))
     site.routes["/img/a.png"] = Reply(200, png_bytes(color=(10, 100, 10)), {"Content-Type": "image/png"})
     site.routes["/img/b.png"] = Reply(200, "<html>a page, not an image</html>", {"Content-Type": "text/html"})
-    return WebImageSource("openverse", site.url + "/v1/images/", LOOP, str(tmp_path / "cache"), use_cache=False)
+    return WebImageSource("openverse", site.url + "/v1/images/", LIMITS, str(tmp_path / "cache"), use_cache=False,
+                          allow_loopback=True)
 
 
 def test_agent_with_llm_calls_keeps_best_and_stops_at_threshold(tmp_path):
@@ -295,3 +297,74 @@ def test_without_llm_the_scorer_still_ranks_queries_follow_missing_keywords_and_
     assert h["stopped"] == "threshold" and h["best"] == 1 and len(result.images) == 2
     assert [it["scores"]["combined"] for it in h["iterations"]] == [0.1, 0.5]
     assert any("no LLM" in s for s in h["skipped"]) and not any("no scorer" in s for s in h["skipped"])
+
+
+# -- issue 22: malformed answers are recorded refusals, the run goes on ----------------------------------------------
+
+@pytest.mark.parametrize("service, data, why", [
+    ("openverse", [{"url": "http://x/a.png"}], "a JSON list where an object was expected"),
+    ("openverse", {"results": "many"}, "'results' in the answer is a str"),
+    ("searxng", "text", "a JSON str where an object was expected"),
+    ("wikimedia_commons", 42, "a JSON int where an object was expected"),
+    ("custom_json", 3.5, "a JSON float where a list or an object was expected"),
+    ("custom_json", {"data": []}, "no list under results, items or images"),
+])
+def test_an_answer_of_the_wrong_shape_is_a_source_error(service, data, why):
+    from editlab.models.worldtoimage.sources import parse_results
+
+    with pytest.raises(SourceError, match=why):
+        parse_results(service, data, 5, "http://127.0.0.1:1/s?q={query}")
+
+
+@pytest.mark.parametrize("service, data", [
+    ("openverse", {"results": [1, None, [], {"url": 7}, {"url": "http://x/a.png", "title": ["t"], "license": {}}]}),
+    ("searxng", {"results": [{"img_src": {"a": 1}}, {"img_src": "http://x/a.png", "engine": 5}]}),
+    ("wikimedia_commons", {"query": {"pages": {"1": {"index": "first", "imageinfo": {"url": "http://x/b.png"}},
+                                               "2": {"index": 2, "imageinfo": ["nope"]},
+                                               "3": {"index": None, "imageinfo": [{"url": "http://x/a.png",
+                                                                                   "extmetadata": []}]},
+                                               "4": "not a page"}}}),
+    ("wikimedia_commons", {"query": {"pages": [1, 2]}}),
+    ("custom_json", [{"image": "http://x/a.png", "caption": 3}, "str", 4]),
+])
+def test_odd_fields_are_skipped_never_an_exception(service, data):
+    from editlab.models.worldtoimage.sources import parse_results
+
+    found = parse_results(service, data, 5, "http://127.0.0.1:1/s?q={query}")
+    assert all(c.url.startswith("http://x/") for c in found)
+
+
+def test_malformed_answers_are_recorded_and_the_run_goes_on(tmp_path):
+    """A 100,000-deep JSON, a list where an object is expected, a header trickle, an image URL on another loopback
+    port (ComfyUI's own /api/view): each a refusal in the history, within its deadline; the good candidate that
+    follows is used."""
+    import time
+
+    limits = FetchLimits(connect_timeout=1, read_timeout=1, total_timeout=1)
+    with StandIn() as deep, StandIn() as listy, StandIn() as good, StandIn() as comfy:
+        deep.routes["/s"] = Reply(200, "[" * 100_000, {"Content-Type": "application/json"})
+        listy.routes["/v1/images/"] = Reply(200, [{"url": listy.url + "/a.png"}])
+        good.routes["/s"] = Reply(200, {"items": [
+            {"url": f"{comfy.url}/api/view?filename=secret.png&type=output", "title": "comfy's own output"},
+            {"url": good.url + "/trickle.png", "title": "slow"},
+            {"url": good.url + "/ok.png", "title": "ok", "licence": "CC0"}]})
+        good.routes["/trickle.png"] = Reply(header_trickle=0.4)
+        good.routes["/ok.png"] = Reply(200, png_bytes(color=(0, 200, 0)), {"Content-Type": "image/png"})
+        comfy.routes["*"] = Reply(200, png_bytes(), {"Content-Type": "image/png"})
+        sources = [WebImageSource("custom_json", deep.url + "/s?q={query}", limits, None, False, allow_loopback=True),
+                   WebImageSource("openverse", listy.url + "/v1/images/", limits, None, False, allow_loopback=True),
+                   WebImageSource("custom_json", good.url + "/s?q={query}", limits, None, False,
+                                  allow_loopback=True)]
+        t = time.monotonic()
+        result = run_agent(PROMPT, fake_generate, None, sources, AgentSettings(iterations=2, candidates=3))
+        took = time.monotonic() - t
+        assert comfy.requests == []
+    step = result.history["iterations"][1]
+    reasons = [r["reason"] for r in step["refused"]]
+    assert len(reasons) == 4, reasons
+    assert "nested deeper than 64 levels" in reasons[0]
+    assert "a JSON list where an object was expected" in reasons[1]
+    assert "loopback is allowed only for the configured endpoint's own host and port" in reasons[2]
+    assert "total time limit of 1 s" in reasons[3]
+    assert [r["title"] for r in step["references"]] == ["ok"]
+    assert took < 5, took
