@@ -262,6 +262,7 @@ class EditLabToVATrain(EditLabNode):
         _checked_prompt(prompt, "prompt")
         if not word.strip() or len(word) > 200:
             raise EditLabInputError("word", "a word of the prompt (at most 200 characters)", word)
+        model = host.training_clone(model)
         family, layers, dims = _tova_layers(model)
         positions = _positions(clip, prompt, word, "word")
         images, skipped = _folder_images(folder, resolution)

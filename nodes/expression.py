@@ -487,6 +487,7 @@ def _training_data(model, clip, vae, folder: str, prompt: str, resolution: int) 
         raise EditLabInputError("prompt", f"a prompt of at most {MAX_PROMPT_CHARS} characters", prompt)
     found = _face_folder_images(folder, resolution)
     images = torch.from_numpy(np.stack(found.images)).float() / 255.0
+    model = host.training_clone(model)
     base = model.model
     cond = host.encoded(clip.encode_from_tokens_scheduled, clip.tokenize(prompt))
     latents = host.encoded(lambda: base.process_latent_in(vae.encode(images)))  # data: no graph through the VAE

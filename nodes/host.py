@@ -20,6 +20,7 @@ The APIs, grouped as the README's "host APIs" line lists them:
 """
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -177,16 +178,35 @@ def sampling_sigmas(model, steps: int, sampler_name: str, scheduler: str):
                                    scheduler=scheduler, model_options=model.model_options).sigmas
 
 
+LATENT_RATIO_KEYS = ("downscale_ratio_spacial", "downscale_ratio_temporal")
+
+
+def prepared_latent(model, latent: dict):
+    """A LATENT's samples as the host's samplers prepare them (``fix_empty_latent_channels``), passing the downscale
+    ratios newer hosts' empty latents carry (0.33+: ``downscale_ratio_spacial``) where the host takes them."""
+    params = inspect.signature(comfy.sample.fix_empty_latent_channels).parameters
+    extra = {k: latent.get(k) for k in LATENT_RATIO_KEYS if k in params}
+    return comfy.sample.fix_empty_latent_channels(model, latent["samples"], **extra)
+
+
+def sampled_latent(latent: dict, samples) -> dict:
+    """The LATENT a sampler returns: ``latent`` with new samples, no longer empty (the ratios go, as the host's)."""
+    out = {**latent, "samples": samples}
+    for k in LATENT_RATIO_KEYS:
+        out.pop(k, None)
+    return out
+
+
 def ksample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
             latent: dict, denoise: float = 1.0) -> dict:
     """KSampler's sampling (the same noise, the same result), with the host's progress bar; a new LATENT dict."""
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    samples = prepared_latent(model, latent)
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
     bar = comfy.utils.ProgressBar(steps)
     out = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
                               denoise=denoise, noise_mask=latent.get("noise_mask"), seed=seed, disable_pbar=True,
                               callback=lambda step, x0, x, total: bar.update_absolute(step + 1, total))
-    return {**latent, "samples": out}
+    return sampled_latent(latent, out)
 
 
 def sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent):
@@ -322,6 +342,13 @@ def lora_model(model, lora: dict, strength: float):
     return comfy.sd.load_lora_for_models(model, None, lora, strength, 0)[0]
 
 
+def model_patches_lora(model, lora: dict, strength: float) -> None:
+    """Patch ``lora`` into ``model`` itself (a clone of the caller's) at ``strength``, as LoraLoaderModelOnly does."""
+    import comfy.lora_convert
+
+    model.add_patches(lora_patches(model, comfy.lora_convert.convert_lora(lora)), strength)
+
+
 def windowed_lora_hooks(lora: dict, strength: float, start_percent: float, end_percent: float):
     """A hook group with one weight hook carrying ``lora`` at ``strength`` (CreateHookLora), active from
     ``start_percent`` to ``end_percent`` of sampling and at strength 0 outside (CreateHookKeyframe keyframes, no
@@ -353,16 +380,11 @@ def model_with_weight_hooks(model, hooks, patches: list[dict]):
 
 
 def clip_with_cond_hooks(clip, hooks):
-    """What SetClipHooks (apply_to_conds on, schedule_clip off) returns: a clone of ``clip`` whose encoded
-    conditionings carry ``hooks`` (added to any hooks it already carried)."""
+    """A clone of ``clip`` whose encoded conditionings carry ``hooks`` (added to any hooks it already carried), as
+    SetClipHooks with apply_to_conds on. The hooks change the diffusion model only (their CLIP strength is 0), so
+    none is forced onto the text encoder's weights: a newer host's dynamic-VRAM CLIP refuses weight hooks."""
     c = clip.clone()
-    combined = comfy.hooks.HookGroup.combine_all_hooks([clip.apply_hooks_to_conds, hooks])
-    c.apply_hooks_to_conds = combined
-    forced = comfy.hooks.HookGroup.combine_all_hooks([clip.patcher.forced_hooks, hooks]).clone()
-    forced.set_keyframes_on_hooks(None)
-    c.patcher.forced_hooks = forced
-    c.use_clip_schedule = False
-    c.patcher.register_all_hook_patches(hooks, comfy.hooks.create_target_dict(comfy.hooks.EnumWeightTarget.Clip))
+    c.apply_hooks_to_conds = comfy.hooks.HookGroup.combine_all_hooks([clip.apply_hooks_to_conds, hooks])
     return c
 
 
@@ -400,6 +422,17 @@ def lora_state_dict(layers: dict) -> dict:
         out[f"{n}.lora_down.weight"] = layer.lora_down.weight.detach().float().cpu().contiguous()
         out[f"{n}.alpha"] = layer.alpha.detach().float().cpu().reshape(())
     return out
+
+
+def training_clone(model):
+    """A clone of ``model`` to train through. On a host with dynamic VRAM (0.33+, ``ModelPatcherDynamic``, the default
+    on NVIDIA), a non-dynamic one (``clone(disable_dynamic=True)``): dynamic loading pages weights through shared
+    cast buffers that a backward pass would read after they were reused, and it implements no weight hooks. Any other
+    MODEL is cloned as it is (no second copy of its weights)."""
+    is_dynamic = getattr(model, "is_dynamic", None)
+    if callable(is_dynamic) and is_dynamic():
+        return model.clone(disable_dynamic=True)
+    return model.clone()
 
 
 def load_for_training(model) -> None:

@@ -194,7 +194,9 @@ def train_lora_stage(model, data: list, rank: int, steps: int, lr: float, seed: 
     from ..models.layered.train import train_stage
 
     with torch.inference_mode(False):  # the server runs nodes in inference mode; trainable layers must not be
-        mp = host.lora_model(model, frozen_lora, 1.0) if frozen_lora is not None else model.clone()
+        mp = host.training_clone(model)
+        if frozen_lora is not None:
+            host.model_patches_lora(mp, frozen_lora, 1.0)
         layers = host.add_lora_train_layers(mp, rank, seed)
         try:
             host.load_for_training(mp)

@@ -9,7 +9,10 @@ attention function ``func`` (``comfy/ldm/modules/attention.py``, ``wrap_attn``):
 transformer_options)`` (q, k, v as [B, H, N, D]) returns a ``MapRequest`` (which keys, an optional bias on them, and a
 ``sink`` that receives the ``AttentionOutput``: log-sum-exp and the probabilities on the keys) or None; with None the
 host's ``func`` runs on the untouched arguments. An override that was there before (``previous``, e.g. another
-pack's) still runs first and is handed the kernel in place of ``func``, so both act.
+pack's) still runs first and is handed the kernel in place of ``func``, so both act; the host's own backend override
+(``ModelPatcher.set_model_optimized_attention``, its ``ModelAttentionBackend`` node) ignores the function it is handed,
+so for the calls the kernel must serve the kernel runs directly and the host's backend serves every other call
+(``call_chain``). Newer hosts pass ``scale`` and ``enable_gqa`` (fewer key/value heads than query heads): honoured.
 """
 from __future__ import annotations
 
@@ -27,19 +30,55 @@ class MapRequest(NamedTuple):
     sink: Callable[[AttentionOutput], None] | None = None  # receives out, lse and the probabilities on the keys
 
 
-def _heads_first(t, heads, skip_reshape):
+def _heads_first(t, heads, skip_reshape, dim_head=None):
     if skip_reshape:
         return t
     b, n, inner = t.shape
-    return t.view(b, n, heads, inner // heads).transpose(1, 2)
+    d = dim_head or inner // heads
+    return t.view(b, n, inner // d, d).transpose(1, 2)
 
 
-def _host_mask(mask):
-    if mask is None:
-        return None
-    while mask.ndim < 4:  # as ComfyUI's attention_pytorch: add the batch, then the heads dimension
-        mask = mask.unsqueeze(0) if mask.ndim == 2 else mask.unsqueeze(1)
-    return mask
+def heads_first(q, k, v, heads, skip_reshape=False, enable_gqa=False):
+    """q, k, v as [B, H, N, D] from the host's layout; with ``enable_gqa`` the key/value heads (fewer) are repeated to
+    the query heads, as grouped-query attention reads them."""
+    dim_head = None if skip_reshape else q.shape[-1] // heads
+    qh, kh, vh = (_heads_first(t, heads, skip_reshape, dim_head) for t in (q, k, v))
+    if enable_gqa and kh.shape[1] != qh.shape[1]:
+        rep = qh.shape[1] // kh.shape[1]
+        kh, vh = kh.repeat_interleave(rep, dim=1), vh.repeat_interleave(rep, dim=1)
+    return qh, kh, vh
+
+
+def replaces_func(override) -> bool:
+    """True for an attention override that ignores the function it is handed and runs a backend of its own: the
+    host's ``ModelPatcher.set_model_optimized_attention`` (its ``ModelAttentionBackend`` node)."""
+    return "set_model_optimized_attention" in getattr(override, "__qualname__", "")
+
+
+def call_chain(previous, func, own: bool, args: tuple, kwargs: dict):
+    """Continue an override chain: ``previous`` (the override set before this one) handed ``func``, else ``func``.
+    ``own``: ``func`` is this override's own attention (the kernel with maps or a bias), which an override that
+    replaces the function (the host's backend) would drop: then it runs directly."""
+    if previous is None or (own and replaces_func(previous)):
+        return func(*args, **kwargs)
+    return previous(func, *args, **kwargs)
+
+
+def chain_holds(options: dict, override) -> bool:
+    """Whether ``override`` is still reached from the transformer options' attention override: itself, or through
+    the ``previous`` links of EditLab's overrides. False when an override that replaces the function it is handed
+    (the host's ModelAttentionBackend, applied to the MODEL later) stands in front of it, or when none is set; an
+    override of unknown make is trusted to call the one it wraps."""
+    cur = (options or {}).get("optimized_attention_override")
+    for _ in range(64):
+        if cur is override:
+            return True
+        if cur is None or replaces_func(cur):
+            return False
+        if not hasattr(cur, "previous"):
+            return True
+        cur = cur.previous
+    return True
 
 
 def attention_function(ask: MapRequest) -> Callable:
@@ -48,13 +87,14 @@ def attention_function(ask: MapRequest) -> Callable:
     ``ask``. With a host mask the reference runs (the kernel's bias covers the chosen keys only)."""
 
     def run(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False, **rest):
-        qh, kh, vh = (_heads_first(t, heads, skip_reshape) for t in (q, k, v))
+        qh, kh, vh = heads_first(q, k, v, heads, skip_reshape, rest.get("enable_gqa", False))
         keys = ask.keys.to(qh.device)
         bias = None if ask.bias is None else ask.bias.to(qh.device)
+        scale = rest.get("scale")
         if mask is None:
-            result = attention(qh, kh, vh, keys, bias)
+            result = attention(qh, kh, vh, keys, bias, scale)
         else:
-            result = AttentionOutput(*reference.attention(qh, kh, vh, keys, bias, mask=_host_mask(mask)))
+            result = AttentionOutput(*reference.attention(qh, kh, vh, keys, bias, scale, mask=_host_mask(mask)))
         if ask.sink is not None:
             ask.sink(result)
         out = result.out
@@ -68,14 +108,19 @@ def attention_function(ask: MapRequest) -> Callable:
 
 def token_map_override(request: Callable, previous: Callable | None = None) -> Callable:
     def override(func, *args, **kwargs):
-        def kernel(q, k, v, heads, *more, **rest):
-            skip_reshape = rest.get("skip_reshape", False)
-            qh, kh, vh = (_heads_first(t, heads, skip_reshape) for t in (q, k, v))
-            ask = request(qh, kh, vh, rest.get("transformer_options") or {})
-            return (func if ask is None else attention_function(ask))(q, k, v, heads, *more, **rest)
+        chained, base = previous, func
+        if previous is not None and replaces_func(previous):
+            # the host's backend override: it serves the calls the kernel does not, in place of func
+            chained, base = None, (lambda *a, **kw: previous(func, *a, **kw))
 
-        if previous is not None:
-            return previous(kernel, *args, **kwargs)
+        def kernel(q, k, v, heads, *more, **rest):
+            qh, kh, vh = heads_first(q, k, v, heads, rest.get("skip_reshape", False), rest.get("enable_gqa", False))
+            ask = request(qh, kh, vh, rest.get("transformer_options") or {})
+            return (base if ask is None else attention_function(ask))(q, k, v, heads, *more, **rest)
+
+        if chained is not None:
+            return chained(kernel, *args, **kwargs)
         return kernel(*args, **kwargs)
 
+    override.previous = previous
     return override

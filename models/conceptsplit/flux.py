@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ...kernels.attention import key_probabilities
-from ...kernels.attention.comfy import MapRequest, attention_function
+from ...kernels.attention.comfy import MapRequest, attention_function, call_chain, chain_holds
 from ...kernels.dispatch import use_triton
 from ..expression.patch import Hook
 from .patch import cond_rows
@@ -52,6 +52,11 @@ class FluxToVAPatch:
         return self
 
     def post_input(self, args: dict) -> dict:
+        if not chain_holds(args.get("transformer_options"), self):
+            raise RuntimeError(
+                "EditLab ToVA Apply (Flux) acts through the model's attention override, and a node applied to the "
+                "MODEL after it replaced that override (ComfyUI's ModelAttentionBackend, or another pack's node that "
+                "sets one without calling the previous one): apply that node before ToVA Apply, not after")
         self._txt_len = int(args["txt"].shape[1])
         return args
 
@@ -61,9 +66,7 @@ class FluxToVAPatch:
         if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 3 \
                 and args[2].ndim == 4:
             args = (args[0], args[1], self.moved(args[2], name, options), *args[3:])
-        if self.previous is not None:
-            return self.previous(func, *args, **kwargs)
-        return func(*args, **kwargs)
+        return call_chain(self.previous, func, False, args, kwargs)
 
     def moved(self, v: torch.Tensor, name: str, options: dict) -> torch.Tensor:
         """``v`` [B, H, N, D] with the bound text rows moved; every other row bit-identical."""
@@ -114,9 +117,7 @@ class FluxMapTap:
         if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 2 \
                 and args[0].ndim == 4 and (self.when is None or self.when(options)):
             self.record(args[0], args[1], name, options)
-        if self.previous is not None:
-            return self.previous(func, *args, **kwargs)
-        return func(*args, **kwargs)
+        return call_chain(self.previous, func, False, args, kwargs)
 
     def record(self, q, k, name, options):
         import torch.nn.functional as F
@@ -181,6 +182,7 @@ class FluxAFG:
     def __call__(self, func, *args, **kwargs):
         options = kwargs.get("transformer_options") or {}
         name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
+        own = False  # func replaced by the kernel with the bias
         if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 2 \
                 and args[0].ndim == 4:
             if use_triton(args[0]) and kwargs.get("mask") is None:
@@ -190,7 +192,7 @@ class FluxAFG:
                     if len(self.outside) < INSPECTED_CALLS:
                         self.outside.append(record_outside_mass(self, args[0], args[1],
                                                                 self.bias(args[0], name, options), name, options))
-                    func = attention_function(MapRequest(*keyed))
+                    func, own = attention_function(MapRequest(*keyed)), True
             else:
                 bias = self.bias(args[0], name, options)
                 if bias is not None:
@@ -198,9 +200,7 @@ class FluxAFG:
                         self.outside.append(record_outside_mass(self, args[0], args[1], bias, name, options))
                     old = kwargs.get("mask")
                     kwargs = {**kwargs, "mask": bias if old is None else old + bias}
-        if self.previous is not None:
-            return self.previous(func, *args, **kwargs)
-        return func(*args, **kwargs)
+        return call_chain(self.previous, func, own, args, kwargs)
 
     def bias(self, q, name, options):
         """The same bias as :meth:`key_bias`, as a dense (b, 1, n, n) additive mask for the host's attention."""

@@ -14,6 +14,7 @@ The objective is the one the network was trained with, read from its ``model_sam
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Callable
 
 import torch
@@ -114,12 +115,30 @@ def _untracked(t: torch.Tensor) -> bool:
 
 
 @contextlib.contextmanager
+def host_training_flag():
+    """The host's own "a backward pass follows" flag (``comfy.model_management.in_training``, which its LoRA trainer
+    sets), set within the block and restored after: newer hosts route Flux's rope (and other ops) through fused
+    kernels that have no gradient unless it is set. Nothing happens where the host is not loaded or has no flag."""
+    mm = sys.modules.get("comfy.model_management")
+    if mm is None or not hasattr(mm, "in_training"):
+        yield
+        return
+    before = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = before
+
+
+@contextlib.contextmanager
 def frozen_for_autograd(module: torch.nn.Module):
     """Within the block, gradients can flow through ``module`` to something outside it (an adapter) while none of
     its parameters trains: parameters are frozen, and inference tensors (made while ComfyUI ran a node in inference
     mode, which autograd cannot save for backward, and parameters made in inference mode and moved outside it:
     ``_untracked``) are swapped for ordinary copies. On exit the module holds its original tensor objects with
-    their original flags again, so the MODEL other nodes share is left as it was.
+    their original flags again, so the MODEL other nodes share is left as it was. The host's training flag is set
+    meanwhile (:func:`host_training_flag`).
     Enter it outside inference mode: copies made inside it would be inference tensors again."""
     swapped, flags = [], []
     try:
@@ -137,7 +156,8 @@ def frozen_for_autograd(module: torch.nn.Module):
                 if b is not None and _untracked(b):
                     swapped.append((sub._buffers, name, b))
                     sub._buffers[name] = b.data.clone()
-        yield module
+        with host_training_flag():
+            yield module
     finally:
         for table, name, original in reversed(swapped):
             table[name] = original

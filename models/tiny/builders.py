@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -79,8 +80,38 @@ def _patcher(base_model):
     return comfy.model_patcher.ModelPatcher(base_model, load_device=dev, offload_device=mm.unet_offload_device())
 
 
+def _meta_state_dict(model_cls, unet_config: dict) -> dict:
+    """The state dict (meta tensors: names and shapes only) of ``model_cls`` built from ``unet_config``. A field the
+    host's network requires and the config lacks (a newer host's, e.g. 0.33's FluxParams.txt_ids_dims) is given a
+    placeholder here only: no weight shape depends on such fields, and detection then supplies the real value."""
+    cfg = dict(unet_config)
+    for _ in range(8):
+        try:
+            with torch.device("meta"):
+                config = model_cls(dict(cfg))
+                config.set_inference_dtype(torch.float32, None)
+                return config.get_model({}).diffusion_model.state_dict()
+        except TypeError as exc:
+            text = str(exc)
+            missing = [m for m in re.findall(r"'(\w+)'", text) if m not in cfg] if "required" in text else []
+            if not missing:
+                raise
+            cfg.update(dict.fromkeys(missing))
+    raise RuntimeError(f"could not build {model_cls.__name__} to read its weights' layout")
+
+
+def host_unet_config(model_cls, unet_config: dict) -> dict:
+    """The config the host's own model detection derives from a checkpoint of this architecture, with the tiny
+    sizes of ``unet_config`` on top: every field the host sets (a field a newer host adds included) comes from the
+    host, and only what detection fixes at full size (Flux's 24 heads and rope axes, say) is ours."""
+    import comfy.model_detection
+
+    detected = comfy.model_detection.detect_unet_config(_meta_state_dict(model_cls, unet_config), "") or {}
+    return {**detected, **unet_config}
+
+
 def _diffusion_model(model_cls, unet_config: dict, seed: int, weight_dtype: str = "fp32"):
-    config = model_cls(dict(unet_config))
+    config = model_cls(host_unet_config(model_cls, unet_config))
     dtype = _TORCH_DTYPES[weight_dtype]
     if weight_dtype.startswith("fp8"):
         # fp8 storage, each layer's weight cast for compute (comfy.ops manual cast) to bf16, as on a CUDA GPU;
