@@ -26,6 +26,7 @@ ADAPTER_FOLDER = model_folder("expression_adapters", {".safetensors", ".bin", ".
 REFERENCE_LORA_FOLDER = model_folder("expression_reference_loras", {".safetensors"})
 
 BlendshapesType = io.Custom("EDITLAB_BLENDSHAPES")
+HostFaceLandmarksType = io.Custom("FACE_LANDMARKS")  # ComfyUI's own MediaPipe Face Landmarker (newer hosts)
 AdapterType = io.Custom("EDITLAB_EXPRESSION_ADAPTER")  # LoadedAdapter
 ReferenceLoRAType = io.Custom("EDITLAB_REFERENCE_LORA")  # ReferenceLoRAWeights
 MIN_FACE_IMAGE_SIDE = 16  # px; smaller images hold no face the landmarker can find
@@ -55,17 +56,34 @@ class EditLabFaceBlendshapes(EditLabNode):
                     io.Int.Input("face_index", default=0, min=0, max=63,
                                  tooltip="Which face, counted left to right from 0."),
                     io.Boolean.Input("allow_no_face", default=False,
-                                     tooltip="On: an image without a face gives neutral blendshapes.")],
+                                     tooltip="On: an image without a face gives neutral blendshapes."),
+                    HostFaceLandmarksType.Input(
+                        "face_landmarks", optional=True,
+                        tooltip="Optional: the face_landmarks output of ComfyUI's own 'Detect Face Landmarks "
+                                "(MediaPipe)' node (newer ComfyUI) for this image: its blendshapes, box and "
+                                "landmarks are used and this node runs no detector of its own.")],
             outputs=[BlendshapesType.Output(display_name="blendshapes"), io.Image.Output(display_name="overlay"),
                      io.String.Output(display_name="json")],
         )
 
     @classmethod
-    def execute(cls, image, face_index, allow_no_face) -> io.NodeOutput:
+    def execute(cls, image, face_index, allow_no_face, face_landmarks=None) -> io.NodeOutput:
         image = rgb_images(image, "image", min_side=MIN_FACE_IMAGE_SIDE)  # before MediaPipe sees it
         frame = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        with _encoder() as encoder:
-            faces = encoder.faces(frame)
+        if face_landmarks is not None:
+            from ..models.expression.blendshapes import from_host_faces
+
+            size = face_landmarks.get("image_size") if isinstance(face_landmarks, dict) else None
+            if size is not None and tuple(int(v) for v in size) != tuple(frame.shape[:2]):
+                raise EditLabInputError("face_landmarks", f"landmarks of this image ({frame.shape[0]}x"
+                                                          f"{frame.shape[1]}); they are of a {size[0]}x{size[1]} one")
+            try:
+                faces = from_host_faces(face_landmarks, 0)
+            except (ValueError, TypeError) as exc:
+                raise EditLabInputError("face_landmarks", str(exc)) from None
+        else:
+            with _encoder() as encoder:
+                faces = encoder.faces(frame)
         if not faces:
             if not allow_no_face:
                 raise EditLabInputError("image", "an image with a face; none was found (or turn on allow_no_face)")

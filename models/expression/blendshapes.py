@@ -125,6 +125,38 @@ class FaceEncoder:
         return sorted(_merge(found), key=lambda f: (f.box[0] + f.box[2]) / 2)
 
 
+def from_host_faces(face_landmarks: dict, image_index: int = 0) -> list[Blendshapes]:
+    """The faces of one image of a FACE_LANDMARKS value (what ComfyUI's own ``MediaPipeFaceLandmarker`` node returns,
+    0.38+: ``{"frames": [[face, ...], ...], "image_size": (H, W), ...}``, each face with ``blendshapes`` {name:
+    score}, ``bbox_xyxy``, ``landmarks_3d`` or ``landmarks_xy`` in pixels and ``transformation_matrix``) as this
+    module's Blendshapes, left to right like :meth:`FaceEncoder.faces`. The host's port computes the same 52 ARKit
+    categories under the same names."""
+    if not isinstance(face_landmarks, dict) or not isinstance(face_landmarks.get("frames"), (list, tuple)):
+        raise ValueError("expected the FACE_LANDMARKS output of ComfyUI's MediaPipe Face Landmarker node "
+                         "(a dict with 'frames')")
+    frames = face_landmarks["frames"]
+    if not 0 <= image_index < len(frames):
+        raise ValueError(f"it holds {len(frames)} image(s), not an image {image_index}")
+    faces = []
+    for face in frames[image_index] or []:
+        scores = face.get("blendshapes") or {}
+        values = np.array([float(scores.get(n, 0.0)) for n in ARKIT_NAMES], np.float32).clip(0.0, 1.0)
+        marks = face.get("landmarks_3d")
+        if marks is None:
+            marks = face.get("landmarks_xy")
+        pts = None if marks is None else np.asarray(marks, np.float32).reshape(-1, np.asarray(marks).shape[-1])
+        if pts is not None and pts.shape[1] == 2:
+            pts = np.concatenate([pts, np.zeros((len(pts), 1), np.float32)], 1)
+        box = face.get("bbox_xyxy")
+        box = tuple(float(v) for v in box) if box is not None else \
+            ((float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max()))
+             if pts is not None else None)
+        matrix = face.get("transformation_matrix")
+        faces.append(Blendshapes(values, "arkit52", None if matrix is None else np.asarray(matrix, np.float32),
+                                 box, pts, {"source": "ComfyUI MediaPipe Face Landmarker"}))
+    return sorted(faces, key=lambda f: (f.box[0] + f.box[2]) / 2 if f.box else 0.0)
+
+
 def _iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
