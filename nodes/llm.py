@@ -1,22 +1,29 @@
 """EditLabLLM (an OpenAI-compatible chat endpoint as a socket other nodes use) and EditLabVIEScore (a vision LLM
 rating an edit: semantic consistency, perceptual quality, overall = sqrt(SC * PQ)).
 
-The LLM socket carries ``models.llm.LLMConfig``: URL, model, the NAME of the environment variable with the key,
-temperature, timeout, retries. The key itself is read when a request is made and never stored, output or logged.
-The ``openai`` package is imported only when a request is made: without it these nodes load and say so when run.
+The LLM socket carries ``models.llm.LLMConfig``: URL, model, the owner's endpoint and the NAME of the variable the
+owner bound to it, temperature, timeout, retries. Which endpoints exist and which key each may use is the server
+owner's decision (``models/llm/endpoints.py``: ``EDITLAB_LLM_ENDPOINTS`` or ``user/editlab/llm_endpoints.json``); a
+workflow only selects one, so a shared workflow can not make a key travel to a host of its author's choosing. The key
+itself is read when a request is made and never stored, output or logged. The ``openai`` package is imported only
+when a request is made: without it these nodes load and say so when run.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from importlib.util import find_spec
+from urllib.parse import urlsplit
 
 import numpy as np
 from comfy_api.latest import io, ui
 
-from ..models.llm import LLMClient, LLMConfig, LLMError
-from ..models.llm.client import ENV_NAME
+from ..models import netpolicy
+from ..models.llm import LLMClient, LLMConfig, LLMError, OwnerConfigError, SelectionError, load_owner_endpoints, select
+from ..models.llm.endpoints import OWNER_ENV, OWNER_FILE
 from ..models.llm.viescore import viescore
+from . import host
 from .common import CATEGORY, EditLabInputError, EditLabNode, rgb_images
 
 log = logging.getLogger("editlab")
@@ -37,33 +44,55 @@ def pil_images(image, input_name: str) -> list:
     return [Image.fromarray(a) for a in arr]
 
 
+def owner_endpoints() -> dict:
+    """The server owner's LLM endpoints (environment and ``<ComfyUI user dir>/editlab/llm_endpoints.json``)."""
+    user_dir = os.path.dirname(os.path.normpath(host.user_cache_dir("")))  # <user>/editlab/ -> <user>
+    try:
+        return load_owner_endpoints(user_dir)
+    except OwnerConfigError as exc:
+        raise RuntimeError(f"EditLab LLM: the server owner's endpoint configuration is unusable: {exc}") from None
+
+
+def owner_config_stamp() -> str:
+    """A digest of the owner's configuration as it is now (environment text, file contents)."""
+    import hashlib
+
+    digest = hashlib.sha256(os.environ.get(OWNER_ENV, "").encode())
+    try:
+        path = os.path.join(os.path.dirname(os.path.normpath(host.user_cache_dir(""))), OWNER_FILE)
+        with open(path, "rb") as f:
+            digest.update(f.read(1 << 20))
+    except OSError:
+        pass
+    return digest.hexdigest()
+
+
 def checked_config(base_url, model, api_key_env, temperature, timeout, max_retries, vision) -> LLMConfig:
     base_url = base_url.strip()
-    if not base_url.startswith(("http://", "https://")) or len(base_url) > MAX_URL_CHARS:
-        raise EditLabInputError("base_url", "an http:// or https:// URL of an OpenAI-compatible API (…/v1)",
-                                base_url[:100])
-    from urllib.parse import urlsplit
-
+    if len(base_url) > MAX_URL_CHARS:
+        raise EditLabInputError("base_url", f"an http:// or https:// URL of at most {MAX_URL_CHARS} characters")
     try:
-        parts = urlsplit(base_url)
-        credentials = bool(parts.username or parts.password)
-    except ValueError:
-        credentials = True
-    if credentials:
-        # never quoted: the URL holds a secret
-        raise EditLabInputError("base_url", "a URL without user:password (put the key in an environment variable "
-                                            "and give its name in api_key_env)")
+        endpoint, url = select(base_url, api_key_env, owner_endpoints())
+    except SelectionError as exc:
+        # never quoted: a base URL or api_key_env may hold a pasted secret
+        raise EditLabInputError(exc.input_name, exc.expected) from None
+    if endpoint is None:
+        try:
+            literal = netpolicy.host_literal(urlsplit(url).hostname or "")
+        except ValueError as exc:
+            raise EditLabInputError("base_url", f"a valid host ({exc})") from None
+        why = None if literal is None or netpolicy.is_loopback(literal) else netpolicy.refusal(literal)
+        if why:
+            raise EditLabInputError("base_url", f"an endpoint on loopback, a public address or one the server's "
+                                                f"owner configured; {literal} is {why}")
     if not model.strip():
         raise EditLabInputError("model", "a model name the endpoint serves")
-    env = api_key_env.strip()
-    if env and not ENV_NAME.match(env):
-        # never quote it: a user may have pasted the key itself here
-        raise EditLabInputError("api_key_env", "the NAME of an environment variable holding the key (letters, digits "
-                                               "and '_'), not the key itself; leave empty for local servers")
     if not 0 <= temperature <= 2:
         raise EditLabInputError("temperature", "a temperature from 0 to 2", temperature)
-    return LLMConfig(base_url=base_url, model=model.strip(), api_key_env=env, temperature=float(temperature),
-                     timeout=float(timeout), max_retries=int(max_retries), seed=0, vision=bool(vision))
+    return LLMConfig(base_url=url, model=model.strip(), api_key_env=endpoint.key_env if endpoint else "",
+                     temperature=float(temperature), timeout=float(timeout), max_retries=int(max_retries), seed=0,
+                     vision=bool(vision), endpoint=endpoint.name if endpoint else "",
+                     allow_private=bool(endpoint and endpoint.allow_private))
 
 
 class EditLabLLM(EditLabNode):
@@ -76,23 +105,29 @@ class EditLabLLM(EditLabNode):
             description=(
                 "An OpenAI-compatible chat endpoint for the agent, the image scorer and VIEScore: OpenAI, or a local "
                 "server (Ollama, llama.cpp, vLLM, LM Studio). Nothing is sent here; the nodes that use it send the "
-                "requests. The API key stays in your environment: give the NAME of the variable that holds it."),
+                "requests. Keys stay with the server's owner: an endpoint with a key is one the owner declared "
+                "(EDITLAB_LLM_ENDPOINTS or user/editlab/llm_endpoints.json), selected here by name or base URL; a "
+                "workflow can not send a key anywhere else. Local servers on 127.0.0.1 need no configuration."),
             inputs=[
                 io.String.Input("base_url", default="http://127.0.0.1:11434/v1",
                                 tooltip="The API's base URL, ending in /v1 (Ollama: http://127.0.0.1:11434/v1, "
-                                        "llama.cpp: http://127.0.0.1:8080/v1, OpenAI: https://api.openai.com/v1)."),
+                                        "llama.cpp: http://127.0.0.1:8080/v1), or the name of an endpoint the "
+                                        "server's owner declared (e.g. openai for https://api.openai.com/v1 with "
+                                        "its key). No query, fragment or user:password."),
                 io.String.Input("model", default="llava",
                                 tooltip="Model name as the endpoint knows it (a vision model for scoring and "
                                         "VIEScore, e.g. llava, qwen2.5vl, gpt-4o)."),
                 io.String.Input("api_key_env", default="",
-                                tooltip="The NAME of the environment variable that holds the API key (e.g. "
-                                        "OPENAI_API_KEY), never the key. Empty for local servers without a key. "
-                                        "The key is never saved in workflows, outputs, history or logs."),
+                                tooltip="Empty (the key the server's owner bound to the selected endpoint, if any, "
+                                        "is used), or the NAME of that bound variable (e.g. OPENAI_API_KEY), never "
+                                        "the key. Any other variable is refused. The key is never saved in "
+                                        "workflows, outputs, history or logs."),
                 io.Float.Input("temperature", default=0.0, min=0.0, max=2.0, step=0.05,
                                tooltip="Sampling temperature; 0 (with the fixed request seed) is the most "
                                        "repeatable."),
                 io.Float.Input("timeout", default=60.0, min=1.0, max=600.0, step=1.0,
-                               tooltip="Seconds to wait for one answer before that attempt counts as failed."),
+                               tooltip="Seconds one request may take in all (name lookup, connection, the whole "
+                                       "answer) before that attempt counts as failed."),
                 io.Int.Input("max_retries", default=2, min=0, max=5,
                              tooltip="Extra attempts after a timeout, a 429/5xx answer or malformed JSON; then "
                                      "the node fails with what happened on each attempt (or the agent falls "
@@ -103,6 +138,11 @@ class EditLabLLM(EditLabNode):
             ],
             outputs=[LLMType.Output(display_name="llm")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, base_url, model, api_key_env, temperature, timeout, max_retries, vision):
+        # the owner's configuration is an input too: an edit to it must not be answered from the cache
+        return (base_url, model, api_key_env, temperature, timeout, max_retries, vision, owner_config_stamp())
 
     @classmethod
     def execute(cls, base_url, model, api_key_env, temperature, timeout, max_retries, vision) -> io.NodeOutput:
@@ -154,6 +194,8 @@ class EditLabVIEScore(EditLabNode):
             try:
                 results.append(viescore(client, instruction, sources[i if len(sources) > 1 else 0], edited))
             except LLMError as exc:
+                if exc.refused:  # the endpoint itself is not allowed (a redirect elsewhere, an address refused)
+                    raise EditLabInputError("llm", f"an endpoint requests may go to; {exc}") from None
                 raise RuntimeError(f"VIEScore: the judge gave no usable answer for image {i}: {exc}") from None
         sc = sum(r.semantic_consistency for r in results) / len(results)
         pq = sum(r.perceptual_quality for r in results) / len(results)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from standins import ChatStandIn, Reply
+from standins import ChatStandIn, Reply, chat_completion
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +95,7 @@ def test_malformed_every_time_is_a_clear_error(nodes):
 
 def test_server_error_then_clear_error(nodes):
     with ChatStandIn([Reply(503, {"error": "busy"})]) as site:
-        with pytest.raises(RuntimeError, match="HTTP 503; HTTP 503"):
+        with pytest.raises(RuntimeError, match=r"HTTP 503 \(busy\); HTTP 503 \(busy\)"):
             nodes.EditLabVIEScore.execute(llm=llm_of(nodes, site, retries=1), instruction="x",
                                           source_image=images(), edited_image=images())
 
@@ -114,3 +114,26 @@ def test_bad_inputs_are_named(nodes):
             nodes.EditLabVIEScore.execute(llm=llm_of(nodes, site), instruction="x", source_image=images(2),
                                           edited_image=images(3))
         assert site.calls == 0
+
+
+def test_an_http_error_shows_the_endpoints_reason(nodes):
+    """Issue 22: HTTP 400 with the endpoint's own message (cut), not a bare status."""
+    with ChatStandIn([Reply(400, {"error": {"message": "model 'judge' does not support image input",
+                                            "type": "invalid_request_error"}})]) as site:
+        with pytest.raises(RuntimeError, match=r"HTTP 400 \(model 'judge' does not support image input\)$"):
+            nodes.EditLabVIEScore.execute(llm=llm_of(nodes, site, retries=2), instruction="x",
+                                          source_image=images(), edited_image=images())
+        assert site.calls == 1
+
+
+@pytest.mark.parametrize("answer", [Reply(200, "[" * 100_000, {"Content-Type": "application/json"}),
+                                    '{"scores": ' + "[" * 100_000 + "}",
+                                    Reply(200, [chat_completion('{"scores": [5, 5]}')]),  # a list for an object
+                                    "[5, 5]"], ids=["deep body", "deep message", "list body", "list message"])
+def test_malformed_answers_end_as_a_clear_error(nodes, answer):
+    """A 100,000-deep JSON (as the body, or inside the message) and a list where an object is expected: retried,
+    then the node's clear error, never a RecursionError or AttributeError."""
+    with ChatStandIn([answer]) as site:
+        with pytest.raises(RuntimeError, match=r"VIEScore: the judge gave no usable answer .*after 2 attempt"):
+            nodes.EditLabVIEScore.execute(llm=llm_of(nodes, site, retries=1), instruction="x",
+                                          source_image=images(), edited_image=images())

@@ -9,6 +9,7 @@
 - same seed, library and script: the node's history bit for bit."""
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -56,6 +57,12 @@ def inputs(tmp_path, comfy_host):
     folder_paths.set_input_directory(str(folder))
     yield folder
     folder_paths.set_input_directory(old)
+
+
+def bind_key(monkeypatch, base_url, name="stand-in"):
+    """The server owner's binding of EDITLAB_W2I_KEY to the stand-in LLM (issue 22: a workflow can not bind one)."""
+    monkeypatch.setenv("EDITLAB_LLM_ENDPOINTS", json.dumps({name: {"base_url": base_url,
+                                                                   "key_env": "EDITLAB_W2I_KEY"}}))
 
 
 GEN = dict(width=64, height=64, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple", seed=5, candidates=5)
@@ -118,10 +125,11 @@ def _scripted(script_kinds, alignments):
     return respond
 
 
-def test_full_loop_with_llm_web_source_scorer_early_stop(w2i, flux, inputs):
+def test_full_loop_with_llm_web_source_scorer_early_stop(w2i, flux, inputs, monkeypatch):
     nodes, llm_nodes = w2i
     kinds = []
     with ChatStandIn(responder=_scripted(kinds, [2, 4, 9, 9])) as llm_site, StandIn() as site:
+        bind_key(monkeypatch, llm_site.base_url)
         site.routes["/v1/images/"] = Reply(200, {"results": [
             {"url": site.url + "/a.png", "title": "Zorblax lamp", "license": "by", "license_version": "4.0",
              "foreign_landing_url": "https://example.org/a"},
@@ -156,11 +164,13 @@ def test_full_loop_with_llm_web_source_scorer_early_stop(w2i, flux, inputs):
     assert chats[0]["body"]["messages"][1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
 
 
-def test_planted_key_never_in_outputs_history_or_logs(w2i, flux, inputs, caplog):
+def test_planted_key_never_in_outputs_history_or_logs(w2i, flux, inputs, caplog, monkeypatch):
     nodes, llm_nodes = w2i
     caplog.set_level(logging.DEBUG)
     outputs = []
-    with ChatStandIn([Reply(500, {"error": {"message": "down"}}), "not json", '{"alignment": 11}']) as llm_site:
+    with ChatStandIn([Reply(500, {"error": {"message": f"down, and here is your key: {KEY}"}}), "not json",
+                      '{"alignment": 11}']) as llm_site:
+        bind_key(monkeypatch, llm_site.base_url)
         llm = llm_nodes.EditLabLLM.execute(base_url=llm_site.base_url, model="stand-in",
                                            api_key_env="EDITLAB_W2I_KEY", temperature=0.0, timeout=5.0,
                                            max_retries=2, vision=True).result[0]
@@ -332,3 +342,68 @@ def test_image_prompt_mode_equals_the_hosts_style_model_apply(w2i, flux, inputs,
     assert not torch.equal(batch[1], batch[0])
     with pytest.raises(EditLabInputError, match="input 'reference_mode'"):
         agent(w2i, flux, "a red zorblax lamp", reference_mode="image_prompt", source_1=library(w2i))
+
+
+# -- issue 22: keys bound by the server's owner ----------------------------------------------------------------------
+
+def test_the_llm_node_selects_an_owners_endpoint_and_nothing_else(w2i, monkeypatch, tmp_path):
+    """By name or exact base URL, with its bound variable or none; an unconfigured variable, a bound variable with
+    another host, a variable in the base URL are errors naming the input, with no value quoted."""
+    from editlab.nodes.common import EditLabInputError
+
+    _, llm_nodes = w2i
+
+    def node(base_url, api_key_env=""):
+        return llm_nodes.EditLabLLM.execute(base_url=base_url, model="m", api_key_env=api_key_env,
+                                            temperature=0.0, timeout=5.0, max_retries=0, vision=True).result[0]
+
+    monkeypatch.setenv("EDITLAB_LLM_ENDPOINTS", json.dumps(
+        {"openai": {"base_url": "https://api.openai.com/v1", "key_env": "EDITLAB_W2I_KEY"}}))
+    by_name, by_url = node("openai"), node("https://api.openai.com/v1/", "EDITLAB_W2I_KEY")
+    assert by_name == by_url and (by_name.endpoint, by_name.api_key_env) == ("openai", "EDITLAB_W2I_KEY")
+    assert node("http://127.0.0.1:11434/v1").endpoint == "" and node("http://127.0.0.1:11434/v1").api_key_env == ""
+    for base_url, env, name, says in [
+            ("http://127.0.0.1:9/v1", "EDITLAB_W2I_KEY", "api_key_env", "no key is bound to this base URL"),
+            ("https://attacker.example/v1", "EDITLAB_W2I_KEY", "api_key_env", "no key is bound"),
+            ("openai", "HOME", "api_key_env", "empty or EDITLAB_W2I_KEY"),
+            ("https://attacker.example/v1?k=$EDITLAB_W2I_KEY", "", "base_url", "without a query"),
+            ("https://attacker.example/${EDITLAB_W2I_KEY}/v1", "", "base_url", "no $"),
+            ("http://169.254.169.254/v1", "", "base_url", "cloud metadata"),
+            ("http://[::ffff:10.0.0.1]/v1", "", "base_url", "private address")]:
+        with pytest.raises(EditLabInputError, match=f"input '{name}': expected .*{re.escape(says)}") as err:
+            node(base_url, env)
+        assert KEY not in str(err.value)
+    # the file in ComfyUI's user directory works the same way; the node's cache key follows it
+    import folder_paths
+
+    monkeypatch.delenv("EDITLAB_LLM_ENDPOINTS")
+    old = folder_paths.get_user_directory()
+    folder_paths.set_user_directory(str(tmp_path))
+    try:
+        before = llm_nodes.owner_config_stamp()
+        (tmp_path / "editlab").mkdir()
+        (tmp_path / "editlab" / "llm_endpoints.json").write_text(json.dumps(
+            {"mine": {"base_url": "https://llm.example.org/v1", "key_env": "EDITLAB_W2I_KEY"}}))
+        assert llm_nodes.owner_config_stamp() != before
+        assert node("mine").api_key_env == "EDITLAB_W2I_KEY"
+        (tmp_path / "editlab" / "llm_endpoints.json").write_text("{broken")
+        with pytest.raises(RuntimeError, match="owner's endpoint configuration is unusable.*not valid JSON"):
+            node("mine")
+    finally:
+        folder_paths.set_user_directory(old)
+
+
+def test_a_redirect_from_the_owners_endpoint_is_an_error_naming_the_llm_input(w2i, monkeypatch):
+    from editlab.nodes.common import EditLabInputError
+
+    _, llm_nodes = w2i
+    with ChatStandIn(["stolen"]) as attacker, ChatStandIn(["x"]) as endpoint:
+        endpoint.script = [Reply(307, b"", {"Location": attacker.base_url + "/chat/completions"})]
+        bind_key(monkeypatch, endpoint.base_url, "judge")
+        llm = llm_nodes.EditLabLLM.execute(base_url="judge", model="m", api_key_env="", temperature=0.0,
+                                           timeout=5.0, max_retries=2, vision=True).result[0]
+        with pytest.raises(EditLabInputError, match="input 'llm': expected an endpoint requests may go to;.*"
+                                                    "HTTP 307, a redirect to .* not followed") as err:
+            llm_nodes.EditLabVIEScore.execute(llm=llm, instruction="x", source_image=torch.zeros(1, 32, 32, 3),
+                                              edited_image=torch.zeros(1, 32, 32, 3))
+        assert attacker.requests == [] and endpoint.calls == 1 and KEY not in str(err.value)
