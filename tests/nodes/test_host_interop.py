@@ -65,3 +65,27 @@ def test_bad_host_landmarks_name_the_input(expression):
     with pytest.raises(EditLabInputError, match="input 'image'.*none was found"):
         expression.EditLabFaceBlendshapes.execute(image=image, face_index=0, allow_no_face=False,
                                                   face_landmarks={"frames": [[]], "image_size": (512, 512)})
+
+
+def test_reference_tokens_append_to_the_hosts_reference_latent(comfy_host):
+    """ComfyUI's ReferenceLatent (the Kontext template's node) and Reference Tokens write the same conditioning key:
+    chained either way, both references reach the model, in wiring order."""
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+
+    from editlab.models.tiny import build_tiny_models
+    from editlab.nodes.tryon import EditLabReferenceTokens
+
+    tiny = build_tiny_models("flux", seed=0)
+    cond = tiny.clip.encode_from_tokens_scheduled(tiny.clip.tokenize("a bag"))
+    img_a, img_b = torch.zeros(1, 64, 64, 3), torch.ones(1, 32, 64, 3) * 0.5
+    host_latent = {"samples": tiny.vae.encode(img_a)}
+    first = ReferenceLatent.execute(cond, host_latent)
+    first = first[0] if isinstance(first, tuple) else first.result[0]
+    both = EditLabReferenceTokens.execute(first, tiny.vae, img_b, "offset", 1024).result[0]
+    refs = both[0][1]["reference_latents"]
+    assert len(refs) == 2 and torch.equal(refs[0], host_latent["samples"])
+    assert refs[1].shape[-2:] == tiny.vae.encode(img_b).shape[-2:]
+    back = ReferenceLatent.execute(EditLabReferenceTokens.execute(cond, tiny.vae, img_b, "offset", 1024).result[0],
+                                   host_latent)
+    back = back[0] if isinstance(back, tuple) else back.result[0]
+    assert len(back[0][1]["reference_latents"]) == 2
