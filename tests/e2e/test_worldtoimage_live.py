@@ -1,7 +1,9 @@
 """World-To-Image through the live server (the shipped LLM + Openverse workflow on the tiny Flux), with loopback
 stand-ins for the LLM and for Openverse: the loop runs, stops at the threshold, records references with licence;
 the planted API key reaches the stand-in's Authorization header and appears in no output, history, image metadata,
-workflow file or server log. The server runs under the loopback-only network guard (tests/conftest.py)."""
+workflow file or server log. The key is bound to the stand-in by the server's owner (issue 22: the file
+user/editlab/llm_endpoints.json in the server's user directory, written here and removed), never by the workflow. The
+server runs under the loopback-only network guard (tests/conftest.py)."""
 import json
 from pathlib import Path
 
@@ -32,11 +34,20 @@ def _respond(body):
     return {"choice": 0, "reason": "first"}
 
 
-def test_openverse_workflow_with_standins_and_the_key_never_leaks(server, workflow_inputs, tmp_path):
+@pytest.fixture
+def owner_file(server):
+    path = server.workdir / "user" / "editlab" / "llm_endpoints.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def test_openverse_workflow_with_standins_and_the_key_never_leaks(server, workflow_inputs, tmp_path, owner_file):
     workflow = load_workflow(REPO / "workflows" / "worldtoimage_openverse.json")
     api = load_workflow(REPO / "workflows" / "api" / "worldtoimage_openverse.json")
     ids = {v["class_type"]: k for k, v in api.items()}
     with ChatStandIn(responder=_respond) as llm, StandIn() as site:
+        owner_file.write_text(json.dumps({"standin": {"base_url": llm.base_url, "key_env": PLANTED_KEY_ENV}}))
         site.routes["/v1/images/"] = Reply(200, {"results": [
             {"url": site.url + "/lamp.png", "title": "Zorblax lamp", "license": "by-sa", "license_version": "4.0",
              "foreign_landing_url": "https://example.org/lamp"}]})
