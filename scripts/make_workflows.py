@@ -985,9 +985,10 @@ def worldtoimage_openverse():
     g = Graph("World-To-Image: LLM + Openverse")
     g.add_note(note("World-To-Image: LLM + Openverse",
                     "The full agent: an **OpenAI-compatible LLM** (here a local Ollama at 127.0.0.1:11434 serving a "
-                    "vision model; for OpenAI set base_url to https://api.openai.com/v1, model to e.g. gpt-4o and "
-                    "api_key_env to the NAME of the variable holding your key: the key itself never goes in the "
-                    "workflow) diagnoses each attempt, rewrites the prompt and chooses search queries; **Web Image "
+                    "vision model; for OpenAI the server's owner declares the endpoint and its key variable in "
+                    "EDITLAB_LLM_ENDPOINTS or user/editlab/llm_endpoints.json, and base_url names it, e.g. openai, "
+                    "with model e.g. gpt-4o: neither the key nor its variable goes in the workflow) diagnoses each "
+                    "attempt, rewrites the prompt and chooses search queries; **Web Image "
                     "Search** asks Openverse for openly licensed references (licence and source URL recorded, every "
                     "download through the guarded client); the **Image Scorer** has the same LLM judge each image; the "
                     "agent keeps the best and stops at the threshold. The agent node shows the history (JSON) when it "
