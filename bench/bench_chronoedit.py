@@ -14,16 +14,12 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if "editlab" not in sys.modules:
-    pkg = types.ModuleType("editlab")
-    pkg.__path__ = [str(ROOT)]
-    sys.modules["editlab"] = pkg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (benchlib), also under python -P
+from benchlib import figure, sized  # noqa: E402
 
 
 def host(cpu: bool):
@@ -121,6 +117,12 @@ def measure(size: int, frames: int, steps: int, k: int, repeats: int, cpu: bool)
           f"{work['reasoning'] / work['plain']:.2f} ({work['reasoning']} / {work['plain']}; attention alone, "
           f"frames^2 x steps: {attention:.2f})")
     mem_ratio = m["reasoning"] / m["plain"] if m["plain"] else float("nan")
+    figure("time_ratio", t["reasoning"] / t["plain"], f"{t['reasoning'] / t['plain']:.2f}x",
+           f"reasoning edit ({frames} frames for {k} of {steps} steps) over the plain edit, tiny Wan, {size} px")
+    figure("time_ratio_expected", work["reasoning"] / work["plain"], f"{work['reasoning'] / work['plain']:.2f}x",
+           "the same, expected from latent frames x steps")
+    figure("peak_ratio", mem_ratio, f"{mem_ratio:.2f}x", f"peak memory of the reasoning edit over the plain edit "
+                                                       f"({'CUDA allocator' if device.type == 'cuda' else 'CPU RSS'})")
     print(f"  peak   plain {m['plain'] / 2**20:8.1f} MB   reasoning {m['reasoning'] / 2**20:8.1f} MB   "
           f"ratio {mem_ratio:.2f}   expected from frames at the widest step {frames / 2:.2f} "
           f"(attention alone: {(frames / 2) ** 2:.2f})")
@@ -129,11 +131,11 @@ def measure(size: int, frames: int, steps: int, k: int, repeats: int, cpu: bool)
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=256, help="edit side in px (a multiple of 16)")
-    parser.add_argument("--frames", type=int, default=8, help="latent frames with reasoning (authors: 8)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--k", type=int, default=5, help="reasoning steps before the drop")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=sized(256, 64), help="edit side in px (a multiple of 16)")
+    parser.add_argument("--frames", type=int, default=sized(8, 4), help="latent frames with reasoning (authors: 8)")
+    parser.add_argument("--steps", type=int, default=sized(10, 2))
+    parser.add_argument("--k", type=int, default=sized(5, 1), help="reasoning steps before the drop")
+    parser.add_argument("--repeats", type=int, default=sized(3, 1))
     parser.add_argument("--gpu", action="store_true", help="run on the GPU where there is one")
     a = parser.parse_args()
     if not a.gpu and os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":  # see the module's docstring

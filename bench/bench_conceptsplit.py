@@ -6,19 +6,15 @@ The ratios are what carries over; the absolute times (a CPU, a tiny model) do no
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if "editlab" not in sys.modules:
-    pkg = types.ModuleType("editlab")
-    pkg.__path__ = [str(ROOT)]
-    sys.modules["editlab"] = pkg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (benchlib), also under python -P
+from benchlib import figure, sized  # noqa: E402
 
 PROMPT = "a photo of a dog and a cat"
-STEPS, LODA_STEPS = 20, 10
+STEPS, LODA_STEPS, SIDE = sized((20, 10, 16), (2, 1, 8))  # SIDE: latent side
 
 
 def host():
@@ -43,9 +39,9 @@ def _adapter(family, dims, token, seed):
     return LoadedToVA(a.eval().requires_grad_(False), token)
 
 
-def _interleaved(runs: dict, repeats: int) -> dict:
-    for fn in runs.values():
-        fn()  # warm up
+def _interleaved(runs: dict, repeats: int, warm_up: bool = sized(True, False)) -> dict:
+    for fn in runs.values() if warm_up else ():
+        fn()
     times = {k: [] for k in runs}
     for _ in range(repeats):  # interleaved, so drift hits all alike
         for k, fn in runs.items():
@@ -58,7 +54,7 @@ def _interleaved(runs: dict, repeats: int) -> dict:
 ARCHS = {"sd15": (4, 5.0), "flux": (16, 1.0)}  # latent channels, cfg
 
 
-def measure(arch="sd15", repeats=5):
+def measure(arch="sd15", repeats=sized(5, 1)):
     import comfy.sample
     import comfy.samplers
 
@@ -74,7 +70,7 @@ def measure(arch="sd15", repeats=5):
     tova, = EditLabToVAApply.execute(model=tiny.model, clip=tiny.clip, prompt=PROMPT, strength=1.0,
                                      adapter_1=_adapter(family, dims, "dog", 1),
                                      adapter_2=_adapter(family, dims, "cat", 2)).result
-    latent = torch.zeros(1, channels, 16, 16)
+    latent = torch.zeros(1, channels, SIDE, SIDE)
     noise = comfy.sample.prepare_noise(latent, 0)
     sigmas = comfy.samplers.calculate_sigmas(tiny.model.get_model_object("model_sampling"), "simple", STEPS)
     euler = comfy.samplers.sampler_object("euler")
@@ -93,7 +89,7 @@ def measure(arch="sd15", repeats=5):
         pooled = pos[0][1].get("pooled_output")
         mutation = torch.autograd.graph.allow_mutation_on_saved_tensors()
         with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model), mutation:
-            x = torch.randn(rows, channels, 16, 16, requires_grad=True)
+            x = torch.randn(rows, channels, SIDE, SIDE, requires_grad=True)
             extra = base.extra_conds(cross_attn=ctx.clone(), noise=x, device=x.device,
                                      pooled_output=None if pooled is None else pooled.expand(rows, -1).clone())
             conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
@@ -109,7 +105,13 @@ if __name__ == "__main__":
     for arch, (_, cfg) in ARCHS.items():
         t = measure(arch)
         floor = (t["plain"] + LODA_STEPS * t["fwd_bwd"]) / t["plain"]
-        print(f"tiny {arch}, {STEPS} euler steps, cfg {cfg:g}, 16x16 latent: plain {t['plain'] * 1000:.1f} ms")
+        figure(f"tova_overhead_{arch}", t["tova"] / t["plain"], f"{t['tova'] / t['plain']:.3f}x",
+               f"ToVA (two adapters) over plain sampling, tiny {arch}")
+        figure(f"loda_ratio_{arch}", t["loda"] / t["plain"], f"{t['loda'] / t['plain']:.2f}x",
+               f"LODA ({LODA_STEPS} steps + AFG) over plain sampling, tiny {arch}")
+        figure(f"loda_floor_{arch}", floor, f"{floor:.2f}x",
+               f"LODA's floor (plain + forward-and-backward x {LODA_STEPS}) over plain, tiny {arch}")
+        print(f"tiny {arch}, {STEPS} euler steps, cfg {cfg:g}, {SIDE}x{SIDE} latent: plain {t['plain'] * 1000:.1f} ms")
         print(f"  ToVA (two adapters, rank 32): {t['tova'] * 1000:.1f} ms, overhead ratio "
               f"{t['tova'] / t['plain']:.3f}x")
         print(f"  LODA ({LODA_STEPS} steps + AFG): {t['loda'] * 1000:.1f} ms, ratio {t['loda'] / t['plain']:.2f}x; "

@@ -5,22 +5,18 @@ import os
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if "editlab" not in sys.modules:
-    pkg = types.ModuleType("editlab")
-    pkg.__path__ = [str(ROOT)]
-    sys.modules["editlab"] = pkg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (benchlib), also under python -P
+from benchlib import figure, sized  # noqa: E402
 
 from editlab.models.expression.blendshapes import FaceEncoder, landmarker_path  # noqa: E402
 from editlab.models.expression.dataset import face_crop  # noqa: E402
 
 
-def crop_ms(faces, image, repeats=20):
+def crop_ms(faces, image, repeats=sized(20, 2)):
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -29,7 +25,7 @@ def crop_ms(faces, image, repeats=20):
     return 1000 * statistics.median(times)
 
 
-def median_ms(encoder, image, repeats=20):
+def median_ms(encoder, image, repeats=sized(20, 2)):
     encoder.faces(image)  # warm up
     times = []
     for _ in range(repeats):
@@ -52,6 +48,11 @@ if __name__ == "__main__":
     pair = median_ms(encoder, np.concatenate([astronaut, grace], 1))
     crop = crop_ms(encoder.faces(astronaut), astronaut)
     encoder.close()
+    figure("portrait_ms", portrait, f"{portrait:.1f} ms", "blendshapes of a 512x512 portrait, CPU")
+    figure("two_faces_over_portrait", pair / portrait, f"{pair / portrait:.1f}x",
+           "a 1024x512 two-face picture (windowed search) over the portrait")
+    figure("crop_over_encoding", crop / portrait, f"{crop / portrait:.2f}x",
+           "the training's square face crop over the encoding")
     print(f"blendshapes per image, CPU: 512x512 portrait {portrait:.1f} ms; 1024x512 two-face picture "
           f"{pair:.1f} ms (windowed search: {pair / portrait:.1f}x)")
     print(f"square face crop to 512x512 for training: {crop:.1f} ms per photo ({crop / portrait:.2f}x the encoding)")

@@ -2,7 +2,8 @@
 
 Client overhead = (wall time of ./editlab's run_workflow: convert, check, queue, follow, download)
                   / (the server's own execution time, execution_start -> execution_success).
-Prints the numbers measured in this run and appends them to bench/results/harness.csv.
+Prints the numbers measured in this run and appends them to bench/results/harness.csv. The smoke run (benchlib)
+times one run of a small workflow and appends nothing.
 """
 import csv
 import json
@@ -10,18 +11,19 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if "editlab" not in sys.modules:
-    pkg = types.ModuleType("editlab")
-    pkg.__path__ = [str(ROOT)]
-    sys.modules["editlab"] = pkg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (benchlib), also under python -P
+from benchlib import ROOT, SMOKE, figure, sized  # noqa: E402
 
 from editlab.client.cli import run_workflow  # noqa: E402
 from editlab.client.server import HeadlessServer  # noqa: E402
 from editlab.client.workflow import load_workflow  # noqa: E402
+
+
+# the workflow timed, and its sampler's node id (each run sets another seed, so the server's cache never answers);
+# the smoke run: one small workflow instead of the tour
+WORKFLOW, SEED_NODE = sized(("editlab_tour.json", 10), ("tryon_flux_fill.json", 15))
 
 
 def server_seconds(entry):
@@ -29,17 +31,17 @@ def server_seconds(entry):
     return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
 
 
-def main(runs: int = 10):
+def main(runs: int = sized(10, 1)):
     t0 = time.monotonic()
     with HeadlessServer(cpu=True) as srv:
         start_s = time.monotonic() - t0  # start() returns once /object_info has answered
-        workflow = load_workflow(ROOT / "workflows" / "editlab_tour.json")  # UI format: conversion included
+        workflow = load_workflow(ROOT / "workflows" / WORKFLOW)  # UI format: conversion included
         client = srv.client
         walls, execs = [], []
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(runs + 1):
                 t = time.monotonic()
-                run_workflow(client, workflow, [f"10.seed={100 + i}"], Path(tmp), show_progress=False,
+                run_workflow(client, workflow, [f"{SEED_NODE}.seed={100 + i}"], Path(tmp), show_progress=False,
                              tiny="always")
                 wall = time.monotonic() - t
                 history = client.get_json("/history?max_items=1")
@@ -51,8 +53,14 @@ def main(runs: int = 10):
     wall_med, exec_med = statistics.median(walls), statistics.median(execs)
     ratio = wall_med / exec_med
     print(f"server start to /object_info: {start_s:.1f} s")
-    print(f"tour workflow, median of {runs}: client wall {wall_med * 1000:.0f} ms, server execution "
+    print(f"{WORKFLOW}, median of {runs}: client wall {wall_med * 1000:.0f} ms, server execution "
           f"{exec_med * 1000:.0f} ms, overhead ratio {ratio:.2f}x ({(wall_med - exec_med) * 1000:.0f} ms per workflow)")
+    figure("server_start_s", start_s, f"{start_s:.1f} s", "server start to /object_info (CPU)")
+    figure("client_overhead", ratio, f"{ratio:.2f}x",
+           f"client wall time per workflow over the server's own execution ({WORKFLOW}: "
+           f"{(wall_med - exec_med) * 1000:.0f} ms more a workflow)")
+    if SMOKE:  # no row in the results CSV for a smoke run
+        return {"server_start_s": start_s, "client_wall_s": wall_med, "server_exec_s": exec_med, "ratio": ratio}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "harness.csv", "a", newline="") as f:

@@ -18,32 +18,32 @@ First, correctness at those sizes on the GPU (``check_rows``: errors against SDP
 with tolerances; appended to out/bench/kernels_check.csv; the script exits non-zero if one is above its tolerance).
 Rows are appended to out/bench/kernels.csv with the device, torch and Triton versions. Without a CUDA GPU the
 script says so, runs its own code at toy sizes on the CPU through the torch references (``dry_run``), and exits 0.
+The smoke run (benchlib) on a GPU: the same checks and rows through the Triton kernels at small sizes (``SMALL``),
+nothing appended to the CSV files; without a GPU, the dry run as at full size.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-ROOT = Path(__file__).resolve().parent.parent
-if "editlab" not in sys.modules:
-    pkg = types.ModuleType("editlab")
-    pkg.__path__ = [str(ROOT)]
-    sys.modules["editlab"] = pkg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (benchlib), also under python -P
+from benchlib import ROOT, SMOKE, figure, note  # noqa: E402
 
 from editlab.kernels.attention import attention  # noqa: E402
 from editlab.kernels.sae import decode, encode  # noqa: E402
 from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder  # noqa: E402
 
 OUT = ROOT / "out" / "bench" / "kernels.csv"
+SMALL = {"attention": dict(img=256, txt=77, heads=2, dim=64, n_keys=3), "sae": dict(n=256, d=128, m=2048, k=16)}
 CHECK = ROOT / "out" / "bench" / "kernels_check.csv"  # correctness at the same sizes, on the same device
 
 
@@ -277,20 +277,52 @@ def dry_run():
     rows += decoder_rows(n=64, d=32, m=256, k=4, device="cpu", timer=cpu_measure, kernels="reference")[:2]
     rows += attention_rows(img=64, txt=13, heads=2, dim=64, n_keys=3, dtype=torch.float32, device="cpu",
                            timer=cpu_measure, kernels="reference")
-    assert len(rows) == 2 + 2 + 7 and all(r[2] >= 0 for r in rows)
+    assert len(rows) == 2 + 2 + 7 and all(r[2] >= 0 and math.isfinite(r[4]) for r in rows), rows
     checks = check_rows(img=64, txt=13, heads=2, dim=64, n_keys=3, n=64, d=32, m=256, k=4, device="cpu",
                         kernels="reference")
     assert checks and all(err <= tol for _, _, err, tol in checks), checks
     return rows
 
 
+def gpu_smoke():
+    """On a GPU in the smoke run: the checks and the rows through the Triton kernels at small sizes."""
+    checks = check_rows(**SMALL["attention"], **SMALL["sae"])
+    for case, what, err, tol in checks:
+        print(f"check {case:44s} {what:46s} {err:.2e} (tolerance {tol:.0e}) {'ok' if err <= tol else 'FAILED'}")
+    rows = sae_rows(**SMALL["sae"]) + decoder_rows(**SMALL["sae"]) + attention_rows(**SMALL["attention"])
+    for case, impl, ms, mib, ratio in rows:
+        print(f"{case:48s} {impl:36s} {ms:9.3f} ms {mib:9.1f} MiB  x{ratio:.2f}")
+    record(rows)
+    failed = [c for c in checks if not c[2] <= c[3]]
+    if failed:
+        raise SystemExit(f"{len(failed)} correctness checks above tolerance: {failed}")
+    return rows
+
+
+def record(rows):
+    """The headline ratios as bench figures (benchlib): each kernel's speed over its baseline."""
+    wanted = {"triton kernels": ("sae_step_speedup", "SAE training step through the kernels over eager torch"),
+              "kernel: out+lse+maps": ("maps_vs_sdpa", "attention + maps over SDPA alone (flash backend)"),
+              "materialised / kernel (speed-up)": ("maps_vs_materialised", "attention + maps over materialising")}
+    for case, impl, ms, mib, ratio in rows:
+        if case.startswith("sae_decode") and impl == "triton kernels":
+            figure("decoder_vs_embedding_bag", ratio, f"{ratio:.2f}x", "sparse decoder fwd + bwd over embedding_bag")
+        elif impl in wanted and not case.startswith("sae_decode"):
+            key, label = wanted[impl]
+            figure(key, ratio, f"{ratio:.2f}x", f"{label}, {case}")
+
+
 def main():
     if not torch.cuda.is_available():
         t = time.monotonic()
         dry_run()
+        note("needs a CUDA GPU: none here, so it ran its dry run on the CPU (the bench's code through the torch "
+             "references at toy sizes) and measured nothing")
         print(f"bench_kernels: needs a CUDA GPU (none here); a dry run of its code on the CPU passed in "
               f"{time.monotonic() - t:.2f} s. Run `python bench/bench_kernels.py` on a GPU machine.")
         return []
+    if SMOKE:
+        return gpu_smoke()
     import triton
 
     device = torch.cuda.get_device_name()
@@ -322,6 +354,7 @@ def main():
     for case, impl, ms, mib, ratio in rows:
         print(f"{case:48s} {impl:36s} {ms:9.3f} ms {mib:9.1f} MiB  x{ratio:.2f}")
     print(f"appended to {OUT} and {CHECK}")
+    record(rows)
     if failed:
         raise SystemExit(f"{len(failed)} correctness checks above tolerance: {failed}")
     return rows

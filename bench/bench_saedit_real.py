@@ -11,16 +11,12 @@ import json
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if "editlab" not in sys.modules:
-    pkg = types.ModuleType("editlab")
-    pkg.__path__ = [str(ROOT)]
-    sys.modules["editlab"] = pkg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (benchlib), also under python -P
+from benchlib import figure, sized  # noqa: E402
 
 from editlab.models.saedit.direction import direction_from_pairs  # noqa: E402
 from editlab.models.saedit.edit import decoded_delta  # noqa: E402
@@ -81,6 +77,7 @@ def study(n_prompts=4000, dict_size=4096, top_k=32, epochs=20, batch_size=1024, 
         rand = rand / rand.norm()
         randoms.append(cos(decoded_delta(sae, rand)))
     return {"tokens": int(tokens.shape[0]), "width": encoder.width, "dict_size": dict_size, "top_k": top_k,
+            "n_pairs": n_pairs,
             "fvu": stats["fvu"], "l0": stats["l0"], "dead_fraction": stats["dead_fraction"],
             "direction_features": n_features, "cos_direction": cos_direction,
             "cos_random_mean": statistics.mean(randoms), "cos_random_max": max(randoms),
@@ -88,11 +85,22 @@ def study(n_prompts=4000, dict_size=4096, top_k=32, epochs=20, batch_size=1024, 
 
 
 if __name__ == "__main__":
-    r = study()
+    r = study(**sized({}, {"n_prompts": 60, "dict_size": 256, "top_k": 8, "epochs": 1, "batch_size": 256,
+                           "n_pairs": 4, "n_heldout": 4, "n_random": 3}))
+    ratio = r["cos_direction"] / max(abs(r["cos_random_mean"]), 1e-6)
     print(f"MiniLM ({r['width']}-d), {r['tokens']} tokens, dictionary {r['dict_size']}, k={r['top_k']}: "
           f"FVU {r['fvu']:.3f}, L0 {r['l0']:.1f}, dead latents {100 * r['dead_fraction']:.1f}%")
-    print(f"direction 'smiling' from 20 pairs ({r['direction_features']} features): held-out cosine with the true "
-          f"subject-token change {r['cos_direction']:.3f} vs random directions {r['cos_random_mean']:.3f} "
-          f"(max {r['cos_random_max']:.3f}); ratio {r['cos_direction'] / max(abs(r['cos_random_mean']), 1e-6):.1f}x")
+    print(f"direction 'smiling' from {r['n_pairs']} pairs ({r['direction_features']} features): held-out cosine with "
+          f"the true subject-token change {r['cos_direction']:.3f} vs random directions {r['cos_random_mean']:.3f} "
+          f"(max {r['cos_random_max']:.3f}); ratio {ratio:.1f}x")
     print(f"SAE training throughput on this CPU: {r['train_tokens_per_s']:.0f} tokens/s")
     print(json.dumps(r))
+    what = f"MiniLM, {r['tokens']} tokens, dictionary {r['dict_size']}, k {r['top_k']}"
+    figure("fvu", r["fvu"], f"{r['fvu']:.3f}", f"FVU of an SAE trained on real token embeddings ({what})")
+    figure("dead_fraction", r["dead_fraction"], f"{100 * r['dead_fraction']:.1f}%", "dead latents, same SAE")
+    figure("cos_direction", r["cos_direction"], f"{r['cos_direction']:.3f}",
+           f"held-out cosine of a direction from {r['n_pairs']} pairs with the true token change")
+    figure("cos_random_mean", r["cos_random_mean"], f"{r['cos_random_mean']:.3f}",
+           "the same for random directions (mean)")
+    figure("train_tokens_per_s", r["train_tokens_per_s"], f"{r['train_tokens_per_s']:.0f} tokens/s",
+           "SAE training throughput on this CPU")

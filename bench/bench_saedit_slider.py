@@ -5,16 +5,12 @@ Both measured in this run on this machine; the ratio is what carries over, the a
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if "editlab" not in sys.modules:
-    pkg = types.ModuleType("editlab")
-    pkg.__path__ = [str(ROOT)]
-    sys.modules["editlab"] = pkg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (benchlib), also under python -P
+from benchlib import figure, sized  # noqa: E402
 
 
 def host():
@@ -83,10 +79,19 @@ def training_throughput(width=4096, dict_size=16384, top_k=64, tokens=8192, batc
 
 if __name__ == "__main__":
     host()
+    steps, repeats = sized(20, 3), sized(15, 2)
     for cfg in (1.0, 3.5):
-        plain, slid, n_plain, n_slid = slider_overhead(cfg)
-        print(f"tiny Flux, 20 euler steps, cfg {cfg:g}, 16x16 latent: plain {plain * 1000:.1f} ms ({n_plain} model "
-              f"calls), with SAE slider {slid * 1000:.1f} ms ({n_slid} calls): overhead ratio {slid / plain:.3f}x "
-              f"(target <= 1.10x)")
-    tps = training_throughput()
-    print(f"SAE training at T5-XXL width (4096 -> 16384 latents, k=64), torch on this CPU: {tps:.0f} tokens/s")
+        plain, slid, n_plain, n_slid = slider_overhead(cfg, steps, repeats)
+        ratio = figure(f"overhead_cfg{cfg:g}", slid / plain, f"{slid / plain:.2f}x",
+                       f"SAE slider over plain sampling, tiny Flux, cfg {cfg:g} (target <= 1.10x)")
+        figure(f"model_calls_cfg{cfg:g}", n_slid / n_plain, f"{n_slid} vs {n_plain}",
+               f"model calls with the slider vs plain, cfg {cfg:g}, {steps} steps")
+        print(f"tiny Flux, {steps} euler steps, cfg {cfg:g}, 16x16 latent: plain {plain * 1000:.1f} ms "
+              f"({n_plain} model calls), with SAE slider {slid * 1000:.1f} ms ({n_slid} calls): overhead ratio "
+              f"{ratio:.3f}x (target <= 1.10x)")
+    width, dict_size = sized((4096, 16384), (256, 1024))
+    tps = training_throughput(width, dict_size, top_k=sized(64, 16), tokens=sized(8192, 1024), batch=sized(2048, 512))
+    figure("sae_train_tokens_per_s", tps, f"{tps:.0f} tokens/s",
+           f"SAE training at width {width} -> {dict_size} latents, torch on this CPU")
+    print(f"SAE training at width {width} (-> {dict_size} latents, k={sized(64, 16)}; T5-XXL's at full size), "
+          f"torch on this CPU: {tps:.0f} tokens/s")

@@ -8,26 +8,23 @@ pack's trainer: FVU and dead fraction no worse than the baseline's, L0 at infere
 """
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if "editlab" not in sys.modules:
-    pkg = types.ModuleType("editlab")
-    pkg.__path__ = [str(ROOT)]
-    sys.modules["editlab"] = pkg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (benchlib), also under python -P
+from benchlib import figure, sized  # noqa: E402
 
 from editlab.models.saedit.hf_encoder import LocalTextEncoder  # noqa: E402
 from editlab.models.saedit.prompts import corpus  # noqa: E402
 from editlab.models.saedit.sae import SAEConfig  # noqa: E402
 from editlab.models.saedit.train import TrainConfig, train_sae  # noqa: E402
 
-DICT, K, EPOCHS, BATCH, LR = 3072, 32, 6, 1024, 1e-3
+DICT, K, EPOCHS, BATCH, LR = sized((3072, 32, 6, 1024, 1e-3), (256, 8, 1, 256, 1e-3))
+PROMPTS = sized(4000, 60)
 
 
-def real_tokens(n_prompts=4000, seed=0) -> torch.Tensor:
+def real_tokens(n_prompts=PROMPTS, seed=0) -> torch.Tensor:
     encoder = LocalTextEncoder()
     return torch.cat([t for t, _ in encoder.encode(corpus(n_prompts, seed=seed))])
 
@@ -91,7 +88,16 @@ if __name__ == "__main__":
     for name, r in rows.items():  # the third: the authors' BatchTopK + threshold, for reference
         print(f"{name:24s} FVU {r['fvu']:.4f}  dead {100 * r['dead_fraction']:5.1f}%  L0 at inference "
               f"{r['l0']:5.1f} (k {K})  {r['seconds']:.1f} s")
-    base, ours = rows["plain TopK (baseline)"], rows["EditLab trainer"]
+    base, ours, batch = rows["plain TopK (baseline)"], rows["EditLab trainer"], rows["EditLab, batch_topk"]
     print(f"targets: FVU {ours['fvu']:.4f} <= {base['fvu']:.4f}: {ours['fvu'] <= base['fvu']}; dead "
           f"{ours['dead_fraction']:.3f} <= {base['dead_fraction']:.3f}: {ours['dead_fraction'] <= base['dead_fraction']}"
           f"; L0 within 10% of k: {abs(ours['l0'] - K) <= 0.1 * K}; time ratio {ours['seconds'] / base['seconds']:.2f}x")
+    what = f"{tokens.shape[0]} MiniLM tokens, dictionary {DICT}, k {K}, {EPOCHS} epochs"
+    figure("fvu_pack", ours["fvu"], f"{ours['fvu']:.4f}", f"FVU of the pack's trainer (TopK), {what}")
+    figure("fvu_plain", base["fvu"], f"{base['fvu']:.4f}", "FVU of the plain TopK SAE at equal budget")
+    figure("fvu_batch_topk", batch["fvu"], f"{batch['fvu']:.4f}", "FVU of the pack's trainer, BatchTopK + threshold")
+    figure("dead_pack", ours["dead_fraction"], f"{100 * ours['dead_fraction']:.1f}%",
+           f"dead latents, pack's trainer (plain: {100 * base['dead_fraction']:.1f}%)")
+    figure("l0_pack", ours["l0"], f"{ours['l0']:.1f}", f"L0 at inference, pack's trainer (k {K})")
+    figure("time_ratio", ours["seconds"] / base["seconds"], f"{ours['seconds'] / base['seconds']:.2f}x",
+           "the pack's trainer's time over the plain TopK SAE's")

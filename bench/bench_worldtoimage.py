@@ -9,19 +9,15 @@ network round trips do); the absolute times (a CPU, a tiny model, loopback) do n
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if "editlab" not in sys.modules:
-    pkg = types.ModuleType("editlab")
-    pkg.__path__ = [str(ROOT)]
-    sys.modules["editlab"] = pkg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (benchlib), also under python -P
+from benchlib import ROOT, figure, sized  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback stand-ins the tests use
 
-ITERATIONS, RUNS, SIDE, STEPS = 4, 3, 128, 8
+ITERATIONS, RUNS, SIDE, STEPS = sized((4, 3, 128, 8), (2, 1, 32, 1))
 
 
 def host():
@@ -120,6 +116,10 @@ def main():
         print(f"  {k:<11} {per_it[k] * 1000:8.1f} ms  ({per_it[k] / per_it['wall']:5.1%})")
     print(f"  {'other':<11} {other * 1000:8.1f} ms  ({other / per_it['wall']:5.1%})")
     print(f"  {'total':<11} {per_it['wall'] * 1000:8.1f} ms")
+    figure("iteration_ms", per_it["wall"] * 1000, f"{per_it['wall'] * 1000:.0f} ms",
+           f"World-To-Image per iteration, tiny Flux {SIDE}x{SIDE}, {STEPS} steps, loopback stand-ins")
+    for k in ("generation", "retrieval", "planning", "scoring"):
+        figure(f"share_{k}", per_it[k] / per_it["wall"], f"{per_it[k] / per_it['wall']:.1%}", f"{k}'s share of it")
 
 
 if __name__ == "__main__":
