@@ -231,11 +231,10 @@ def test_half_precision_storage(layered, loras, dtype):
     _, zero = probe(tiny, m0, c0)
     w = tiny.model.model.diffusion_model.double_blocks[0].img_attn.qkv.weight
     rerounded = comfy.float.stochastic_rounding(w.float(), w.dtype, seed=1)
-    if dtype == "bf16":
-        assert torch.equal(rerounded, w)
+    if dtype == "bf16" or torch.equal(rerounded, w):
+        # bf16; and fp8 on hosts whose re-rounding keeps representable values (0.33): the base bit for bit
         assert all(torch.equal(a, b) for a, b in zip(zero, base))
-    else:
-        assert not torch.equal(rerounded, w)  # the host's fp8 re-rounding is not the identity
+    else:  # 0.3.75's fp8 re-rounding moves even representable values: the base up to it
         assert all(torch.allclose(a, b, atol=0.05, rtol=0) for a, b in zip(zero, base))
     m1, c1 = adapters(layered, tiny, pattern=loras["pattern"], ps=1.0, p0=0.0, p1=0.5)
     sigmas, ours = probe(tiny, m1, c1)
