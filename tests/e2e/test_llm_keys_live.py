@@ -114,13 +114,20 @@ def test_a_workflow_can_not_send_the_owners_key_elsewhere(row, server, owner):
 
 
 def test_the_owners_key_goes_to_the_owners_endpoint_selected_by_name(server, owner):
-    with ChatStandIn(['{"scores": [8, 6], "reasoning": "fine"}']) as good:
+    """... and when the owner moves the endpoint, the same workflow follows at once (the LLM node's cache key holds
+    the owner's configuration)."""
+    with ChatStandIn(['{"scores": [8, 6], "reasoning": "fine"}']) as good, \
+            ChatStandIn(['{"scores": [3, 9], "reasoning": "moved"}']) as moved:
         owner({"judge": {"base_url": good.base_url, "key_env": PLANTED_KEY_ENV}})
         entry = server.client.wait(server.client.queue(viescore("judge")), timeout=300)
+        owner({"judge": {"base_url": moved.base_url}})  # moved, and no key any more
+        again = server.client.wait(server.client.queue(viescore("judge")), timeout=300)
         auth = [{k.lower(): v for k, v in r["headers"].items()}.get("authorization") for r in good.chats()]
+        assert moved.chats() and not _secret_in(moved.requests) and len(good.chats()) == 2
     assert auth and all(a == f"Bearer {PLANTED_KEY}" for a in auth)
     text = "\n".join(t for _, _, t in text_outputs(entry))
     assert '"semantic_consistency": 6.0' in text and PLANTED_KEY not in text
+    assert '"semantic_consistency": 3.0' in "\n".join(t for _, _, t in text_outputs(again))
     assert PLANTED_KEY.encode() not in server.log_path.read_bytes()
 
 
