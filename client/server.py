@@ -115,12 +115,15 @@ class HeadlessServer:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         copy_example_inputs(self.workdir / "input")
         if self.base_directory is not None:
-            self.base_directory.mkdir(parents=True, exist_ok=True)
+            for sub in ("models", "custom_nodes"):  # the host scans base/custom_nodes at start and dies without it
+                (self.base_directory / sub).mkdir(parents=True, exist_ok=True)
         cmd = server_command(self.port, self.workdir, self.cpu, self.base_directory)
         log.info("starting ComfyUI: %s", " ".join(cmd))
         self._log = open(self.log_path, "ab")
+        # main.py imports its own modules from its folder: safe-path mode (the tests run in it) must not reach it
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
         self.proc = subprocess.Popen(cmd, cwd=str(comfyui_path()), stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                     stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
         try:
             deadline = time.monotonic() + self.start_timeout
             while time.monotonic() < deadline:

@@ -387,7 +387,7 @@ class _LODASampler(host.Sampler):
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         from ..models.conceptsplit.loda import loda_sample
-        from ..models.expression.train import frozen_for_autograd
+        from ..models.frozen import frozen_for_autograd
 
         if self.n_steps > len(sigmas) - 1:
             raise EditLabInputError("loda_steps", f"at most the {len(sigmas) - 1} sampling steps", self.n_steps)

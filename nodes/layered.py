@@ -190,7 +190,7 @@ def train_lora_stage(model, data: list, rank: int, steps: int, lr: float, seed: 
     initial LoRA weights, ``data_seed`` (default ``seed``) the pairs, sigmas and noise (data-parallel processes share
     the first and differ in the second).
     Returns (LoRA tensors in LoraLoader's format, stats)."""
-    from ..models.expression.train import frozen_for_autograd
+    from ..models.frozen import frozen_for_autograd
     from ..models.layered.train import train_stage
 
     with torch.inference_mode(False):  # the server runs nodes in inference mode; trainable layers must not be

@@ -13,11 +13,11 @@ The objective is the one the network was trained with, read from its ``model_sam
 """
 from __future__ import annotations
 
-import contextlib
-import sys
 from typing import Callable
 
 import torch
+
+from ..frozen import frozen_for_autograd
 
 RAW_OUTPUT_WRAPPER = "editlab_raw_output"
 DIFFUSION_MODEL_WRAPPERS = "diffusion_model"  # the host's WrappersMP.DIFFUSION_MODEL key in transformer options
@@ -99,70 +99,6 @@ def train_adapter(adapter, patch, latents: torch.Tensor, values: torch.Tensor, p
         patch.training = False
     adapter.eval()
     return {"loss_before": before, "loss_after": after, "steps": steps, "images": int(latents.shape[0])}
-
-
-def _untracked(t: torch.Tensor) -> bool:
-    """True for a tensor autograd cannot save: an inference tensor, or a parameter made in inference mode whose
-    data was replaced outside it (what a stock loader's weights become when moved to the GPU outside inference
-    mode): not flagged as inference, yet without a version counter."""
-    if t.is_inference():
-        return True
-    try:
-        t._version
-    except RuntimeError:
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def host_training_flag():
-    """The host's own "a backward pass follows" flag (``comfy.model_management.in_training``, which its LoRA trainer
-    sets), set within the block and restored after: newer hosts route Flux's rope (and other ops) through fused
-    kernels that have no gradient unless it is set. Nothing happens where the host is not loaded or has no flag."""
-    mm = sys.modules.get("comfy.model_management")
-    if mm is None or not hasattr(mm, "in_training"):
-        yield
-        return
-    before = mm.in_training
-    mm.in_training = True
-    try:
-        yield
-    finally:
-        mm.in_training = before
-
-
-@contextlib.contextmanager
-def frozen_for_autograd(module: torch.nn.Module):
-    """Within the block, gradients can flow through ``module`` to something outside it (an adapter) while none of
-    its parameters trains: parameters are frozen, and inference tensors (made while ComfyUI ran a node in inference
-    mode, which autograd cannot save for backward, and parameters made in inference mode and moved outside it:
-    ``_untracked``) are swapped for ordinary copies. On exit the module holds its original tensor objects with
-    their original flags again, so the MODEL other nodes share is left as it was. The host's training flag is set
-    meanwhile (:func:`host_training_flag`).
-    Enter it outside inference mode: copies made inside it would be inference tensors again."""
-    swapped, flags = [], []
-    try:
-        for sub in module.modules():
-            for name, p in list(sub._parameters.items()):
-                if p is None:
-                    continue
-                if _untracked(p):
-                    swapped.append((sub._parameters, name, p))
-                    sub._parameters[name] = torch.nn.Parameter(p.data.clone(), requires_grad=False)
-                else:
-                    flags.append((p, p.requires_grad))
-                    p.requires_grad_(False)
-            for name, b in list(sub._buffers.items()):
-                if b is not None and _untracked(b):
-                    swapped.append((sub._buffers, name, b))
-                    sub._buffers[name] = b.data.clone()
-        with host_training_flag():
-            yield module
-    finally:
-        for table, name, original in reversed(swapped):
-            table[name] = original
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def raw_predictor(base, context: torch.Tensor, pooled: torch.Tensor | None, resolution: int, device,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -97,14 +98,20 @@ def test_sigterm_to_a_serving_client_stops_the_server_and_frees_its_port(tmp_pat
 
     port = free_port()
     client = _start_serve(tmp_path, port)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(client.stdout), daemon=True)
+    reader.start()
     try:
         child = _server_child(client)
+        _wait(lambda: any("ComfyUI with EditLab at" in line for line in lines) or client.poll() is not None, 300,
+              "the client to say it serves")
+        assert client.poll() is None, "".join(lines)
         api = ComfyClient(f"http://127.0.0.1:{port}")
-        _wait(lambda: api.ping(timeout=2.0) or client.poll() is not None, 300, "the server to answer")
-        assert client.poll() is None, client.stdout.read()
+        assert api.ping(timeout=5.0)
         os.kill(client.pid, signal.SIGTERM)
         client.wait(timeout=60)
-        out = client.stdout.read()
+        reader.join(timeout=10)
+        out = "".join(lines)
         assert "stopped; outputs are in" in out, out
         assert not _alive(child)
         assert not api.ping(timeout=2.0)

@@ -60,7 +60,7 @@ def test_backward_through_flux_works_inside_frozen_for_autograd_and_the_flag_is_
     Layered Edit Train failed with 'no autograd formula was registered'."""
     import comfy.model_management as mm
 
-    from editlab.models.expression.train import frozen_for_autograd
+    from editlab.models.frozen import frozen_for_autograd
 
     models = tiny("flux", seed=0)
     dm = models.model.model.diffusion_model

@@ -171,7 +171,7 @@ def test_half_precision_storage_trains_and_leaves_the_model(layered, pairs_folde
 def test_gradients_through_the_hosts_flux_match_finite_differences(layered, flux):  # noqa: F811
     """The host's Flux blocks add residuals in place; with autograd's saved copies the LoRA gradients are right:
     checked against central differences on a double-block and a single-block layer."""
-    from editlab.models.expression.train import frozen_for_autograd
+    from editlab.models.frozen import frozen_for_autograd
     from editlab.nodes import host
 
     gen = torch.Generator().manual_seed(3)

@@ -1,4 +1,4 @@
-"""``frozen_for_autograd`` (models/expression/train.py), which every LoRA / adapter training in the pack wraps the
+"""``frozen_for_autograd`` (models/frozen.py), which every LoRA / adapter training in the pack wraps the
 host's network in: gradients flow through the frozen network to the trained part, whatever state the network's
 tensors are in, and the network is left with its own tensor objects and flags.
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from editlab.models.expression.train import frozen_for_autograd
+from editlab.models.frozen import frozen_for_autograd
 
 
 def network(state: str) -> nn.Module:
@@ -67,3 +67,49 @@ def test_the_moved_state_is_what_breaks_autograd_without_it():
         weight._version
     with pytest.raises(RuntimeError, match="[Ii]nference tensors"):
         loss(net, nn.Linear(4, 4), torch.randn(2, 4)).backward()
+
+
+def conv_network(state: str) -> nn.Module:
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(),
+                             nn.Conv2d(8, 4, 3, stride=2, padding=1, groups=2), nn.Flatten(), nn.Linear(64, 5))
+
+    if state == "ordinary":
+        return build()
+    with torch.inference_mode():
+        net = build()
+    if state == "moved":
+        with torch.no_grad():
+            net.to(torch.float64).to(torch.float32)
+    return net
+
+
+@pytest.mark.parametrize("state", ["inference", "moved"])
+def test_no_linear_or_convolution_weight_is_copied(state):
+    """The weights are nearly all of a diffusion model's bytes: inside the block the layers still hold the very
+    storage they had (an inference tensor is read again in backward instead of being saved), and the gradient is the
+    one an ordinary network gives."""
+    net = conv_network(state)
+    heavy = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    storage = [m.weight.data.data_ptr() for m in heavy]
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    adapter = nn.Conv2d(3, 3, 1)
+    with frozen_for_autograd(net):
+        assert [m.weight.data_ptr() for m in heavy] == storage
+        net(adapter(x)).square().sum().backward()
+    plain, reference = conv_network("ordinary"), nn.Conv2d(3, 3, 1)
+    reference.load_state_dict(adapter.state_dict())
+    plain(reference(x)).square().sum().backward()
+    assert torch.allclose(adapter.weight.grad, reference.weight.grad, atol=1e-5)
+    assert torch.allclose(adapter.bias.grad, reference.bias.grad, atol=1e-5)
+
+
+def test_gradient_to_the_input_itself_as_lodas_step_takes_it():
+    net = conv_network("inference")
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    with torch.enable_grad(), frozen_for_autograd(net):
+        grad, = torch.autograd.grad(net(x).square().sum(), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    ref, = torch.autograd.grad(conv_network("ordinary")(x2).square().sum(), x2)
+    assert torch.allclose(grad, ref, atol=1e-5)
