@@ -118,7 +118,7 @@ def frozen_for_autograd(module: torch.nn.Module):
     none of its parameters trains and none of its linear or convolution weights is copied (module docstring). On
     exit the module holds its original tensor objects with their original flags again.
     Enter it outside inference mode: copies made inside it would be inference tensors again."""
-    swapped, flags = [], []
+    swapped, flags, inference_flags = [], [], []
     try:
         for sub in module.modules():
             reread = isinstance(sub, _REREAD_MODULES)
@@ -135,7 +135,11 @@ def frozen_for_autograd(module: torch.nn.Module):
                     if not untracked(data):  # moved outside inference mode: its storage, no copy
                         new = data
                     elif reread and is_param and name in ("weight", "bias"):
-                        continue  # an inference tensor read in place by _RereadFrozenWeights: no copy
+                        # an inference tensor read in place by _RereadFrozenWeights: no copy. Frozen, so that a
+                        # cast of it (fp8 -> bf16 in the host's ops) is no path for gradients to a weight
+                        inference_flags.append((t, t.requires_grad))
+                        t.requires_grad_(False)
+                        continue
                     else:
                         new = data.clone()  # the small rest (norms, embeddings, buffers)
                     swapped.append((table, name, t))
@@ -147,3 +151,6 @@ def frozen_for_autograd(module: torch.nn.Module):
             table[name] = original
         for p, flag in flags:
             p.requires_grad_(flag)
+        with torch.inference_mode():  # the flag of an inference tensor can be set back only there
+            for p, flag in inference_flags:
+                p.requires_grad_(flag)
