@@ -306,7 +306,8 @@ def record(rows):
               "materialised / kernel (speed-up)": ("maps_vs_materialised", "attention + maps over materialising")}
     for case, impl, ms, mib, ratio in rows:
         if case.startswith("sae_decode") and impl == "triton kernels":
-            figure("decoder_vs_embedding_bag", ratio, f"{ratio:.2f}x", "sparse decoder fwd + bwd over embedding_bag")
+            figure("decoder_vs_embedding_bag", ratio, f"{ratio:.2f}x",
+                   f"sparse decoder fwd + bwd over embedding_bag, {case}")
         elif impl in wanted and not case.startswith("sae_decode"):
             key, label = wanted[impl]
             figure(key, ratio, f"{ratio:.2f}x", f"{label}, {case}")

@@ -38,7 +38,7 @@ def run_one(path: Path, size: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         figures_file = Path(tmp) / "figures.jsonl"
         env = {**os.environ, benchlib.SIZE_ENV: size, benchlib.FIGURES_ENV: str(figures_file)}
-        started = time.monotonic()
+        started, load_before = time.monotonic(), os.getloadavg()[0]
         proc = subprocess.Popen([sys.executable, "-P", str(path)], cwd=benchlib.ROOT, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1)
         err: list[str] = []
@@ -59,6 +59,8 @@ def run_one(path: Path, size: str) -> dict:
         reader.join()
         records = benchlib.read_figures(figures_file)
     return {"returncode": code, "seconds": round(time.monotonic() - started, 1),
+            # the machine's 1-minute load average before and after: other work running beside the bench
+            "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "output": "".join(out)[-lastrun.OUTPUT_CHARS:],
             "stderr_tail": "".join(err)[-4000:] if code else "",
             "figures": [{k: r[k] for k in ("key", "value", "text", "label")} for r in records if "key" in r],
