@@ -45,6 +45,9 @@ def untracked(t: torch.Tensor) -> bool:
 
 
 class _LinearRereadingWeight(torch.autograd.Function):
+    """On 2-D inputs (the caller flattens: a linear's output on more dimensions is a view, which a custom function
+    may not return when the host then adds to it in place)."""
+
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.weight = weight  # held, not saved: frozen, read again in backward
@@ -59,7 +62,8 @@ class _ConvRereadingWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, conv, x, weight, bias, stride, padding, dilation, groups):
         ctx.conv, ctx.weight, ctx.shape, ctx.args = conv, weight, x.shape, (stride, padding, dilation, groups)
-        return conv(x, weight, bias, stride, padding, dilation, groups)
+        out = conv(x, weight, bias, stride, padding, dilation, groups)
+        return out.clone() if out._base is not None else out  # conv1d runs as a squeezed conv2d: a view
 
     @staticmethod
     def backward(ctx, grad):
@@ -86,7 +90,8 @@ class _RereadFrozenWeights(torch.overrides.TorchFunctionMode):
                 if bias is not None and bias.requires_grad and not untracked(bias):
                     pass  # a bias that trains: the ordinary path
                 elif func is F.linear:
-                    return _LinearRereadingWeight.apply(x, weight, bias)
+                    flat = _LinearRereadingWeight.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+                    return flat.view(*x.shape[:-1], flat.shape[-1])
                 else:
                     stride, padding = _arg(args, kwargs, 3, "stride", 1), _arg(args, kwargs, 4, "padding", 0)
                     dilation, groups = _arg(args, kwargs, 5, "dilation", 1), _arg(args, kwargs, 6, "groups", 1)

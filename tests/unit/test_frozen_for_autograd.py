@@ -113,3 +113,21 @@ def test_gradient_to_the_input_itself_as_lodas_step_takes_it():
     x2 = x.detach().clone().requires_grad_(True)
     ref, = torch.autograd.grad(conv_network("ordinary")(x2).square().sum(), x2)
     assert torch.allclose(grad, ref, atol=1e-5)
+
+
+def test_a_linear_output_added_to_in_place_as_flux_does():
+    """Flux's blocks add to a linear's output in place (``x += ...``) on 3-D tokens: the routed linear must return
+    an ordinary tensor there, with the ordinary gradient."""
+    with torch.inference_mode():
+        torch.manual_seed(3)
+        lin = nn.Linear(6, 6)
+    x = torch.randn(2, 5, 6, requires_grad=True)
+    with torch.enable_grad(), frozen_for_autograd(lin):
+        y = lin(x)
+        y += 1.0
+        grad, = torch.autograd.grad(y.square().sum(), x)
+    plain = nn.Linear(6, 6)
+    plain.load_state_dict({k: v.clone() for k, v in lin.state_dict().items()})
+    x2 = x.detach().clone().requires_grad_(True)
+    ref, = torch.autograd.grad((plain(x2) + 1.0).square().sum(), x2)
+    assert torch.allclose(grad, ref, atol=1e-6)
