@@ -52,7 +52,8 @@ class FluxToVAPatch:
         return self
 
     def post_input(self, args: dict) -> dict:
-        if not chain_holds(args.get("transformer_options"), self):
+        # hosts that hand post_input the transformer options (0.33; 0.3.75 does not) let the chain be checked
+        if "transformer_options" in args and not chain_holds(args["transformer_options"], self):
             raise RuntimeError(
                 "EditLab ToVA Apply (Flux) acts through the model's attention override, and a node applied to the "
                 "MODEL after it replaced that override (ComfyUI's ModelAttentionBackend, or another pack's node that "
