@@ -3,7 +3,10 @@
 Authors' recipe: the concepts' cross-attention maps (K maps of H x W, taken at the 24x24 / 32x32 layers) are
 Gaussian-smoothed (kernel 7, sigma 1) and normalised to distributions over the pixels; the loss is
 ``relu(t - harmonic mean of KL(A_i || A_j) over ordered pairs i != j)`` with t = 3, and for the first N of the steps
-the latent moves by ``z <- z - step * grad`` with ``step = 20 * sqrt(linspace(1, 0.5, N))``. After that, attention
+the latent moves by ``z <- z - step_i * grad_z`` with ``step_i = 20 * sqrt(linspace(1, 0.5, T))[i]`` (T: all sampling
+steps), computed on the conditional pass only. ``z`` is the model's own latent, the network's input: ComfyUI samples
+``x = z / c_in(sigma)`` (``c_in = 1 / sqrt(1 + sigma^2)`` on eps/v models, 1 on flow models), so the step taken on x is
+``-step * grad_x / c_in^2`` (``loda_step``). After that, attention
 fixing guidance (AFG) keeps each concept inside its mask: the smoothed map at or above its 90th percentile. Here the
 maps are averaged over the UNet's cross-attention layers nearest a quarter of the latent's side (the authors'
 24x24 on SD2.1 at 768 px and 32x32 on SDXL at 1024 px; 16x16 on SD1.5 at 512 px), or over all of them
@@ -13,6 +16,8 @@ step of the wrapped sampler over ``sigmas[i:i+2]`` (multistep samplers restart t
 steps run in one call of the wrapped sampler with AFG (``AFGPatch`` on UNets, ``flux.FluxAFG`` on Flux).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -78,11 +83,24 @@ def loda_loss(maps: torch.Tensor, threshold: float = THRESHOLD, kernel: int = KE
     return F.relu(threshold - harmonic_mean_kl(gaussian_smooth(maps, kernel, sigma)))
 
 
-def step_sizes(n: int, scale: float = STEP) -> torch.Tensor:
-    """The latent step of each of the first ``n`` sampling steps: ``scale * sqrt(linspace(1, 0.5, n))``."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0; got {n}")
-    return scale * torch.linspace(1.0, 0.5, n).sqrt() if n > 1 else torch.full((n,), float(scale))
+def step_sizes(n: int, scale: float = STEP, total: int | None = None) -> torch.Tensor:
+    """The latent step of each of the first ``n`` of ``total`` sampling steps (default ``total = n``): the authors'
+    schedule over all steps, ``scale * sqrt(linspace(1, 0.5, total))``, of which LODA takes the first ``n``."""
+    total = n if total is None else int(total)
+    if n < 0 or total < n:
+        raise ValueError(f"need 0 <= n <= total; got n={n}, total={total}")
+    full = scale * torch.linspace(1.0, 0.5, total).sqrt() if total > 1 else torch.full((total,), float(scale))
+    return full[:n]
+
+
+def loda_step(model_sampling, x: torch.Tensor, sigma, grad: torch.Tensor, step: float) -> torch.Tensor:
+    """``x`` after one LODA step of size ``step`` taken, as the authors take it, on the model's own latent
+    ``z = c_in(sigma) * x`` (the host's ``calculate_input``): ``grad`` is d loss / d x, and ``z - step * d loss / d z``
+    is ``x - step * grad / c_in^2`` in the sampler's space (eps/v: ``(1 + sigma^2)``; flow: 1)."""
+    s = sigma if torch.is_tensor(sigma) else torch.tensor(float(sigma))
+    c_in = model_sampling.calculate_input(s.reshape(1).to(x.device, torch.float32),
+                                          torch.ones((1,) * x.ndim, device=x.device, dtype=torch.float32))
+    return x - step * grad / c_in.square().to(x.dtype)
 
 
 def afg_masks(maps: torch.Tensor, quantile: float = MASK_QUANTILE, kernel: int = KERNEL,
@@ -176,14 +194,16 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
         raise ValueError("LODA does not take a denoise (inpainting) mask")
     sampling = model_wrap.inner_model.model_sampling
     x = sampling.noise_scaling(sigmas[0], noise, latent_image, wrapped.max_denoise(model_wrap, sigmas))
-    sizes = step_sizes(n, scale)
     total = len(sigmas) - 1
+    sizes = step_sizes(n, scale, total)
     extra_args = dict(extra_args)
 
     def chunk(start, stop, x, args=extra_args):
         part = sigmas[start:stop + 1]
         cb = None if callback is None else (lambda i, x0, xi, _t: callback(start + i, x0, xi, total))
         f = _scale(sampling, part[0], x, wrapped.max_denoise(model_wrap, part))
+        if args.get("seed") is not None:  # ancestral / SDE samplers draw fresh noise in every chunk
+            args = {**args, "seed": int(args["seed"]) + start}
         out = wrapped.sample(model_wrap, part, args, cb, x / f, torch.zeros_like(x), None, True)
         return out if stop == total else sampling.noise_scaling(part[-1], torch.zeros_like(out), out, False)
 
@@ -193,7 +213,7 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
             should_stop()
         grad, maps = loda_gradient(model_wrap, x, sigmas[i], extra_args, concepts, layers, threshold, frozen,
                                    map_layers)
-        x = chunk(i, i + 1, x - sizes[i] * grad)
+        x = chunk(i, i + 1, loda_step(sampling, x, sigmas[i], grad, float(sizes[i])))
         if on_step is not None:
             on_step(i + 1, n)
     if n == total:
@@ -326,16 +346,31 @@ def _tap(model_wrap, extra_args, concepts, layers, size, map_layers="authors"):
     return tap, options
 
 
+@contextlib.contextmanager
+def _conditional_only(guider):
+    """The guider's model call on the conditional branch only, as the authors take LODA's gradient (the maps are
+    read from the conditional rows; the unconditional pass would only cost memory): cfg 1 meanwhile, which the host's
+    sampling function runs without the negative."""
+    if not hasattr(guider, "cfg"):
+        yield
+        return
+    cfg, guider.cfg = guider.cfg, 1.0
+    try:
+        yield
+    finally:
+        guider.cfg = cfg
+
+
 def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold, frozen=None, map_layers="authors"):
     """(d loda_loss / d x at ``sigma``, the concepts' maps (K, H, W)), through one model call (``frozen(module)``: a context manager that lets
     gradients flow through the frozen model, e.g. ``frozen_for_autograd``)."""
-    import contextlib
 
     tap, options = _tap(model_wrap, extra_args, concepts, layers, tuple(x.shape[-2:]), map_layers)
+    options = {**options, "disable_cfg1_optimization": False}
     guard = frozen(model_wrap.inner_model.diffusion_model) if frozen else contextlib.nullcontext()
     # Flux's blocks update their streams in place (img += ...): saved tensors are copied when mutated.
     mutation = torch.autograd.graph.allow_mutation_on_saved_tensors() if is_flux(layers) else contextlib.nullcontext()
-    with torch.inference_mode(False), torch.enable_grad(), guard, mutation:
+    with torch.inference_mode(False), torch.enable_grad(), guard, mutation, _conditional_only(model_wrap):
         z = x.detach().clone().requires_grad_(True)
         model_wrap(z, sigma * z.new_ones([z.shape[0]]), model_options=options, seed=extra_args.get("seed"))
         if not tap.collected:

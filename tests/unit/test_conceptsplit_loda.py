@@ -56,6 +56,10 @@ def test_step_sizes_and_masks():
     assert s.shape == (10,) and math.isclose(float(s[0]), 20.0) and math.isclose(float(s[-1]), 20 * 0.5 ** 0.5,
                                                                                   rel_tol=1e-6)
     assert step_sizes(0).shape == (0,) and float(step_sizes(1)[0]) == 20.0
+    # the authors' schedule is over all T sampling steps, LODA takes its first n: step i = 20 sqrt(1 - 0.5 i / (T-1))
+    T = 50
+    want = [20 * math.sqrt(1 - 0.5 * i / (T - 1)) for i in range(5)]
+    assert step_sizes(5, 20.0, T).tolist() == pytest.approx(want, rel=1e-6)
     masks = afg_masks(torch.stack([blob(3, 3), blob(12, 12)]))
     assert masks.dtype == torch.bool and masks[0, 3, 3] and not masks[0, 12, 12] and masks[1, 12, 12]
     assert 0.05 < float(masks.float().mean()) < 0.2  # about the top 10% of each map
