@@ -28,7 +28,8 @@ for line in path.read_text().splitlines() if path.is_file() else []:
         lock[norm(name)] = ver.strip()
 now = {norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
 diff = [f"  {n}: {lock[n]} -> {now[n]}" for n in sorted(now) if n in lock and lock[n] != now[n]]
-new = [f"  {n}: (not in the lock) {now[n]}" for n in sorted(now) if n not in lock]
+new = [f"  {n}: (not in the lock) {now[n]}" for n in sorted(now)
+       if n not in lock and n not in ("pip", "setuptools", "wheel")]  # pip freeze leaves these out
 print("\n".join(diff + new) or "  nothing: the newest versions are the locked ones")
 PY
 "$venv/bin/pytest" tests/unit tests/nodes "$@"
