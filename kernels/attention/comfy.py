@@ -81,6 +81,14 @@ def chain_holds(options: dict, override) -> bool:
     return True
 
 
+def _host_mask(mask):
+    if mask is None:
+        return None
+    while mask.ndim < 4:  # as ComfyUI's attention_pytorch: add the batch, then the heads dimension
+        mask = mask.unsqueeze(0) if mask.ndim == 2 else mask.unsqueeze(1)
+    return mask
+
+
 def attention_function(ask: MapRequest) -> Callable:
     """A function with the signature of ComfyUI's attention functions (``attention_pytorch``: q, k, v, heads, mask,
     attn_precision, skip_reshape, skip_output_reshape, ...) computing attention with the token-map kernel for
