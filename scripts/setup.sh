@@ -33,6 +33,8 @@ elif [ -n "${EDITLAB_HOST_SOURCE:-}" ]; then
     echo "$src" > "$comfy.tmp/.editlab-copied-from"
     mv "$comfy.tmp" "$comfy"
   fi
+  # main.py scans its custom_nodes/ at start and dies without it; a snapshot of the tree may lack the empty folder
+  mkdir -p "$comfy/custom_nodes"
 else
   comfy="$host_dir/ComfyUI"
   if [ ! -f "$comfy/.editlab-extracted" ]; then
