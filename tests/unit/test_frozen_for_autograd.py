@@ -21,6 +21,11 @@ def network(state: str) -> nn.Module:
         net.register_buffer("scale", torch.full((3,), 0.5))
         return net
 
+    return in_state(build, state)
+
+
+def in_state(build, state: str) -> nn.Module:
+    """``build()`` made in one of the three states."""
     if state == "ordinary":
         return build()
     with torch.inference_mode():
@@ -75,14 +80,7 @@ def conv_network(state: str) -> nn.Module:
         return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(),
                              nn.Conv2d(8, 4, 3, stride=2, padding=1, groups=2), nn.Flatten(), nn.Linear(64, 5))
 
-    if state == "ordinary":
-        return build()
-    with torch.inference_mode():
-        net = build()
-    if state == "moved":
-        with torch.no_grad():
-            net.to(torch.float64).to(torch.float32)
-    return net
+    return in_state(build, state)
 
 
 @pytest.mark.parametrize("state", ["inference", "moved"])
