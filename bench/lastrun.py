@@ -121,15 +121,17 @@ def readme_block(data: dict) -> str:
                           README_END])
     for mach, run in runs.items():
         which = "every bench" if len(runs) == 1 else ", ".join(f"`{n}`" for n in run["names"])
-        lines.append(f"Measured by `bench/run_all.py` ({which}) on {_dates(run['dates'])}; {mach}. The commit each "
-                     f"bench ran at is beside its name; its output, changed files and the machine's load: "
-                     f"[bench/RESULTS.md](bench/RESULTS.md).")
+        lines.append(f"Measured by `bench/run_all.py` ({which}) on {_dates(run['dates'])}; {mach}. Beside each "
+                     f"bench: the commit it ran at and the machine's 1-minute load average around it (other work "
+                     f"running beside a bench above about the core count makes its figures noisier); its output and "
+                     f"changed files: [bench/RESULTS.md](bench/RESULTS.md).")
         lines.append("")
     lines += ["| bench | figure | value |", "|---|---|---|"]
     for name in sorted(data["benches"]):
         entry = data["benches"][name]
         changed = len(entry.get("changed", []))
-        first = f"`{name}.py` ({entry['commit'][:10]}{f', {changed} file(s) changed' if changed else ''})"
+        load = f", load {max(entry['load']):.1f}" if entry.get("load") else ""  # other work beside it: noisier
+        first = f"`{name}.py` ({entry['commit'][:10]}{f', {changed} file(s) changed' if changed else ''}{load})"
         status = _status(entry)
         if status:
             lines.append(f"| {first} | {status} | |")

@@ -83,6 +83,8 @@ def test_a_failed_bench_shows_as_failed_without_figures_and_a_note_shows_as_is()
     block = lastrun.readme_block(data)
     assert "| `bench_a.py` (aaaaaaaaaa) | FAILED (exit 1) | |" in block and "stale figure" not in block
     assert "| `bench_b.py` (bbbbbbbbbb, 1 file(s) changed) | needs a GPU | |" in block
+    data["benches"]["bench_b"]["load"] = [0.5, 3.25]
+    assert "| `bench_b.py` (bbbbbbbbbb, 1 file(s) changed, load 3.2) |" in lastrun.readme_block(data)
     assert "CPU X (2 cores), no GPU" in block
     assert lastrun.replace_block(f"intro\n{lastrun.README_BEGIN}\nold\n{lastrun.README_END}\nend", block) == \
         f"intro\n{block}\nend"
