@@ -58,7 +58,7 @@ def measure(arch="sd15", repeats=sized(5, 1)):
     import comfy.sample
     import comfy.samplers
 
-    from editlab.models.expression.train import frozen_for_autograd
+    from editlab.models.frozen import frozen_for_autograd
     from editlab.models.tiny import build_tiny_models
     from editlab.nodes.conceptsplit import EditLabLODA, EditLabToVAApply, _tova_layers
 
