@@ -25,7 +25,7 @@ lock: setup
 	@bash scripts/lock.sh
 
 bench: setup
-	@$(PY) bench/run_all.py
+	@$(PY) -P bench/run_all.py
 
 # out/serve holds ./editlab serve's inputs, outputs and settings: a user's work, kept.
 clean:
