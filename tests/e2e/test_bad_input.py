@@ -701,10 +701,15 @@ def test_bad_input_is_named_and_writes_nothing(case, server, prepared):
     row = CASES[case]
     before = _written(server)
     message = _error(server, row.graph)
-    assert not message.startswith("REJECTED"), message
-    assert message.startswith("node 9 ("), message  # the node that got the bad value, not one downstream
-    assert f"input '{row.input}': expected" in message, message[:2000]
-    assert row.says in message, message[:2000]
+    if message.startswith("REJECTED") and "Value not in list" in message:
+        # Newer hosts (0.33) check COMBO values themselves before running anything: their validation error names the
+        # node and the input too (older hosts let the pack's own check say it).
+        assert f"node 9 (" in message and f"{row.input}: " in message and "not in [" in message, message[:2000]
+    else:
+        assert not message.startswith("REJECTED"), message
+        assert message.startswith("node 9 ("), message  # the node that got the bad value, not one downstream
+        assert f"input '{row.input}': expected" in message, message[:2000]
+        assert row.says in message, message[:2000]
     assert len(message) < 2000, f"{len(message)} characters"
     for text in row.never_quoted:
         assert text not in message, message
