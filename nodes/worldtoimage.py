@@ -19,7 +19,7 @@ from ..models.llm import LLMClient, LLMConfig
 from ..models.worldtoimage import judge as J
 from ..models.worldtoimage.agent import AgentSettings, run_agent
 from ..models.worldtoimage.library import ImageLibrary
-from ..models.worldtoimage.scoring import FORMULAS, Score, combine
+from ..models.worldtoimage.scoring import FORMULAS, Score, combine, substitutions
 from ..models.worldtoimage.sources import DEFAULT_ENDPOINTS, SERVICES, LibrarySource, SourceError, WebImageSource
 from . import host
 from .common import CATEGORY, EditLabInputError, EditLabNode, checked_image_size, input_folder
@@ -175,20 +175,46 @@ class ImageScorer:
             score = self._clip_score(pil, prompt)
         if score.aesthetic is None:
             score.notes.append("aesthetic: no predictor available, term left out")
+        score.notes.extend(substitutions(score, self.formula))
         score.combined = combine(score, self.formula)
         return score
 
     def _clip_score(self, pil, prompt: str) -> Score:
         image = pil_to_tensor(pil, pil.size[0], pil.size[1])
         img = self.clip_vision.encode_image(image).image_embeds.float().flatten()
-        tokens = self.clip.tokenize(prompt)
-        _, pooled = self.clip.encode_from_tokens(tokens, return_pooled=True)
-        txt = pooled.float().flatten()
+        txt = projected_pooled(self.clip, prompt, img.numel())
         if txt.numel() != img.numel():
             raise EditLabInputError("clip", f"a text encoder whose pooled output is as wide as the CLIP vision "
                                             f"embedding ({img.numel()})", f"{txt.numel()} wide")
         cos = float(torch.nn.functional.cosine_similarity(img[None], txt[None]).item())
         return Score("clip", clip=cos, notes=["keyword coverage: not measured by CLIP"])
+
+
+def projected_pooled(clip, text: str, width: int) -> torch.Tensor:
+    """The prompt's pooled text embedding after CLIP's text projection (the space CLIP vision's ``image_embeds``
+    live in), flattened. Flux and SD3 pool their CLIP-L unprojected; the host's ``projected_pooled`` option gives
+    the projected one. It is set on a clone's text model for this one encoding and reset right after (the clone
+    shares the text model; the host's own ``encode_from_tokens`` resets the options before every encoding too), so
+    the user's CLIP encodes as before. SD3 pools CLIP-L and CLIP-G side by side: the part as wide as the image
+    embedding is taken."""
+    c = clip.clone()
+    tokens = c.tokenize(text)
+    model = c.cond_stage_model
+    model.reset_clip_options()
+    model.set_clip_options({"projected_pooled": True})
+    try:
+        c.load_model()
+        pooled = model.encode_token_weights(tokens)[1]
+    finally:
+        model.reset_clip_options()
+    txt = pooled.float().flatten()
+    if txt.numel() != width and getattr(model, "clip_l", None) is not None and \
+            getattr(model, "clip_g", None) is not None:
+        wl = model.clip_l.transformer.text_projection.weight.shape[0]
+        wg = model.clip_g.transformer.text_projection.weight.shape[0]
+        if txt.numel() == wl + wg and width in (wl, wg):
+            txt = txt[:wl] if width == wl else txt[wl:]
+    return txt
 
 
 class EditLabImageScorer(EditLabNode):
@@ -201,15 +227,22 @@ class EditLabImageScorer(EditLabNode):
             description=(
                 "Scores generated images for the World-To-Image agent: a vision LLM judge (semantic alignment 0-10 and "
                 "which prompt keywords it sees) or a local CLIP vision model from ComfyUI's clip_vision folder (cosine "
-                "with the prompt's pooled CLIP text embedding, e.g. clip_vision ViT-L/14 with Flux's or SD1.5's "
-                "CLIP-L). Aesthetic term only where a predictor is available (the VLM's rating, if asked). Default "
+                "with the prompt's projected pooled CLIP text embedding, e.g. clip_vision ViT-L/14 with Flux's, "
+                "SD3's or SD1.5's CLIP-L). Aesthetic term only where a predictor is available (the VLM's rating, if asked). Default "
                 "formula: the World-To-Image authors' gated combination. Wire an image and a prompt to score it here."),
             inputs=[
                 io.Combo.Input("judge", options=["vlm", "clip_vision"], default="vlm",
                                tooltip="vlm: the LLM input judges (needs vision); clip_vision: a local CLIP model."),
                 io.Combo.Input("formula", options=list(FORMULAS), default="authors_gated",
-                               tooltip="authors_gated: s + 0.5*min(20s - 5.6, 0) on a CLIP-scale semantic value "
-                                       "(aesthetic counted only above 0.28); mean: the mean of the terms on 0-1."),
+                               tooltip="authors_gated: the World-To-Image authors' hpsv2 + 0.5*min(20s - 5.6, 0) "
+                                       "+ 0.25*aesthetic*[s > 0.28], s the CLIP cosine. Substituted here: no HPSv2 "
+                                       "model (counts 0, as in the authors' own config); the aesthetic is the VLM's "
+                                       "0-10 rating (the authors: LAION predictor), 0 when not asked; a VLM judge "
+                                       "has no cosine, s = 0.04*(alignment + 10*coverage)/2 stands in. Without an "
+                                       "aesthetic every image above s = 0.28 scores 0 (the first is kept). "
+                                       "linear_gated: this pack's earlier s + 0.5*min(20s - 5.6, 0) + "
+                                       "0.01*aesthetic*[s > 0.28] (still ranks above the gate); mean: the mean of "
+                                       "the terms on 0-1."),
                 io.Boolean.Input("vlm_aesthetic", default=False,
                                  tooltip="Ask the VLM judge for an aesthetic rating too (0-10). Off: no aesthetic "
                                          "term, and the history says so."),
@@ -218,8 +251,8 @@ class EditLabImageScorer(EditLabNode):
                                default=NO_CLIP_VISION, optional=True,
                                tooltip="A CLIP vision model from ComfyUI's clip_vision folder (judge = clip_vision)."),
                 io.Clip.Input("clip", optional=True,
-                              tooltip="The text encoder whose pooled output shares the CLIP vision model's space "
-                                      "(judge = clip_vision)."),
+                              tooltip="The text encoder whose CLIP-L/G shares the CLIP vision model's space; its pooled "
+                                      "output is taken after the text projection (judge = clip_vision)."),
                 io.Image.Input("image", optional=True, tooltip="Optional: an image to score now."),
                 io.String.Input("prompt", default="", optional=True, tooltip="The prompt the image is scored against."),
             ],
@@ -267,9 +300,11 @@ class EditLabWorldToImage(EditLabNode):
             display_name="World-To-Image Agent",
             category=CAT,
             description=(
-                "World-To-Image: generate, score, then for each further iteration rewrite the prompt (LLM), retrieve "
-                "reference images for the concepts the model misses (library / web), generate again with them as "
-                "reference latents (Flux Kontext style), score, and keep the best; stop early at the threshold. "
+                "World-To-Image: generate, score, then for each further iteration the LLM diagnoses the failure "
+                "and rewrites the prompt; an understanding failure (or none given) also retrieves reference images "
+                "for the concepts the model misses (library / web) and generates with them as reference latents "
+                "(Flux Kontext style), a rendering failure generates from the rewritten prompt alone; score, keep "
+                "the best; stop early at the threshold. "
                 "Without an LLM it still runs: keyword retrieval, scoring, keep-best (the history says what was "
                 "skipped). Outputs the best image, its prompt, the full history (prompts, references with source "
                 "and licence, scores, seeds) and every iteration's image."),
@@ -296,9 +331,11 @@ class EditLabWorldToImage(EditLabNode):
                 io.Int.Input("iterations", default=3, min=1, max=20,
                              tooltip="At most this many generations (the authors run 5; the first two give most of "
                                      "the gain)."),
-                io.Float.Input("threshold", default=0.35, min=-10.0, max=10.0, step=0.01,
-                               tooltip="Stop as soon as an iteration's combined score reaches this (the default "
-                                       "formula is on CLIP's scale: 0.28 is the authors' gate)."),
+                io.Float.Input("threshold", default=10.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="Stop as soon as an iteration's combined score reaches this. 10 (the "
+                                       "default): never, all iterations run, as the authors do. The authors' "
+                                       "formula is at most 0 without an aesthetic rating (0 once s > 0.28) and at "
+                                       "most 2.5 with one."),
                 io.Int.Input("candidates", default=5, min=1, max=20,
                              tooltip="Candidates per query and source (the authors: 5, of which the LLM picks one)."),
                 io.Int.Input("references", default=1, min=0, max=4,
@@ -309,8 +346,9 @@ class EditLabWorldToImage(EditLabNode):
                                        "model and CLIP vision you wire (e.g. Flux Redux), as StyleModelApply does; "
                                        "none: retrieved and recorded only."),
                 LLMType.Input("llm", optional=True,
-                              tooltip="Plans (diagnosis, prompt rewrite, search queries) and picks references. "
-                                      "Without it: keyword queries, the prompt unchanged."),
+                              tooltip="Plans (diagnosis, prompt rewrite, search queries) and picks references; "
+                                      "the diagnosis routes: rendering = prompt only, understanding = prompt + "
+                                      "retrieval. Without it: keyword queries, the prompt unchanged."),
                 ScorerType.Input("scorer", optional=True,
                                  tooltip="Scores each iteration (Image Scorer). Without it nothing is scored and the "
                                          "first iteration is kept."),

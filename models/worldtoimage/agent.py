@@ -1,11 +1,14 @@
 """The World-To-Image loop over callables (the node supplies generation, sources, scorer and LLM):
 
     iteration 0: generate from the user's prompt, no references; score it.
-    iteration i >= 1: plan (the LLM rewrites the prompt and proposes search queries, or, without an LLM, the prompt
-        stays and the queries are the keywords the scorer missed, else all keywords, rotated each iteration);
-        retrieve (each query asks every source for up to ``candidates`` images; the LLM picks one of them, or the
-        first that loads is taken; a refused download or an unreachable source is recorded and the next candidate
-        or source is tried); generate with the references; score.
+    iteration i >= 1: plan (the LLM diagnoses the last image's failure, rewrites the prompt and proposes search
+        queries, or, without an LLM, the prompt stays and the queries are the keywords the scorer missed, else all
+        keywords, rotated each iteration); route on the diagnosis, as the paper does (a rendering failure goes to
+        the prompt optimiser alone, an understanding failure to the image retriever too): ``rendering`` generates
+        from the rewritten prompt without references, ``understanding`` (and a plan without a diagnosis, and the
+        keyword mode) retrieves (each query asks every source for up to ``candidates`` images; the LLM picks one of
+        them, or the first that loads is taken; a refused download or an unreachable source is recorded and the
+        next candidate or source is tried) and generates with the references; score.
     keep the best combined score; stop early once it reaches ``threshold`` (the authors run all iterations).
 
 Everything that decides the result is in the history (prompts, queries, references with source and licence,
@@ -47,6 +50,15 @@ def _score_value(score: Score | None) -> float | None:
     return None if score is None else score.combined
 
 
+ACTIONS = {"rendering": "prompt_only", "understanding": "prompt_and_retrieval"}
+
+
+def route(diagnosis: str | None) -> str:
+    """What an iteration does for a diagnosis: ``prompt_only`` (rendering) or ``prompt_and_retrieval``
+    (understanding; also no diagnosis, i.e. keyword mode or an LLM that named neither)."""
+    return ACTIONS.get(diagnosis or "", "prompt_and_retrieval")
+
+
 def run_agent(prompt: str, generate: Callable, score_fn: Callable | None, sources: list, settings: AgentSettings,
               llm: LLMClient | None = None, on_iteration: Callable | None = None,
               check_interrupted: Callable | None = None) -> AgentResult:
@@ -73,7 +85,8 @@ def run_agent(prompt: str, generate: Callable, score_fn: Callable | None, source
     for i in range(settings.iterations):
         if check_interrupted:
             check_interrupted()
-        step = {"index": i, "seed": settings.seed, "diagnosis": None, "queries": [], "references": [],
+        step = {"index": i, "seed": settings.seed, "diagnosis": None, "action": "text_to_image" if i == 0 else None,
+                "queries": [], "references": [],
                 "refused": [], "notes": []}
         refs = []
         if i > 0:
@@ -94,8 +107,14 @@ def run_agent(prompt: str, generate: Callable, score_fn: Callable | None, source
                 k = (i - 1) % len(pool)
                 rotated = pool[k:] + pool[:k]
                 queries = [" ".join(rotated[:2])] if sources else []
-            step["queries"] = queries
-            refs = _retrieve(queries, current, sources, settings, llm, step, used_urls, check_interrupted)
+            step["action"] = route(step["diagnosis"])
+            if step["action"] == "prompt_only":
+                step["queries"] = []
+                if queries:
+                    step["notes"].append(f"rendering failure: prompt rewrite only, queries not searched: {queries}")
+            else:
+                step["queries"] = queries
+                refs = _retrieve(queries, current, sources, settings, llm, step, used_urls, check_interrupted)
         step["prompt"] = current
         if check_interrupted:
             check_interrupted()

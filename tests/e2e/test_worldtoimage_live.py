@@ -56,13 +56,14 @@ def test_openverse_workflow_with_standins_and_the_key_never_leaks(server, workfl
                 f"{ids['EditLabWebImageSearch']}.endpoint={site.url}/v1/images/",
                 f"{ids['EditLabWebImageSearch']}.allow_loopback=true",
                 f"{ids['EditLabWebImageSearch']}.use_cache=false",
-                f"{ids['EditLabWorldToImage']}.threshold=0.3"]
+                f"{ids['EditLabWorldToImage']}.threshold=0"]
         files = run_workflow(server.client, workflow, sets, tmp_path, show_progress=False, tiny="always")
         auth = [{k.lower(): v for k, v in r["headers"].items()}.get("authorization") for r in llm.chats()]
     assert auth and all(a == f"Bearer {PLANTED_KEY}" for a in auth)  # the key was used ...
     texts = [p.read_text() for p in files if p.suffix == ".txt"]
     history = json.loads(next(t for t in texts if '"iterations"' in t).split("\n\n", 1)[1])
-    # iteration 0 judged 3/10 (combined < 0.3); iteration 1 planned, retrieved, judged 10/10 with full coverage
+    # iteration 0 judged 3/10 (the authors' formula: below the 0.28 gate, combined < 0); iteration 1 planned
+    # (understanding: retrieval), retrieved, judged 10/10 with full coverage (s = 0.4: combined 0 >= 0)
     assert history["stopped"] == "threshold" and history["best"] == 1 and len(history["iterations"]) == 2
     ref = history["iterations"][1]["references"][0]
     assert (ref["title"], ref["licence"], ref["source"]) == ("Zorblax lamp", "BY-SA 4.0", "openverse")

@@ -146,13 +146,13 @@ def test_full_loop_with_llm_web_source_scorer_early_stop(w2i, flux, inputs, monk
         best, final_prompt, history, batch = agent(w2i, flux, "a zorblax lamp on a desk", iterations=5,
                                                    threshold=-0.5, llm=llm, scorer=scorer, source_1=web)
         chats = llm_site.chats()
-    # coverage 1/3 each time; s = 0.04*(a + 10/3)/2, combined = s + 0.5*min(20s - 5.6, 0):
-    # 0: judge (a=2: -1.627); 1: plan, pick, judge (a=4: -1.187); 2: plan, (a.png used: one candidate, no pick),
-    # judge (a=9: -0.087 >= -0.5: stop before iterations 3 and 4)
+    # coverage 1/3 each time; s = 0.04*(a + 10/3)/2, combined = 0.5*min(20s - 5.6, 0) (the authors' formula, no
+    # aesthetic, no HPSv2): 0: judge (a=2: -1.733); 1: plan, pick, judge (a=4: -1.333); 2: plan, (a.png used: one
+    # candidate, no pick), judge (a=9: -0.333 >= -0.5: stop before iterations 3 and 4)
     assert kinds == ["judge", "plan", "pick", "judge", "plan", "judge"]
     h = json.loads(history)
     assert h["stopped"] == "threshold" and h["best"] == 2 and batch.shape[0] == 3
-    assert [it["scores"]["combined"] for it in h["iterations"]] == pytest.approx([-1.626667, -1.186667, -0.086667])
+    assert [it["scores"]["combined"] for it in h["iterations"]] == pytest.approx([-1.733333, -1.333333, -0.333333])
     assert torch.equal(best, batch[2:3]) and final_prompt == h["iterations"][2]["prompt"]
     refs = [it["references"] for it in h["iterations"]]
     assert refs[0] == [] and refs[1][0]["licence"] == "BY 4.0" and refs[1][0]["source"] == "openverse"
@@ -252,10 +252,13 @@ def _tiny_clip_vision(tmp_path, projection_dim):
     return cv
 
 
-def test_clip_vision_scorer_is_the_cosine_and_the_gated_formula(w2i, flux, tmp_path, monkeypatch):
+def test_clip_vision_scorer_is_the_cosine_with_the_projected_text_and_the_authors_formula(w2i, flux, tmp_path,
+                                                                                          monkeypatch):
+    """Flux pools its CLIP-L unprojected; the image embedding is projected: the text vector must go through the
+    CLIP-L text projection (the host's own layer, applied here by hand) before the cosine. The user's CLIP still
+    pools as before afterwards."""
     import numpy as np
 
-    from editlab.models.worldtoimage.scoring import authors_gated
     from editlab.nodes.common import EditLabInputError
 
     nodes, _ = w2i
@@ -263,17 +266,25 @@ def test_clip_vision_scorer_is_the_cosine_and_the_gated_formula(w2i, flux, tmp_p
     monkeypatch.setattr(nodes.host, "clip_vision_files", lambda: ["tiny.safetensors"])
     monkeypatch.setattr(nodes.host, "load_clip_vision", lambda name: cv)
     image = torch.randint(0, 256, (1, 40, 40, 3), generator=torch.Generator().manual_seed(1)).float() / 255.0
+    tokens = flux.clip.tokenize("a red lamp")
+    _, before = flux.clip.encode_from_tokens(tokens, return_pooled=True)
     out = nodes.EditLabImageScorer.execute(judge="clip_vision", formula="authors_gated", vlm_aesthetic=False,
                                            clip_vision_name="tiny.safetensors", clip=flux.clip, image=image,
                                            prompt="a red lamp").result
     img = cv.encode_image(image).image_embeds.flatten().double().numpy()
-    _, pooled = flux.clip.encode_from_tokens(flux.clip.tokenize("a red lamp"), return_pooled=True)
-    txt = pooled.flatten().double().numpy()
+    _, unprojected = flux.clip.encode_from_tokens(tokens, return_pooled="unprojected")
+    weight = flux.clip.cond_stage_model.clip_l.transformer.text_projection.weight.detach().double().numpy()
+    txt = weight @ unprojected.flatten().double().numpy()  # nn.Linear without bias: W x
     cos = float(img @ txt / np.linalg.norm(img) / np.linalg.norm(txt))
+    raw = unprojected.flatten().double().numpy()
+    cos_unprojected = float(img @ raw / np.linalg.norm(img) / np.linalg.norm(raw))
+    assert abs(cos - cos_unprojected) > 1e-3  # the two spaces give different cosines: the test tells them apart
     record = json.loads(out[2])[0]
     assert record["judge"] == "clip" and record["clip"] == pytest.approx(cos, abs=1e-5)
-    assert out[1] == pytest.approx(authors_gated(cos), abs=1e-5)
-    assert any("aesthetic" in n for n in record["notes"])
+    assert out[1] == pytest.approx(0.5 * min(20 * cos - 5.6, 0.0), abs=1e-5)  # no aesthetic, no HPSv2
+    assert any("aesthetic" in n for n in record["notes"]) and any("HPSv2" in n for n in record["notes"])
+    _, after = flux.clip.encode_from_tokens(tokens, return_pooled=True)
+    assert torch.equal(before, after) and torch.equal(before, unprojected)  # the user's CLIP is as it was
     wrong = _tiny_clip_vision(tmp_path, 16)
     monkeypatch.setattr(nodes.host, "load_clip_vision", lambda name: wrong)
     with pytest.raises(EditLabInputError, match="input 'clip'.*as wide as the CLIP vision embedding \\(16\\)"):

@@ -13,7 +13,7 @@ from editlab.models.worldtoimage import judge as J
 from editlab.models.worldtoimage.agent import AgentSettings, run_agent
 from editlab.models.worldtoimage.keywords import coverage, keywords
 from editlab.models.worldtoimage.library import ImageLibrary
-from editlab.models.worldtoimage.scoring import Score, authors_gated, combine
+from editlab.models.worldtoimage.scoring import Score, combine
 from editlab.models.worldtoimage.sources import LibrarySource, SourceError, WebImageSource
 
 LIMITS = FetchLimits(connect_timeout=2, read_timeout=2, total_timeout=5)  # stand-ins: allow_loopback=True
@@ -126,14 +126,40 @@ def test_unreachable_source_is_a_source_error(tmp_path):
         src.search("lamp")
 
 
-def test_authors_gated_formula_by_hand():
-    assert authors_gated(0.30) == pytest.approx(0.30)
-    assert authors_gated(0.25) == pytest.approx(0.25 + 0.5 * (5.0 - 5.6))  # -0.05
-    assert authors_gated(0.30, aesthetic=6.0) == pytest.approx(0.36)
-    assert authors_gated(0.27, aesthetic=6.0) == pytest.approx(0.27 + 0.5 * (5.4 - 5.6))  # gate closed
-    s = Score("vlm", alignment=0.7, coverage=1.0)
-    assert combine(s) == pytest.approx(0.04 * (7 + 10) / 2)  # 0.34, above the gate
-    assert combine(s, "mean") == pytest.approx(0.85)
+def _authors_by_hand(clip, aesthetic=None, hpsv2=0.0):
+    """The World-To-Image authors' _combine_scores (their CLIP + aesthetic branch), written out here:
+    hpsv2 + 0.5 * min(20 * clip - 5.6, 0) + 0.25 * aesthetic if clip > 0.28 else the same without the last term."""
+    penalty = 20.0 * clip - 5.6
+    if penalty > 0:
+        penalty = 0.0
+    value = hpsv2 + 0.5 * penalty
+    if aesthetic is not None and clip > 0.28:
+        value = value + 0.25 * aesthetic
+    return value
+
+
+@pytest.mark.parametrize("clip, aesthetic, hpsv2, expected", [
+    (0.20, 6.0, None, -0.8),            # below the kink: 0.5 * (4.0 - 5.6), the gate closed
+    (0.279, 6.0, None, -0.01),          # just below: 0.5 * (5.58 - 5.6)
+    (0.281, 6.0, None, 1.5),            # just above: no penalty, 0.25 * 6 counted
+    (0.35, 6.0, 0.27, 1.77),            # 0.27 + 0 + 1.5
+    (0.35, None, None, 0.0),            # no aesthetic: flat above the gate
+    (0.10, 9.0, 0.25, 0.25 - 1.8),      # aesthetic ignored under the gate
+])
+def test_authors_formula_against_their_combination_written_out(clip, aesthetic, hpsv2, expected):
+    s = Score("clip", clip=clip, aesthetic=aesthetic, hpsv2=hpsv2)
+    assert combine(s) == pytest.approx(expected, abs=1e-9)
+    assert combine(s, "authors_gated") == pytest.approx(_authors_by_hand(clip, aesthetic, hpsv2 or 0.0), abs=1e-9)
+
+
+def test_judge_substitute_and_the_other_formulas_by_hand():
+    s = Score("vlm", alignment=0.7, coverage=1.0, aesthetic=6.0)  # s = 0.04 * (7 + 10) / 2 = 0.34, above the gate
+    assert combine(s) == pytest.approx(0.25 * 6.0)
+    s = Score("vlm", alignment=0.5, coverage=0.5, aesthetic=6.0)  # s = 0.2: penalty 0.5 * (4 - 5.6), no aesthetic
+    assert combine(s) == pytest.approx(-0.8)
+    assert combine(s, "linear_gated") == pytest.approx(0.2 - 0.8)
+    assert combine(Score("clip", clip=0.30, aesthetic=6.0), "linear_gated") == pytest.approx(0.36)
+    assert combine(Score("vlm", alignment=0.7, coverage=1.0), "mean") == pytest.approx(0.85)
 
 
 # -- the agent ------------------------------------------------------------------------------------------------------
@@ -198,13 +224,13 @@ def test_agent_with_llm_calls_keeps_best_and_stops_at_threshold(tmp_path):
     with ChatStandIn(responder=script) as llm_site, StandIn() as site:
         client = _client(llm_site)
         result = run_agent(PROMPT, fake_generate, _vlm_scorer(client), [_web(site, tmp_path)],
-                           AgentSettings(iterations=5, threshold=0.35, seed=3), llm=client)
-    # iteration 0: judge; 1: plan, pick (2 candidates), judge; 2: plan, (a.png used: one candidate left, no pick),
-    # judge (score 0.04*(10+10)/2 = 0.40 >= 0.35: stop before iterations 3 and 4)
+                           AgentSettings(iterations=5, threshold=0.0, seed=3), llm=client)
+    # iteration 0: judge; 1: plan (understanding), pick (2 candidates), judge; 2: plan (rendering: no retrieval),
+    # judge (s = 0.04*(10+10)/2 = 0.40 > 0.28: the authors' formula gives 0 >= 0: stop before iterations 3 and 4)
     assert script.kinds == ["judge", "plan", "pick", "judge", "plan", "judge"]
     h = result.history
     assert h["stopped"] == "threshold" and len(h["iterations"]) == 3 and len(result.images) == 3
-    assert h["best"] == 2 and result.best == 2 and h["best_score"] == pytest.approx(0.4)
+    assert h["best"] == 2 and result.best == 2 and h["best_score"] == pytest.approx(0.0)
     assert result.final_prompt == PLANS[1]["prompt"] == h["iterations"][2]["prompt"]
     it1 = h["iterations"][1]
     assert it1["diagnosis"] == "understanding" and it1["queries"] == ["zorblax lamp"] and it1["seed"] == 3
@@ -212,12 +238,14 @@ def test_agent_with_llm_calls_keeps_best_and_stops_at_threshold(tmp_path):
     assert it1["refused"][0]["url"].endswith("/img/b.png") and "not an image" in it1["refused"][0]["reason"]
     assert [(r["url"].rsplit("/", 1)[1], r["licence"], r["source"]) for r in it1["references"]] == \
         [("a.png", "BY 2.0", "openverse")]
-    # the second plan's query is new; a.png was already used, so b.png is tried (refused) and nothing is left
-    assert h["iterations"][2]["references"] == [] and h["iterations"][2]["refused"]
+    # the second plan says rendering: its query is not searched, the image comes from the rewritten prompt alone
+    it2 = h["iterations"][2]
+    assert it1["action"] == "prompt_and_retrieval" and it2["action"] == "prompt_only"
+    assert it2["queries"] == [] and it2["references"] == [] and it2["refused"] == []
     s0 = h["iterations"][0]["scores"]
     assert s0["alignment"] == 0.3 and s0["coverage"] == pytest.approx(1 / 3) and \
         s0["missing_keywords"] == ["zorblax", "desk"]
-    assert s0["combined"] == pytest.approx(authors_gated(0.04 * (3 + 10 / 3) / 2), abs=1e-6)
+    assert s0["combined"] == pytest.approx(_authors_by_hand(0.04 * (3 + 10 / 3) / 2), abs=1e-6)
     json.dumps(h)  # JSON as is
 
 
@@ -230,6 +258,38 @@ def test_agent_keeps_the_best_without_early_stop():
     h = result.history
     assert h["stopped"] == "iterations" and h["best"] == 1 and result.final_prompt == "p1"
     assert [it["scores"]["alignment"] for it in h["iterations"]] == [0.2, 0.8, 0.5]
+
+
+@pytest.mark.parametrize("diagnosis", ["rendering", "understanding"])
+def test_the_diagnosis_decides_the_next_action(library, diagnosis):
+    """The same scripted plan but for its diagnosis: rendering rewrites the prompt only (no search, no references
+    reach the generator); understanding searches the library and generates with what it found."""
+    searched, generated = [], []
+
+    class Watched(LibrarySource):
+        def search(self, query, limit=5):
+            searched.append(query)
+            return super().search(query, limit)
+
+    def generate(prompt, refs, seed):
+        generated.append((prompt, len(refs)))
+        return fake_generate(prompt, refs, seed)
+
+    plan = {"diagnosis": diagnosis, "prompt": "a red double-decker bus in the rain", "queries": ["london bus"],
+            "reason": "scripted"}
+    script = Script(alignments=[3, 3], plans=[plan])
+    with ChatStandIn(responder=script) as llm_site:
+        client = _client(llm_site)
+        result = run_agent("a London bus in the rain", generate, _vlm_scorer(client),
+                           [Watched(ImageLibrary(str(library)))], AgentSettings(iterations=2, threshold=9), llm=client)
+    it1 = result.history["iterations"][1]
+    assert it1["diagnosis"] == diagnosis and generated[1][0] == plan["prompt"]
+    if diagnosis == "rendering":
+        assert searched == [] and generated[1][1] == 0 and it1["action"] == "prompt_only"
+        assert it1["queries"] == [] and it1["references"] == []
+    else:
+        assert searched == ["london bus"] and generated[1][1] == 1 and it1["action"] == "prompt_and_retrieval"
+        assert len(it1["references"]) == 1 and it1["references"][0]["query"] == "london bus"
 
 
 def test_agent_without_llm_uses_keywords_and_says_what_it_skipped(library):
