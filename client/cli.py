@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     run.add_argument("--tiny", action="store_true",
                      help="dry run: swap the stock model loaders for EditLabTinyModels (tiny real architectures, "
-                          "random weights: the images are noise) when queueing")
+                          "random weights: the images are noise) when queueing, and scale the workflow's sizes "
+                          "and step counts down for them (each change is printed)")
     run.add_argument("--tiny-if-missing", action="store_true",
                      help="as --tiny, but only when a model file the workflow names is missing (used by make demo)")
     server_opts(run)

@@ -13,6 +13,12 @@ stays consistent. LoRA loaders pass their inputs through (a LoRA cannot apply to
 No tiny model has a CLIP vision encoder: ``CLIPVisionLoader`` and the ``CLIPVisionEncode`` nodes it feeds are removed,
 and the links from them are cut; the inputs they fed must be optional (Wan's ``clip_vision_output`` is, in
 WanImageToVideo and ChronoEdit Conditioning alike).
+
+The shipped workflows carry the authors' settings (Flux and SDXL at 1024 px, SD1.5 at 512, ChronoEdit's 921,600-pixel
+area, 20-50 steps, training at full resolution): on tiny random weights on a CPU that is minutes of noise. So
+``substitute_tiny`` also scales sizes and step counts down for the dry run (:data:`TINY_CAPS`, :func:`scale_for_tiny`)
+and says each change (node, input, old -> new). Only values above a cap change: a value already small (a ``--set``
+override, a test's own graph) is kept.
 """
 from __future__ import annotations
 
@@ -49,6 +55,61 @@ FILE_FAMILIES = [  # (pattern in a model file's name, architecture), first match
 ]
 
 
+# --tiny: class_type -> {input: the most it may be on the tiny models}. Sizes in pixels (the tiny VAEs still divide
+# by 8 or 16), ChronoEdit's target area in pixels, try-on canvas height, training resolutions and step counts.
+TINY_SIZE, TINY_AREA, TINY_STITCH_HEIGHT = 64, 64 * 64, 128
+TINY_CAPS = {
+    "EmptyLatentImage": {"width": TINY_SIZE, "height": TINY_SIZE},
+    "EmptySD3LatentImage": {"width": TINY_SIZE, "height": TINY_SIZE},
+    "EmptyHunyuanLatentVideo": {"width": TINY_SIZE, "height": TINY_SIZE},
+    "ImageScale": {"width": TINY_SIZE, "height": TINY_SIZE},
+    "KSampler": {"steps": 8},
+    "KSamplerAdvanced": {"steps": 8},
+    "BasicScheduler": {"steps": 8},
+    "EditLabWorldToImage": {"width": TINY_SIZE, "height": TINY_SIZE, "steps": 4},
+    "EditLabChronoEditConditioning": {"target_area": TINY_AREA},
+    "EditLabTemporalReasoningSampler": {"steps": 8},
+    "EditLabTryOnStitch": {"height": TINY_STITCH_HEIGHT},
+    "EditLabAttentionMaps": {"steps": 4},
+    "EditLabLODA": {"loda_steps": 2},
+    "EditLabToVATrain": {"resolution": TINY_SIZE, "steps": 4},
+    "EditLabTrainExpressionAdapter": {"resolution": TINY_SIZE, "steps": 8},
+    "EditLabTrainReferenceLoRA": {"resolution": TINY_SIZE, "steps": 2},
+    "EditLabLayeredTrain": {"resolution": TINY_SIZE, "steps_stage1": 2, "steps_stage2": 2},
+}
+# Inputs that count sampling steps of the same node: scaled with its ``steps`` (rounded, kept within the new count).
+STEP_INDICES = {"EditLabTemporalReasoningSampler": ("reasoning_steps",),
+                "EditLabAttentionMaps": ("start_step", "end_step")}
+
+
+def scale_for_tiny(prompt: dict) -> tuple[dict, list[str]]:
+    """A copy of ``prompt`` with sizes and step counts capped for a dry run on the tiny models (:data:`TINY_CAPS`),
+    and one line per change: ``node ID CLASS: INPUT OLD -> NEW``."""
+    prompt = json.loads(json.dumps(prompt))
+    said = []
+    for node_id in sorted(prompt, key=lambda k: (len(k), k)):
+        node = prompt[node_id]
+        kind, inputs = node.get("class_type"), node.get("inputs", {})
+        changed = {}
+        for name, cap in TINY_CAPS.get(kind, {}).items():
+            value = inputs.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > cap:
+                changed[name] = (value, cap)
+        steps = changed.get("steps")
+        if steps:
+            old, new = steps
+            for name in STEP_INDICES.get(kind, ()):
+                value = inputs.get(name)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    scaled = min(new, max(1, round(value * new / old)))
+                    if scaled != value:
+                        changed[name] = (value, scaled)
+        for name, (old, new) in changed.items():
+            inputs[name] = new
+            said.append(f"node {node_id} {kind}: {name} {old} -> {new} (scaled down for the tiny models)")
+    return prompt, said
+
+
 def _family(file_name: str):
     name = str(file_name).lower().rsplit("/", 1)[-1]
     for pattern, arch in FILE_FAMILIES:
@@ -79,6 +140,14 @@ def _is_link(value) -> bool:
 
 
 def substitute_tiny(prompt: dict) -> tuple[dict, list[str]]:
+    """A copy of ``prompt`` with every stock loader replaced by EditLabTinyModels and sizes and steps scaled down
+    for them (:func:`scale_for_tiny`); and one line per swap and per change."""
+    prompt, said = _swap_loaders(prompt)
+    prompt, scaled = scale_for_tiny(prompt)
+    return prompt, said + scaled
+
+
+def _swap_loaders(prompt: dict) -> tuple[dict, list[str]]:
     """A copy of ``prompt`` with every stock loader replaced by EditLabTinyModels; and one line per swap."""
     prompt = json.loads(json.dumps(prompt))
     prompt, said = _drop_clip_vision(prompt)

@@ -279,11 +279,31 @@ INPUTS = ("**Example images** (`{files}`) ship in the pack's `workflows/input/`:
           "input folder; for your own ComfyUI run `./editlab install-inputs --comfyui /path/to/ComfyUI` once.")
 DRY_RUN = ("**No weights yet?** `./editlab run workflows/{name}.json --tiny` runs it on tiny random-weight models "
            "(same architectures) in seconds: the images are noise, the graph is real.")
-SMALL = "The image sizes are kept small (64 px) so the dry run is quick: raise width/height for real results."
-
-
-SMALL_STITCH = ("The stitch height is kept small (128 px) so the dry run is quick: raise it (e.g. 1024) for real "
-                "results.")
+# The settings every workflow ships with: the methods' authors' where they published them, else the host's own
+# template for the model (comfyui-workflow-templates). `./editlab run --tiny` scales sizes and steps down for the dry
+# run and prints each change (client/tiny.py, TINY_CAPS); nothing here is sized for the tiny models.
+REAL = {
+    # Flux dev txt2img as the SAEdit authors run it (examples/flux_dev_example.py: 1024x1024, 40 steps, guidance 3.5
+    # = the Flux model's default guidance; KSampler cfg 1 as in ComfyUI's Flux dev template)
+    "saedit_flux": {"size": 1024, "steps": 40, "cfg": 1.0},
+    # SD3.5 large at Stability's published settings (1024x1024, 28 steps, cfg 3.5)
+    "sd35": {"size": 1024, "steps": 28, "cfg": 3.5},
+    # Flux Fill as ComfyUI's flux_fill_inpaint_example: 20 steps, cfg 1, FluxGuidance 30; a 1024-high canvas
+    "fill": {"height": 1024, "steps": 20, "cfg": 1.0, "guidance": 30.0},
+    # the expression authors' SD1.5 inference: 512x512, 25 steps, guidance 3; adapters trained at 512
+    "sd15_expression": {"size": 512, "steps": 25, "cfg": 3.0, "train_resolution": 512},
+    # ConceptSplit (the authors' config: 50 steps, guidance 7.5, LODA over the first 10; ToVA trained at the model's
+    # resolution, DreamBooth-LoRA style, batch 1)
+    "conceptsplit": {"steps": 50, "cfg": 7.5, "loda_steps": 10, "train_steps": 500},
+    # Flux Kontext dev as ComfyUI's flux_kontext_dev_basic: 1024 px, 20 steps, cfg 1, euler/simple, FluxGuidance 2.5
+    "kontext": {"size": 1024, "steps": 20, "cfg": 1.0},
+    # ChronoEdit: 50 steps, cfg 5, shift 5, UniPC; 720x1280 = 921,600 pixels; 8 reasoning latent frames
+    "chronoedit": {"target_area": 720 * 1280, "steps": 50, "cfg": 5.0, "shift": 5.0, "reasoning_steps": 10},
+}
+SMALL = ("Shipped at the real settings (see the widgets); `--tiny` scales sizes and step counts down for its dry run "
+         "and prints each change.")
+SMALL_STITCH = ("The canvas is 1024 px high (real size); `--tiny` scales it (and the steps) down for its dry run and "
+                "prints each change.")
 
 
 def note(title, what, files, name, inputs=(), extra=""):
@@ -331,7 +351,7 @@ def slider(g, m, cond, sae, direction, word, strength, stage, col, row, part="au
                  ["CONDITIONING"], stage, col, row, title=f"SAE Slider {strength:+g}")
 
 
-def ksample(g, m, pos, neg, latent, stage, col, row, seed=42, steps=8, cfg=1.0, model=None):
+def ksample(g, m, pos, neg, latent, stage, col, row, seed=42, steps=20, cfg=1.0, model=None):
     return g.add("KSampler", [("seed", seed), ("steps", steps), ("cfg", cfg), ("sampler_name", "euler"),
                               ("scheduler", "simple"), ("denoise", 1.0)],
                  {"model": model or m.model, "positive": (pos, 0, "CONDITIONING"),
@@ -379,16 +399,19 @@ def tryon(g, categories, products, prefix, band=0, layout="triptych_with_pose", 
     for i, name in enumerate(products):
         image = load_image(g, name, s_stitch, 0, i, title=f"Product {i + 1}")
         product_inputs["product" if i == 0 else f"product_{i + 1}"] = (image, 0, "IMAGE")
-    stitched = g.add("EditLabTryOnStitch", [("layout", layout), ("height", 128)],
+    stitched = g.add("EditLabTryOnStitch", [("layout", layout), ("height", REAL["fill"]["height"])],
                      {"person": (person, 0, "IMAGE"), "mask": (mask, 0, "MASK"), **product_inputs,
                       "pose_image": (pose, 1, "IMAGE")}, ["IMAGE", "MASK", "EDITLAB_STITCH"], s_stitch, 1, 0)
     save(g, stitched, f"{prefix}_canvas", s_stitch, 1, 1, title="Save canvas")
     pos = text(g, m.clip, "the person on the left wearing the product shown in the middle", s_fill, 0, 0)
+    pos = g.add("FluxGuidance", [("guidance", REAL["fill"]["guidance"])], {"conditioning": (pos, 0, "CONDITIONING")},
+                ["CONDITIONING"], s_fill, 0, 2)
     inpaint = g.add("InpaintModelConditioning", [("noise_mask", True)],
                     {"positive": (pos, 0, "CONDITIONING"), "negative": (pos, 0, "CONDITIONING"),
                      "vae": m.vae, "pixels": (stitched, 0, "IMAGE"), "mask": (stitched, 1, "MASK")},
                     ["CONDITIONING", "CONDITIONING", "LATENT"], s_fill, 0, 1)
-    k = g.add("KSampler", [("seed", 7), ("steps", 8), ("cfg", 1.0), ("sampler_name", "euler"),
+    k = g.add("KSampler", [("seed", 7), ("steps", REAL["fill"]["steps"]), ("cfg", REAL["fill"]["cfg"]),
+                           ("sampler_name", "euler"),
                            ("scheduler", "simple"), ("denoise", 1.0)],
               {"model": m.model, "positive": (inpaint, 0, "CONDITIONING"),
                "negative": (inpaint, 1, "CONDITIONING"), "latent_image": (inpaint, 2, "LATENT")}, ["LATENT"],
@@ -410,7 +433,8 @@ def expression_base(g, band=0, label=""):
     shapes = g.add("EditLabFaceBlendshapes", [("face_index", 0), ("allow_no_face", False)],
                    {"image": (photo, 0, "IMAGE")}, ["EDITLAB_BLENDSHAPES", "IMAGE", "STRING"], s_face, 1, 0)
     adapter = g.add("EditLabTrainExpressionAdapter",
-                    [("folder", "."), ("prompt", "a photo of a face"), ("resolution", 64), ("steps", 10),
+                    [("folder", "."), ("prompt", "a photo of a face"),
+                     ("resolution", REAL["sd15_expression"]["train_resolution"]), ("steps", 10),
                      ("lr", 0.001), ("batch_size", 1), ("num_tokens", 2), ("seed", 0), ("name", "tiny_expression"),
                      ("overwrite", True)],
                     {"model": m.model, "clip": m.clip, "vae": m.vae},
@@ -420,9 +444,11 @@ def expression_base(g, band=0, label=""):
 
 def expression_sample(g, m, model, prefix, stage, prompt="a portrait photo of a person"):
     pos, neg = text(g, m.clip, prompt, stage, 0, 0), text(g, m.clip, "", stage, 0, 1, title="Negative prompt")
-    latent = g.add("EmptyLatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], stage, 0,
-                   2)
-    k = ksample(g, m, pos, neg, latent, stage, 1, 0, seed=3, cfg=3.0, model=(model, 0, "MODEL"))
+    real = REAL["sd15_expression"]
+    latent = g.add("EmptyLatentImage", [("width", real["size"]), ("height", real["size"]), ("batch_size", 1)], {},
+                   ["LATENT"], stage, 0, 2)
+    k = ksample(g, m, pos, neg, latent, stage, 1, 0, seed=3, steps=real["steps"], cfg=real["cfg"],
+                model=(model, 0, "MODEL"))
     image = decode(g, m, k, stage, 1, 1)
     save(g, image, prefix, stage, 2, 0)
 
@@ -453,7 +479,7 @@ def tour():
         "generative model).\nRow 4, **ConceptSplit** (Flux): two concepts' value adapters trained in-graph, "
         "attached token-wise, the LODA sampler keeping them apart, and each word's attention heat-map.\nRow 5, "
         "**ChronoEdit** (Wan 2.1 I2V): a photo edited as a short video with temporal reasoning frames, the "
-        "trajectory saved.\nRow 6, **World-To-Image** (Flux): the agent with a local image library, offline.\nRow 7, "
+        "trajectory saved.\nRow 6, **World-To-Image** (Flux Kontext): the agent with a local image library, offline.\nRow 7, "
         "**layered edit** (Flux Kontext): background replacement with the product locked and a consistency report.",
         FLUX_FILES + "\n" + FILL_FILES + "\n" + CHRONO_FILES + "\n" + KONTEXT_FILES, "editlab_tour",
         ("editlab_photo.png", "editlab_product_tshirt.png", "editlab_product_bag.png", "editlab_product_bag_mask.png"),
@@ -466,12 +492,13 @@ def tour():
     prompt = "a photo of a fox in the snow"
     pos, neg = recorded_text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1,
                                                                         title="Negative prompt")
-    latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
-                   s_prompt, 0, 2)
+    real = REAL["saedit_flux"]
+    latent = g.add("EmptySD3LatentImage", [("width", real["size"]), ("height", real["size"]), ("batch_size", 1)], {},
+                   ["LATENT"], s_prompt, 0, 2)
     sae, direction = sae_and_direction(g, m, "editlab_tour_sae", s_sae)
     smile = slider(g, m, pos, sae, direction, "fox", 1.0, s_sae, 2, 0)
     for i, (cond, prefix) in enumerate(((pos, "editlab_tour/flux"), (smile, "editlab_tour/saedit_smiling_fox"))):
-        k = ksample(g, m, cond, neg, latent, s_out, 0, i)
+        k = ksample(g, m, cond, neg, latent, s_out, 0, i, steps=real["steps"], cfg=real["cfg"])
         save(g, decode(g, m, k, s_out, 1, i), prefix, s_out, 2, i)
     tryon(g, ["upper"], ["editlab_product_tshirt.png"], "editlab_tour/tryon", band=1, label="2 · ")
     s_face = g.stage("face", "3 · Face blendshapes (MediaPipe)", 2)
@@ -481,14 +508,17 @@ def tour():
     save(g, shapes, "editlab_tour/blendshapes_overlay", s_face, 2, 0, slot=1)
     conceptsplit_rows(g, "flux", band=3, label="4 · ", m=m)
     with g.section("chronoedit", 4, "5 · ChronoEdit: "):
-        chronoedit_graph(g, "editlab_tour", True, 10, 5.0, 5.0, 4)
+        real = REAL["chronoedit"]
+        chronoedit_graph(g, "editlab_tour", True, real["steps"], real["cfg"], real["shift"], real["reasoning_steps"])
     with g.section("worldtoimage", 6, "6 · World-To-Image: "):
         s_sources = g.stage("sources", "local image library", 0)
         s_agent = g.stage("agent", "retrieve, generate, iterate", 0)
         s_out = g.stage("out", "best image, every iteration", 0)
+        s_w2i_models = g.stage("models", "Flux Kontext models", 0, order=-1)
+        kontext = kontext_loaders(g, s_w2i_models)
         library = g.add("EditLabImageLibrary", [("folder", "."), ("recursive", False)], {},
                         ["EDITLAB_IMAGE_SOURCE", "STRING"], s_sources, 0, 0)
-        agent = worldtoimage_agent_sized(g, m, s_agent, W2I_PROMPT, sources=[library])
+        agent = worldtoimage_agent_sized(g, kontext, s_agent, W2I_PROMPT, sources=[library])
         worldtoimage_outputs(g, agent, s_out, "editlab_tour/worldtoimage")
     with g.section("layered", 7, "7 · Layered edit: "):
         layered_rows(g, "editlab_product_bag.png", "editlab_product_bag_mask.png",
@@ -536,8 +566,9 @@ def expression_reference_edit():
                     SD15_FILES, "expression_reference_edit", ("editlab_photo.png",), EXPRESSION_ADAPTER + " " + SMALL))
     m, photo, shapes, adapter, s_face = expression_base(g)
     s_ref = g.stage("ref", "Reference and edited expression", 1)
-    scaled = g.add("ImageScale", [("upscale_method", "bilinear"), ("width", 64), ("height", 64), ("crop", "center")],
-                   {"image": (photo, 0, "IMAGE")}, ["IMAGE"], s_ref, 0, 0)
+    size = REAL["sd15_expression"]["size"]
+    scaled = g.add("ImageScale", [("upscale_method", "bilinear"), ("width", size), ("height", size),
+                                  ("crop", "center")], {"image": (photo, 0, "IMAGE")}, ["IMAGE"], s_ref, 0, 0)
     reference = g.add("EditLabReferenceAdapter", [("strength", 0.8), ("mode", "training-free"), ("lora_scale", 0.8)],
                       {"model": m.model, "vae": m.vae, "reference": (scaled, 0, "IMAGE")}, ["MODEL"], s_ref, 0, 1)
     surprised = g.add("EditLabBlendshapeEdit", [("preset", "surprise"), ("values", "{}"), ("symmetric", True),
@@ -548,7 +579,8 @@ def expression_reference_edit():
     expression_sample(g, m, model, "expression/reference_edit", s_gen)
     s_stage2 = g.stage("stage2", "Second stage: reference LoRA (trained here; its loader is optional)", 2)
     g.add("EditLabTrainReferenceLoRA",
-          [("folder", "."), ("prompt", "a photo of a face"), ("resolution", 64), ("steps", 2), ("lr", 0.0001),
+          [("folder", "."), ("prompt", "a photo of a face"),
+           ("resolution", REAL["sd15_expression"]["train_resolution"]), ("steps", 2), ("lr", 0.0001),
            ("batch_size", 1), ("rank", 4), ("seed", 0), ("name", "tiny_reference_lora"), ("overwrite", True)],
           {"model": m.model, "clip": m.clip, "vae": m.vae, "adapter": (adapter, 0, "EDITLAB_EXPRESSION_ADAPTER")},
           ["EDITLAB_REFERENCE_LORA", "STRING"], s_stage2, 0, 0)
@@ -605,13 +637,14 @@ def saedit_flux_slider_sweep():
     prompt = "a portrait of a man in a park"
     pos, neg = recorded_text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1,
                                                                         title="Negative prompt")
-    latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
-                   s_prompt, 0, 2)
+    real = REAL["saedit_flux"]
+    latent = g.add("EmptySD3LatentImage", [("width", real["size"]), ("height", real["size"]), ("batch_size", 1)], {},
+                   ["LATENT"], s_prompt, 0, 2)
     sae, direction = sae_and_direction(g, m, "sweep_sae", s_sae)
     images = []
     for i, strength in enumerate((-1.0, 0.0, 1.0, 2.0)):
         cond = slider(g, m, pos, sae, direction, "man", strength, s_sweep, 0, i)
-        k = ksample(g, m, cond, neg, latent, s_sweep, 1, i)
+        k = ksample(g, m, cond, neg, latent, s_sweep, 1, i, steps=real["steps"], cfg=real["cfg"])
         images.append(decode(g, m, k, s_sweep, 2, i))
     batch = images[0]
     for i, image in enumerate(images[1:]):
@@ -635,12 +668,13 @@ def saedit_sd35_slider():
     prompt = "a portrait of a woman in a garden"
     pos, neg = recorded_text(g, m.clip, prompt, s_prompt, 0, 0), text(g, m.clip, "", s_prompt, 0, 1,
                                                                         title="Negative prompt")
-    latent = g.add("EmptySD3LatentImage", [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"],
-                   s_prompt, 0, 2)
+    real = REAL["sd35"]
+    latent = g.add("EmptySD3LatentImage", [("width", real["size"]), ("height", real["size"]), ("batch_size", 1)], {},
+                   ["LATENT"], s_prompt, 0, 2)
     sae, direction = sae_and_direction(g, m, "sd35_sae", s_sae)
     cond = slider(g, m, pos, sae, direction, "woman", 1.5, s_sae, 2, 0)
     for i, (c, prefix) in enumerate(((pos, "saedit/sd35_plain"), (cond, "saedit/sd35_smiling"))):
-        k = ksample(g, m, c, neg, latent, s_out, 0, i)
+        k = ksample(g, m, c, neg, latent, s_out, 0, i, steps=real["steps"], cfg=real["cfg"])
         save(g, decode(g, m, k, s_out, 1, i), prefix, s_out, 2, i)
     return g
 
@@ -683,7 +717,7 @@ def saedit_photo_edit():
                     "same noise: once plain (the reconstruction) and once with the 'smiling' slider on the word "
                     "*astronaut*.",
                     FLUX_FILES, "saedit_photo_edit", ("editlab_photo.png",),
-                    SAE_TRAINED.format(sae="photo_sae") + " " + SMALL.replace("width/height", "the scale size")))
+                    SAE_TRAINED.format(sae="photo_sae") + " " + SMALL))
     s_models = g.stage("models", "Flux models", 0)
     s_photo = g.stage("photo", "Photo to latent, inverted", 0)
     s_sae = g.stage("sae", "Train SAE, find the direction, slide", 1)
@@ -691,11 +725,12 @@ def saedit_photo_edit():
     m = flux_loaders(g, s_models)
     prompt = "a photo of an astronaut"
     photo = load_image(g, "editlab_photo.png", s_photo, 0, 0, title="Photo")
-    scaled = g.add("ImageScale", [("upscale_method", "bilinear"), ("width", 64), ("height", 64), ("crop", "center")],
-                   {"image": (photo, 0, "IMAGE")}, ["IMAGE"], s_photo, 0, 1)
+    real = REAL["saedit_flux"]
+    scaled = g.add("ImageScale", [("upscale_method", "bilinear"), ("width", real["size"]), ("height", real["size"]),
+                                  ("crop", "center")], {"image": (photo, 0, "IMAGE")}, ["IMAGE"], s_photo, 0, 1)
     latent = g.add("VAEEncode", [], {"pixels": (scaled, 0, "IMAGE"), "vae": m.vae}, ["LATENT"], s_photo, 1, 0)
     pos = recorded_text(g, m.clip, prompt, s_photo, 1, 1)
-    sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", 20), ("denoise", 1.0)],
+    sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", real["steps"]), ("denoise", 1.0)],
                    {"model": m.model}, ["SIGMAS"], s_photo, 2, 0)
     inverted = g.add("EditLabFlowInversion", [("iterations", 10), ("cfg", 1.0)],
                      {"model": m.model, "conditioning": (pos, 0, "CONDITIONING"),
@@ -720,18 +755,20 @@ CONCEPT_PROMPT = "a photo of sks person wearing a zwx shirt"
 
 
 # ConceptSplit per model family: (title suffix, loaders, files, empty latent node, ToVA rank and lr (the authors'
-# SD / SDXL defaults; Flux has none published), sampler cfg, Flux guidance or None).
+# SD / SDXL defaults; Flux has none published), sampler cfg (the authors' 7.5; Flux: 1 with its guidance), Flux
+# guidance or None, image and training resolution (the model's native size)).
 CONCEPTSPLIT = {
-    "sd15": (" (SD1.5)", sd15_loader, SD15_FILES, "EmptyLatentImage", 4, 0.0005, 5.0, None),
-    "sdxl": (" (SDXL)", sdxl_loader, SDXL_FILES, "EmptyLatentImage", 16, 0.0001, 5.0, None),
-    "flux": (" (Flux)", flux_loaders, FLUX_FILES, "EmptySD3LatentImage", 16, 0.0001, 1.0, 3.5),
+    "sd15": (" (SD1.5)", sd15_loader, SD15_FILES, "EmptyLatentImage", 32, 0.0005, 7.5, None, 512),
+    "sdxl": (" (SDXL)", sdxl_loader, SDXL_FILES, "EmptyLatentImage", 16, 0.0001, 7.5, None, 1024),
+    "flux": (" (Flux)", flux_loaders, FLUX_FILES, "EmptySD3LatentImage", 16, 0.0001, 1.0, 3.5, 1024),
 }
 
 
 def conceptsplit_rows(g, family, band=0, label="", m=None):
     """ToVA Train x2 -> ToVA Apply -> LODA sampler -> image, and the per-word attention heat-maps, saved; over three
     bands, or one (the tour's row) when given the models ``m`` another row loaded."""
-    suffix, loaders, _, latent_node, rank, lr, cfg, guidance = CONCEPTSPLIT[family]
+    suffix, loaders, _, latent_node, rank, lr, cfg, guidance, size = CONCEPTSPLIT[family]
+    real = REAL["conceptsplit"]
     bands = (band,) * 5 if m is not None else (band, band, band + 1, band + 1, band + 2)
     key = f"conceptsplit{band}_"
     if m is None:
@@ -745,8 +782,8 @@ def conceptsplit_rows(g, family, band=0, label="", m=None):
     for i, (word, what) in enumerate((("sks", "person"), ("zwx", "shirt"))):
         adapters.append(g.add(
             "EditLabToVATrain",
-            [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", 64),
-             ("rank", rank), ("steps", 4), ("lr", lr), ("batch_size", 1), ("seed", i),
+            [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", size),
+             ("rank", rank), ("steps", real["train_steps"]), ("lr", lr), ("batch_size", 1), ("seed", i),
              ("name", f"concept_{word}" if family == "sd15" else f"concept_{word}_{family}"), ("overwrite", True)],
             {"model": m.model, "clip": m.clip, "vae": m.vae}, ["EDITLAB_TOVA", "STRING"], s_train, i, 0,
             title=f"ToVA Train ({word})"))
@@ -758,13 +795,15 @@ def conceptsplit_rows(g, family, band=0, label="", m=None):
     if guidance is not None:
         pos = (g.add("FluxGuidance", [("guidance", guidance)], {"conditioning": pos}, ["CONDITIONING"], s_apply, 2,
                      1), 0, "CONDITIONING")
-    latent = g.add(latent_node, [("width", 64), ("height", 64), ("batch_size", 1)], {}, ["LATENT"], s_apply, 2, 0)
+    latent = g.add(latent_node, [("width", size), ("height", size), ("batch_size", 1)], {}, ["LATENT"], s_apply, 2,
+                   0)
     base = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_sample, 0, 0)
-    loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"), ("loda_steps", 2),
+    loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"),
+                                 ("loda_steps", real["loda_steps"]),
                                  ("step_size", 20.0), ("threshold", 3.0), ("afg_strength", 2.0),
                                  ("map_layers", "authors")],
                  {"sampler": (base, 0, "SAMPLER"), "clip": m.clip}, ["SAMPLER"], s_sample, 0, 1)
-    sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", 8), ("denoise", 1.0)],
+    sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", real["steps"]), ("denoise", 1.0)],
                    {"model": (tova, 0, "MODEL")}, ["SIGMAS"], s_sample, 1, 0)
     sampled = g.add("SamplerCustom", [("add_noise", True), ("noise_seed", 42), ("cfg", cfg)],
                     {"model": (tova, 0, "MODEL"), "positive": pos, "negative": (neg, 0, "CONDITIONING"),
@@ -777,8 +816,9 @@ def conceptsplit_rows(g, family, band=0, label="", m=None):
         prefix = "editlab_tour/conceptsplit_"
     save(g, image, prefix + "two_concepts", s_sample, 2, 1)
     maps = g.add("EditLabAttentionMaps",
-                 [("prompt", CONCEPT_PROMPT), ("words", "sks, zwx"), ("seed", 42), ("steps", 4), ("cfg", cfg),
-                  ("sampler_name", "euler"), ("scheduler", "simple"), ("start_step", 0), ("end_step", 4)],
+                 [("prompt", CONCEPT_PROMPT), ("words", "sks, zwx"), ("seed", 42), ("steps", real["steps"]),
+                  ("cfg", cfg), ("sampler_name", "euler"), ("scheduler", "simple"), ("start_step", 0),
+                  ("end_step", real["steps"])],
                  {"model": (tova, 0, "MODEL"), "clip": m.clip, "positive": pos,
                   "negative": (neg, 0, "CONDITIONING"), "latent_image": (latent, 0, "LATENT")},
                  ["LATENT", "IMAGE", "MASK"], s_maps, 0, 0)
@@ -798,8 +838,9 @@ def conceptsplit_workflow(family):
                     + (" On Flux the adapters act on the text stream's values in the double blocks and the maps "
                        "come from the joint attention." if family == "flux" else ""),
                     files, name, ("editlab_photo.png", "editlab_product_tshirt.png"),
-                    "The adapters train in-graph on every image in the input folder ('.') for a few steps, so the "
-                    "dry run is quick: for real concepts give each its own folder of 4-10 photos and 500+ steps. "
+                    "The adapters train in-graph (500 steps at the model's resolution, batch 1) on every image in "
+                    "the input folder ('.'): for real concepts give each its own folder of 4-10 photos. Sampling: "
+                    "the authors' 50 steps, cfg 7.5 (Flux: cfg 1 with guidance 3.5), LODA over the first 10. "
                     + SMALL))
     conceptsplit_rows(g, family)
     s_files = g.stage("files", "Optional (unmute with Ctrl+M): adapters trained earlier, from models/tova/", 2)
@@ -828,9 +869,9 @@ CHRONO_FILES = ("- `chrono_edit_14B_fp16.safetensors` in `models/diffusion_model
                 "- `wan_2.1_vae.safetensors` in `models/vae/`\n"
                 "- `clip_vision_h.safetensors` in `models/clip_vision/`")
 CHRONO_EDIT = "The person is now wearing a pair of black sunglasses, keeping the face and the background unchanged."
-CHRONO_SMALL = ("The edit is kept small (target_area 4096 = 64x64 px) so the dry run is quick: raise target_area to "
-                "921600 (the authors' 720x1280) for real results. Without a tiny CLIP vision model, `--tiny` removes "
-                "the CLIP Vision nodes (their input is optional).")
+CHRONO_SMALL = ("The edit is made at the authors' size: target_area 921600 (720x1280 pixels, the photo's aspect kept). "
+                "`--tiny` scales the area and the steps down for its dry run and prints each change; without a tiny "
+                "CLIP vision model it also removes the CLIP Vision nodes (their input is optional).")
 
 
 def chronoedit_models(g, stage, shift, lora=False):
@@ -869,7 +910,8 @@ def chronoedit_graph(g, name, reasoning, steps, cfg, shift, k, lora=False):
     encoded = g.add("CLIPVisionEncode", [("crop", "none")], {"clip_vision": vision, "image": (photo, 0, "IMAGE")},
                     ["CLIP_VISION_OUTPUT"], s_input, 0, 1)
     cond = g.add("EditLabChronoEditConditioning",
-                 [("target_area", 4096), ("width", 0), ("height", 0), ("reasoning", reasoning),
+                 [("target_area", REAL["chronoedit"]["target_area"]), ("width", 0), ("height", 0),
+                  ("reasoning", reasoning),
                   ("reasoning_frames", 8)],
                  {"positive": (pos, 0, "CONDITIONING"), "negative": (neg, 0, "CONDITIONING"), "vae": m.vae,
                   "image": (photo, 0, "IMAGE"), "clip_vision_output": (encoded, 0, "CLIP_VISION_OUTPUT")},
@@ -900,7 +942,9 @@ def chronoedit_reasoning_edit():
                     "k = 0 is the plain 2-frame edit. The trajectory is saved as an animated WEBP (8 fps).",
                     CHRONO_FILES, "chronoedit_reasoning_edit", ("editlab_photo.png",),
                     "Authors' settings: 50 steps, cfg 5, shift 5 (ModelSamplingSD3), UniPC. " + CHRONO_SMALL))
-    return chronoedit_graph(g, "chronoedit_reasoning_edit", True, 50, 5.0, 5.0, 10)
+    real = REAL["chronoedit"]
+    return chronoedit_graph(g, "chronoedit_reasoning_edit", True, real["steps"], real["cfg"], real["shift"],
+                            real["reasoning_steps"])
 
 
 def chronoedit_distilled_8step():
@@ -931,7 +975,8 @@ def worldtoimage_agent(g, m, stage, prompt, llm=None, scorer=None, sources=(), i
     for i, src in enumerate(sources, 1):
         inputs[f"source_{i}"] = (src, 0, "EDITLAB_IMAGE_SOURCE")
     return g.add("EditLabWorldToImage",
-                 [("prompt", prompt), ("width", 64), ("height", 64), ("steps", 4), ("cfg", 1.0),
+                 [("prompt", prompt), ("width", REAL["kontext"]["size"]), ("height", REAL["kontext"]["size"]),
+                  ("steps", REAL["kontext"]["steps"]), ("cfg", REAL["kontext"]["cfg"]),
                   ("sampler_name", "euler"), ("scheduler", "simple"), ("seed", 0), ("iterations", iterations),
                   ("threshold", threshold), ("candidates", 5), ("references", 1),
                   ("reference_mode", "reference_latents")],
@@ -960,20 +1005,20 @@ def worldtoimage_local_library():
                     "An agent loop that brings reference images into generation. **Image Library** indexes a folder "
                     "of your images (captions from sidecar .txt files or file names). The **World-To-Image Agent** "
                     "generates from the prompt, then each further iteration retrieves the library image that best "
-                    "matches the prompt's keywords and generates again with it as a **reference latent** (Flux "
-                    "Kontext style). Everything stays on this machine and a rerun gives the same history, which the "
+                    "matches the prompt's keywords and generates again with it as a **reference latent** on **Flux "
+                    "Kontext dev** (the model trained on reference latents; ComfyUI's Kontext template's loaders, 20 "
+                    "steps, cfg 1). Everything stays on this machine and a rerun gives the same history, which the "
                     "agent node shows when it has run.",
-                    FLUX_FILES, "worldtoimage_local_library", ("editlab_product_bag.png",),
+                    KONTEXT_MODEL_FILES, "worldtoimage_local_library", ("editlab_product_bag.png",),
                     "The library here is the input folder itself ('.'). No LLM and no scorer are wired, so the prompt "
                     "is not rewritten and the first iteration is kept: the **History** says what was skipped. Add an "
                     "**LLM** node (planning) and an **Image Scorer** (a vision LLM, or a CLIP vision model from "
-                    "`models/clip_vision/`) to rank the iterations and stop at the threshold. Reference latents need "
-                    "a Flux Kontext model for real results. " + SMALL))
-    s_models = g.stage("models", "Flux models", 0)
+                    "`models/clip_vision/`) to rank the iterations and stop at the threshold. " + SMALL))
+    s_models = g.stage("models", "Flux Kontext models", 0)
     s_sources = g.stage("sources", "Local image library", 0)
     s_agent = g.stage("agent", "Retrieve, generate, iterate", 1)
     s_out = g.stage("out", "Best image, every iteration, history", 1)
-    m = flux_loaders(g, s_models)
+    m = kontext_loaders(g, s_models)
     library = g.add("EditLabImageLibrary", [("folder", "."), ("recursive", False)], {},
                     ["EDITLAB_IMAGE_SOURCE", "STRING"], s_sources, 0, 0)
     agent = worldtoimage_agent_sized(g, m, s_agent, W2I_PROMPT, sources=[library])
@@ -992,16 +1037,16 @@ def worldtoimage_openverse():
                     "Search** asks Openverse for openly licensed references (licence and source URL recorded, every "
                     "download through the guarded client); the **Image Scorer** has the same LLM judge each image; the "
                     "agent keeps the best and stops at the threshold. The agent node shows the history (JSON) when it "
-                    "has run.",
-                    FLUX_FILES, "worldtoimage_openverse", (),
+                    "has run. Generation runs on **Flux Kontext dev**, the model trained on reference latents.",
+                    KONTEXT_MODEL_FILES, "worldtoimage_openverse", (),
                     "Offline or without the LLM server it still runs: an unreachable search is recorded in the "
                     "**History** and the loop goes on without references; an unreachable LLM means keyword queries, "
                     "the prompt unchanged and no scores (also recorded). " + SMALL))
-    s_models = g.stage("models", "Flux models", 0)
+    s_models = g.stage("models", "Flux Kontext models", 0)
     s_llm = g.stage("llm", "LLM, judge and web search", 0)
     s_agent = g.stage("agent", "Plan, retrieve, generate, score, iterate", 1)
     s_out = g.stage("out", "Best image, every iteration, history", 1)
-    m = flux_loaders(g, s_models)
+    m = kontext_loaders(g, s_models)
     llm = g.add("EditLabLLM", [("base_url", "http://127.0.0.1:11434/v1"), ("model", "llava"), ("api_key_env", ""),
                                ("temperature", 0.0), ("timeout", 30.0), ("max_retries", 1), ("vision", True)],
                 {}, ["EDITLAB_LLM"], s_llm, 0, 0)
@@ -1031,14 +1076,16 @@ KONTEXT_FILES = ("- `flux1-dev-kontext_fp8_scaled.safetensors` in `models/diffus
                  "- `clip_l.safetensors` and `t5xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders/`\n"
                  "- `ae.safetensors` in `models/vae/`\n"
                  "- your layered LoRAs (optional) in `models/loras/`")
+KONTEXT_MODEL_FILES = KONTEXT_FILES.rsplit("\n", 1)[0]
 LAYERED_LORAS = ("**Adapters**: *Layered Edit Adapters* ships with both LoRAs set to *None* (no change). Train yours "
                  "with *Layered Edit Train* (edit pairs `NAME_source.png`, `NAME_target.png`, `NAME.txt`, "
                  "`NAME_mask.png` in a folder of ComfyUI's input folder) or `scripts/train_layered.py`, then pick "
                  "`NAME_pattern_shift.safetensors` and `NAME_consistency.safetensors` there, each with its strength "
                  "and step window. Encode the instruction with the node's CLIP output: the conditioning carries the "
                  "adapters to the sampler.")
-REPORT = ("*Edit Consistency Report* writes L1 / PSNR / SSIM inside and outside the product mask (shown on the node, "
-          "saved as `output/{prefix}_NNNNN_.json`) and a heat-map of what the edit touched.")
+REPORT = ("*Edit Consistency Report* writes L1 / PSNR / SSIM inside and outside the product mask of the model's edit "
+          "(before any Product Lock, so the inside numbers show how much the model itself changed the product; shown "
+          "on the node, saved as `output/{prefix}_NNNNN_.json`) and a heat-map of what the edit touched.")
 
 
 def kontext_loaders(g, stage, col=0):
@@ -1054,7 +1101,7 @@ def kontext_loaders(g, stage, col=0):
     return Models((unet, 0, "MODEL"), (clip, 0, "CLIP"), (vae, 0, "VAE"))
 
 
-def _square(g, image, stage, col, row, title=None, size=64):
+def _square(g, image, stage, col, row, title=None, size=REAL["kontext"]["size"]):
     return g.add("ImageScale", [("upscale_method", "bilinear"), ("width", size), ("height", size),
                                 ("crop", "center")], {"image": (image, 0, "IMAGE")}, ["IMAGE"], stage, col, row, title)
 
@@ -1062,8 +1109,7 @@ def _square(g, image, stage, col, row, title=None, size=64):
 def layered_edit(title, what, name, photo_file, mask_file, instruction, lock, prefix):
     g = Graph(title)
     g.add_note(note(title, what, KONTEXT_FILES, name, (photo_file, mask_file),
-                    LAYERED_LORAS + " " + REPORT.format(prefix=prefix + "_report") + " " +
-                    SMALL.replace("width/height", "the Image Scale sizes")))
+                    LAYERED_LORAS + " " + REPORT.format(prefix=prefix + "_report") + " " + SMALL))
     return layered_rows(g, photo_file, mask_file, instruction, lock, prefix, options=True)
 
 
@@ -1094,7 +1140,8 @@ def layered_rows(g, photo_file, mask_file, instruction, lock, prefix, options=Fa
                                         "latent": (latent, 0, "LATENT")}, ["CONDITIONING"], s_edit, 1, 1)
     neg = g.add("ConditioningZeroOut", [], {"conditioning": (pos, 0, "CONDITIONING")}, ["CONDITIONING"], s_edit,
                 1, 2)
-    sampled = ksample(g, m, ref, neg, latent, s_edit, 2, 0, model=(layered, 0, "MODEL"))
+    sampled = ksample(g, m, ref, neg, latent, s_edit, 2, 0, steps=REAL["kontext"]["steps"],
+                      cfg=REAL["kontext"]["cfg"], model=(layered, 0, "MODEL"))
     edited = decode(g, m, sampled, s_edit, 2, 1)
     result = edited
     col = 0
@@ -1104,8 +1151,10 @@ def layered_rows(g, photo_file, mask_file, instruction, lock, prefix, options=Fa
                        ["IMAGE"], s_out, 0, 0)
         col = 1
     save(g, result, prefix, s_out, col, 0, title="Save the edit")
+    # the report measures the model's edit (before any lock): after the lock the inside of the mask is the photo
+    # itself, so its inside-mask difference would be zero by construction
     report = g.add("EditLabEditConsistency", [("filename_prefix", prefix + "_report")],
-                   {"original": (scaled, 0, "IMAGE"), "edited": (result, 0, "IMAGE"), "mask": (mask, 0, "MASK")},
+                   {"original": (scaled, 0, "IMAGE"), "edited": (edited, 0, "IMAGE"), "mask": (mask, 0, "MASK")},
                    ["STRING", "IMAGE"], s_out, col + 1, 0)
     save(g, report, prefix + "_heatmap", s_out, col + 1, 1, slot=1, title="Save the change heat-map")
     if options:

@@ -1,5 +1,7 @@
-"""--tiny on the shipped workflows' API twins: every stock loader replaced, links moved to the matching tiny output."""
+"""--tiny on the shipped workflows' API twins: every stock loader replaced, links moved to the matching tiny output,
+and the real sizes and step counts scaled down for the dry run, each change said."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ def test_every_loader_is_swapped_and_links_point_at_tiny_outputs(path):
     loaders = {k for k, v in prompt.items() if v["class_type"] in LOADERS}
     assert loaders, "shipped workflows use the stock loaders"
     tiny, said = substitute_tiny(prompt)
+    said = [line for line in said if "(scaled down for the tiny models)" not in line]  # sizes: tested below
     assert len([line for line in said if " -> " in line]) == len(loaders)
     assert not [k for k, v in tiny.items() if v["class_type"] in LOADERS]
     gone = set(prompt) - set(tiny) - loaders  # LoRA pass-throughs; CLIP vision nodes (no tiny CLIP vision)
@@ -119,3 +122,83 @@ def test_prepare_prompt_tiny_modes():
     assert prepare_prompt(prompt, have, "always")["2"]["inputs"]["model"] == ["tiny_flux", 0]
     with pytest.raises(ClientError, match="flux1-dev.safetensors .*models/diffusion_models/"):
         prepare_prompt(prompt, lack, "never")
+
+
+# What a dry run on the tiny models may use at most, written here from the tiny models' purpose (seconds on a CPU),
+# not read from client/tiny.py: pixels per side, pixels of area, canvas height, step counts.
+DRY_RUN_LIMITS = {"width": 64, "height": 64, "resolution": 64, "target_area": 64 * 64}
+STEP_INPUTS = {"steps": 8, "loda_steps": 2, "steps_stage1": 2, "steps_stage2": 2}
+LINE = re.compile(r"^node (\S+) (\S+): (\S+) (\S+) -> (\S+) \(scaled down for the tiny models\)$")
+
+
+def _number(text):
+    return float(text) if "." in text else int(text)
+
+
+@pytest.mark.parametrize("path", TWINS, ids=lambda p: p.stem)
+def test_tiny_scales_real_sizes_and_steps_down_and_says_each_change(path):
+    """After --tiny no size or step count is above what a dry run may use, and every value that changed is said
+    once as ``node ID CLASS: INPUT OLD -> NEW`` with the values it really had and has; nothing else changed."""
+    prompt = json.loads(path.read_text())
+    tiny, said = substitute_tiny(prompt)
+    lines = [LINE.match(line) for line in said if "scaled down" in line]
+    assert all(lines), said
+    told = {(m[1], m[3]): (_number(m[4]), _number(m[5])) for m in lines}
+    assert len(told) == len(lines), "one line per change"
+    for node_id, node in tiny.items():
+        if node["class_type"] == "EditLabTinyModels":
+            continue
+        before = prompt[node_id]["inputs"]
+        for name, value in node["inputs"].items():
+            if isinstance(value, list):
+                continue
+            limit = DRY_RUN_LIMITS.get(name) or STEP_INPUTS.get(name)
+            if node["class_type"] == "EditLabTryOnStitch" and name == "height":
+                limit = 128
+            if limit is not None and isinstance(value, (int, float)):
+                assert value <= limit, f"node {node_id} {node['class_type']}.{name} = {value} after --tiny"
+            if value != before[name]:
+                assert told.pop((node_id, name)) == (before[name], value), (node_id, name)
+    assert not told, f"said but not done: {told}"
+
+
+def test_a_real_size_workflow_is_scaled_and_small_values_are_kept():
+    """The numbers by hand: 1024 px -> 64, 50 steps -> 8 with the reasoning drop at step 10 of 50 -> 2 of 8 (10 *
+    8 / 50 = 1.6), the attention-map window kept whole; a value already small (a --set override) stays."""
+    prompt = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors"}},
+              "2": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1024, "height": 48, "batch_size": 1}},
+              "3": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "latent_image": ["2", 0], "steps": 3}},
+              "4": {"class_type": "EditLabTemporalReasoningSampler", "inputs": {"steps": 50, "reasoning_steps": 10}},
+              "5": {"class_type": "EditLabAttentionMaps", "inputs": {"steps": 50, "start_step": 0, "end_step": 50}},
+              "6": {"class_type": "EditLabChronoEditConditioning", "inputs": {"target_area": 921600}}}
+    tiny, said = substitute_tiny(prompt)
+    assert tiny["2"]["inputs"] == {"width": 64, "height": 48, "batch_size": 1}
+    assert tiny["3"]["inputs"]["steps"] == 3
+    assert tiny["4"]["inputs"] == {"steps": 8, "reasoning_steps": 2}
+    assert tiny["5"]["inputs"] == {"steps": 4, "start_step": 0, "end_step": 4}
+    assert tiny["6"]["inputs"] == {"target_area": 4096}
+    scaled = [line for line in said if "scaled down" in line]
+    assert scaled == ["node 2 EmptySD3LatentImage: width 1024 -> 64 (scaled down for the tiny models)",
+                      "node 4 EditLabTemporalReasoningSampler: steps 50 -> 8 (scaled down for the tiny models)",
+                      "node 4 EditLabTemporalReasoningSampler: reasoning_steps 10 -> 2 (scaled down for the tiny "
+                      "models)",
+                      "node 5 EditLabAttentionMaps: steps 50 -> 4 (scaled down for the tiny models)",
+                      "node 5 EditLabAttentionMaps: end_step 50 -> 4 (scaled down for the tiny models)",
+                      "node 6 EditLabChronoEditConditioning: target_area 921600 -> 4096 (scaled down for the tiny "
+                      "models)"]
+    assert prompt["2"]["inputs"]["width"] == 1024, "the caller's prompt is not changed"
+
+
+@pytest.mark.parametrize("name", ["worldtoimage_local_library", "worldtoimage_openverse"])
+def test_worldtoimage_loads_flux_kontext_and_goes_to_the_tiny_flux(name):
+    """The agent feeds reference latents: its model is Flux Kontext (trained on them), as ComfyUI's Kontext template
+    loads it; --tiny maps that file to the tiny Flux, whose output feeds the agent."""
+    prompt = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+    unets = [v["inputs"]["unet_name"] for v in prompt.values() if v["class_type"] == "UNETLoader"]
+    assert unets == ["flux1-dev-kontext_fp8_scaled.safetensors"]
+    tiny, said = substitute_tiny(prompt)
+    assert any("UNETLoader (flux1-dev-kontext_fp8_scaled.safetensors) -> EditLabTinyModels flux" in line
+               for line in said), said
+    (agent,) = [v for v in tiny.values() if v["class_type"] == "EditLabWorldToImage"]
+    assert tiny[agent["inputs"]["model"][0]]["inputs"]["architecture"] == "flux"
+    assert agent["inputs"]["reference_mode"] == "reference_latents"
