@@ -11,7 +11,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..models.chronoedit import (AUTHORS_AREA, DEFAULT_REASONING_FRAMES, MAX_LATENT_FRAMES, conditioning_video,
+from ..models.chronoedit import (AUTHORS_AREA, AUTHORS_FRAMES, DEFAULT_REASONING_FRAMES, MAX_LATENT_FRAMES, conditioning_video,
                                  frame0_mask, keep_ends, kept_positions, rope_scale_for, size_for_area, start_latent,
                                  temporal_reasoning, video_frames)
 from . import host
@@ -80,6 +80,31 @@ def _layout_from_conditioning(positive, samples):
     return start, frame0_mask(samples.shape[2], *samples.shape[-2:], device=samples.device, dtype=samples.dtype)
 
 
+def _expects_image_features(model) -> bool:
+    """Whether the diffusion model projects CLIP vision features into its cross-attention (Wan 2.1 I2V's img_emb)."""
+    return getattr(getattr(model.model, "diffusion_model", None), "img_emb", None) is not None
+
+
+def _check_image_features(model, positive, negative, allow_missing: bool) -> None:
+    """Refuse conditioning without CLIP vision features for a model whose image cross-attention reads them: the
+    host's Wan code would then give that attention the text tokens instead."""
+    if not _expects_image_features(model):
+        return
+    for name, conditioning in (("positive", positive), ("negative", negative)):
+        if all(values.get("clip_vision_output") is not None for _, values in conditioning):
+            continue
+        if allow_missing:
+            log.warning("EditLab ChronoEdit: no CLIP vision features in the %s conditioning (without_clip_vision): "
+                        "the model's image cross-attention reads the text tokens", name)
+            return
+        raise EditLabInputError(name, "conditioning with the input's CLIP vision features: this model has an image "
+                                      "projection (Wan 2.1 I2V / ChronoEdit 14B) and without them the host feeds "
+                                      "the text tokens into its image cross-attention. Connect CLIP Vision Encode "
+                                      "(clip_vision_h) to clip_vision_output of ChronoEdit Conditioning (or of "
+                                      "WanImageToVideo), or turn on without_clip_vision for a dry run",
+                                "no clip_vision_output")
+
+
 class EditLabChronoEditConditioning(EditLabNode):
     @classmethod
     def define_schema(cls):
@@ -109,11 +134,14 @@ class EditLabChronoEditConditioning(EditLabNode):
                                          "and the edit (slower; the trajectory can be saved as a video)."),
                 io.Int.Input("reasoning_frames", default=DEFAULT_REASONING_FRAMES, min=2, max=MAX_LATENT_FRAMES,
                              tooltip="Latent frames with reasoning, input and edit included (8 = 29 video frames, "
-                                     "the authors' default). Ignored without reasoning (2 frames)."),
+                                     "the authors' default and the only count their temporal positions are "
+                                     "defined for; 3-7 and 9-21 are ours: frames at positions 0..T-1, the edit at "
+                                     "T-1, a warning is logged). Ignored without reasoning (2 frames)."),
                 io.ClipVisionOutput.Input("clip_vision_output", optional=True,
                                           tooltip="CLIP vision features of the input (CLIP Vision Encode with "
-                                                  "clip_vision_h), as Wan 2.1 I2V 14B uses them. Optional: the "
-                                                  "tiny test model has no CLIP vision."),
+                                                  "clip_vision_h), as Wan 2.1 I2V 14B and ChronoEdit use them. "
+                                                  "The sampler refuses a model with an image projection without "
+                                                  "them (unless its without_clip_vision is on: tiny dry runs)."),
             ],
             outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative"),
                      io.Latent.Output(display_name="latent")],
@@ -190,17 +218,28 @@ class EditLabTemporalReasoningSampler(EditLabNode):
                              tooltip="k: steps that denoise all reasoning frames before they are dropped (0 = the "
                                      "plain 2-frame edit; = steps: never dropped, authors' default 50). Ignored "
                                      "for a 2-frame latent (reasoning off)."),
+                io.Boolean.Input("pin_first_frame", default=True, optional=True,
+                                 tooltip="On (ours): frame 0 is held at the input's latent by a noise mask and set "
+                                         "to it in the results. Off (the authors'): frame 0 is denoised from noise "
+                                         "with the other frames, only the concat conditioning carries the input."),
+                io.Boolean.Input("without_clip_vision", default=False, optional=True,
+                                 tooltip="A model with an image projection (Wan 2.1 I2V, ChronoEdit 14B) needs the "
+                                         "input's CLIP vision features (clip_vision_output of ChronoEdit "
+                                         "Conditioning); without them the host would feed the text tokens into the "
+                                         "image cross-attention, so the sampler refuses. On: run anyway (dry runs "
+                                         "on the tiny models, which have no CLIP vision encoder)."),
             ],
             outputs=[io.Latent.Output(display_name="edited"), io.Latent.Output(display_name="trajectory")],
         )
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler,
-                reasoning_steps) -> io.NodeOutput:
+                reasoning_steps, pin_first_frame=True, without_clip_vision=False) -> io.NodeOutput:
         channels = host.wan_i2v_latent_channels(model)
         if channels is None:
             raise EditLabInputError("model", "a Wan 2.1 image-to-video model (ChronoEdit 14B or Wan 2.1 I2V)",
                                     host.model_family(model))
+        _check_image_features(model, positive, negative, without_clip_vision)
         samples, mask = latent.get("samples"), latent.get("noise_mask")
         if (torch.is_tensor(samples) and samples.ndim == 5 and mask is None and not samples.any()
                 and samples.shape[2] >= 2):
@@ -255,8 +294,12 @@ class EditLabTemporalReasoningSampler(EditLabNode):
             return host.sample_with(models[now], sampler_name, noise, cfg, sig, pos, neg, lat, noise_mask, run_seed,
                                     callback)
 
+        if frames not in AUTHORS_FRAMES:
+            log.warning("EditLab ChronoEdit: %d latent frames: the authors' temporal positions are defined for 2 "
+                        "(edit at 7) and 8 (0..7) frames only; these %d sit at 0..%d", frames, frames, frames - 1)
         result = temporal_reasoning(sample, samples, mask, lambda lat: host.initial_noise(lat, seed), sigmas, k,
-                                    lambda x: host.latent_to_outer(models[frames], x))
+                                    lambda x: host.latent_to_outer(models[frames], x),
+                                    pin_frame0=bool(pin_first_frame))
         return io.NodeOutput({"samples": result.edited}, {"samples": result.trajectory})
 
 

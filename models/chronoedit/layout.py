@@ -24,6 +24,7 @@ SIDE_MULTIPLE = 16
 TIME_RATIO = 4  # video frames per latent frame after the first (Wan 2.1 VAE)
 EDIT_POSITION_2_FRAMES = 7  # temporal RoPE position of the edited frame in the authors' 2-frame mode
 DEFAULT_REASONING_FRAMES = 8  # latent frames with reasoning (29 video frames), the authors' default
+AUTHORS_FRAMES = (2, 8)  # the latent frame counts the authors' temporal positions are defined for (2: 0 and 7; 8: 0..7)
 MAX_LATENT_FRAMES = 21  # 81 video frames: the longest clip Wan 2.1 was trained on
 AUTHORS_AREA = 720 * 1280  # the authors' target area (720p)
 

@@ -16,6 +16,8 @@ Frame 0 is pinned by the host's noise mask to the input's latent; for it the res
 the frame's original noise, so the host's pin blends exactly what it blended before the drop. The host's pin makes
 every denoised estimate's frame 0 the input's latent, but a multistep sampler's last update can leave rounding-size
 traces there (UniPC: ~1e-2 on the tiny model), so the results get frame 0 set to the input's latent exactly.
+The pin is ours: the authors start every frame, frame 0 included, from noise and keep what the sampler makes of it
+(only the concat conditioning carries the input); ``pin_frame0=False`` runs their way.
 
 k = 0 is a plain 2-frame run; k = steps never drops. A 2-frame layout (reasoning off) has nothing to drop.
 """
@@ -41,14 +43,15 @@ def check_reasoning_steps(k: int, steps: int) -> None:
         raise ValueError(f"reasoning steps must lie in 0..steps ({steps}); got {k}")
 
 
-def restart_state(state_all: torch.Tensor, start: torch.Tensor, noise: torch.Tensor):
+def restart_state(state_all: torch.Tensor, start: torch.Tensor, noise: torch.Tensor, pin_frame0: bool = True):
     """The (latent, noise) pair that restarts frames [0, -1] of ``state_all`` (a run's leftover-noise result):
     frame 0 re-expressed as the pinned input (its start latent, its original noise), the last frame as its state
-    with no noise added."""
+    with no noise added. Unpinned (``pin_frame0`` False), frame 0 restarts from its state as the last frame does."""
     latent = keep_ends(state_all).clone()
-    latent[:, :, :1] = start[:, :, :1]
     restart_noise = torch.zeros_like(latent)
-    restart_noise[:, :, :1] = noise[:, :, :1]
+    if pin_frame0:
+        latent[:, :, :1] = start[:, :, :1]
+        restart_noise[:, :, :1] = noise[:, :, :1]
     return latent, restart_noise
 
 
@@ -61,7 +64,7 @@ def pinned(latent: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
 
 def temporal_reasoning(sample: Callable, start: torch.Tensor, noise_mask: torch.Tensor, make_noise: Callable,
                        sigmas: torch.Tensor, k: int, to_outer: Callable,
-                       check: Optional[Callable] = None) -> ReasoningResult:
+                       check: Optional[Callable] = None, pin_frame0: bool = True) -> ReasoningResult:
     """Run ChronoEdit's sampling.
 
     ``sample(latent, noise, noise_mask, sigmas, first_step, on_denoised, restart)`` runs the host's sampler and returns
@@ -69,7 +72,12 @@ def temporal_reasoning(sample: Callable, start: torch.Tensor, noise_mask: torch.
     ([0, -1]) conditioning; ``on_denoised(step, x0)`` must be called with every step's denoised estimate (the host's
     inner space); ``restart`` is True for the run after the drop. ``make_noise(latent)`` draws the initial noise as
     the host's KSampler would. ``to_outer`` maps the host's inner latent space to the outer one (process_latent_out).
+    ``pin_frame0`` False is the authors' way: no noise mask (``sample`` gets None), frame 0 is denoised from noise with
+    the other frames and left as the sampler returns it.
     """
+    if not pin_frame0:
+        noise_mask = None
+    pin = pinned if pin_frame0 else (lambda latent, _start: latent)  # the authors' frame 0 is the sampler's
     steps = len(sigmas) - 1
     check_reasoning_steps(k, steps)
     frames = start.shape[2]
@@ -77,8 +85,8 @@ def temporal_reasoning(sample: Callable, start: torch.Tensor, noise_mask: torch.
         raise ValueError(f"a ChronoEdit latent has at least 2 frames; got {frames}")
     if frames == 2 or k == 0:
         latent = start if frames == 2 else keep_ends(start)
-        mask = noise_mask if frames == 2 else keep_ends(noise_mask)
-        out = pinned(sample(latent, make_noise(latent), mask, sigmas, 0, None, False), start)
+        mask = noise_mask if frames == 2 or noise_mask is None else keep_ends(noise_mask)
+        out = pin(sample(latent, make_noise(latent), mask, sigmas, 0, None, False), start)
         return ReasoningResult(out, out, [2])
     noise = make_noise(start)
     last = {}
@@ -90,10 +98,11 @@ def temporal_reasoning(sample: Callable, start: torch.Tensor, noise_mask: torch.
 
     out_all = sample(start, noise, noise_mask, sigmas[:k + 1], 0, keep_last, False)
     if k == steps:
-        out_all = pinned(out_all, start)
+        out_all = pin(out_all, start)
         return ReasoningResult(keep_ends(out_all), out_all, [frames])
-    latent, restart_noise = restart_state(out_all, start, noise)
-    out = pinned(sample(latent, restart_noise, keep_ends(noise_mask), sigmas[k:], k, None, True), start)
+    latent, restart_noise = restart_state(out_all, start, noise, pin_frame0)
+    kept_mask = None if noise_mask is None else keep_ends(noise_mask)
+    out = pin(sample(latent, restart_noise, kept_mask, sigmas[k:], k, None, True), start)
     # The reasoning frames as the model last saw them (its denoised estimate at step k-1), the edit at the end.
     reasoning = to_outer(last["x0"]).to(out.device, out.dtype)
     trajectory = torch.cat([out[:, :, :1], reasoning[:, :, 1:-1], out[:, :, -1:]], dim=2)

@@ -50,10 +50,13 @@ def _cond(nodes, wan, conds, image, reasoning, frames=FRAMES, **over):
     return nodes.EditLabChronoEditConditioning.execute(**{**args, **over}).result
 
 
-def _sample(nodes, model, c, steps=4, k=2, sampler="euler", cfg=2.0, seed=7, scheduler="simple"):
+def _sample(nodes, model, c, steps=4, k=2, sampler="euler", cfg=2.0, seed=7, scheduler="simple", **extra):
+    """The sampler node; the tiny conditionings carry no CLIP vision features, so the dry-run switch is on unless
+    a test says otherwise."""
+    extra.setdefault("without_clip_vision", True)
     return nodes.EditLabTemporalReasoningSampler.execute(
         model=model, positive=c[0], negative=c[1], latent=c[2], seed=seed, steps=steps, cfg=cfg, sampler_name=sampler,
-        scheduler=scheduler, reasoning_steps=k).result
+        scheduler=scheduler, reasoning_steps=k, **extra).result
 
 
 class Recorder:
@@ -357,3 +360,87 @@ def test_takes_the_templates_wan_image_to_video_outputs(nodes, wan, conds, image
     a = _sample(nodes, wan.model, host, steps=4, k=2, sampler="dpmpp_2m")
     b = _sample(nodes, wan.model, ours, steps=4, k=2, sampler="dpmpp_2m")
     assert torch.equal(a[0]["samples"], b[0]["samples"]) and torch.equal(a[1]["samples"], b[1]["samples"])
+
+
+# -- CLIP vision features, the frame-0 pin, frame counts ----------------------------------------------------------
+
+def _clip_vision_output(seed=5):
+    """What CLIP Vision Encode with clip_vision_h returns, as Wan's I2V conditioning reads it: 257 tokens x 1280."""
+    import comfy.clip_vision
+
+    out = comfy.clip_vision.Output()
+    out["penultimate_hidden_states"] = torch.randn((1, 257, 1280), generator=torch.Generator().manual_seed(seed))
+    return out
+
+
+def test_refuses_image_projection_without_clip_vision(nodes, wan, conds, image):
+    """The tiny Wan 2.1 I2V has the image projection (img_emb) of the real one; without CLIP vision features the host
+    would put the text tokens into its image cross-attention: the sampler names the input instead."""
+    from editlab.nodes.common import EditLabInputError
+
+    assert wan.model.model.diffusion_model.img_emb is not None
+    c = _cond(nodes, wan, conds, image, False)
+    with pytest.raises(EditLabInputError, match="input 'positive'.*CLIP vision features.*clip_vision_output"):
+        _sample(nodes, wan.model, c, steps=2, k=0, without_clip_vision=False)
+    with_features = _cond(nodes, wan, conds, image, False, clip_vision_output=_clip_vision_output())
+    negative_bare = (with_features[0], c[1], with_features[2])
+    with pytest.raises(EditLabInputError, match="input 'negative'.*CLIP vision"):
+        _sample(nodes, wan.model, negative_bare, steps=2, k=0, without_clip_vision=False)
+
+
+def test_clip_vision_features_reach_the_image_attention(nodes, wan, conds, image):
+    """With the features the sampler runs (no switch needed) and they change the result; two different feature sets
+    give two different edits (the image cross-attention reads them, not the text)."""
+    a = _sample(nodes, wan.model, _cond(nodes, wan, conds, image, False, clip_vision_output=_clip_vision_output(5)),
+                steps=3, k=0, without_clip_vision=False)[0]["samples"]
+    b = _sample(nodes, wan.model, _cond(nodes, wan, conds, image, False, clip_vision_output=_clip_vision_output(6)),
+                steps=3, k=0, without_clip_vision=False)[0]["samples"]
+    bare = _sample(nodes, wan.model, _cond(nodes, wan, conds, image, False), steps=3, k=0)[0]["samples"]
+    assert a.isfinite().all() and not torch.allclose(a, b) and not torch.allclose(a, bare)
+
+
+def test_unpinned_frame0_is_the_hosts_template_run(nodes, wan, conds, image):
+    """pin_first_frame off is the authors' frame 0: denoised from noise like every frame. The plain edit then equals
+    the host's template bit for bit: WanImageToVideo (5 frames), ScaleROPE scale_t 7, KSampler on its empty latent,
+    no noise mask and no pin."""
+    import comfy.utils
+    import nodes as host_nodes
+    from comfy_extras.nodes_rope import ScaleROPE
+    from comfy_extras.nodes_wan import WanImageToVideo
+
+    c = _cond(nodes, wan, conds, image, False)
+    ours = _sample(nodes, wan.model, c, steps=4, k=0, sampler="uni_pc", seed=11, pin_first_frame=False)[0]["samples"]
+    pos, neg, latent = WanImageToVideo.execute(conds[0], conds[1], wan.vae, W, H, 5, 1, start_image=image).result
+    model = ScaleROPE.execute(wan.model, 1.0, 0.0, 1.0, 0.0, 7.0, 0.0).result[0]
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    ref = host_nodes.common_ksampler(model, 11, 4, 2.0, "uni_pc", "simple", pos, neg, latent)[0]["samples"]
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    input_latent = c[2]["samples"][:, :, :1]
+    assert (ours[:, :, :1] - input_latent).abs().max() > 1e-3  # frame 0 is the sampler's, not the input's
+    pinned = _sample(nodes, wan.model, c, steps=4, k=0, sampler="uni_pc", seed=11)[0]["samples"]
+    assert torch.equal(pinned[:, :, :1], input_latent)
+
+
+def test_unpinned_restart_carries_frame0_state(nodes, wan, conds, image):
+    """Unpinned with a drop: both kept frames restart from their own state (euler: the joint run's first k steps, then
+    a hand-written euler on the two kept frames, from the host's own model calls)."""
+    c = _cond(nodes, wan, conds, image, True)
+    rec = Recorder(wan.model)
+    edited = _sample(nodes, rec.model, c, steps=4, k=2, sampler="euler", pin_first_frame=False)[0]["samples"]
+    assert [call["x"].shape[2] for call in rec.calls] == [FRAMES, FRAMES, 2, 2]
+    # no noise mask: frame 0 of what the model sees after the drop is the joint run's frame 0, not the input noised
+    first_restart = rec.calls[2]["x"][:, :16]
+    assert not torch.allclose(first_restart[:, :, :1], c[2]["samples"][:, :, :1], atol=1e-3)
+    assert not torch.equal(edited[:, :, :1], c[2]["samples"][:, :, :1])
+
+
+def test_frame_counts_outside_the_authors_are_logged(nodes, wan, conds, image, caplog):
+    """The authors' positions are defined for 2 and 8 latent frames; another count runs (positions 0..T-1) and says
+    so in the log."""
+    with caplog.at_level(logging.WARNING):
+        _sample(nodes, wan.model, _cond(nodes, wan, conds, image, False), steps=2, k=0)
+    assert not any("temporal positions are defined" in r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.WARNING):
+        _sample(nodes, wan.model, _cond(nodes, wan, conds, image, True), steps=2, k=1)
+    assert any(f"{FRAMES} latent frames: the authors' temporal positions are defined for 2" in r.getMessage()
+               for r in caplog.records)
