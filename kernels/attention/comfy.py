@@ -96,7 +96,7 @@ def attention_function(ask: MapRequest) -> Callable:
 
     def run(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False, **rest):
         qh, kh, vh = heads_first(q, k, v, heads, skip_reshape, rest.get("enable_gqa", False))
-        keys = ask.keys.to(qh.device)
+        keys = ask.keys  # read on the host by the kernel's entry point (a CPU tensor: no device read)
         bias = None if ask.bias is None else ask.bias.to(qh.device)
         scale = rest.get("scale")
         if mask is None:

@@ -11,6 +11,8 @@ only: a (Nk,) slot map says which column of the (Nq, S) bias a key reads, -1 for
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -64,8 +66,11 @@ def _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d,
     if not EVEN_N:
         s = tl.where(n_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    # a row whose keys so far all sit at -inf (a block of chosen keys whose bias is -inf, or the padding past Nk):
+    # its maximum stays -inf; subtracting 0 instead keeps exp2(-inf - -inf) = NaN out (alpha and p are then 0)
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if HAS_V:
         v = _load_tile(v_base + offs_n[:, None] * svn + offs_d[None, :], n_ok, d_ok, EVEN_N, EVEN_D)
@@ -75,6 +80,7 @@ def _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d,
 
 @triton.jit
 def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale, H, Nq, Nk, D, key_lo, key_hi,
+             Nq_bucket, Nk_bucket,
              sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, sbb, sbh, sbn,
              HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
              EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
@@ -164,20 +170,36 @@ def _key_probs(q_ptr, k_ptr, keys_ptr, bias_ptr, lse_ptr, probs_ptr, scale, H, N
 
 
 
-# Tried on the GPU at the first call of each shape (triton.autotune); the interpreter takes ``_blocks``. Tilings that
-# spill hundreds of bytes of registers at head dim 64 or 128 on sm_90 (ptxas -v: 128x128 with 8 warps, 128x64 and
-# 64x128 with 4) are left out.
+# Tried on the GPU at the first call of each shape bucket (triton.autotune); the interpreter takes ``_blocks``.
+# Tilings that spill hundreds of bytes of registers at head dim 64 or 128 on sm_90 (ptxas -v: 128x128 with 8 warps,
+# 128x64 and 64x128 with 4) are left out; above head dim 128 only the ``_WIDE_CONFIGS`` tiles (``_prune``): 64 x 32
+# with 8 warps, the one tiling without spills at head dim 256 (64 x 64: 404 bytes, 128 x 32: 596).
 _FORWARD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
                     for bm, bn, w, st in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 4),
                                           (64, 64, 4, 3), (64, 32, 4, 3))]
+_WIDE_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+                 for bm, bn, w, st in ((64, 32, 8, 2), (64, 32, 8, 3))]  # 64 x 64 spills 404 bytes at d 256
+MAX_HEAD_DIM = 256
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def length_bucket(n: int) -> int:
+    """The autotuner's key for a length: the next power of two (a new resolution re-tunes only across a doubling)."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _prune(configs, named_args, **kwargs):
+    wide = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 0)) > 128
+    return [c for c in configs if (c in _WIDE_CONFIGS) == wide]
 
 
 def _tuned(configs):
-    return triton.autotune(configs, key=["Nq", "Nk", "D", "HAS_BIAS", "HAS_V"])(
+    return triton.autotune(configs, key=["Nq_bucket", "Nk_bucket", "D", "HAS_BIAS", "HAS_V"],
+                           prune_configs_by={"early_config_prune": _prune})(
         triton.heuristics({"EVEN_N": lambda args: args["Nk"] % args["BLOCK_N"] == 0})(_forward))
 
 
-_forward_tuned = _tuned(_FORWARD_CONFIGS)
+_forward_tuned = _tuned(_FORWARD_CONFIGS + _WIDE_CONFIGS)
 
 
 def _autotuned(t: torch.Tensor) -> bool:
@@ -195,12 +217,65 @@ def _blocks(Nq: int, D: int):
     return min(block_m, max(16, triton.next_power_of_2(Nq))), 64, block_d
 
 
-def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_probs=True):
-    """(out or None, lse (B, H, Nq) float32, probs (B, H, Nq, S) float32 or None); layouts as in ``reference``."""
+def check_supported(q, k, v=None, bias=None) -> None:
+    """Raise ``KernelUnavailable`` for a call these kernels were not built for (the reference then serves it)."""
+    from ..dispatch import KernelUnavailable
+
+    D = q.shape[-1]
+    if D > MAX_HEAD_DIM:
+        raise KernelUnavailable(f"head dim {D} is above the kernel's {MAX_HEAD_DIM}")
+    if q.dtype not in DTYPES:
+        raise KernelUnavailable(f"dtype {q.dtype} (the kernel takes float16, bfloat16, float32)")
+    if k.dtype != q.dtype or (v is not None and v.dtype != q.dtype):
+        raise KernelUnavailable(f"q, k, v of different dtypes ({q.dtype}, {k.dtype}, {None if v is None else v.dtype})")
+    if bias is not None and not bias.dtype.is_floating_point:
+        raise KernelUnavailable(f"bias of dtype {bias.dtype}")
+    if q.is_cuda and not triton.knobs.runtime.interpret:
+        major, minor = torch.cuda.get_device_capability(q.device)
+        if (major, minor) < (8, 0) and q.dtype == torch.bfloat16:
+            raise KernelUnavailable(f"bfloat16 on a GPU of compute capability {major}.{minor} (below 8.0)")
+        if major < 7:
+            raise KernelUnavailable(f"a GPU of compute capability {major}.{minor} (Triton needs 7.0)")
+
+
+class KeyTable(NamedTuple):
+    """The chosen keys as the kernels read them, made on the host from the keys' values (no device read):
+    ``keys`` (S,) int32 and ``slot`` (Nk,) int32 (which column of the bias / maps a key is, -1 for none) on the
+    device, and the span [lo, hi) of the chosen keys."""
+    keys: torch.Tensor
+    slot: torch.Tensor
+    lo: int
+    hi: int
+
+    @property
+    def count(self) -> int:
+        return self.keys.numel()
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    if device.type == "cuda":  # pinned, asynchronous: no wait on the GPU's queue
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def key_table(keys: list[int], Nk: int, device) -> KeyTable:
+    """``KeyTable`` of distinct key indices (host ints, each in 0..Nk-1)."""
+    if len(set(keys)) != len(keys):
+        raise ValueError("key_table takes distinct keys (ops folds repeated ones)")
+    slot = torch.full((Nk,), -1, dtype=torch.int32)
+    if keys:
+        slot[torch.tensor(keys, dtype=torch.long)] = torch.arange(len(keys), dtype=torch.int32)
+    device = torch.device(device)
+    return KeyTable(_to_device(torch.tensor(keys, dtype=torch.int32), device), _to_device(slot, device),
+                    min(keys, default=0), max(keys, default=-1) + 1)
+
+
+def attention(q, k, v, table: KeyTable | None = None, bias=None, scale=None, with_out=True, with_probs=True):
+    """(out or None, lse (B, H, Nq) float32, probs (B, H, Nq, S) float32 or None); layouts as in ``reference``,
+    the chosen keys as a ``KeyTable``."""
+    check_supported(q, k, v if with_out else None, bias)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    if D > 256:
-        raise ValueError(f"head dim {D} is above the kernel's 256")
     scale = D ** -0.5 if scale is None else float(scale)
     q, k = _last_contiguous(q), _last_contiguous(k)
     v = _last_contiguous(v) if with_out else None
@@ -208,9 +283,8 @@ def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_pro
     out = torch.empty(B, H, Nq, D, device=q.device, dtype=q.dtype) if with_out else None
     has_bias = bias is not None
     if has_bias:
-        bias = _last_contiguous(bias).expand(B, H, Nq, keys.numel())
-        slot = torch.full((Nk,), -1, device=q.device, dtype=torch.int32)
-        slot[keys] = torch.arange(keys.numel(), device=q.device, dtype=torch.int32)
+        bias = _last_contiguous(bias).expand(B, H, Nq, table.count)
+        slot = table.slot
     else:
         slot = bias = lse  # unused pointers
     tf32 = q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32
@@ -219,8 +293,9 @@ def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_pro
     grid = (triton.cdiv(Nq, BM), B * H)
     if B * H and Nq:
         vv, oo = (v, out) if with_out else (q, lse)
-        key_lo, key_hi = (int(keys.min()), int(keys.max()) + 1) if has_bias and keys.numel() else (0, 0)
+        key_lo, key_hi = (table.lo, table.hi) if has_bias else (0, 0)
         args = (q, k, vv, slot, bias, oo, lse, scale * LOG2E, H, Nq, Nk, D, key_lo, key_hi,
+                length_bucket(Nq), length_bucket(Nk),
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 vv.stride(0), vv.stride(1), vv.stride(2),
                 *((out.stride(0), out.stride(1), out.stride(2)) if with_out else (0, 0, 0)),
@@ -231,13 +306,12 @@ def attention(q, k, v, keys=None, bias=None, scale=None, with_out=True, with_pro
         else:
             _forward[grid](*args, **flags, EVEN_N=Nk % BN == 0, BLOCK_M=BM, BLOCK_N=BN)
     probs = None
-    if keys is not None and with_probs:
-        S = keys.numel()
+    if table is not None and with_probs:
+        S = table.count
         probs = torch.empty(B, H, Nq, S, device=q.device, dtype=torch.float32)
         if B * H and Nq and S:
-            keys32 = keys.to(torch.int32).contiguous()
             BS = min(32, max(16, triton.next_power_of_2(S)))  # 64 spills at head dim 64 (ptxas -v)
-            _key_probs[grid](q, k, keys32, bias, lse, probs, scale, H, Nq, S, D,
+            _key_probs[grid](q, k, table.keys, bias, lse, probs, scale, H, Nq, S, D,
                              q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                              *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)),
                              HAS_BIAS=has_bias, ALLOW_TF32=tf32, DOT_F32=dot_f32, BLOCK_M=BM, BLOCK_S=BS, BLOCK_D=BD)
@@ -364,8 +438,9 @@ def backward_tiling(D: int) -> tuple[int, int]:
     return 32, (4 if D <= 64 else 8)
 
 
-def attention_backward(q, k, v, out, lse, probs, keys, bias, scale, g_out, g_lse, g_probs):
+def attention_backward(q, k, v, out, lse, probs, table, bias, scale, g_out, g_lse, g_probs):
     """(dq, dk, dv or None, dbias (B, H, Nq, S) float32 or None) for the forward's inputs and results."""
+    check_supported(q, k, v, bias)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     scale = D ** -0.5 if scale is None else float(scale)
@@ -382,10 +457,8 @@ def attention_backward(q, k, v, out, lse, probs, keys, bias, scale, g_out, g_lse
         delta += (g_probs * probs).sum(-1)
     if g_lse is not None:
         delta -= g_lse.float()
-    S = keys.numel() if keys is not None else 0
-    slot = torch.full((Nk,), -1, device=q.device, dtype=torch.int32)
-    if S:
-        slot[keys] = torch.arange(S, device=q.device, dtype=torch.int32)
+    S = table.count if table is not None else 0
+    slot = table.slot if table is not None else torch.full((Nk,), -1, device=q.device, dtype=torch.int32)
     has_bias = bias is not None
     if has_bias:
         bias = (bias if bias.stride(-1) == 1 else bias.contiguous()).expand(B, H, Nq, S)

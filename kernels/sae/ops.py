@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import triton_or_none, use_triton
+from ..dispatch import KernelUnavailable, backward_or_reference, run
 from . import reference
 
 
@@ -23,6 +23,16 @@ def _check(k, threshold):
         raise ValueError("encode needs exactly one of k (TopK / BatchTopK) and threshold")
     if k is not None and int(k) < 1:
         raise ValueError(f"k must be at least 1; got {k}")
+
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_supported(*tensors) -> None:
+    """Raise ``KernelUnavailable`` for floating tensors of a dtype the kernels were not built for."""
+    for t in tensors:
+        if t is not None and t.dtype.is_floating_point and t.dtype not in DTYPES:
+            raise KernelUnavailable(f"dtype {t.dtype} (the SAE kernels take float16, bfloat16, float32)")
 
 
 def _cublas_float32(x) -> bool:
@@ -56,11 +66,22 @@ class SAEEncode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values, _grad_indices):
-        from .triton_decode import gather_sum, scatter_rows
+        values = ctx.saved_tensors[3]
+        g = (grad_values * (values > 0)).contiguous()
+        return backward_or_reference("sae encode", lambda: SAEEncode._kernel_backward(ctx, g),
+                                     lambda: SAEEncode._kernel_backward(ctx, g, reference))
+
+    @staticmethod
+    def _kernel_backward(ctx, g, impl=None):
+        """The gradients through the Triton gathers and scatter (``impl`` None) or their torch forms (``reference``:
+        embedding_bag and a row-chunked index_add_)."""
+        if impl is None:
+            from .triton_decode import gather_sum, scatter_rows
+        else:
+            gather_sum, scatter_rows = impl.gather_sum, impl.scatter_rows
 
         x, W_enc, b_dec, values, indices = ctx.saved_tensors
         d, m = W_enc.shape
-        g = (grad_values * (values > 0)).contiguous()
         grad_x = grad_W = grad_benc = grad_bdec = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
             # W_enc's columns are strided by m: one transposed copy (one pass over W_enc) makes the gather coalesced
@@ -86,10 +107,18 @@ class SAEDecode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        from .triton_decode import gather_dot, scatter_rows
+        grad_out = grad_out.contiguous()
+        return backward_or_reference("sae decode", lambda: SAEDecode._kernel_backward(ctx, grad_out),
+                                     lambda: SAEDecode._kernel_backward(ctx, grad_out, reference))
+
+    @staticmethod
+    def _kernel_backward(ctx, grad_out, impl=None):
+        if impl is None:
+            from .triton_decode import gather_dot, scatter_rows
+        else:
+            gather_dot, scatter_rows = impl.gather_dot, impl.scatter_rows
 
         values, indices, W_dec = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
         grad_values = gather_dot(grad_out, indices, W_dec, out_dtype=values.dtype) if ctx.needs_input_grad[0] \
             else None
         grad_W = scatter_rows(grad_out.to(W_dec.dtype), values, indices, W_dec.shape[0]) \
@@ -103,18 +132,21 @@ def encode(x, W_enc, b_dec, b_enc=None, k=None, batch=False, threshold=None):
     batch (``batch=True``), or every entry above ``threshold`` (see ``reference``'s docstring for the layout)."""
     _check(k, threshold)
     threshold = float(threshold) if threshold is not None else None
-    if use_triton(x, W_enc, b_dec):
-        done = triton_or_none(SAEEncode.apply, x, W_enc, b_enc, b_dec, None if k is None else int(k), bool(batch),
-                              threshold)
-        if done is not None:
-            return done
-    return reference.encode(x, W_enc, b_dec, b_enc, k, batch, threshold)
+    k = None if k is None else int(k)
+
+    def kernel():
+        check_supported(x, W_enc, b_dec, b_enc)
+        return SAEEncode.apply(x, W_enc, b_enc, b_dec, k, bool(batch), threshold)
+
+    return run("sae encode", (x, W_enc, b_dec), kernel,
+               lambda: reference.encode(x, W_enc, b_dec, b_enc, k, batch, threshold))
 
 
 def decode(values, indices, W_dec, b_dec=None):
     """(n, d) ``sum_s values[:, s] * W_dec[indices[:, s]] + b_dec``."""
-    if use_triton(values, W_dec):
-        done = triton_or_none(SAEDecode.apply, values, indices, W_dec, b_dec)
-        if done is not None:
-            return done
-    return reference.decode(values, indices, W_dec, b_dec)
+
+    def kernel():
+        check_supported(values, W_dec, b_dec)
+        return SAEDecode.apply(values, indices, W_dec, b_dec)
+
+    return run("sae decode", (values, W_dec), kernel, lambda: reference.decode(values, indices, W_dec, b_dec))

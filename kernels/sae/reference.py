@@ -59,3 +59,42 @@ def decode(values, indices, W_dec, b_dec=None):
 def densify(values, indices, m: int):
     """The (n, m) dense codes of a sparse pair."""
     return torch.zeros(values.shape[0], m, dtype=values.dtype, device=values.device).scatter_add_(-1, indices, values)
+
+
+# -- the sparse kernels' operations in torch (the backward's stand-ins when a kernel cannot serve a call) ----------
+
+def gather_sum(values, indices, W, bias=None, out_dtype=None):
+    """(n, d): rows of ``W`` (m, d) weighted by ``values`` (n, K) at ``indices`` (n, K), plus ``bias``."""
+    out = F.embedding_bag(indices, W, per_sample_weights=values.to(W.dtype), mode="sum")
+    out = out if bias is None else out + bias
+    return out.to(out_dtype or W.dtype)
+
+
+def gather_dot(grad, indices, W, out_dtype=None):
+    """(n, K): <grad[i], W[indices[i, s]]>, a block of rows at a time (no (n, K, d) tensor)."""
+    n, K = indices.shape
+    out = torch.empty(n, K, device=W.device, dtype=out_dtype or grad.dtype)
+    step = max(1, CHUNK_ELEMENTS // max(1, K * W.shape[1]))
+    for r0 in range(0, n, step):
+        rows = W[indices[r0:r0 + step]].float()  # (rows, K, d)
+        out[r0:r0 + step] = (rows @ grad[r0:r0 + step, :, None].float())[..., 0].to(out.dtype)
+    return out
+
+
+def scatter_rows(src, weights, indices, m: int, out=None):
+    """(m, d): out[j] = sum over (i, s) with indices[i, s] == j of weights[i, s] * src[i] (index_add_ a block of
+    rows at a time)."""
+    n, K = indices.shape
+    d = src.shape[1]
+    acc = torch.zeros(m, d, device=src.device, dtype=torch.float32)
+    step = max(1, CHUNK_ELEMENTS // max(1, K * d))
+    for r0 in range(0, n, step):
+        w = weights[r0:r0 + step].float()
+        acc.index_add_(0, indices[r0:r0 + step].reshape(-1),
+                       (w[:, :, None] * src[r0:r0 + step, None, :].float()).reshape(-1, d))
+    if out is None:
+        return acc.to(src.dtype)
+    return out.copy_(acc)
+
+
+CHUNK_ELEMENTS = 1 << 24

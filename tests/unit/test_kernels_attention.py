@@ -19,7 +19,8 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 LSE_TOL = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}  # lse: fp32 math on the same inputs
 # (B, H, Nq, Nk, D)
 SHAPES = [(1, 1, 1, 1, 64), (2, 3, 77, 77, 64), (1, 2, 333, 333, 128), (2, 2, 256, 77, 64),
-          (1, 2, 64, 128, 64), (1, 1, 50, 64, 80)]  # the last two: key blocks without masks; a head dim of 80
+          (1, 2, 64, 128, 64), (1, 1, 50, 64, 80), (1, 2, 70, 90, 256)]
+# the last three: key blocks without masks; a head dim of 80; the largest head dim, 256
 CASES = [(*s, torch.float32) for s in SHAPES] + [(*s, dt) for s in SHAPES[1:3] for dt in (torch.float16,
                                                                                              torch.bfloat16)]
 ids = lambda v: str(v).replace("torch.", "")  # noqa: E731
@@ -124,7 +125,7 @@ def test_the_autotuned_launch_with_each_config(monkeypatch, Nk):
 
 GRAD_TOL = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 GRAD_CASES = [(1, 1, 1, 1, 64, torch.float32), (2, 2, 77, 77, 64, torch.float32), (1, 1, 100, 333, 128, torch.float32),
-              (1, 2, 77, 77, 64, torch.float16), (1, 2, 77, 77, 64, torch.bfloat16)]
+              (1, 2, 77, 77, 64, torch.float16), (1, 2, 77, 77, 64, torch.bfloat16), (1, 1, 40, 70, 256, torch.float32)]
 
 
 @pytest.mark.parametrize("maps_only", [False, True], ids=["out+maps+lse", "maps+lse only"])
@@ -183,8 +184,6 @@ def test_inputs_are_checked():
         attention(q, k, v, None, torch.zeros(1, 1, 8, 2))
     with pytest.raises(ValueError, match="0..8"):
         attention(q, k, v, torch.tensor([3, 9]))
-    with pytest.raises(ValueError, match="distinct"):
-        attention(q, k, v, torch.tensor([3, 3]), torch.zeros(1, 1, 8, 2))
     with pytest.raises(ValueError, match="bias must be"):
         attention(q, k, v, torch.tensor([3, 4]), torch.zeros(1, 1, 7, 2))
 
@@ -266,6 +265,145 @@ def test_flux_afg_through_the_kernel_equals_the_dense_mask(monkeypatch):
     plain = F.scaled_dot_product_attention(q, k, v)
     assert not torch.allclose(outs["triton"][0][0], plain[0], atol=1e-4)
     close(outs["triton"][0][1], plain[1], 1e-5, "unconditional row")
+
+
+# -- issue 26: repeated keys, -inf biases, device reads, autotune keys, the backward's fallback ------------------
+
+def dense_reference(q, k, v, keys, bias):
+    """out, lse, probs in float64 with the bias of each slot added to its key's column (a repeated key: the sum)."""
+    logits = plain_logits(q, k)
+    if bias is not None:
+        logits = logits + bias.double() @ F.one_hot(keys, k.shape[2]).double()
+    p = logits.softmax(-1)
+    return p @ v.double(), logits.logsumexp(-1), p[..., keys]
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no bias", "bias"])
+@pytest.mark.parametrize("maps_only", [False, True], ids=["attention", "key_probabilities"])
+def test_repeated_keys_give_the_dense_gradients_through_the_kernel(with_bias, maps_only):
+    B, H, N, D = 1, 2, 77, 64
+    q, k, v = [t.requires_grad_(True) for t in qkv(B, H, N, N, D, torch.float32, seed=20)]
+    keys = torch.tensor([5, 40, 5, 76, 40, 5])
+    g = torch.Generator().manual_seed(21)
+    bias = (-2 * torch.rand(B, 1, N, 6, generator=g)).requires_grad_(True) if with_bias else None
+    w_out, w_probs, w_lse = torch.randn(B, H, N, D, generator=g), torch.randn(B, H, N, 6, generator=g), \
+        torch.randn(B, H, N, generator=g)
+    r = key_probabilities(q, k, keys, bias) if maps_only else attention(q, k, v, keys, bias)
+    loss = (r.probs * w_probs).sum() + (r.lse * w_lse).sum() + (0 if maps_only else (r.out * w_out).sum())
+    leaves = (q, k) + (() if maps_only else (v,)) + ((bias,) if with_bias else ())
+    grads = torch.autograd.grad(loss, leaves)
+    want_out, want_lse, want_probs = dense_reference(q, k, v, keys, bias)
+    close(r.probs, want_probs, 1e-5, "probs")
+    want_loss = (want_probs * w_probs.double()).sum() + (want_lse * w_lse.double()).sum() + \
+        (0 if maps_only else (want_out * w_out.double()).sum())
+    for i, (got, exp) in enumerate(zip(grads, torch.autograd.grad(want_loss, leaves))):
+        close(got, exp, 5e-5, f"grad {i}", floor=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=ids)
+def test_a_block_of_chosen_keys_all_at_minus_infinity_stays_finite(dtype):
+    """Keys 64..76 of 77 chosen with a -inf bias: the kernel's first key block (64..127, the rest past the end)
+    holds nothing but -inf logits. The output is the softmax over the other keys (the reference's), not NaN."""
+    B, H, N, D = 1, 2, 77, 64
+    q, k, v = [t.requires_grad_(True) for t in qkv(B, H, N, N, D, dtype, seed=22)]
+    keys = torch.arange(64, 77)
+    bias = torch.full((B, 1, N, 13), float("-inf"))
+    r = attention(q, k, v, keys, bias)
+    assert torch.isfinite(r.out).all() and torch.isfinite(r.lse).all() and torch.isfinite(r.probs).all()
+    assert not r.probs.any()
+    dense = torch.zeros(B, 1, N, N)
+    dense[..., keys] = float("-inf")
+    close(r.out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=dense), TOL[dtype], "out")
+    close(r.lse, torch.logsumexp(plain_logits(q, k)[..., :64], -1), LSE_TOL[dtype], "lse")
+    r.out.float().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert not k.grad[..., 64:, :].any() and not v.grad[..., 64:, :].any()  # keys nobody attends to
+
+
+SYNC_OPS = ("_local_scalar_dense", "item", "nonzero", "unique", "is_nonzero", "equal", "masked_select")
+
+
+class device_reads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Ops that read a tensor's values back to the host (a device-to-host sync on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if any(name in str(func) for name in SYNC_OPS):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_device_reads_in_a_call_forward_and_backward():
+    """Keys handed over as a CPU tensor: the forward and the backward, bias and maps included, read nothing back
+    from the tensors (today's code read the keys' min, max and unique count)."""
+    q, k, v = [t.requires_grad_(True) for t in qkv(1, 2, 77, 77, 64, torch.float32, seed=23)]
+    keys = torch.tensor([3, 9, 70])
+    bias = (-torch.rand(1, 1, 77, 3)).requires_grad_(True)
+    with device_reads() as reads:
+        r = attention(q, k, v, keys, bias)
+        (r.out.sum() + r.probs.sum() + r.lse.sum()).backward()
+        key_probabilities(q, k, keys).probs.sum().backward()
+    assert reads.seen == []
+
+
+def test_the_autotuner_keys_on_length_buckets(monkeypatch):
+    """Lengths 130 and 200 share a tuning (bucket 256); 300 tunes once more (bucket 512)."""
+    from editlab.kernels.attention import triton_attention as ta
+
+    tuned = ta._tuned(ta._FORWARD_CONFIGS[-2:])
+    timed = []
+    monkeypatch.setattr(tuned, "_bench", lambda *a, config, **kw: timed.append(config) or [1.0, 1.0, 1.0])
+    monkeypatch.setattr(ta, "_forward_tuned", tuned)
+    monkeypatch.setattr(ta, "_autotuned", lambda t: True)
+    for n in (130, 200, 300):
+        q, k, v = qkv(1, 1, n, n, 64, torch.float32, seed=n)
+        close(attention(q, k, v).out, F.scaled_dot_product_attention(q, k, v), 1e-5, f"out at {n}")
+    assert len(tuned.cache) == 2 and len(timed) == 4, (tuned.cache, timed)
+    assert ta.length_bucket(4608) == ta.length_bucket(8192) == 8192
+
+
+def test_the_wide_head_dims_tune_over_their_own_tiles():
+    from editlab.kernels.attention import triton_attention as ta
+
+    assert ta._prune(ta._forward_tuned.configs, {}, BLOCK_D=256) == ta._WIDE_CONFIGS
+    assert ta._prune(ta._forward_tuned.configs, {}, BLOCK_D=128) == ta._FORWARD_CONFIGS
+
+
+def test_a_backward_the_kernel_cannot_serve_takes_the_reference_and_errors_surface(monkeypatch):
+    """auto mode (the device check waived on the CPU): the backward kernel raising KernelUnavailable hands that
+    backward to the chunked reference (same gradients); any other error is raised."""
+    from editlab.kernels import dispatch
+    from editlab.kernels.attention import triton_attention as ta
+
+    monkeypatch.setenv("EDITLAB_KERNELS", "auto")
+    monkeypatch.setattr(dispatch, "unavailable_reason", lambda *t: None)
+    q, k, v = [t.requires_grad_(True) for t in qkv(1, 2, 40, 50, 64, torch.float32, seed=24)]
+    keys, bias = torch.tensor([1, 30]), (-torch.rand(1, 2, 40, 2)).requires_grad_(True)
+    want = None
+    for behaviour in ("kernel", "unavailable", "bug"):
+        if behaviour == "unavailable":
+            def backward(*a, **kw):
+                raise dispatch.KernelUnavailable("test: no backward here")
+            monkeypatch.setattr(ta, "attention_backward", backward)
+        elif behaviour == "bug":
+            def backward(*a, **kw):
+                raise IndexError("a bug")
+            monkeypatch.setattr(ta, "attention_backward", backward)
+        r = attention(q, k, v, keys, bias)
+        loss = r.out.sum() + (r.probs * 3).sum() + r.lse.sum()
+        if behaviour == "bug":
+            with pytest.raises(IndexError, match="a bug"):
+                loss.backward()
+            continue
+        grads = torch.autograd.grad(loss, (q, k, v, bias))
+        if want is None:
+            want = grads
+        else:
+            for got, exp in zip(grads, want):
+                close(got, exp, 1e-5, "fallback gradient")
 
 
 keep_only_the_child_runner(globals(), __file__)

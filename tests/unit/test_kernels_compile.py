@@ -71,6 +71,32 @@ def test_attention_forward_every_autotuned_config_bf16_d128(i, tmp_path):
     assert spill_bytes(kernel.asm["ptx"], tmp_path) <= 64  # the tilings that spill more were left out
 
 
+@pytest.mark.parametrize("i", range(2), ids=lambda i: f"wide{i}")
+def test_attention_forward_head_dim_256_bf16(i, tmp_path):
+    """Head dim 256: the tiles the autotuner keeps for it (``_prune``) compile, fit, and do not spill."""
+    from editlab.kernels.attention import triton_attention as ta
+
+    cfg = ta._WIDE_CONFIGS[i]
+    flags = dict(HAS_BIAS=True, HAS_V=True, ALLOW_TF32=True, DOT_F32=False, EVEN_N=False, EVEN_D=True, BLOCK_D=256)
+    kernel = compile_sm90(ta._forward, _forward_types("bf16"), {**flags, **cfg.kwargs}, num_warps=cfg.num_warps,
+                          num_stages=cfg.num_stages)
+    assert spill_bytes(kernel.asm["ptx"], tmp_path) == 0
+
+
+def test_attention_backward_head_dim_256_bf16(tmp_path):
+    from editlab.kernels.attention import triton_attention as ta
+
+    t = {n: "*bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "dk_ptr", "dv_ptr", "dq_ptr")}
+    t.update(lse_ptr="*fp32", delta_ptr="*fp32", slot_ptr="*i32", bias_ptr="*fp32", g_ptr="*fp32",
+             dbias_ptr="*fp32", qk_scale="fp32", scale="fp32", sbb="i64", sbh="i64", sbn="i64")
+    block, warps = ta.backward_tiling(256)
+    for kernel in (ta._backward_dkdv, ta._backward_dq):
+        compiled = compile_sm90(kernel, t, dict(HAS_BIAS=True, HAS_V=True, HAS_G=True, ALLOW_TF32=True,
+                                                DOT_F32=False, BLOCK_M=block, BLOCK_N=block, BLOCK_D=256),
+                                num_warps=warps)
+        assert spill_bytes(compiled.asm["ptx"], tmp_path) <= 64, kernel  # 32-40 bytes (ptxas -v, sm_90a)
+
+
 @pytest.mark.parametrize("dt,D,has_v", [("fp16", 64, False), ("fp32", 128, True)])
 def test_attention_forward_other_dtypes(dt, D, has_v):
     from editlab.kernels.attention import triton_attention as ta

@@ -148,26 +148,103 @@ def test_the_kernel_benchmark_runs_its_code_without_a_gpu():
                                         "sdpa alone (flash backend)"]
 
 
-def test_a_kernel_that_fails_here_falls_back_to_the_reference_once_logged(monkeypatch, caplog):
-    from editlab.kernels.sae import ops
+class _Boom(Exception):
+    pass
 
-    monkeypatch.setattr(dispatch, "_broken", set())
-    monkeypatch.setattr(ops, "use_triton", lambda *t: True)
+
+def _kernel_tried(monkeypatch, ops_module, fn_name, behaviour):
+    """Make the dispatcher try the kernel on CPU tensors (auto mode) with ``behaviour`` standing in for it."""
+    monkeypatch.delenv("EDITLAB_KERNELS", raising=False)
+    monkeypatch.setattr(dispatch, "unavailable_reason", lambda *t: None)
+    monkeypatch.setattr(dispatch, "_logged", set())
     calls = []
 
-    def fails(*args):
-        calls.append(1)
-        raise RuntimeError("out of resources: shared memory")
+    def stand_in(*args):
+        calls.append(args)
+        return behaviour(*args)
 
-    monkeypatch.setattr(ops.SAEEncode, "apply", fails)
-    monkeypatch.delenv("EDITLAB_KERNELS", raising=False)
+    target = getattr(ops_module, fn_name)
+    monkeypatch.setattr(target, "apply", stand_in)
+    return calls
+
+
+@pytest.mark.parametrize("error", [TypeError("bad argument"), IndexError("kernel bug"), _Boom("anything"),
+                                   torch.OutOfMemoryError("CUDA out of memory")], ids=lambda e: type(e).__name__)
+def test_errors_other_than_kernel_unavailable_are_raised_not_replaced(monkeypatch, error):
+    """A programming error, and an out-of-memory error (the reference would build larger intermediates), surface
+    where they happened: the reference is not called."""
+    from editlab.kernels.attention import ops as attn_ops
+    from editlab.kernels.attention import reference
+    from editlab.kernels.sae import ops as sae_ops
+
+    def fails(*args):
+        raise error
+
+    monkeypatch.setattr(reference, "attention", lambda *a, **k: pytest.fail("the reference ran"))
+    _kernel_tried(monkeypatch, attn_ops, "_TritonAttention", fails)
+    q = torch.randn(1, 2, 5, 16)
+    with pytest.raises(type(error)):
+        attn_ops.attention(q, q, q, torch.tensor([1, 2]))
+    _kernel_tried(monkeypatch, sae_ops, "SAEEncode", fails)
+    with pytest.raises(type(error)):
+        encode(torch.randn(4, 8), torch.randn(8, 16), torch.zeros(8), k=3)
+
+
+def test_kernel_unavailable_falls_back_for_that_call_only_logged_once_per_reason(monkeypatch, caplog):
+    """A call the kernel cannot serve (head dim 320 > 256) takes the reference; the next call that it can serve
+    tries the kernel again (nothing is disabled for the process); the reason is logged once."""
+    from editlab.kernels.attention import ops as attn_ops
+
+    sentinel = (torch.zeros(1), torch.zeros(1), None)
+    calls = _kernel_tried(monkeypatch, attn_ops, "_TritonAttention", lambda *a: sentinel)
+    if not dispatch.triton_available():
+        pytest.skip("the kernel's own checks import Triton")
+    g = torch.Generator().manual_seed(0)
+    wide = torch.randn(1, 2, 6, 320, generator=g)
+    narrow = torch.randn(1, 2, 6, 64, generator=g)
+    with caplog.at_level("INFO", logger="editlab.kernels.dispatch"):
+        for _ in range(2):
+            got = attn_ops.attention(wide, wide, wide)
+            want = torch.softmax(wide.double() @ wide.double().transpose(-1, -2) / 320 ** 0.5, -1) @ wide.double()
+            assert torch.allclose(got.out.double(), want, atol=1e-5)
+            assert attn_ops.attention(narrow, narrow, narrow).out is sentinel[0]  # the kernel, per call
+    assert len(calls) == 2  # the two narrow calls; the wide ones never reached the kernel
+    lines = [r.getMessage() for r in caplog.records if "cannot serve" in r.getMessage()]
+    assert len(lines) == 1 and "head dim 320 is above the kernel's 256" in lines[0], lines
+
+
+def test_sae_kernel_unavailable_per_call(monkeypatch, caplog):
+    from editlab.kernels.sae import ops as sae_ops
+
+    calls = _kernel_tried(monkeypatch, sae_ops, "SAEEncode",
+                          lambda *a: (_ for _ in ()).throw(dispatch.KernelUnavailable("no room here")))
     x, W_enc, b_dec = torch.randn(4, 8), torch.randn(8, 16), torch.zeros(8)
     want = torch.relu(x @ W_enc).topk(3, dim=-1)
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO", logger="editlab.kernels.dispatch"):
         for _ in range(2):
             values, indices = encode(x, W_enc, b_dec, k=3)
             assert torch.equal(values, want.values) and torch.equal(indices, want.indices)
-    assert len(calls) == 1 and sum("using the torch reference" in r.message for r in caplog.records) == 1
-    monkeypatch.setenv("EDITLAB_KERNELS", "triton")  # forced: the error is the caller's to see
-    with pytest.raises(RuntimeError, match="out of resources"):
+    assert len(calls) == 2  # tried at every call
+    assert sum("no room here" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(dispatch.KernelUnavailable, match="float64"):  # forced: the caller sees the condition
+        monkeypatch.setenv("EDITLAB_KERNELS", "triton")
+        monkeypatch.setattr(sae_ops.SAEEncode, "apply", lambda *a: pytest.fail("ran"))
+        encode(x.double(), W_enc.double(), b_dec.double(), k=3)
+
+
+def test_triton_out_of_resources_counts_as_unavailable(monkeypatch):
+    """Triton's launch error for a tiling this GPU cannot hold (shared memory, registers) is the named condition."""
+    triton = pytest.importorskip("triton")
+    from triton.runtime.errors import OutOfResources
+
+    from editlab.kernels.sae import ops as sae_ops
+
+    def fails(*args):
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    _kernel_tried(monkeypatch, sae_ops, "SAEEncode", fails)
+    x, W_enc, b_dec = torch.randn(4, 8), torch.randn(8, 16), torch.zeros(8)
+    assert torch.equal(encode(x, W_enc, b_dec, k=3)[0], torch.relu(x @ W_enc).topk(3, dim=-1).values)
+    monkeypatch.setenv("EDITLAB_KERNELS", "triton")
+    with pytest.raises(dispatch.KernelUnavailable, match="OutOfResources"):
         encode(x, W_enc, b_dec, k=3)
