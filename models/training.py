@@ -1,4 +1,4 @@
-"""Training an adapter inside a frozen host model with that model's own training objective (plain torch over the
+"""Training an adapter (the expression adapter, a reference LoRA, a ToVA value LoRA, ...) inside a frozen host model with that model's own training objective (plain torch over the
 host's model object; nothing here imports the host).
 
 The objective is the one the network was trained with, read from its ``model_sampling``:
@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from ..frozen import frozen_for_autograd
+from .frozen import frozen_for_autograd
 
 RAW_OUTPUT_WRAPPER = "editlab_raw_output"
 DIFFUSION_MODEL_WRAPPERS = "diffusion_model"  # the host's WrappersMP.DIFFUSION_MODEL key in transformer options
@@ -137,14 +137,14 @@ def raw_predictor(base, context: torch.Tensor, pooled: torch.Tensor | None, reso
 def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Tensor | None, latents: torch.Tensor,
                   values: torch.Tensor, resolution: int, steps: int, lr: float, batch_size: int, seed: int, device,
                   on_step=None, should_stop=None, options: dict | None = None, params=None) -> dict:
-    """Train ``adapter`` (or only ``params``), acting through ``patch`` (an object with ``before_attention`` /
-    ``after_attention`` for the cross-attention patch lists, unless ``options`` gives the transformer options that
+    """Train ``adapter`` (or only ``params``), acting through ``patch`` (an object with ``input_hook`` /
+    ``output_hook`` for the cross-attention patch lists, unless ``options`` gives the transformer options that
     carry it), inside ``base``, a host BaseModel, with the model's own objective (:class:`HostObjective`) on
     ``latents`` (already in the model's latent space, on ``device``) and the prompt's ``context`` / ``pooled``; the
     network is frozen and left exactly as it was (``frozen_for_autograd``)."""
     if options is None:
-        options = {"patches": {"attn2_patch": [patch.before_attention],
-                               "attn2_output_patch": [patch.after_attention]}}
+        options = {"patches": {"attn2_patch": [patch.input_hook],
+                               "attn2_output_patch": [patch.output_hook]}}
     options = {**options, "cond_or_uncond": [0]}
     predict = raw_predictor(base, context, pooled, resolution, device, options)
     # Host networks written for inference add residuals in place right after saving them for backward (Flux's
@@ -153,15 +153,3 @@ def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Ten
             torch.autograd.graph.allow_mutation_on_saved_tensors():
         return train_adapter(adapter, patch, latents, values.to(device), predict, HostObjective(base.model_sampling),
                              steps, lr, batch_size, seed, on_step=on_step, should_stop=should_stop, params=params)
-
-
-def train_unet_adapter(base, adapter, layers: list, context: torch.Tensor, pooled: torch.Tensor | None,
-                       latents: torch.Tensor, values: torch.Tensor, resolution: int, steps: int, lr: float,
-                       batch_size: int, seed: int, device, on_step=None, should_stop=None) -> dict:
-    """Train an expression ``adapter`` (blendshapes -> tokens for ``layers``, the UNet's cross-attention layers)
-    inside ``base`` (see :func:`train_in_unet`)."""
-    from .patch import ExpressionAttentionPatch
-
-    patch = ExpressionAttentionPatch(adapter, torch.zeros(1, values.shape[-1]), 1.0, layers, float("inf"), 0.0)
-    return train_in_unet(base, adapter, patch, context, pooled, latents, values, resolution, steps, lr, batch_size,
-                         seed, device, on_step, should_stop)

@@ -19,36 +19,12 @@ import re
 
 from comfy_api.latest import io
 
+from .errors import EXCERPT_CHARS, MAX_EXPECTED_CHARS, EditLabInputError, excerpt  # noqa: F401
+
 CATEGORY = "EditLab"
-EXCERPT_CHARS = 200  # an error quotes at most this much of a bad value
-MAX_EXPECTED_CHARS = 1000  # ... and at most this much of what was expected (messages may carry user text)
 MAX_SIDE = 16384  # px: any image side handed to MediaPipe / OpenCV (they abort the process at 32,768)
 MAX_PIXELS = 8192 * 8192  # px per image: 67 MP, 768 MB as a float IMAGE already
 MAX_TEXT_FILE_BYTES = 64 * 2**20  # prompts_file / pairs_file
-
-
-def excerpt(value, limit: int = EXCERPT_CHARS) -> str:
-    """``repr(value)``, cut to about ``limit`` characters with the full length said."""
-    if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit]!r}... ({len(value)} characters)"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-class EditLabInputError(ValueError):
-    """Bad input to an EditLab node. The message names the input and says what was expected.
-
-    Raised from ``execute`` it becomes ComfyUI's execution error for that prompt; the server goes on serving.
-    ``got`` is quoted as a short excerpt only.
-    """
-
-    def __init__(self, input_name: str, expected: str, got=None):
-        expected = str(expected)
-        if len(expected) > MAX_EXPECTED_CHARS:
-            expected = expected[:MAX_EXPECTED_CHARS] + "..."
-        detail = f"; got {excerpt(got)}" if got is not None else ""
-        super().__init__(f"input '{input_name}': expected {expected}{detail}")
-        self.input_name = input_name
 
 
 # -- every node ---------------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from comfy_api.latest import io
 
 from ..models import panels
 from ..models.conceptsplit.flux import FluxToVAPatch, double_block_layers, value_width
-from ..models.conceptsplit.loda import MAP_LAYERS
+from ..models.conceptsplit.loda import HARD, MAP_LAYERS
+
+AFG_MODES = ("soft", "hard (authors)")
 from ..models.conceptsplit.patch import ToVAPatch, named_cross_attention_layers
 from ..models.conceptsplit.tova import Binding, ToVAFileError, ValueLoRA, load_tova, save_tova
 from ..models.saedit.tokens import prompt_tokens, word_positions
@@ -327,7 +329,8 @@ class EditLabAttentionMaps(EditLabNode):
     @classmethod
     def execute(cls, model, clip, positive, negative, latent_image, prompt, words, seed, steps, cfg, sampler_name,
                 scheduler, start_step, end_step) -> io.NodeOutput:
-        from ..models.conceptsplit.attention_maps import AttentionMapRecorder, heatmap, normalised
+        from ..models.conceptsplit.attention_maps import AttentionMapRecorder
+        from ..models.heatmap import heatmap, normalised
 
         _checked_prompt(prompt, "prompt")
         chosen = [w.strip() for w in words.split(",") if w.strip()]
@@ -404,7 +407,8 @@ class _LODASampler(host.Sampler):
                                denoise_mask, disable_pbar, self.concepts, layers, self.n_steps, self.threshold,
                                self.step_size, self.afg_strength, frozen=frozen_for_autograd,
                                should_stop=host.check_interrupted, on_step=lambda i, n: bar.update_absolute(i, n),
-                               afg_out=self.afg_patches, map_layers=self.map_layers)
+                               afg_out=self.afg_patches, map_layers=self.map_layers,
+                               down_only=self.map_layers == "authors" and host.is_sdxl(model_wrap.inner_model))
         except ValueError as exc:
             if isinstance(exc, EditLabInputError):
                 raise
@@ -438,23 +442,34 @@ class EditLabLODA(EditLabNode):
                                            "3; their command line uses 1)."),
                     io.Float.Input("afg_strength", default=2.0, min=0.0, max=100.0, step=0.1,
                                    tooltip="How far attention fixing guidance lowers a concept's attention logits "
-                                           "outside its mask after the LODA steps (0: no AFG)."),
+                                           "outside its mask after the LODA steps (0: no AFG). Ours: a soft "
+                                           "bias; the authors' hard mask is afg_mode 'hard (authors)'."),
                     io.Combo.Input("map_layers", options=list(MAP_LAYERS), default="authors", optional=True,
                                    tooltip="UNets: which cross-attention layers' maps LODA separates. 'authors': "
                                            "those nearest a quarter of the latent's side (24x24 on SD2.1 at 768 "
-                                           "px, 32x32 on SDXL at 1024 px); 'all': every layer. Flux: always all "
-                                           "double blocks.")],
+                                           "px, 32x32 on SDXL at 1024 px, where the authors read the down blocks "
+                                           "only), blurred and compared at that size; 'all': every layer. Flux: "
+                                           "always all double blocks."),
+                    io.Combo.Input("afg_mode", options=list(AFG_MODES), default=AFG_MODES[0], optional=True,
+                                   tooltip="'soft': logits outside a concept's mask are lowered by afg_strength "
+                                           "(our default: the paper gives no formula); 'hard (authors)': they get "
+                                           "-1e8, the authors' code, so a concept attends only inside its mask "
+                                           "(afg_strength 0 still turns AFG off).")],
             outputs=[io.Sampler.Output()],
         )
 
     @classmethod
     def execute(cls, sampler, clip, prompt, concepts, loda_steps, step_size, threshold,
-                afg_strength=2.0, map_layers="authors") -> io.NodeOutput:
+                afg_strength=2.0, map_layers="authors", afg_mode=None) -> io.NodeOutput:
         _checked_prompt(prompt, "prompt")
         words = [w.strip() for w in concepts.split(",") if w.strip()]
         if len(words) < 2 or len(words) > MAX_WORDS or len(concepts) > MAX_PROMPT_CHARS:
             raise EditLabInputError("concepts", f"2 to {MAX_WORDS} comma-separated words of the prompt", concepts)
         positions = [_positions(clip, prompt, w, "concepts") for w in words]
+        if afg_mode not in (None, *AFG_MODES):
+            raise EditLabInputError("afg_mode", f"one of {list(AFG_MODES)}", afg_mode)
+        if afg_mode == AFG_MODES[1] and afg_strength > 0:
+            afg_strength = HARD
         return io.NodeOutput(_LODASampler(sampler, positions, loda_steps, threshold, step_size, afg_strength,
                                           map_layers))
 

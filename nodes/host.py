@@ -86,6 +86,11 @@ def model_family(model) -> str:
     return type(config).__name__.lower()
 
 
+def is_sdxl(base) -> bool:
+    """Whether a host BaseModel (what a sampler's ``model_wrap.inner_model`` is) is an SDXL base model."""
+    return isinstance(base, comfy.model_base.SDXL)
+
+
 def attention_override(model):
     """The attention override a MODEL's options carry (``transformer_options["optimized_attention_override"]``,
     one slot), or None."""
@@ -450,7 +455,7 @@ def save_output_text(prefix: str, text: str, extension: str, input_name: str) ->
     """Write ``text`` as output/PREFIX_NNNNN_.EXT with the numbering SaveImage uses (``folder_paths
     .get_save_image_path``, which refuses a prefix leading out of the output folder); atomic, never overwriting.
     Returns the path relative to the output folder."""
-    from .common import EditLabInputError
+    from .errors import EditLabInputError
 
     out_dir = folder_paths.get_output_directory()
     try:

@@ -17,8 +17,7 @@ import torch
 from ...kernels.attention import key_probabilities
 from ...kernels.attention.comfy import MapRequest, attention_function, call_chain, chain_holds
 from ...kernels.dispatch import use_triton
-from ..expression.patch import Hook
-from .patch import cond_rows
+from ..patch_layer import Hook, cond_rows
 from .tova import moved_values
 
 

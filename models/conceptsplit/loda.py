@@ -2,15 +2,17 @@
 
 Authors' recipe: the concepts' cross-attention maps (K maps of H x W, taken at the 24x24 / 32x32 layers) are
 Gaussian-smoothed (kernel 7, sigma 1) and normalised to distributions over the pixels; the loss is
-``relu(t - harmonic mean of KL(A_i || A_j) over ordered pairs i != j)`` with t = 3, and for the first N of the steps
+``relu(t - harmonic mean of KL(A_i || A_j) over the pairs i < j)`` with t = 3, and for the first N of the steps
 the latent moves by ``z <- z - step_i * grad_z`` with ``step_i = 20 * sqrt(linspace(1, 0.5, T))[i]`` (T: all sampling
 steps), computed on the conditional pass only. ``z`` is the model's own latent, the network's input: ComfyUI samples
 ``x = z / c_in(sigma)`` (``c_in = 1 / sqrt(1 + sigma^2)`` on eps/v models, 1 on flow models), so the step taken on x is
 ``-step * grad_x / c_in^2`` (``loda_step``). After that, attention
-fixing guidance (AFG) keeps each concept inside its mask: the smoothed map at or above its 90th percentile. Here the
-maps are averaged over the UNet's cross-attention layers nearest a quarter of the latent's side (the authors'
-24x24 on SD2.1 at 768 px and 32x32 on SDXL at 1024 px; 16x16 on SD1.5 at 512 px), or over all of them
-(``map_layers="all"``), or over Flux's double blocks, and resized to the latent.
+fixing guidance (AFG) keeps each concept inside its mask: the map smoothed with sigma 1.5 at or above its 90th
+percentile. The maps are averaged over the UNet's cross-attention layers nearest a quarter of the latent's side (the
+authors' 24x24 on SD2.1 at 768 px and 32x32 on SDXL at 1024 px, where they read the down blocks only; 16x16 on SD1.5
+at 512 px) and blurred, compared and thresholded at that native size, as the authors do; ``map_layers="all"`` averages
+every layer's map resized to the largest layer's size; Flux: its double blocks' joint attention on the image token
+grid. AFG: the authors' hard mask (logit bias -1e8, ``HARD``) or a soft bias of ``strength``.
 The sampler (``loda_sample``) wraps any host sampler: each LODA step is one gradient step on the latent and one
 step of the wrapped sampler over ``sigmas[i:i+2]`` (multistep samplers restart their history there); the remaining
 steps run in one call of the wrapped sampler with AFG (``AFGPatch`` on UNets, ``flux.FluxAFG`` on Flux).
@@ -22,8 +24,13 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ..patch_layer import (KeptInputPatch, block_name, cond_rows, merge_heads, output_delta, split_heads,
+                           text_attention, value_changes, with_attn2_patches)
+
 EPS = 1e-8
 KERNEL, SIGMA, THRESHOLD, STEP, MASK_QUANTILE = 7, 1.0, 3.0, 20.0, 0.9
+AFG_SIGMA = 1.5  # the authors' blur of the maps the AFG masks are cut from
+HARD = 1e8  # the authors' AFG: logits outside the mask get -1e8 (a hard mask)
 MAP_LAYERS = ("authors", "all")
 
 
@@ -68,13 +75,13 @@ def pairwise_kl(maps: torch.Tensor) -> torch.Tensor:
 
 
 def harmonic_mean_kl(maps: torch.Tensor) -> torch.Tensor:
-    """Harmonic mean of KL(A_i || A_j) over the ordered pairs i != j (K >= 2)."""
+    """Harmonic mean of KL(A_i || A_j) over the pairs i < j (K >= 2), as the authors take it."""
     k = maps.shape[0]
     if k < 2:
         raise ValueError("LODA needs at least two concepts' maps")
     kl = pairwise_kl(maps)
-    off = ~torch.eye(k, dtype=torch.bool, device=maps.device)
-    return off.sum() / (1.0 / (kl[off] + EPS)).sum()
+    upper = torch.ones(k, k, dtype=torch.bool, device=maps.device).triu(1)
+    return upper.sum() / (1.0 / (kl[upper] + EPS)).sum()
 
 
 def loda_loss(maps: torch.Tensor, threshold: float = THRESHOLD, kernel: int = KERNEL,
@@ -104,7 +111,7 @@ def loda_step(model_sampling, x: torch.Tensor, sigma, grad: torch.Tensor, step: 
 
 
 def afg_masks(maps: torch.Tensor, quantile: float = MASK_QUANTILE, kernel: int = KERNEL,
-              sigma: float = SIGMA) -> torch.Tensor:
+              sigma: float = AFG_SIGMA) -> torch.Tensor:
     """(K, H, W) boolean masks: each smoothed map at or above its own ``quantile``."""
     smooth = gaussian_smooth(maps, kernel, sigma)
     q = torch.quantile(smooth.reshape(smooth.shape[0], -1).float(), quantile, dim=-1)
@@ -113,63 +120,49 @@ def afg_masks(maps: torch.Tensor, quantile: float = MASK_QUANTILE, kernel: int =
 
 # -- the sampler ------------------------------------------------------------------------------------------------------
 
-class MapTap:
+class MapTap(KeptInputPatch):
     """attn2 patch pair collecting, with their gradient, each concept's map (sum of its tokens' attention
-    probabilities, conditional rows) at every cross-attention layer of one model call, resized to ``size``."""
+    probabilities, conditional rows, mean over heads) at every cross-attention layer of one model call, at the
+    layer's own resolution. ``down_only``: input (down) blocks only (the authors' SDXL maps)."""
 
-    def __init__(self, concepts: list, layers: dict, size: tuple[int, int], map_layers: str = "authors"):
-        from ..expression.patch import Hook
-
+    def __init__(self, concepts: list, layers: dict, size: tuple[int, int], map_layers: str = "authors",
+                 down_only: bool = False):
         if map_layers not in MAP_LAYERS:
             raise ValueError(f"map_layers must be one of {MAP_LAYERS}; got {map_layers!r}")
         self.concepts = [list(p) for p in concepts]
         self.layers, self.size, self.map_layers = dict(layers), tuple(size), map_layers
-        self.collected, self._inputs = [], {}
-        self.input_hook = Hook(self.before, self, report_models=False)
-        self.output_hook = Hook(self.after, self, report_models=False)
+        if down_only:
+            self.layers = {k: v for k, v in self.layers.items() if k.startswith("input.")}
+        self.collected = []
+        super().__init__()
 
-    extra_models = ()
+    def keep(self, n, context, value, extra):
+        return (n, context) if block_name(extra) in self.layers and context is not None else None
 
-    def __deepcopy__(self, memo):
-        return self
-
-    def to(self, device_or_dtype):
-        return self
-
-    @staticmethod
-    def _name(extra):
-        block = extra.get("block")
-        return None if block is None else f"{block[0]}.{block[1]}.{extra.get('block_index', 0)}"
-
-    def before(self, n, context, value, extra):
-        if self._name(extra) in self.layers and context is not None:
-            self._inputs[self._name(extra)] = (n, context)
-        return n, context, value
-
-    def after(self, out, extra):
-        from .attention_maps import text_attention
-        from .patch import cond_rows
-
-        stashed = self._inputs.pop(self._name(extra), None)
+    def apply(self, out, kept, extra):
         shape = extra.get("activations_shape")
-        if stashed is None or shape is None:
+        if shape is None:
             return out
-        n, context = stashed
-        attn = self.layers[self._name(extra)]
+        n, context = kept
+        attn = self.layers[block_name(extra)]
         rows = cond_rows(extra.get("cond_or_uncond", [0]), n.shape[0])
         probs = text_attention(attn.to_q(n[rows]), attn.to_k(context[rows]), extra["n_heads"])
         h, w = int(shape[-2]), int(shape[-1])
-        maps = torch.stack([probs[:, :, p].sum(-1).mean(0).reshape(h, w) for p in self.concepts])
-        self.collected.append(((h, w), F.interpolate(maps[None], size=self.size, mode="bilinear",
-                                                     align_corners=False)[0]))
+        self.collected.append(((h, w), torch.stack([probs[:, :, p].sum(-1).mean(0).reshape(h, w)
+                                                    for p in self.concepts])))
         return out
 
     def maps(self) -> torch.Tensor:
-        """The concepts' maps averaged over the chosen layers (``map_layers``)."""
-        keep = {hw for hw, _ in self.collected}
+        """The concepts' maps (K, h, w) averaged over the chosen layers (``map_layers``): the authors' layers share
+        one resolution, kept as it is; with "all", each layer's map is resized (bilinear) to the largest."""
+        sizes = {hw for hw, _ in self.collected}
         if self.map_layers == "authors":
-            keep = quarter_resolution(keep, self.size)
-        return torch.stack([m for hw, m in self.collected if hw in keep]).mean(0)
+            keep = quarter_resolution(sizes, self.size)
+            return torch.stack([m for hw, m in self.collected if hw in keep]).mean(0)
+        top = max(sizes, key=lambda hw: hw[0] * hw[1])
+        return torch.stack([m if hw == top else F.interpolate(m[None], size=top, mode="bilinear",
+                                                               align_corners=False)[0]
+                            for hw, m in self.collected]).mean(0)
 
 
 def _scale(model_sampling, sigma, like, max_denoise: bool) -> torch.Tensor:
@@ -181,7 +174,7 @@ def _scale(model_sampling, sigma, like, max_denoise: bool) -> torch.Tensor:
 def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar,
                 concepts: list, layers: dict, n_steps: int, threshold: float = THRESHOLD, scale: float = STEP,
                 afg_strength: float = 0.0, frozen=None, should_stop=None, on_step=None, afg_out: list | None = None,
-                map_layers: str = "authors"):
+                map_layers: str = "authors", down_only: bool = False):
     """Run ``wrapped`` (a host sampler) with LODA: before each of the first ``n_steps`` steps the latent moves down
     the gradient of ``loda_loss`` of the concepts' maps, then the wrapped sampler takes that one step; the rest runs
     in one call, with attention fixing guidance (``AFGPatch``, ``afg_strength`` > 0) from the masks of the last
@@ -212,7 +205,7 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
         if should_stop is not None:
             should_stop()
         grad, maps = loda_gradient(model_wrap, x, sigmas[i], extra_args, concepts, layers, threshold, frozen,
-                                   map_layers)
+                                   map_layers, down_only)
         x = chunk(i, i + 1, loda_step(sampling, x, sigmas[i], grad, float(sizes[i])))
         if on_step is not None:
             on_step(i + 1, n)
@@ -244,51 +237,43 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
     return chunk(n, total, x, args)
 
 
-class AFGPatch:
+class AFGPatch(KeptInputPatch):
     """Attention fixing guidance on a UNet's cross-attention: for each concept, the logits of its tokens at image
-    positions outside its mask are lowered by ``strength``; the layer's output moves by
-    ``to_out(attn_biased - attn)`` (without to_out's bias), on the conditional rows. ``outside`` records, per call,
-    the attention mass the concepts put outside their masks without and with the bias (for inspection)."""
+    positions outside its mask are lowered by ``strength`` (``HARD``: the authors' -1e8, a hard mask); the layer's
+    output moves by ``to_out((P' - P)(v + delta))`` (without to_out's bias), on the conditional rows, ``delta``
+    being the value changes other patches of the call published (ToVA), so the result is ``to_out(P'(v + delta))``:
+    the adapted values, confined. ``outside`` records, per call, the attention mass the concepts put outside their
+    masks without and with the bias (for inspection)."""
 
     def __init__(self, concepts: list, masks: torch.Tensor, layers: dict, strength: float):
-        from ..expression.patch import Hook
-
         self.concepts = [list(p) for p in concepts]
-        self.masks = masks.float()  # (K, H, W) at the latent's size
+        self.masks = masks.float()  # (K, h, w) at the maps' own size; resized (nearest) to each layer's
         self.layers, self.strength = dict(layers), float(strength)
-        self.outside, self._inputs = [], {}
-        self.input_hook = Hook(self.before, self, report_models=False)
-        self.output_hook = Hook(self.after, self, report_models=False)
+        self.outside = []
+        super().__init__()
 
-    extra_models = ()
+    def keep(self, n, context, value, extra):
+        if block_name(extra) in self.layers and context is not None:
+            return n, context, context if value is None else value
+        return None
 
-    def __deepcopy__(self, memo):
-        return self
-
-    def to(self, device_or_dtype):
-        return self
-
-    before = MapTap.before
-    _name = staticmethod(MapTap._name)
-
-    def after(self, out, extra):
-        from .patch import cond_rows
-
-        stashed = self._inputs.pop(self._name(extra), None)
+    def apply(self, out, kept, extra):
         shape = extra.get("activations_shape")
-        if stashed is None or shape is None:
+        if shape is None:
             return out
-        n, context = stashed
-        attn = self.layers[self._name(extra)]
+        n, context, value_in = kept
+        attn = self.layers[block_name(extra)]
         rows = cond_rows(extra.get("cond_or_uncond", [0]), n.shape[0])
         if not rows:
             return out
         heads = extra["n_heads"]
-        q, k, v = attn.to_q(n[rows]), attn.to_k(context[rows]), attn.to_v(context[rows])
+        q, k, v = attn.to_q(n[rows]), attn.to_k(context[rows]), attn.to_v(value_in[rows]).float()
+        moved = value_changes(extra)
+        if moved is not None:
+            v = v + moved[rows].to(v.device)
         b, npix, inner = q.shape
         d = inner // heads
-        split = lambda t: t.float().reshape(b, -1, heads, d).transpose(1, 2)
-        logits = split(q) @ split(k).transpose(-1, -2) / d ** 0.5  # (b, heads, N, T)
+        logits = split_heads(q.float(), heads) @ split_heads(k.float(), heads).transpose(-1, -2) / d ** 0.5
         h, w = int(shape[-2]), int(shape[-1])
         masks = F.interpolate(self.masks[None].to(logits.device), size=(h, w), mode="nearest")[0].reshape(
             len(self.concepts), -1) > 0.5
@@ -300,36 +285,26 @@ class AFGPatch:
         outside = lambda p: float(sum(p.mean((0, 1))[~m][:, [c for c in cs if c < p.shape[-1]]].sum()
                                       for m, cs in zip(masks, self.concepts)))
         self.outside.append((outside(plain), outside(biased)))
-        delta = ((biased - plain) @ split(v)).transpose(1, 2).reshape(b, npix, inner).to(n.dtype)
-        proj = attn.to_out[0]
-        moved = out.clone()
-        moved[rows] = out[rows] + (proj(delta) - proj(delta.new_zeros((1, 1, inner)))).to(out.dtype)
-        return moved
+        delta = merge_heads((biased - plain) @ split_heads(v, heads)).to(n.dtype)
+        result = out.clone()
+        result[rows] = out[rows] + output_delta(attn, delta).to(out.dtype)
+        return result
 
 
 def _with_patches(extra_args: dict, input_hook, output_hook) -> dict:
     """A copy of the sampler's model options with an attn2 patch pair appended (the original is not changed)."""
-    import copy
-
-    options = copy.copy(extra_args.get("model_options", {}))
-    to = dict(options.get("transformer_options", {}))
-    patches = {k: list(v) for k, v in to.get("patches", {}).items()}
-    patches.setdefault("attn2_patch", []).append(input_hook)
-    patches.setdefault("attn2_output_patch", []).append(output_hook)
-    to["patches"] = patches
-    options["transformer_options"] = to
-    return options
+    return with_attn2_patches(extra_args.get("model_options", {}), input_hook, output_hook)
 
 
 def is_flux(layers: dict) -> bool:
     return bool(layers) and all(name.startswith("double.") for name in layers)
 
 
-def _tap(model_wrap, extra_args, concepts, layers, size, map_layers="authors"):
+def _tap(model_wrap, extra_args, concepts, layers, size, map_layers="authors", down_only=False):
     """A map recorder for one model call, and the model options that carry it: attn2 patches on a UNet; on Flux an
-    attention override (chained to the one set before) and a post_input patch."""
+    attention override (chained to the one set before) and a post_input patch, its maps on the image token grid."""
     if not is_flux(layers):
-        tap = MapTap(concepts, layers, size, map_layers)
+        tap = MapTap(concepts, layers, size, map_layers, down_only)
         return tap, _with_patches(extra_args, tap.input_hook, tap.output_hook)
     import copy
 
@@ -337,8 +312,8 @@ def _tap(model_wrap, extra_args, concepts, layers, size, map_layers="authors"):
 
     options = copy.copy(extra_args.get("model_options", {}))
     to = dict(options.get("transformer_options", {}))
-    tap = FluxMapTap(concepts, layers, size, image_grid(model_wrap.inner_model.diffusion_model, size),
-                     previous=to.get("optimized_attention_override"))
+    grid = image_grid(model_wrap.inner_model.diffusion_model, size)
+    tap = FluxMapTap(concepts, layers, grid, grid, previous=to.get("optimized_attention_override"))
     patches = {k: list(v) for k, v in to.get("patches", {}).items()}
     patches.setdefault("post_input", []).append(tap.input_hook)
     to["patches"], to["optimized_attention_override"] = patches, tap
@@ -361,11 +336,13 @@ def _conditional_only(guider):
         guider.cfg = cfg
 
 
-def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold, frozen=None, map_layers="authors"):
-    """(d loda_loss / d x at ``sigma``, the concepts' maps (K, H, W)), through one model call (``frozen(module)``: a context manager that lets
-    gradients flow through the frozen model, e.g. ``frozen_for_autograd``)."""
+def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold, frozen=None, map_layers="authors",
+                  down_only=False):
+    """(d loda_loss / d x at ``sigma``, the concepts' maps (K, h, w) at their own size), through one model call
+    (``frozen(module)``: a context manager that lets gradients flow through the frozen model, e.g.
+    ``frozen_for_autograd``)."""
 
-    tap, options = _tap(model_wrap, extra_args, concepts, layers, tuple(x.shape[-2:]), map_layers)
+    tap, options = _tap(model_wrap, extra_args, concepts, layers, tuple(x.shape[-2:]), map_layers, down_only)
     options = {**options, "disable_cfg1_optimization": False}
     guard = frozen(model_wrap.inner_model.diffusion_model) if frozen else contextlib.nullcontext()
     # Flux's blocks update their streams in place (img += ...): saved tensors are copied when mutated.

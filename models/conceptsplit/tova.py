@@ -24,18 +24,14 @@ import math
 import torch
 from torch import nn
 
+from ..patch_layer import layer_name  # noqa: F401  (ToVA files name their layers so)
+
 FORMAT = "editlab.tova.v1"
 METADATA_KEYS = ("format", "token", "family", "rank", "context_dim", "layers")
 
 
 class ToVAFileError(ValueError):
     """A ToVA file that cannot be used (unreadable, wrong shapes, missing metadata)."""
-
-
-def layer_name(key) -> str:
-    """``((block, id), index)`` as the host names a transformer block -> "block.id.index"."""
-    (block, block_id), index = key
-    return f"{block}.{block_id}.{index}"
 
 
 class ValueLoRA(nn.Module):

@@ -1,10 +1,10 @@
 """Training one concept's value LoRA inside a host UNet or Flux model with the diffusion loss, the network frozen and
-left exactly as it was (the expression trainer's loop and ``frozen_for_autograd``)."""
+left exactly as it was (the shared trainer, ``models/training.py``)."""
 from __future__ import annotations
 
 import torch
 
-from ..expression.train import train_in_unet
+from ..training import train_in_unet
 from .flux import FluxToVAPatch
 from .patch import ToVAPatch
 from .tova import Binding

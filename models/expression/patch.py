@@ -8,49 +8,12 @@ from __future__ import annotations
 
 import torch
 
-
-def transformer_blocks(unet) -> list:
-    """[((block, index), transformer_block)] in the adapter files' order: input blocks, output blocks, then the
-    middle block. ``block`` is ComfyUI's ("input" | "output" | "middle", id), ``index`` the block inside it."""
-    found = []
-    groups = [("input", list(enumerate(unet.input_blocks))), ("output", list(enumerate(unet.output_blocks))),
-              ("middle", [(0, unet.middle_block)])]
-    for name, blocks in groups:
-        for block_id, block in blocks:
-            for layer in block:
-                for index, tb in enumerate(getattr(layer, "transformer_blocks", [])):
-                    found.append((((name, block_id), index), tb))
-    return found
+from ..patch_layer import Hook, KeptInputPatch, cross_attention_layers, output_delta, transformer_blocks  # noqa: F401
 
 
-def cross_attention_layers(unet) -> list:
-    """[((block, index), attn2)], in the adapter files' order."""
-    return [(key, tb.attn2) for key, tb in transformer_blocks(unet)]
+class ExpressionAttentionPatch(KeptInputPatch):
+    reports_models = True  # the host loads the adapter's model wrappers with the UNet
 
-
-class Hook:
-    """One attention hook as the host's patch lists want it: callable, and with ``to`` / ``models`` so that
-    ComfyUI's memory management moves what the patch holds along with the model (``ModelPatcher.model_patches_to``
-    calls ``to`` with the load/offload device and with the model's dtype) and loads the models it names."""
-
-    def __init__(self, fn, owner, report_models: bool):
-        self.fn, self.owner, self.report_models = fn, owner, report_models
-
-    def __call__(self, *args):
-        return self.fn(*args)
-
-    def to(self, device_or_dtype):
-        self.owner.to(device_or_dtype)
-        return self
-
-    def models(self) -> list:
-        return list(self.owner.extra_models) if self.report_models else []
-
-    def __deepcopy__(self, memo):
-        return self  # ModelPatcher.clone deep-copies model_options; the patch is shared, never copied
-
-
-class ExpressionAttentionPatch:
     def __init__(self, adapter, values: torch.Tensor, strength: float, layers: list, sigma_start: float,
                  sigma_end: float):
         self.adapter = adapter
@@ -58,15 +21,10 @@ class ExpressionAttentionPatch:
         self.strength = float(strength)
         self.layers = {key: (i, attn) for i, (key, attn) in enumerate(layers)}
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
-        self._inputs = {}
         self._tokens = {}
         self.training = False  # training: values are per row (B, D), tokens keep their gradient, nothing cached
         self.extra_models = []  # host model wrappers of the adapter (set by the node) for memory management
-        self.input_hook = Hook(self.before_attention, self, report_models=False)
-        self.output_hook = Hook(self.after_attention, self, report_models=True)
-
-    def __deepcopy__(self, memo):
-        return self  # ModelPatcher.clone deep-copies model_options; this object holds the UNet's own modules
+        super().__init__()
 
     def to(self, device_or_dtype):
         """Devices move the adapter; dtypes are ignored: the adapter keeps its own precision (the model's may be
@@ -79,11 +37,8 @@ class ExpressionAttentionPatch:
     def _key(self, extra):
         return extra.get("block"), extra.get("block_index", 0)
 
-    def before_attention(self, n, context, value, extra):
-        key = self._key(extra)
-        if key in self.layers:
-            self._inputs[key] = n
-        return n, context, value
+    def keep(self, n, context, value, extra):
+        return n if self._key(extra) in self.layers else None
 
     def _active(self, extra) -> bool:
         sigmas = extra.get("sigmas")
@@ -108,25 +63,19 @@ class ExpressionAttentionPatch:
             self._tokens = {key: tokens.repeat_interleave(per, dim=0)}
         return self._tokens[key]
 
-    def after_attention(self, out, extra):
-        key = self._key(extra)
-        n = self._inputs.pop(key, None)
-        if n is None or key not in self.layers or not self._active(extra):
+    def apply(self, out, n, extra):
+        if not self._active(extra):
             return out
-        layer, attn = self.layers[key]
+        layer, attn = self.layers[self._key(extra)]
         cond_or_uncond = extra.get("cond_or_uncond", [0])
         tokens = self.tokens_for(list(cond_or_uncond), n.shape[0], n.device, n.dtype)
         with torch.set_grad_enabled(self.training):
             q = attn.to_q(n)
-            ip = self.adapter.attention(layer, q, tokens, extra["n_heads"])
-            # to_out without its bias, through the layer itself so the host's weight handling applies (fp8 or
-            # GGUF casting, low-VRAM offload, LoRA weight patches): to_out(ip) - to_out(0).
-            proj = attn.to_out[0]
-            delta = proj(ip) - proj(ip.new_zeros((1, 1, ip.shape[-1])))
+            delta = output_delta(attn, self.adapter.attention(layer, q, tokens, extra["n_heads"]))
         return out + self.strength * delta.to(out.dtype)
 
 
-class ReferenceAttentionPatch:
+class ReferenceAttentionPatch(KeptInputPatch):
     """Self-attention that also sees a reference image's features: for each layer, the output moves from
     ``attn(q, k, v)`` towards ``attn(q, [k; k_ref], [v; v_ref])`` by ``strength`` (1 = fully reference-extended).
     The reference features are the self-attention inputs of a pass over the reference latent (written once).
@@ -142,13 +91,8 @@ class ReferenceAttentionPatch:
         self.lora = lora
         self.training = False
         self.rows = None  # training: the reference row of each batch row
-        self._inputs = {}
         self.extra_models = []
-        self.input_hook = Hook(self.before_attention, self, report_models=False)
-        self.output_hook = Hook(self.after_attention, self, report_models=False)
-
-    def __deepcopy__(self, memo):
-        return self
+        super().__init__()
 
     def to(self, device_or_dtype):
         """The host moves the recorded features (and the LoRA) with the model (devices only: they keep their
@@ -159,18 +103,13 @@ class ReferenceAttentionPatch:
                 self.lora.to(device_or_dtype)
         return self
 
-    def before_attention(self, n, context, value, extra):
+    def keep(self, n, context, value, extra):
         key = (extra.get("block"), extra.get("block_index", 0))
-        if key in self.features:
-            self._inputs[key] = (n, context)
-        return n, context, value
+        return (n, context) if key in self.features and key in self.layers else None
 
-    def after_attention(self, out, extra):
+    def apply(self, out, kept, extra):
         key = (extra.get("block"), extra.get("block_index", 0))
-        stashed = self._inputs.pop(key, None)
-        if stashed is None or key not in self.layers:
-            return out
-        n, context = stashed
+        n, context = kept
         attn = self.layers[key]
         ref = self.features[key].to(n)
         if self.training and self.rows is not None:

@@ -95,7 +95,7 @@ def train_reference_lora(base, expression_adapter, lora, context: torch.Tensor, 
     reference photos) and its ``blendshapes`` fed to the frozen ``expression_adapter`` (its weights do not change:
     it is out of the optimiser and its parameters are frozen while stage 2 runs). ``base`` is left as it was."""
     from .patch import ExpressionAttentionPatch, ReferenceAttentionPatch, cross_attention_layers, transformer_blocks
-    from .train import train_in_unet
+    from ..training import train_in_unet
 
     net = base.diffusion_model
     with torch.inference_mode():  # the host's layers run as the host runs them (on a GPU its weights were loaded so)
@@ -107,10 +107,10 @@ def train_reference_lora(base, expression_adapter, lora, context: torch.Tensor, 
     reference = ReferenceAttentionPatch(features, 1.0, [(key, tb.attn1) for key, tb in transformer_blocks(net)],
                                         lora=lora)
     rows = _Stage2Rows(expression, reference, blendshapes.to(device).float())
-    options = {"patches": {"attn1_patch": [reference.before_attention],
-                           "attn1_output_patch": [reference.after_attention],
-                           "attn2_patch": [expression.before_attention],
-                           "attn2_output_patch": [expression.after_attention]}}
+    options = {"patches": {"attn1_patch": [reference.input_hook],
+                           "attn1_output_patch": [reference.output_hook],
+                           "attn2_patch": [expression.input_hook],
+                           "attn2_output_patch": [expression.output_hook]}}
     flags = [(p, p.requires_grad) for p in expression_adapter.parameters()]
     expression_adapter.requires_grad_(False)
     lora.set_scale(1.0)

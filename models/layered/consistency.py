@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..conceptsplit.attention_maps import heatmap
+from ..heatmap import heatmap
 from . import LayeredInputError
 
 SSIM_WINDOW = 11

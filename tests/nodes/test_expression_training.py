@@ -20,7 +20,7 @@ def _context(models, prompt="a photo of a face"):
 
 def _trainer_loss(models, x0, noise, sigma):
     """The loss train_in_unet minimises (its predictor and objective), with no adapter patch."""
-    from editlab.models.expression.train import HostObjective, raw_predictor
+    from editlab.models.training import HostObjective, raw_predictor
 
     base = models.model.model
     context, pooled = _context(models)
@@ -82,7 +82,7 @@ def test_v_prediction_model_loss_is_the_v_mse(comfy_host):
 
 
 def test_flow_model_target_is_the_velocity(comfy_host):
-    from editlab.models.expression.train import HostObjective, raw_predictor
+    from editlab.models.training import HostObjective, raw_predictor
     from editlab.models.tiny import build_tiny_models
 
     models = build_tiny_models("flux", 0)
@@ -108,7 +108,7 @@ def test_flow_model_target_is_the_velocity(comfy_host):
 
 
 def test_timesteps_are_the_hosts_discrete_ones_drawn_uniformly(sd15):
-    from editlab.models.expression.train import HostObjective
+    from editlab.models.training import HostObjective
 
     table = sd15.model.model.model_sampling.sigmas
     drawn = HostObjective(sd15.model.model.model_sampling).draw_sigmas(20000, torch.Generator().manual_seed(0))
@@ -175,7 +175,7 @@ def test_loss_before_and_after_are_deterministic(sd15):
 def test_raw_output_is_read_back_where_the_network_skips_the_wrappers(sd15):
     """A network whose forward does not run the host's diffusion-model wrappers: the raw output is recovered from
     the denoised prediction, and equals the one the wrapper sees."""
-    from editlab.models.expression.train import raw_predictor
+    from editlab.models.training import raw_predictor
 
     base = sd15.model.model
     context, pooled = _context(sd15)

@@ -27,7 +27,7 @@ def test_harmonic_mean_of_pairwise_kl_by_hand():
     maps = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0)) + 0.1
     p = distributions(maps).double()
     kl = [[float((p[i] * (p[i] / p[j]).log()).sum()) for j in range(3)] for i in range(3)]
-    pairs = [kl[i][j] for i in range(3) for j in range(3) if i != j]
+    pairs = [kl[i][j] for i in range(3) for j in range(3) if i < j]  # the authors' pairs: i < j only
     want = len(pairs) / sum(1 / v for v in pairs)
     assert torch.allclose(pairwise_kl(maps).double(), torch.tensor(kl, dtype=torch.float64), atol=1e-5)
     assert math.isclose(float(harmonic_mean_kl(maps)), want, rel_tol=1e-4)
@@ -65,6 +65,22 @@ def test_step_sizes_and_masks():
     assert 0.05 < float(masks.float().mean()) < 0.2  # about the top 10% of each map
 
 
+def test_afg_masks_are_cut_from_the_authors_sigma_1_5_blur():
+    """The authors blur the maps the AFG masks come from with sigma 1.5 (LODA's loss: sigma 1), kernel 7: scipy's
+    Gaussian filter with radius 3 (truncate 2.0 at sigma 1.5) and whole-sample mirroring, then the 90th
+    percentile."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    maps = torch.rand(2, 12, 12, generator=torch.Generator().manual_seed(3))
+    for sigma, got in ((1.5, afg_masks(maps)), (1.0, afg_masks(maps, sigma=1.0))):
+        for m, mask in zip(maps.double().numpy(), got):
+            blurred = gaussian_filter(m, sigma, mode="mirror", truncate=3 / sigma)
+            want = blurred >= np.quantile(blurred, 0.9)
+            assert (torch.from_numpy(want) == mask).float().mean() > 0.98, sigma  # ties at the cut aside
+    assert not torch.equal(afg_masks(maps), afg_masks(maps, sigma=1.0))
+
+
 @pytest.mark.parametrize("latent,present,want", [
     ((96, 96), [(96, 96), (48, 48), (24, 24), (12, 12)], {(24, 24)}),  # SD2.1 at 768 px: the authors' 24x24
     ((128, 128), [(64, 64), (32, 32)], {(32, 32)}),  # SDXL at 1024 px (no attention at 128): the authors' 32x32
@@ -81,10 +97,15 @@ def test_map_tap_averages_only_the_chosen_layers():
     from editlab.models.conceptsplit.loda import MapTap
 
     tap = MapTap([[1], [2]], {}, (8, 8))
-    a, b, c = (torch.full((2, 8, 8), v) for v in (1.0, 2.0, 4.0))
+    a, b, c = torch.full((2, 8, 8), 1.0), torch.full((2, 2, 2), 2.0), torch.full((2, 2, 2), 4.0)
     tap.collected = [((8, 8), a), ((2, 2), b), ((2, 2), c)]
-    assert torch.equal(tap.maps(), torch.full((2, 8, 8), 3.0))  # the two 2x2 layers only
+    # the two 2x2 layers only, at their own size (the authors blur and compare the maps there)
+    assert torch.equal(tap.maps(), torch.full((2, 2, 2), 3.0))
     tap.map_layers = "all"
     assert torch.allclose(tap.maps(), torch.full((2, 8, 8), 7.0 / 3))
     with pytest.raises(ValueError, match="map_layers"):
         MapTap([[1]], {}, (8, 8), "some")
+    # SDXL: the authors read the down (input) blocks only
+    layers = {"input.7.0": 1, "middle.0.0": 2, "output.1.0": 3}
+    assert set(MapTap([[1]], layers, (8, 8), down_only=True).layers) == {"input.7.0"}
+    assert set(MapTap([[1]], layers, (8, 8)).layers) == set(layers)

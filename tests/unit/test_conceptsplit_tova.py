@@ -157,7 +157,8 @@ def test_file_round_trip_and_bad_files(tmp_path, data):
 
 
 def test_attention_maps_are_the_softmax_over_the_text_keys_by_hand(data):
-    from editlab.models.conceptsplit.attention_maps import AttentionMapRecorder, heatmap
+    from editlab.models.conceptsplit.attention_maps import AttentionMapRecorder
+    from editlab.models.heatmap import heatmap
 
     _, context = data
     attn = CrossAttention(0)
