@@ -42,6 +42,9 @@ PASS_THROUGH = {"LoraLoaderModelOnly": {0: "model"}, "LoraLoader": {0: "model", 
 # Dropped with --tiny (no tiny CLIP vision model), with the nodes of DROPPED_USERS they feed.
 DROPPED = ("CLIPVisionLoader",)
 DROPPED_USERS = ("CLIPVisionEncode",)
+# Nodes that refuse to run without the CLIP vision features --tiny removes, unless told it is a dry run: the input
+# that says so, turned on (and said) when --tiny drops a CLIP vision encoder.
+CLIP_VISION_OPT_OUT = {"EditLabTemporalReasoningSampler": "without_clip_vision"}
 # The models folder each file input reads from (LOADER_FOLDERS: where a loader's own folder differs).
 LOADER_FOLDERS = {"CLIPVisionLoader": "clip_vision"}
 MODEL_INPUTS = {"unet_name": "diffusion_models", "ckpt_name": "checkpoints", "clip_name": "text_encoders",
@@ -214,6 +217,12 @@ def _drop_clip_vision(prompt: dict) -> tuple[dict, list[str]]:
             del inputs[name]
     said = [f"node {k} {prompt[k]['class_type']} removed (no tiny CLIP vision model; the inputs it fed are "
             f"optional)" for k in sorted(dropped, key=lambda k: (len(k), k))]
+    for node_id in sorted(prompt, key=lambda k: (len(k), k)):
+        node = prompt[node_id]
+        flag = CLIP_VISION_OPT_OUT.get(node.get("class_type"))
+        if flag and node_id not in dropped and node.setdefault("inputs", {}).get(flag) is not True:
+            node["inputs"][flag] = True
+            said.append(f"node {node_id} {node['class_type']}: {flag} on (a dry run without CLIP vision features)")
     return {k: v for k, v in prompt.items() if k not in dropped}, said
 
 

@@ -801,7 +801,7 @@ def conceptsplit_rows(g, family, band=0, label="", m=None):
     loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"),
                                  ("loda_steps", real["loda_steps"]),
                                  ("step_size", 20.0), ("threshold", 3.0), ("afg_strength", 2.0),
-                                 ("map_layers", "authors")],
+                                 ("map_layers", "authors"), ("afg_mode", "soft")],
                  {"sampler": (base, 0, "SAMPLER"), "clip": m.clip}, ["SAMPLER"], s_sample, 0, 1)
     sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", real["steps"]), ("denoise", 1.0)],
                    {"model": (tova, 0, "MODEL")}, ["SIGMAS"], s_sample, 1, 0)
@@ -918,7 +918,7 @@ def chronoedit_graph(g, name, reasoning, steps, cfg, shift, k, lora=False):
                  ["CONDITIONING", "CONDITIONING", "LATENT"], s_layout, 0, 0)
     sampled = g.add("EditLabTemporalReasoningSampler",
                     [("seed", 42), ("steps", steps), ("cfg", cfg), ("sampler_name", "uni_pc"), ("scheduler", "simple"),
-                     ("reasoning_steps", k)],
+                     ("reasoning_steps", k), ("pin_first_frame", True), ("without_clip_vision", False)],
                     {"model": m.model, "positive": (cond, 0, "CONDITIONING"), "negative": (cond, 1, "CONDITIONING"),
                      "latent": (cond, 2, "LATENT")}, ["LATENT", "LATENT"], s_sample, 0, 0)
     video = g.add("EditLabTrajectoryToVideo", [], {"trajectory": (sampled, 1 if reasoning else 0, "LATENT"),

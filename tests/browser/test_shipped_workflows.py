@@ -3,7 +3,8 @@
 The templates browser lists a pack's workflows from ``/api/workflow_templates`` and opens one by fetching
 ``/api/workflow_templates/<pack>/<name>.json`` and calling ``app.loadGraphData(data, true, true, name)``; this does
 the same in headless Chromium, then reads back what the page made of the file: each widget's value (compared with
-the API twin's input of the same name), node types the page does not know, node boxes that overlap, groups, the
+the API twin's input of the same name, and the real settings: image sizes, steps, ChronoEdit's area), node types the
+page does not know, node boxes that overlap, groups, the
 initial zoom, and console errors from the pack's scripts. A screenshot of each as opened is kept under
 out/test-artifacts/browser/.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from editlab.tests.browser.templates import NAMES, PACK, open_workflow
+from editlab.tests.unit.test_shipped_settings import wrong_settings
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -111,6 +113,17 @@ def test_every_widget_holds_its_api_twin_value(name, opened):
                              f"no such widget")
     assert not wrong, "\n".join(wrong)
     assert checked > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_page_shows_the_real_settings(name, opened):
+    """As the real front end loaded the file, the widgets hold the real settings (image sizes, steps, cfg,
+    ChronoEdit's 921,600-pixel area, the try-on canvas height; written down in tests/unit/test_shipped_settings.py
+    from the authors and the host's templates), not the dry run's 64 px and 4 steps: --tiny scales those down."""
+    nodes = [(str(n["id"]), n["type"], {w["name"]: w["value"] for w in n["widgets"]})
+             for n in opened[name]["nodes"] if n["type"] not in ANNOTATIONS]
+    wrong = wrong_settings(name, nodes)
+    assert not wrong, "\n".join(wrong)
 
 
 @pytest.mark.parametrize("name", NAMES)

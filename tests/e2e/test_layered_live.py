@@ -1,7 +1,8 @@
-"""The layered background-replacement workflow through the live server, run as a user would (--tiny): the saved
-edit holds the product's pixels exactly as the scaled photo (computed here independently: the same centre crop and
-bilinear resize in torch, 8-bit as SaveImage writes), and the consistency report says nothing changed inside the
-mask while the heat-map shows change only outside it."""
+"""The layered background-replacement workflow through the live server, run as a user would (--tiny, which scales
+its 1024 px down to 64): the saved edit holds the product's pixels exactly as the scaled photo (computed here
+independently: the same centre crop and bilinear resize in torch, 8-bit as SaveImage writes), while the consistency
+report and its heat-map measure the model's edit before the lock, so they show the change the (random tiny) model
+made inside the product: the report that would read zero by construction on the locked image does not."""
 import json
 from pathlib import Path
 
@@ -49,5 +50,9 @@ def test_background_replacement_keeps_the_product_exactly_through_the_server(ser
     assert not np.array_equal(edit[~product], expected[~product])  # the tiny model did change the background
     (report,) = [json.loads(p.read_text()) for p in texts if "inside_mask" in p.read_text()]
     inside, outside = report["images"][0]["inside_mask"], report["images"][0]["outside_mask"]
-    assert inside["l1"] == 0 and inside["psnr_db"] == "inf" and outside["l1"] > 0
-    assert heat[product].sum(-1).max() <= heat[~product].sum(-1).max()
+    # the saved (locked) edit differs from the photo nowhere inside the product, yet the report sees a change there:
+    # it measures the model's own edit, which repainted the product region (random weights change every pixel)
+    assert inside["pixels"] >= product.sum() and inside["l1"] > 1e-3 and inside["psnr_db"] != "inf"
+    assert outside["l1"] > 1e-3
+    # the heat-map (black = unchanged) lights up inside the product too, not only outside it
+    assert (heat[product].sum(-1) > 0).mean() > 0.5

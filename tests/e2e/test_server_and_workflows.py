@@ -1,5 +1,6 @@
 """The pack in a real headless ComfyUI: loading, every shipped workflow checked and run, UI == API, determinism."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,13 @@ def test_ui_workflow_through_the_client_equals_its_api_twin(path, server, editla
         _evict_cache(server, tmp_path)  # both runs compute their nodes; neither is served the other's cache
         done = editlab_cli("run", file, "--tiny", "--server", server.url, "--out", tmp_path / kind, "-q", *uploads)
         assert done.returncode == 0, done.stderr
+        # shipped at real sizes: --tiny printed each value it scaled down (node, input, old -> new)
+        dry_run_most = {"width": 64, "height": 64, "target_area": 64 * 64}
+        real = {(k, n): v for k, node in load_workflow(REPO / "workflows" / "api" / path.name).items()
+                for n, v in node["inputs"].items()
+                if n in dry_run_most and isinstance(v, int) and v > dry_run_most[n]}
+        for (node_id, name), value in real.items():
+            assert re.search(rf"node {node_id} \S+: {name} {value} -> \d+ ", done.stderr), done.stderr
         outs[kind] = sorted(Path(p) for p in done.stdout.split())
         assert outs[kind], "the workflow produced no files"
     assert len(outs["ui"]) == len(outs["api"])

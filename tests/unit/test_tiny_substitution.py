@@ -20,7 +20,10 @@ def test_every_loader_is_swapped_and_links_point_at_tiny_outputs(path):
     loaders = {k for k, v in prompt.items() if v["class_type"] in LOADERS}
     assert loaders, "shipped workflows use the stock loaders"
     tiny, said = substitute_tiny(prompt)
-    said = [line for line in said if "(scaled down for the tiny models)" not in line]  # sizes: tested below
+    opted_out = [line for line in said if "(a dry run without CLIP vision features)" in line]
+    said = [line for line in said if "(scaled down for the tiny models)" not in line  # sizes: tested below
+            and line not in opted_out]
+    assert bool(opted_out) == any(v["class_type"] in DROPPED for v in prompt.values())
     assert len([line for line in said if " -> " in line]) == len(loaders)
     assert not [k for k, v in tiny.items() if v["class_type"] in LOADERS]
     gone = set(prompt) - set(tiny) - loaders  # LoRA pass-throughs; CLIP vision nodes (no tiny CLIP vision)
@@ -145,6 +148,10 @@ def test_tiny_scales_real_sizes_and_steps_down_and_says_each_change(path):
     assert all(lines), said
     told = {(m[1], m[3]): (_number(m[4]), _number(m[5])) for m in lines}
     assert len(told) == len(lines), "one line per change"
+    for line in said:  # the other change --tiny makes and says: the ChronoEdit sampler's dry-run flag
+        m = re.match(r"^node (\S+) \S+: (without_clip_vision) on ", line)
+        if m:
+            told[(m[1], m[2])] = (prompt[m[1]]["inputs"].get(m[2], False), True)
     for node_id, node in tiny.items():
         if node["class_type"] == "EditLabTinyModels":
             continue
@@ -202,3 +209,15 @@ def test_worldtoimage_loads_flux_kontext_and_goes_to_the_tiny_flux(name):
     (agent,) = [v for v in tiny.values() if v["class_type"] == "EditLabWorldToImage"]
     assert tiny[agent["inputs"]["model"][0]]["inputs"]["architecture"] == "flux"
     assert agent["inputs"]["reference_mode"] == "reference_latents"
+
+
+def test_dropping_clip_vision_turns_the_chronoedit_samplers_dry_run_flag_on():
+    """The ChronoEdit sampler refuses a model with an image projection without CLIP vision features unless
+    ``without_clip_vision`` is on: --tiny removes the encoder, so it turns the flag on and says so."""
+    prompt = json.loads((REPO / "workflows" / "api" / "chronoedit_reasoning_edit.json").read_text())
+    (sampler_id,) = [k for k, v in prompt.items() if v["class_type"] == "EditLabTemporalReasoningSampler"]
+    assert prompt[sampler_id]["inputs"]["without_clip_vision"] is False  # shipped: the real model needs them
+    tiny, said = substitute_tiny(prompt)
+    assert tiny[sampler_id]["inputs"]["without_clip_vision"] is True
+    assert f"node {sampler_id} EditLabTemporalReasoningSampler: without_clip_vision on (a dry run without CLIP " \
+           f"vision features)" in said
