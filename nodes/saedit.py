@@ -17,7 +17,7 @@ from ..models.saedit.edit import decoded_delta
 from ..models.saedit.inversion import InversionSampler, InvertedNoise
 from ..models.saedit.files import SAEFileError, load_direction, load_sae, save_direction, save_sae
 from ..models.saedit.sae import SPARSITY, SAEConfig, SparseAutoencoder
-from ..models.saedit.schedule import SCHEDULES
+from ..models.saedit.schedule import SCHEDULES, TIMINGS
 from ..models.saedit.slider import slide_conditioning
 from ..models.saedit.features import feature_table, heatmap
 from ..models.saedit.tokens import (PARTS, content_embeddings, prompt_tokens, token_layout, token_texts,
@@ -228,8 +228,11 @@ class EditLabSAEDirection(EditLabNode):
                                tooltip="Which tokens: T5 (Flux, SD3.5) or CLIP; auto picks T5 when present. Use the "
                                        "SAE's part."),
                 io.Combo.Input("method", options=list(METHODS), default="svd",
-                               tooltip="svd: the authors' recipe (shared direction over pairs); mean: the average "
-                                       "change."),
+                               tooltip="svd: the authors' recipe (shared direction over pairs, unit length); "
+                                       "mean: the authors' mean of the pairs' vectors, not normalised (its length "
+                                       "scales the slider's strength); mean_unit: that mean at unit length (this "
+                                       "pack's earlier 'mean': strength moves 1/|mean| times as far as the "
+                                       "authors')."),
                 io.Float.Input("percentile", default=99.5, min=50.0, max=100.0, step=0.1,
                                tooltip="Only features above this percentile of the source-to-target ratio take part."),
                 *save_as_inputs("sae_directions", "", verb="Save as"),
@@ -369,12 +372,18 @@ class EditLabSAESlider(EditLabNode):
                 io.Combo.Input("part", options=list(PARTS), default="auto",
                                tooltip="Which tokens: T5 (Flux, SD3.5) or CLIP; auto takes the SAE's own part (or "
                                        "T5 when present, for SAEs that do not record it)."),
+                io.Combo.Input("timing", options=list(TIMINGS), default="authors", optional=True,
+                               tooltip="authors: their 40 factors x_k = k/39 (linspace(0, 40, 40)/40), applied "
+                                       "one step late as their step-end callback does: steps 0 and 1 unedited, "
+                                       "step k at x_(k-1); exact at 40 steps, followed by progress otherwise. "
+                                       "undelayed: this pack's earlier grid, step k of 40 at x = k/40."),
             ],
             outputs=[io.Conditioning.Output()],
         )
 
     @classmethod
-    def execute(cls, conditioning, clip, sae, direction, prompt, word, strength, schedule, part) -> io.NodeOutput:
+    def execute(cls, conditioning, clip, sae, direction, prompt, word, strength, schedule, part,
+                timing="authors") -> io.NodeOutput:
         if len(prompt) > MAX_PROMPT_CHARS:
             raise EditLabInputError("prompt", f"a prompt of at most {MAX_PROMPT_CHARS} characters", prompt)
         if len(word) > MAX_PROMPT_CHARS:
@@ -404,7 +413,7 @@ class EditLabSAESlider(EditLabNode):
                     raise EditLabInputError("word", str(exc), word) from None
                 if PROMPT_KEY not in options:
                     _check_typed_prompt(clip, text, cond)
-            out += slide_conditioning([[cond, options]], checked[key], delta, schedule, strength)
+            out += slide_conditioning([[cond, options]], checked[key], delta, schedule, strength, timing=timing)
         return io.NodeOutput(out, ui=panels.ui_for("sae_features", _slider_view(clip, sae, direction, first, word,
                                                                                 strength, schedule, checked)))
 

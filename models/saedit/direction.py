@@ -3,13 +3,16 @@
 The authors' recipe, per pair: max-pool each prompt's codes over its real (non-padding) tokens; ratio =
 target / (source + 1e-6); keep the features at or above the 99.5th percentile of the ratio; the pair's vector is the
 target's pooled activations on that mask. Pairs are aggregated by the first right singular vector of the
-(uncentred) stack, its sign aligned with the stack's mean; ``mean`` (the normalised mean vector) is the alternative.
+(uncentred) stack, its sign aligned with the stack's mean (unit length, as the authors'); ``mean`` is the mean of the
+pair vectors as the authors return it, not normalised (its length, the mean activation of the selected features, is
+part of the edit's strength); ``mean_unit`` is that mean divided by its length (this pack's earlier ``mean``: the
+same slider strength moves ``1 / |mean|`` times as far as the authors' mean would).
 """
 from __future__ import annotations
 
 import torch
 
-METHODS = ("svd", "mean")
+METHODS = ("svd", "mean", "mean_unit")
 
 
 def pair_vector(source_codes: torch.Tensor, target_codes: torch.Tensor, percentile: float = 99.5) -> torch.Tensor:
@@ -27,7 +30,8 @@ def pair_vector(source_codes: torch.Tensor, target_codes: torch.Tensor, percenti
 
 
 def aggregate(vectors: torch.Tensor, method: str = "svd") -> torch.Tensor:
-    """vectors (P, m) -> a unit direction (m,), zero outside the features any pair selected."""
+    """vectors (P, m) -> a direction (m,), zero outside the features any pair selected: unit length for ``svd`` and
+    ``mean_unit``, the plain mean for ``mean``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if vectors.ndim != 2 or vectors.shape[0] == 0:
@@ -37,6 +41,8 @@ def aggregate(vectors: torch.Tensor, method: str = "svd") -> torch.Tensor:
         raise ValueError("no pair selected any feature: the target prompts add nothing the SAE can see")
     mean = vectors.mean(0)
     if method == "mean":
+        return mean * support
+    if method == "mean_unit":
         direction = mean
     else:
         _, _, vh = torch.linalg.svd(vectors.double(), full_matrices=False)

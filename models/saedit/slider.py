@@ -2,7 +2,10 @@
 
 The per-step strength (``schedule.py``) is laid out on a grid of ``GRID`` points over the denoising progress
 (ComfyUI's timestep percent, the scale of ``ConditioningSetTimestepRange``): grid point k holds the strength of
-step k of ``GRID`` (the authors' N = 40), and covers the percents nearer to it than to its neighbours. Runs of equal
+step k of ``GRID`` (the authors' 40 steps; with the authors' timing, their factor k - 1 of linspace(0, 40, 40) / 40,
+as their step-end callback applies it, and 0 at k = 0), and covers the percents nearer to it than to its
+neighbours. At 40 sampling steps this is the authors' per-step strength exactly; at other step counts the curve
+is followed by progress (the authors index their 40 factors by step number and run 40 steps). Runs of equal
 strength are merged, so the capped tail of the exponential schedule is one range. Each range becomes a copy of the
 conditioning entry with the decoded delta added at the word's tokens and ``start_percent`` / ``end_percent`` set;
 at every step the host picks the one range that holds the step's sigma. No hook and no wrapper: the edited
@@ -17,14 +20,15 @@ from __future__ import annotations
 import torch
 
 from .edit import apply_token_edit
-from .schedule import step_strength
+from .schedule import strengths
 
 GRID = 40
 
 
-def strength_ranges(schedule: str, strength: float, grid: int = GRID) -> list[tuple[float, float, float]]:
+def strength_ranges(schedule: str, strength: float, grid: int = GRID,
+                    timing: str = "authors") -> list[tuple[float, float, float]]:
     """[(start_percent, end_percent, strength)] covering 0..1, adjacent ranges sharing their boundary."""
-    values = [step_strength(schedule, strength, k, grid) for k in range(grid)]
+    values = strengths(schedule, strength, grid, timing)
     ranges = []
     for k, s in enumerate(values):
         start = 0.0 if k == 0 else (k - 0.5) / grid
@@ -37,11 +41,11 @@ def strength_ranges(schedule: str, strength: float, grid: int = GRID) -> list[tu
 
 
 def slide_conditioning(conditioning: list, positions: list[int], delta: torch.Tensor, schedule: str,
-                       strength: float, grid: int = GRID) -> list:
+                       strength: float, grid: int = GRID, timing: str = "authors") -> list:
     """A new conditioning list: each entry split over the schedule's ranges (intersected with the entry's own
     ``start_percent`` / ``end_percent``), its tensor edited by ``strength * delta`` at ``positions`` in each. The
     input entries and tensors are not modified; a range of strength 0 shares the input's tensor."""
-    ranges = strength_ranges(schedule, strength, grid)
+    ranges = strength_ranges(schedule, strength, grid, timing)
     out = []
     for cond, options in conditioning:
         lo, hi = float(options.get("start_percent", 0.0)), float(options.get("end_percent", 1.0))

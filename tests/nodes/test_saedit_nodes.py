@@ -39,10 +39,10 @@ def setup(request, nodes):
     return {"tiny": tiny, "sae": sae, "direction": direction, "cond": cond, "neg": neg, "arch": request.param}
 
 
-def slider(nodes, s, conditioning=None, word="man", strength=0.5, schedule="exponential"):
+def slider(nodes, s, conditioning=None, word="man", strength=0.5, schedule="exponential", **kw):
     return nodes.EditLabSAESlider.execute(conditioning=conditioning or s["cond"], clip=s["tiny"].clip, sae=s["sae"],
                                           direction=s["direction"], prompt=PROMPT, word=word, strength=strength,
-                                          schedule=schedule, part="auto").result[0]
+                                          schedule=schedule, part="auto", **kw).result[0]
 
 
 def sample(s, positive, steps=6, cfg=2.0, sampler="euler"):
@@ -173,20 +173,35 @@ def test_change_grows_with_strength_and_flips_with_sign(nodes, setup):
         assert torch.allclose(changes[-s], -changes[s], atol=1e-5)
 
 
-@pytest.mark.parametrize("steps", [8, 20, 40])
-def test_per_step_strength_matches_the_schedule(nodes, setup, steps):
-    from editlab.models.saedit.schedule import strengths
-
+def _measured_strengths(nodes, setup, steps, **kw):
     strength = 0.3
-    _, conds, _ = sample(setup, slider(nodes, setup, strength=strength), steps=steps, cfg=1.0)
+    _, conds, _ = sample(setup, slider(nodes, setup, strength=strength, **kw), steps=steps, cfg=1.0)
     assert len(conds) == steps
     pos = edited_positions(nodes, setup)[0]
     v = unit_delta(setup)
     base = setup["cond"][0][0][0, pos]
-    got = [float((ctx[0, pos] - base) @ v / (v @ v)) for ctx in conds]
-    want = [min(math.exp((i / steps) * 15 * strength) - 1, 15 * strength) for i in range(steps)]
-    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
-    assert want == pytest.approx(strengths("exponential", strength, steps))
+    return [float((ctx[0, pos] - base) @ v / (v @ v)) for ctx in conds]
+
+
+@pytest.mark.parametrize("steps", [8, 20, 40])
+def test_per_step_strength_is_the_authors_schedule_one_step_late(nodes, setup, steps):
+    """The authors' factors, written out as their code builds them: x = linspace(0, 40, 40) / 40,
+    exp(x * 15 f) - 1 capped at 15 f, and the factor of step k - 1 applied at step k (a step-end callback); step 0
+    unedited. At 40 steps step k gets factor k - 1 exactly; at N steps step i sits at grid point 40 i / N."""
+    import numpy as np
+
+    f = 0.3
+    factors = np.minimum(np.exp(np.linspace(0, 40, num=40) / 40.0 * 15 * f) - 1, 15 * f)
+    want = [0.0] + [float(factors[40 * i // steps - 1]) for i in range(1, steps)]
+    assert _measured_strengths(nodes, setup, steps) == pytest.approx(want, rel=1e-4, abs=1e-5)
+    if steps == 40:
+        assert want[1] == 0.0 and want[2] == pytest.approx(math.exp(15 * f / 39) - 1)
+
+
+@pytest.mark.parametrize("steps", [8, 40])
+def test_undelayed_timing_keeps_the_earlier_grid(nodes, setup, steps):
+    want = [min(math.exp((i / steps) * 15 * 0.3) - 1, 15 * 0.3) for i in range(steps)]
+    assert _measured_strengths(nodes, setup, steps, timing="undelayed") == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
 def test_two_chained_sliders_add_up(nodes, setup):

@@ -54,12 +54,14 @@ def test_the_slider_runs_with_a_direction_without_feature_ids_and_its_panel_list
     out = EditLabSAESlider.execute(conditioning=cond, clip=flux.clip, sae=sae, direction=direction, prompt="",
                                    word="man", strength=1.0, schedule="constant", part="auto")
     edited = out.result[0]
-    changed = (edited[0][0] - cond[0][0]).abs().sum(-1)[0].nonzero().flatten().tolist()
+    changed = (edited[-1][0] - cond[0][0]).abs().sum(-1)[0].nonzero().flatten().tolist()
     assert changed, "the slider moved no token"
-    (_, _, scale), = strength_ranges("constant", 1.0)  # the constant schedule: one range, one strength
+    # the constant schedule with the authors' timing: unedited at the first grid point, then one strength
+    (_, _, zero), (_, _, scale) = strength_ranges("constant", 1.0)
+    assert zero == 0.0 and torch.equal(edited[0][0], cond[0][0])
     delta = scale * decoded_delta(sae.sae, vector)
     for position in changed:
-        assert torch.allclose(edited[0][0][0, position] - cond[0][0][0, position], delta, atol=1e-4)
+        assert torch.allclose(edited[-1][0][0, position] - cond[0][0][0, position], delta, atol=1e-4)
     view = _panel(out)
     assert view["direction"]["count"] == 3
     assert [(f["id"], f["weight"]) for f in view["direction"]["features"]] == [(11, -0.8), (30, 0.5), (4, 0.3)]

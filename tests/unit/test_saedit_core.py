@@ -11,6 +11,7 @@ from editlab.models.saedit.edit import apply_token_edit, decoded_delta
 from editlab.models.saedit.files import SAEFileError, load_direction, load_sae, save_direction, save_sae
 from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder
 from editlab.models.saedit.schedule import step_strength, strengths
+from editlab.models.saedit.slider import strength_ranges
 from editlab.models.saedit.train import TrainConfig, train_sae
 
 
@@ -115,10 +116,14 @@ def test_pair_vector_follows_the_recipe():
 
 def test_aggregate_svd_aligns_sign_and_stays_on_the_support():
     vectors = torch.tensor([[0.0, 2.0, 0.0, 0.1], [0.0, 1.8, 0.0, 0.0], [0.0, 2.2, 0.0, 0.2]])
-    for method in ("svd", "mean"):
+    for method in ("svd", "mean_unit"):
         d = aggregate(vectors, method)
         assert math.isclose(float(d.norm()), 1.0, rel_tol=1e-6)
         assert d[1] > 0.9 and d[0] == 0 and d[2] == 0  # sign follows the mean; no feature outside the support
+    # the authors' mean is the plain mean of the pair vectors (not normalised): here by hand
+    d = aggregate(vectors, "mean")
+    assert torch.allclose(d, torch.tensor([0.0, 6.0 / 3, 0.0, 0.3 / 3]))
+    assert math.isclose(float(d.norm()), math.sqrt(4.0 + 0.01), rel_tol=1e-6)  # 2.0025: the unit one's scale
 
 
 
@@ -135,7 +140,9 @@ def test_direction_from_pairs_by_hand():
     vectors = torch.tensor([[0, 0, 0, 0, 3, 0], [0, 2, 0, 0, 4, 0], [0, 0, 0, 0, 0, 0.5]])
     assert torch.equal(out["pair_vectors"], vectors)
     mean = torch.tensor([0, 2 / 3, 0, 0, 7 / 3, 0.5 / 3])
-    assert torch.allclose(out["direction"], mean / mean.norm())
+    assert torch.allclose(out["direction"], mean)  # the authors' mean: not normalised
+    unit = direction_from_pairs(list(zip(src, tgt)), "mean_unit", percentile=50)
+    assert torch.allclose(unit["direction"], mean / mean.norm())
     assert out["feature_ids"].tolist() == [4, 1, 5]  # by weight
     # svd: V^T V = diag-block [[4, 8], [8, 25]] on features (1, 4) and 0.25 on feature 5; the top eigenvector of the
     # 2x2 block (eigenvalue 27.72 > 0.25) is (8, 27.72 - 4) normalised
@@ -176,6 +183,26 @@ def test_exponential_schedule_matches_the_formula_at_any_step_count(n):
         assert strengths("exponential", -f, n) == pytest.approx([-s for s in want])
     assert strengths("linear", 1.0, n)[n // 2] == pytest.approx(15 * (n // 2) / n)
     assert strengths("constant", 0.2, n) == pytest.approx([3.0] * n)
+
+
+@pytest.mark.parametrize("f", [0.05, 0.3, -0.5, 1.0])
+def test_authors_timing_is_their_grid_one_step_late(f):
+    """Their factors as their code builds them: linspace(0, 40, 40) / 40 (k / 39), exp(x * 15 |f|) - 1 capped at
+    15 |f|; their step-end callback edits step k with factor k - 1, step 0 runs unedited."""
+    import numpy as np
+
+    x = np.linspace(0, 40, num=40) / 40.0
+    theirs = np.minimum(np.exp(x * 15 * abs(f)) - 1, 15 * abs(f)) * np.sign(f)
+    want = [0.0] + theirs[:-1].tolist()
+    assert strengths("exponential", f, 40, timing="authors") == pytest.approx(want, rel=1e-12, abs=1e-12)
+    ranges = strength_ranges("exponential", f)  # the slider's default timing: the same values on the 40-point grid
+    per_point = [next(s for a, b, s in ranges if a <= k / 40 < b or (k == 39 and b == 1.0)) for k in range(40)]
+    assert per_point == pytest.approx(want, rel=1e-12, abs=1e-12)
+    assert strength_ranges("exponential", f, timing="undelayed")[1][2] == pytest.approx(
+        math.copysign(math.exp(15 * abs(f) / 40) - 1, f))  # the earlier grid: k / 40, no delay
+    lin = strengths("linear", 1.0, 40, timing="authors")
+    assert lin[:3] == pytest.approx([0.0, 0.0, 15 / 39]) and lin[-1] == pytest.approx(15 * 38 / 39)
+    assert strengths("constant", 0.2, 40, timing="authors") == pytest.approx([0.0] + [3.0] * 39)
 
 
 def test_schedule_rejects_nan_and_unknown():
