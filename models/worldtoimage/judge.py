@@ -4,8 +4,9 @@ client, then ``LLMError``):
 - ``judge``: a VLM looks at the generated image and the prompt and answers semantic alignment (0-10), which of the
   prompt's keywords it sees, optionally an aesthetic rating (0-10), and a one-line reason;
 - ``plan``: the prompt-optimisation step: given the user's prompt, the last prompt, its score and the keywords the
-  judge missed, it says whether the failure is one of rendering or of understanding, rewrites the prompt (obscure
-  terms replaced by what they look like) and gives image-search queries for the concepts to show;
+  judge missed, it says whether the failure is one of rendering or of understanding (which decides the next step:
+  the agent's ``route``), rewrites the prompt (obscure terms replaced by what they look like) and gives image-search
+  queries for the concepts to show;
 - ``pick``: the retrieval step: given up to five candidates (titles and sources), the index of the one to use.
 """
 from __future__ import annotations
@@ -37,7 +38,9 @@ PLAN_USER = (
     "Its score (higher is better): {score}\n"
     "Keywords the judge did not see: {missing}\n\n"
     "Say which kind of failure this is, write an improved prompt that keeps the user's intent, and give up to "
-    "{max_queries} short image-search queries for the concepts that need a visual reference.\n"
+    "{max_queries} short image-search queries for the concepts that need a visual reference. Your diagnosis decides "
+    "the next step: rendering = only your new prompt is used, nothing is searched; understanding = your queries are "
+    "searched and the images found are given to the generator as references.\n"
     'Answer as {{"diagnosis": "rendering" or "understanding", "prompt": "<new prompt>", '
     '"queries": ["<query>", ...], "reason": "<one sentence>"}}.')
 
