@@ -1,0 +1,128 @@
+"""Real size (issue 23): every node that patches, samples or trains, on a full-size model with seeded random weights,
+beside the host's plain sampling (and the host's own TrainLoraNode) of the same model in the same server.
+
+    python -P bench/real_size/run.py                 SD1.5 at 512x512 in a live server + meta counts of every family
+    python -P bench/real_size/run.py --only meta     only the meta-device counts (minutes, little memory)
+    python -P bench/real_size/run.py --only sd15     only the live SD1.5 runs
+    python -P bench/real_size/run.py --steps 2       sampling / training steps per prompt (default 2)
+
+Live runs (``live.py``): a full-size checkpoint (``checkpoints.py``) is loaded by the stock CheckpointLoaderSimple
+in a headless ComfyUI; each workflow is one prompt; its peak is the server process's resident high-water mark (VmHWM,
+reset through /proc/PID/clear_refs before the prompt) on the CPU, or the device memory the server holds (sampled from
+nvidia-smi) on a GPU. Families that do not fit this machine's RAM are counted on the meta device (``meta_counts.py``).
+With a CUDA device the live runs include SDXL at 1024x1024 and the meta counts are run for real on the GPU.
+
+Writes bench/real_size/results/real_size.json and real_size.md. Anything above 4 GB of RAM runs under
+``flock /tmp/editlab-bigmem.lock`` on the shared development machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # bench/ (benchlib: the pack importable as editlab)
+sys.path.insert(0, str(HERE))
+import benchlib  # noqa: E402,F401
+
+RESULTS = HERE / "results"
+
+
+def _host():
+    from editlab.client.hostenv import comfyui_path
+
+    path = str(comfyui_path())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return path
+
+
+def _git() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=benchlib.ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except Exception:
+        return ""
+
+
+def run_meta(device: str) -> list[dict]:
+    import meta_counts
+
+    rows = []
+    for case in meta_counts.CASES:
+        row = meta_counts.count(case, device=device)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["meta", "sd15", "sdxl"], action="append",
+                        help="run only these parts (repeatable); default: sd15 and meta (and sdxl on a GPU)")
+    parser.add_argument("--steps", type=int, default=2, help="steps per sampling / training prompt")
+    args = parser.parse_args(argv)
+    _host()
+    import torch
+
+    cuda = torch.cuda.is_available()
+    from comfy.cli_args import args as host_args
+
+    host_args.cpu = not cuda
+    host_args.use_pytorch_cross_attention = True  # the host's default on an NVIDIA GPU (fused, no N x N logits)
+    import comfy.model_management  # noqa: F401 - reads its args at import
+    parts = args.only or (["sd15", "sdxl", "meta"] if cuda else ["sd15", "meta"])
+    RESULTS.mkdir(exist_ok=True)
+    out_json = RESULTS / "real_size.json"
+    data = json.loads(out_json.read_text()) if out_json.exists() else {}
+    data.update({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": _git(),
+                 "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+                            + (f", {torch.cuda.get_device_name()}" if cuda else ", no GPU"),
+                 "torch": torch.__version__})
+    for part in parts:
+        if part == "meta":
+            data["meta"] = run_meta("cuda" if cuda else "meta")
+        else:
+            import live
+
+            data.setdefault("live", {})[part] = live.run_family(part, steps=args.steps, cuda=cuda)
+        out_json.write_text(json.dumps(data, indent=1))  # after each part: a run cut short keeps what it measured
+    (RESULTS / "real_size.md").write_text(render(data))
+    print((RESULTS / "real_size.md").read_text())
+    return 0
+
+
+def render(data: dict) -> str:
+    lines = [f"Measured {data['date']} at {data['commit']} on {data['machine']} (torch {data['torch']}).", ""]
+    for family, live in data.get("live", {}).items():
+        lines += [f"**{live['title']}** ({live['where']}; {live['note']})", "",
+                  "| workflow | peak MiB | extra over the loaded model, MiB | ratio to plain peak | s/step | "
+                  "steps | vs |", "|---|---:|---:|---:|---:|---:|---|"]
+        for r in live["rows"]:
+            ratio = f"{r['ratio_to_plain']:.2f}x" if r.get("ratio_to_plain") is not None else "-"
+            lines.append(f"| {r['label']} | {r['peak_mib']:,} | {r['extra_mib']:,} | {ratio} | "
+                         f"{r['s_per_step']:.1f} | {r['steps']} | {r['vs']} |")
+        lines.append("")
+    if data.get("meta"):
+        dev = data["meta"][0]["device"]
+        lines += [f"**Every family at its real size, {'on the GPU' if dev == 'cuda' else 'counted on the meta device'}"
+                  "** (diffusion network only, bf16 weights; activation peaks of one step, weights excluded; "
+                  "fused attention)", "",
+                  "| family | setting | host config | parameters | weights MiB | sampling step MiB | "
+                  "training step (fwd+bwd) MiB |", "|---|---|---|---:|---:|---:|---:|"]
+        for r in data["meta"]:
+            lines.append(f"| {r['family']} | {r['setting']} | {r['host_config']} | {r['parameters']:,} | "
+                         f"{r['weight_mib']:,} | {r['fwd_activation_peak_mib']:,} | "
+                         f"{r['fwd_bwd_activation_peak_mib']:,} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
