@@ -1,50 +1,73 @@
-"""Fused kernels against their torch baselines, on a CUDA GPU (``triton.testing.do_bench``, medians in ms).
+"""Fused kernels against the baselines a user would pick, each row measured from a clean state, forward and backward
+separately (medians of ``RUNS`` = 10 timed runs on a GPU, CUDA events, ms).
 
   python bench/bench_kernels.py            (or: make bench, which runs every bench/)
 
-SAE training step (encode + decode, forward + backward), width 4096 -> 65,536 latents, k 300 per token, 4096
-tokens, float32 parameters as the trainer keeps them: ``SparseAutoencoder.training_losses`` through the kernels
-against the same call in eager torch (``EDITLAB_KERNELS=reference``); speed ratio and peak memory of each. The
-sparse decoder alone against ``F.embedding_bag`` and, when installed, EleutherAI sparsify's Triton decoder.
-Attention with token maps, 4,096 image + 512 text tokens, 24 heads, head dim 128, bfloat16, 8 chosen text keys:
-- ``F.scaled_dot_product_attention`` alone (the anchor: its FlashAttention-2 backend; the default backend too),
-- the kernel: output + log-sum-exp + probabilities on the chosen keys (and the same with a bias on them),
-- materialising the probabilities: SDPA plus softmax(q k^T) in float32 to read the chosen columns (what the maps
-  cost without the kernel);
-with the extra memory each needs over SDPA's output. Targets (issue 14): SAE step >= 1.5x eager with lower peak
-memory; maps >= 0.8x SDPA alone and >= 3x faster than materialising, O(N) extra memory.
+Rows (issue 26), at the issue's sizes:
+- SAE training step, width 4096 -> 65,536 latents, k 300 per token (BatchTopK), 4096 tokens, float32 parameters as
+  the trainer keeps them: ``SparseAutoencoder.training_losses`` in eager torch (dense, ``EDITLAB_KERNELS=reference``),
+  the same losses through a sparse torch step (torch's GEMM, then ``F.embedding_bag`` and ``index_add_`` in the
+  backward, as EleutherAI sparsify's FusedEncoder computes them: ``kernels.sae.ops.sparse_torch_*``), through the
+  Triton kernels, and sparsify's own encoder + decoder when ``import sparsify`` works (TopK per row, its own loss);
+- the sparse decoder alone: ``F.embedding_bag``, the Triton kernels, sparsify's ``triton_decode``;
+- attention, 4,096 image + 512 text tokens, 24 heads, head dim 128, bfloat16, 8 chosen text keys: SDPA alone
+  (torch's default backend: cuDNN on recent GPUs; and its FlashAttention backend), SDPA with its log-sum-exp
+  (``aten._scaled_dot_product_cudnn_attention`` / ``_flash_attention``; on the CPU its CPU flash kernel) plus the
+  (N_q x S) product for the maps, the kernel with maps (one call), what the Flux map tap runs today (the host's SDPA
+  + ``key_probabilities``, an extra pass), AFG through the host's dense-mask attention (a (B, 1, N, N) mask) and
+  through the kernel's bias, LODA's backward through ``key_probabilities``; and SDPA + a materialised float32
+  softmax, forward only.
+A row that cannot run here (sparsify not installed, an op this torch lacks, a path that is forward-only) is printed
+with its reason, never dropped.
 
-First, correctness at those sizes on the GPU (``check_rows``: errors against SDPA, float32 softmax and eager torch,
-with tolerances; appended to out/bench/kernels_check.csv; the script exits non-zero if one is above its tolerance).
-Rows are appended to out/bench/kernels.csv with the device, torch and Triton versions. Without a CUDA GPU the
-script says so, runs its own code at toy sizes on the CPU through the torch references (``dry_run``), and exits 0.
-The smoke run (benchlib) on a GPU: the same checks and rows through the Triton kernels at small sizes (``SMALL``),
-nothing appended to the CSV files; without a GPU, the dry run as at full size.
+Clean measurement (``measure``): before each row and each timed run the row group's gradients are freed (and the
+garbage collector run before each memory reading); the peak is read from one run started with the peak statistics reset, above what is allocated
+at that point (the same inputs are alive for every row of a group, outputs of earlier rows are gone), so the order
+of the rows does not change a row's figures (tests/bench/test_bench_kernels_clean.py). The backward's figures are
+of the backward alone (the forward runs untimed before each, its saved tensors counted in the base). On a GPU the
+memory is the caching allocator's (``max_memory_allocated``) and L2 is flushed before each timed run; on the CPU a
+dispatch mode counts the bytes of the storages the ops create and frees them as the storages die (``CpuMeter``).
+
+First, correctness at those sizes on the GPU (``check_rows``; appended to out/bench/kernels_check.csv; the script
+exits non-zero if one is above its tolerance). Rows are appended to out/bench/kernels.csv with the device, torch and
+Triton versions. Without a CUDA GPU the script runs every row at toy sizes on the CPU through the torch references
+(``dry_run``: the measuring code, not the kernels) and exits 0. The smoke run (benchlib) on a GPU: the same checks and
+rows through the Triton kernels at small sizes (``SMALL``), nothing appended to the CSV files.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import math
 import os
+import statistics
 import sys
 import time
+import weakref
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (benchlib), also under python -P
 from benchlib import ROOT, SMOKE, figure, note  # noqa: E402
 
-from editlab.kernels.attention import attention  # noqa: E402
+from editlab.kernels.attention import attention, key_probabilities  # noqa: E402
 from editlab.kernels.sae import decode, encode  # noqa: E402
+from editlab.kernels.sae.ops import sparse_torch_decode, sparse_torch_encode  # noqa: E402
 from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder  # noqa: E402
 
 OUT = ROOT / "out" / "bench" / "kernels.csv"
 SMALL = {"attention": dict(img=256, txt=77, heads=2, dim=64, n_keys=3), "sae": dict(n=256, d=128, m=2048, k=16)}
+TOY = {"attention": dict(img=64, txt=13, heads=2, dim=64, n_keys=3, dtype=torch.float32),
+       "sae": dict(n=64, d=32, m=256, k=4)}
 CHECK = ROOT / "out" / "bench" / "kernels_check.csv"  # correctness at the same sizes, on the same device
+RUNS, WARMUP = 10, 2
+DRY_RUNS = 3  # the CPU dry run checks the code, not the figures: fewer runs on a shared CPU
 
 
 class forced:
@@ -64,131 +87,414 @@ class forced:
             os.environ["EDITLAB_KERNELS"] = self.old
 
 
-def measure(fn):
-    """(median ms, peak MiB above what was allocated before) of ``fn``."""
-    from triton.testing import do_bench
+# -- measuring -----------------------------------------------------------------------------------------------------
 
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    return float(do_bench(fn, warmup=25, rep=200, return_mode="median")), peak
+class CudaMeter:
+    """Peak of the CUDA caching allocator above what is allocated at ``start``; CUDA-event timing."""
+
+    def start(self):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.base = torch.cuda.memory_allocated()
+
+    def peak_mib(self) -> float:
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - self.base) / 2 ** 20
+
+    def time_ms(self, fn) -> float:
+        self._flush = getattr(self, "_flush", None)
+        if self._flush is None:
+            self._flush = torch.empty(256 * 2 ** 20, dtype=torch.int8, device="cuda")
+        self._flush.zero_()  # L2 cold for every run, as triton.testing.do_bench
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return begin.elapsed_time(end)
 
 
-def cpu_measure(fn):
-    """The dry run's stand-in for ``measure`` (no GPU): wall time of one call, no memory figure."""
-    t = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t) * 1000, 0.0
+class CpuMeter(TorchDispatchMode):
+    """The CPU's stand-in for the allocator statistics (``max_memory_allocated`` minus what is allocated at
+    ``start``): the bytes of every storage an op creates, counted until the storage dies (a weak reference per
+    storage), less the bytes of the storages alive at ``start`` (those Python reaches: tensors and their gradients)
+    that die meanwhile; the peak of that sum."""
+
+    generation = 0
+
+    def start(self):
+        CpuMeter.generation += 1
+        self.live, self.now, self.peak = {}, 0, 0
+        for obj in gc.get_objects():
+            if issubclass(type(obj), torch.Tensor):  # type(): no __class__ lookup (lazy modules warn on it)
+                self._watch(obj, before=True)
+                if obj.is_leaf and obj.requires_grad and obj.grad is not None:
+                    self._watch(obj.grad, before=True)
+        self.__enter__()
+
+    def peak_mib(self) -> float:
+        self.__exit__(None, None, None)
+        CpuMeter.generation += 1
+        self.live = {}
+        return self.peak / 2 ** 20
+
+    def _watch(self, t, before=False):
+        if t.device.type != "cpu" or t.is_sparse or t.is_meta:
+            return
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self.live or not storage.nbytes():
+            return
+        self.live[key] = storage.nbytes()
+        if not before:
+            self.now += storage.nbytes()
+            self.peak = max(self.peak, self.now)
+        weakref.finalize(storage, self._freed, key, CpuMeter.generation)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor):
+                self._watch(t)
+        return out
+
+    def _freed(self, key, generation):
+        if generation == CpuMeter.generation:
+            self.now -= self.live.pop(key, 0)
+
+    def time_ms(self, fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1000
 
 
-def sae_rows(n=4096, d=4096, m=65536, k=300, device="cuda", timer=measure, kernels="triton"):
+def meter_for(device) -> CudaMeter | CpuMeter:
+    return CudaMeter() if torch.device(device).type == "cuda" else CpuMeter()
+
+
+class Row(NamedTuple):
+    """One implementation in a group: ``forward()`` returns what ``backward(out)`` differentiates (None: the row
+    has no backward; ``why_not`` says why), or ``skip`` names why the row cannot run at all."""
+    case: str
+    impl: str
+    forward: Callable | None
+    backward: Callable | None = None
+    why_not: str = ""
+    skip: str = ""
+
+
+class Group(NamedTuple):
+    rows: list[Row]
+    clean: Callable  # frees the group's gradients (and whatever a row left behind)
+
+
+class Result(NamedTuple):
+    case: str
+    impl: str
+    phase: str  # "fwd" or "bwd"
+    ms: float  # median, nan when not run
+    mib: float  # peak above the start of the phase, nan when not run
+    runs: int
+    status: str  # "ok" or "not run: <reason>"
+
+
+def _collect(clean, full=True):
+    """``clean()`` the group; ``full``: also the garbage collector and the CUDA cache (before a memory reading;
+    between timed runs the references are dropped by count, and a collection costs ~0.5 s on a large heap)."""
+    clean()
+    if full:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def measure(row: Row, clean: Callable, meter, runs: int = RUNS, warmup: int = WARMUP) -> list[Result]:
+    """The forward and (if any) the backward of ``row``, each from a clean state: peak from one run, then the median
+    of ``runs`` timed runs (after ``warmup``)."""
+    if row.skip:
+        return [Result(row.case, row.impl, phase, math.nan, math.nan, 0, f"not run: {row.skip}")
+                for phase in ("fwd", "bwd")]
+    results = []
+    _collect(clean)
+    meter.start()
+    out = row.forward()
+    mib = meter.peak_mib()
+    del out
+    times = []
+    for i in range(warmup + runs):
+        _collect(clean, full=False)
+        ms = meter.time_ms(row.forward)
+        times.append(ms) if i >= warmup else None
+    results.append(Result(row.case, row.impl, "fwd", statistics.median(times), mib, len(times), "ok"))
+    if row.backward is None:
+        results.append(Result(row.case, row.impl, "bwd", math.nan, math.nan, 0, f"not run: {row.why_not}"))
+        _collect(clean, full=False)
+        return results
+    _collect(clean)
+    out = row.forward()
+    meter.start()
+    row.backward(out)
+    mib = meter.peak_mib()
+    del out
+    times = []
+    for i in range(warmup + runs):
+        _collect(clean, full=False)
+        out = row.forward()
+        ms = meter.time_ms(lambda: row.backward(out))
+        del out
+        times.append(ms) if i >= warmup else None
+    _collect(clean, full=False)
+    results.append(Result(row.case, row.impl, "bwd", statistics.median(times), mib, len(times), "ok"))
+    return results
+
+
+def measure_group(group: Group, device, order=None, **kw) -> list[Result]:
+    """Every row of ``group`` (in ``order``, a list of row indices, when given)."""
+    meter = meter_for(device)
+    rows = group.rows if order is None else [group.rows[i] for i in order]
+    return [r for row in rows for r in measure(row, group.clean, meter, **kw)]
+
+
+def _freer(*tensors):
+    def clean():
+        for t in tensors:
+            t.grad = None
+    return clean
+
+
+# -- the rows ------------------------------------------------------------------------------------------------------
+
+def _sparsify(what: str):
+    """sparsify's ``what`` (``fused_encoder`` / ``triton_decode``), or the reason it cannot be used here."""
+    try:
+        if what == "fused_encoder":
+            from sparsify.fused_encoder import fused_encoder as fn
+        else:
+            from sparsify.utils import triton_decode as fn
+        return fn, ""
+    except Exception as e:  # not installed, or another API
+        return None, f"sparsify's {what} unavailable: {type(e).__name__}: {e}"
+
+
+def sae_group(n=4096, d=4096, m=65536, k=300, device="cuda", kernels="triton") -> Group:
+    """The training step's rows: forward = the losses, backward = ``loss.backward()``."""
     dev = torch.device(device)
     sae = SparseAutoencoder(SAEConfig(act_size=d, dict_size=m, top_k=k, n_batches_to_dead=10 ** 9)).to(dev)
     sae.reset_parameters(torch.Generator().manual_seed(0))
     sae.train()
-    x = torch.randn(n, d, device=dev)
-
-    def step():
-        for p in sae.parameters():
-            p.grad = None
-        sae.training_losses(x)["loss"].backward()
-
-    rows = {}
-    for mode in ("reference", kernels):
-        with forced(mode):
-            rows[mode] = timer(step)
-    (eager_ms, eager_mib), (k_ms, k_mib) = rows["reference"], rows[kernels]
+    x = torch.randn(n, d, device=dev, generator=torch.Generator(device=dev).manual_seed(1))
     case = f"sae_step n{n} d{d} m{m} k{k} fp32"
-    return [(case, "eager torch", eager_ms, eager_mib, 1.0),
-            (case, "triton kernels", k_ms, k_mib, eager_ms / k_ms)]
+
+    def losses(mode):
+        def fwd():
+            with forced(mode):
+                return sae.training_losses(x)["loss"]
+        return fwd
+
+    def sparse_torch():
+        import editlab.kernels.sae as sae_kernels
+
+        saved = sae_kernels.encode, sae_kernels.decode
+        sae_kernels.encode, sae_kernels.decode = sparse_torch_encode, sparse_torch_decode
+        try:
+            return sae._sparse_training_losses(x)["loss"]
+        finally:
+            sae_kernels.encode, sae_kernels.decode = saved
+
+    def backward(loss):
+        loss.backward()
+
+    rows = [Row(case, "eager torch (dense)", losses("reference"), backward),
+            Row(case, "sparse torch (embedding_bag + index_add_)", sparse_torch, backward),
+            Row(case, "triton kernels", losses(kernels), backward)]
+    fused, why = _sparsify("fused_encoder")
+    dec, why_dec = _sparsify("triton_decode")
+    if fused is None or dec is None:
+        rows.append(Row(case, "sparsify FusedEncoder + triton_decode (TopK)", None, skip=why or why_dec))
+    else:
+        W_t = sae.W_enc.detach().t().contiguous().requires_grad_(True)  # sparsify's encoder layout (m, d)
+
+        def sparsify_step():
+            top = fused(x - sae.b_dec, W_t, sae.b_enc, k, "topk")
+            recon = dec(top.top_indices, top.top_acts, sae.W_dec.mT) + sae.b_dec
+            return (recon - x).pow(2).sum(-1).mean()
+
+        rows.append(Row(case, "sparsify FusedEncoder + triton_decode (TopK)", sparsify_step, backward))
+        return Group(rows, _freer(*sae.parameters(), W_t))
+    return Group(rows, _freer(*sae.parameters()))
 
 
-def decoder_rows(n=4096, d=4096, m=65536, k=300, device="cuda", timer=measure, kernels="triton"):
-    """The sparse decoder alone, forward + backward: ours, torch's embedding_bag, and EleutherAI sparsify's Triton
-    decoder when it is installed (``pip install eai-sparsify``; its API has moved between versions: skipped if it
-    does not fit)."""
-    import torch.nn.functional as F
-
+def decoder_group(n=4096, d=4096, m=65536, k=300, device="cuda", kernels="triton") -> Group:
     dev = torch.device(device)
     g = torch.Generator(device=dev).manual_seed(0)
     W_dec = torch.randn(m, d, device=dev, generator=g).requires_grad_(True)
     values = torch.rand(n, k, device=dev, generator=g).requires_grad_(True)
     indices = torch.randint(0, m, (n, k), device=dev, generator=g)
     grad = torch.randn(n, d, device=dev, generator=g)
-    impls = {"embedding_bag (eager)": lambda: F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")}
+    case = f"sae_decode n{n} d{d} m{m} k{k} fp32"
 
     def ours():
         with forced(kernels):
             return decode(values, indices, W_dec)
 
-    impls["triton kernels"] = ours
-    try:
-        from sparsify.utils import triton_decode
+    def backward(out):
+        out.backward(grad)
 
-        impls["sparsify triton_decode"] = lambda: triton_decode(indices, values, W_dec)
-    except Exception as e:  # not installed, or another API
-        print(f"sparsify's decoder not measured: {type(e).__name__}: {e}")
-    case = f"sae_decode fwd+bwd n{n} d{d} m{m} k{k} fp32"
-    rows, base = [], None
-    for name, fn in impls.items():
-        def step(fn=fn):
-            values.grad = W_dec.grad = None
-            fn().backward(grad)
+    rows = [Row(case, "embedding_bag (eager)",
+                lambda: F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum"), backward),
+            Row(case, "triton kernels", ours, backward)]
+    dec, why = _sparsify("triton_decode")
+    rows.append(Row(case, "sparsify triton_decode", None, skip=why) if dec is None else
+                Row(case, "sparsify triton_decode", lambda: dec(indices, values, W_dec.mT), backward))
+    return Group(rows, _freer(W_dec, values))
+
+
+def _sdpa_with_lse(q, k, v):
+    """(out, lse (B, H, N) float32) from torch's fused attention: cuDNN, else flash, on a GPU; the CPU flash kernel
+    on the CPU."""
+    if q.is_cuda:
         try:
-            ms, mib = timer(step)
-        except Exception as e:
-            print(f"{name} failed: {type(e).__name__}: {e}")
-            continue
-        base = base or ms
-        rows.append((case, name, ms, mib, base / ms))
-    return rows
+            res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False)
+        except Exception:
+            res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)
+    else:
+        res = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+    out, lse = res[0], res[1]
+    return out, lse.reshape(q.shape[:3]).float()
 
 
-def attention_rows(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.bfloat16, device="cuda",
-                   timer=measure, kernels="triton"):
+def attention_group(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.bfloat16, device="cuda",
+                    kernels="triton") -> Group:
     dev = torch.device(device)
     n = img + txt
     g = torch.Generator(device=dev).manual_seed(0)
-    q, k, v = (torch.randn(1, heads, n, dim, device=dev, dtype=dtype, generator=g) for _ in range(3))
-    keys = torch.arange(1, 1 + n_keys, device=dev)  # text first, as in Flux's joint sequence
+    q, k, v = (torch.randn(1, heads, n, dim, device=dev, dtype=dtype, generator=g).requires_grad_(True)
+               for _ in range(3))
+    keys = torch.arange(1, 1 + n_keys)  # text first, as in Flux's joint sequence; on the host (no device read)
+    keys_dev = keys.to(dev)
     bias = torch.full((1, 1, n, n_keys), -2.0, device=dev, dtype=torch.float32)
+    w_out = torch.randn(1, heads, n, dim, device=dev, dtype=dtype, generator=g)
+    w_probs = torch.randn(1, heads, n, n_keys, device=dev, generator=g)
+    case = f"attention n{img}+{txt} h{heads} d{dim} {str(dtype).split('.')[-1]} keys{n_keys}"
+    scale = dim ** -0.5
 
-    def sdpa():  # the issue's anchor: SDPA's FlashAttention-2 backend
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION) if q.is_cuda else contextlib.nullcontext():
+    def out_backward(out):
+        out.backward(w_out)
+
+    def maps_backward(res):
+        torch.autograd.backward([res.out, res.probs], [w_out, w_probs])
+
+    def probs_backward(res):
+        res.probs.backward(w_probs)
+
+    def sdpa_flash():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v)
 
-    def sdpa_default():  # whatever torch picks on this GPU (cuDNN attention on recent ones)
-        return F.scaled_dot_product_attention(q, k, v)
+    def lse_product():
+        out, lse = _sdpa_with_lse(q, k, v)
+        logits = (q @ k[:, :, keys_dev].transpose(-1, -2)).float() * scale
+        return out, torch.exp(logits - lse[..., None])
 
-    def plain():
-        return attention(q, k, v)
+    def tap_today():
+        out = F.scaled_dot_product_attention(q, k, v)
+        with forced(kernels):
+            return out, key_probabilities(q, k, keys).probs
 
-    def maps():
-        return attention(q, k, v, keys)
+    def afg_dense():
+        dense = torch.zeros(1, 1, n, n, device=dev, dtype=dtype)
+        dense[..., keys_dev] = bias.to(dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
 
-    def maps_bias():
-        return attention(q, k, v, keys, bias)
+    def kernel(*args, fn=attention):
+        def run():
+            with forced(kernels):
+                return fn(*args)
+        return run
 
     def materialised():
         out = F.scaled_dot_product_attention(q, k, v)
-        probs = (q.float() @ k.float().transpose(-1, -2) * dim ** -0.5).softmax(-1)[..., keys]
+        probs = (q.float() @ k.float().transpose(-1, -2) * scale).softmax(-1)[..., keys_dev]
         return out, probs
 
-    with forced(kernels):
-        sdpa_ms, sdpa_mib = timer(sdpa)
-        case = f"attention n{img}+{txt} h{heads} d{dim} {str(dtype).split('.')[-1]} keys{n_keys}"
-        rows = [(case, "sdpa alone (flash backend)", sdpa_ms, sdpa_mib, 1.0)]
-        for name, fn in (("kernel: out+lse+maps", maps), ("kernel: out+lse+maps+bias", maps_bias),
-                         ("sdpa + materialised probs", materialised), ("kernel: out+lse (no maps)", plain),
-                         ("sdpa alone (default backend)", sdpa_default)):
-            ms, mib = timer(fn)
-            rows.append((case, name, ms, mib, sdpa_ms / ms))
-    kernel_ms = rows[1][2]
-    rows.append((case, "materialised / kernel (speed-up)", rows[3][2], rows[3][3], rows[3][2] / kernel_ms))
-    return rows
+    inference = "inference-only path (no gradient wanted)"
+    rows = [Row(case, "sdpa alone (default backend)", lambda: F.scaled_dot_product_attention(q, k, v), out_backward),
+            Row(case, "sdpa alone (flash backend)", sdpa_flash, out_backward),
+            Row(case, "sdpa with lse + (Nq x S) product", lse_product, None,
+                "torch's fused attention ops give no gradient through their log-sum-exp"),
+            Row(case, "kernel: out+lse+maps", kernel(q, k, v, keys), maps_backward),
+            Row(case, "kernel: out+lse (no maps)", kernel(q, k, v), lambda r: r.out.backward(w_out)),
+            Row(case, "flux tap today: sdpa + key_probabilities", tap_today, None, inference),
+            Row(case, "afg: host dense-mask sdpa", afg_dense, out_backward),
+            Row(case, "afg: kernel with bias", kernel(q, k, v, keys, bias), lambda r: r.out.backward(w_out)),
+            Row(case, "loda: kernel key_probabilities", kernel(q, k, keys, fn=key_probabilities), probs_backward),
+            Row(case, "sdpa + materialised fp32 probs", materialised, None,
+                "an N x N float32 softmax: the forward alone is the point")]
+    return Group(rows, _freer(q, k, v))
+
+
+def all_groups(sizes: dict | None = None, device="cuda", kernels="triton") -> list[Group]:
+    sizes = sizes or {"sae": {}, "attention": {}}
+    return [sae_group(**sizes["sae"], device=device, kernels=kernels),
+            decoder_group(**sizes["sae"], device=device, kernels=kernels),
+            attention_group(**sizes["attention"], device=device, kernels=kernels)]
+
+
+def run_groups(groups, device, **kw) -> list[Result]:
+    results = []
+    for group in groups:
+        results += measure_group(group, device, **kw)
+        del group
+        gc.collect()
+    return results
+
+
+def show(results):
+    for r in results:
+        figure_text = f"{r.ms:9.3f} ms {r.mib:9.1f} MiB ({r.runs} runs)" if r.status == "ok" else r.status
+        print(f"{r.case:46s} {r.impl:46s} {r.phase}  {figure_text}")
+
+
+def _lookup(results, case_prefix, impl, phase):
+    for r in results:
+        if r.case.startswith(case_prefix) and r.impl == impl and r.phase == phase and r.status == "ok":
+            return r
+    return None
+
+
+RATIOS = [  # (figure key, case prefix, ours, baseline, phase(s), label)
+    ("sae_step_vs_eager", "sae_step", "triton kernels", "eager torch (dense)", ("fwd", "bwd"),
+     "SAE training step (fwd + bwd) through the kernels over eager torch"),
+    ("sae_step_vs_sparse_torch", "sae_step", "triton kernels", "sparse torch (embedding_bag + index_add_)",
+     ("fwd", "bwd"), "SAE training step (fwd + bwd) through the kernels over the sparse torch step"),
+    ("decoder_vs_embedding_bag", "sae_decode", "triton kernels", "embedding_bag (eager)", ("fwd", "bwd"),
+     "sparse decoder fwd + bwd over embedding_bag"),
+    ("maps_vs_sdpa_default", "attention", "kernel: out+lse+maps", "sdpa alone (default backend)", ("fwd",),
+     "attention + maps over SDPA alone (default backend)"),
+    ("maps_vs_lse_product", "attention", "kernel: out+lse+maps", "sdpa with lse + (Nq x S) product", ("fwd",),
+     "attention + maps over SDPA with its LSE + the (Nq x S) product"),
+    ("afg_vs_dense_mask", "attention", "afg: kernel with bias", "afg: host dense-mask sdpa", ("fwd",),
+     "AFG forward through the kernel over the host's dense-mask attention"),
+    ("loda_bwd_vs_sdpa_bwd", "attention", "loda: kernel key_probabilities", "sdpa alone (default backend)",
+     ("bwd",), "LODA's backward (key_probabilities) over SDPA's backward"),
+]
+
+
+def ratios(results) -> list[tuple[str, float, str]]:
+    """(key, speed ratio baseline / ours, label) for each headline pair both of whose rows ran."""
+    found = []
+    for key, prefix, ours, base, phases, label in RATIOS:
+        mine = [_lookup(results, prefix, ours, p) for p in phases]
+        theirs = [_lookup(results, prefix, base, p) for p in phases]
+        if all(mine) and all(theirs):
+            found.append((key, sum(r.ms for r in theirs) / sum(r.ms for r in mine), label))
+    return found
+
+
+def record(results):
+    """The headline ratios as bench figures (benchlib)."""
+    for key, ratio, label in ratios(results):
+        figure(key, ratio, f"{ratio:.2f}x", label)
 
 
 def _rel(got, want) -> float:
@@ -272,16 +578,16 @@ def check_rows(img=4096, txt=512, heads=24, dim=128, n_keys=8, n=4096, d=4096, m
 
 
 def dry_run():
-    """The bench's code on the CPU at toy sizes, through the torch references (what runs without a GPU)."""
-    rows = sae_rows(n=64, d=32, m=256, k=4, device="cpu", timer=cpu_measure, kernels="reference")
-    rows += decoder_rows(n=64, d=32, m=256, k=4, device="cpu", timer=cpu_measure, kernels="reference")[:2]
-    rows += attention_rows(img=64, txt=13, heads=2, dim=64, n_keys=3, dtype=torch.float32, device="cpu",
-                           timer=cpu_measure, kernels="reference")
-    assert len(rows) == 2 + 2 + 7 and all(r[2] >= 0 and math.isfinite(r[4]) for r in rows), rows
-    checks = check_rows(img=64, txt=13, heads=2, dim=64, n_keys=3, n=64, d=32, m=256, k=4, device="cpu",
+    """Every row at toy sizes on the CPU through the torch references (the measuring code, not the kernels), and
+    the correctness checks likewise; what runs without a GPU."""
+    results = run_groups(all_groups(TOY, device="cpu", kernels="reference"), "cpu", runs=DRY_RUNS, warmup=1)
+    show(results)
+    ran = [r for r in results if r.status == "ok"]
+    assert ran and all(r.runs == DRY_RUNS and r.ms >= 0 and r.mib >= 0 for r in ran), ran
+    checks = check_rows(**{k: v for k, v in TOY["attention"].items() if k != "dtype"}, **TOY["sae"], device="cpu",
                         kernels="reference")
     assert checks and all(err <= tol for _, _, err, tol in checks), checks
-    return rows
+    return results
 
 
 def gpu_smoke():
@@ -289,36 +595,21 @@ def gpu_smoke():
     checks = check_rows(**SMALL["attention"], **SMALL["sae"])
     for case, what, err, tol in checks:
         print(f"check {case:44s} {what:46s} {err:.2e} (tolerance {tol:.0e}) {'ok' if err <= tol else 'FAILED'}")
-    rows = sae_rows(**SMALL["sae"]) + decoder_rows(**SMALL["sae"]) + attention_rows(**SMALL["attention"])
-    for case, impl, ms, mib, ratio in rows:
-        print(f"{case:48s} {impl:36s} {ms:9.3f} ms {mib:9.1f} MiB  x{ratio:.2f}")
-    record(rows)
+    results = run_groups(all_groups(SMALL), "cuda")
+    show(results)
+    record(results)
     failed = [c for c in checks if not c[2] <= c[3]]
     if failed:
         raise SystemExit(f"{len(failed)} correctness checks above tolerance: {failed}")
-    return rows
-
-
-def record(rows):
-    """The headline ratios as bench figures (benchlib): each kernel's speed over its baseline."""
-    wanted = {"triton kernels": ("sae_step_speedup", "SAE training step through the kernels over eager torch"),
-              "kernel: out+lse+maps": ("maps_vs_sdpa", "attention + maps over SDPA alone (flash backend)"),
-              "materialised / kernel (speed-up)": ("maps_vs_materialised", "attention + maps over materialising")}
-    for case, impl, ms, mib, ratio in rows:
-        if case.startswith("sae_decode") and impl == "triton kernels":
-            figure("decoder_vs_embedding_bag", ratio, f"{ratio:.2f}x",
-                   f"sparse decoder fwd + bwd over embedding_bag, {case}")
-        elif impl in wanted and not case.startswith("sae_decode"):
-            key, label = wanted[impl]
-            figure(key, ratio, f"{ratio:.2f}x", f"{label}, {case}")
+    return results
 
 
 def main():
     if not torch.cuda.is_available():
         t = time.monotonic()
         dry_run()
-        note("needs a CUDA GPU: none here, so it ran its dry run on the CPU (the bench's code through the torch "
-             "references at toy sizes) and measured nothing")
+        note("needs a CUDA GPU: none here, so it ran its dry run on the CPU (every row's measuring code through the "
+             "torch references at toy sizes) and measured nothing")
         print(f"bench_kernels: needs a CUDA GPU (none here); a dry run of its code on the CPU passed in "
               f"{time.monotonic() - t:.2f} s. Run `python bench/bench_kernels.py` on a GPU machine.")
         return []
@@ -339,26 +630,28 @@ def main():
                         f"{err:.3e}", f"{tol:.0e}", err <= tol])
     for case, what, err, tol in checks:
         print(f"check {case:44s} {what:46s} {err:.2e} (tolerance {tol:.0e}) {'ok' if err <= tol else 'FAILED'}")
-    rows = sae_rows() + decoder_rows() + attention_rows()
+    torch.cuda.empty_cache()
+    results = run_groups(all_groups(), "cuda")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     new = not OUT.exists()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     with open(OUT, "a", newline="") as f:
         w = csv.writer(f)
         if new:
-            w.writerow(["time", "device", "torch", "triton", "case", "impl", "median_ms", "peak_mib",
-                        "speed_vs_baseline"])
-        for case, impl, ms, mib, ratio in rows:
-            w.writerow([stamp, device, torch.__version__, triton.__version__, case, impl, f"{ms:.4f}", f"{mib:.1f}",
-                        f"{ratio:.3f}"])
+            w.writerow(["time", "device", "torch", "triton", "case", "impl", "phase", "median_ms", "peak_mib", "runs",
+                        "status"])
+        for r in results:
+            w.writerow([stamp, device, torch.__version__, triton.__version__, r.case, r.impl, r.phase,
+                        f"{r.ms:.4f}", f"{r.mib:.1f}", r.runs, r.status])
     print(f"device: {device}; torch {torch.__version__}, triton {triton.__version__}")
-    for case, impl, ms, mib, ratio in rows:
-        print(f"{case:48s} {impl:36s} {ms:9.3f} ms {mib:9.1f} MiB  x{ratio:.2f}")
+    show(results)
+    for key, ratio, label in ratios(results):
+        print(f"{key:28s} {ratio:6.2f}x  {label}")
     print(f"appended to {OUT} and {CHECK}")
-    record(rows)
+    record(results)
     if failed:
         raise SystemExit(f"{len(failed)} correctness checks above tolerance: {failed}")
-    return rows
+    return results
 
 
 if __name__ == "__main__":

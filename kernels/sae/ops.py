@@ -40,9 +40,10 @@ def _cublas_float32(x) -> bool:
     return x.is_cuda and x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
 
 
-def _pre_activations(x, W_enc, b_dec, b_enc, threshold):
-    """The Triton GEMM with its fused epilogue, or (``_cublas_float32``) torch's GEMM with the epilogue in place."""
-    if _cublas_float32(x):
+def _pre_activations(x, W_enc, b_dec, b_enc, threshold, torch_only=False):
+    """The Triton GEMM with its fused epilogue, or (``_cublas_float32``, ``torch_only``) torch's GEMM with the
+    epilogue in place."""
+    if torch_only or _cublas_float32(x):
         xc = x - b_dec
         pre = torch.addmm(b_enc, xc, W_enc) if b_enc is not None else xc @ W_enc
         del xc
@@ -55,12 +56,12 @@ def _pre_activations(x, W_enc, b_dec, b_enc, threshold):
 
 class SAEEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, b_dec, k, batch, threshold):
-        pre = _pre_activations(x, W_enc, b_dec, b_enc, threshold)
+    def forward(ctx, x, W_enc, b_enc, b_dec, k, batch, threshold, torch_only=False):
+        pre = _pre_activations(x, W_enc, b_dec, b_enc, threshold, torch_only)
         values, indices = reference.select(pre, k, batch, threshold, inplace=True)
         del pre
         ctx.save_for_backward(x, W_enc, b_dec, values, indices)
-        ctx.has_benc = b_enc is not None
+        ctx.has_benc, ctx.torch_only = b_enc is not None, torch_only
         ctx.mark_non_differentiable(indices)
         return values, indices
 
@@ -68,6 +69,8 @@ class SAEEncode(torch.autograd.Function):
     def backward(ctx, grad_values, _grad_indices):
         values = ctx.saved_tensors[3]
         g = (grad_values * (values > 0)).contiguous()
+        if ctx.torch_only:
+            return SAEEncode._kernel_backward(ctx, g, reference)
         return backward_or_reference("sae encode", lambda: SAEEncode._kernel_backward(ctx, g),
                                      lambda: SAEEncode._kernel_backward(ctx, g, reference))
 
@@ -93,21 +96,25 @@ class SAEEncode(torch.autograd.Function):
         if ctx.has_benc and ctx.needs_input_grad[2]:
             grad_benc = torch.zeros(m, device=g.device, dtype=torch.float32).index_add_(
                 0, indices.reshape(-1), g.reshape(-1).float()).to(W_enc.dtype)
-        return grad_x, grad_W, grad_benc, grad_bdec, None, None, None
+        return grad_x, grad_W, grad_benc, grad_bdec, None, None, None, None
 
 
 class SAEDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, values, indices, W_dec, b_dec):
+    def forward(ctx, values, indices, W_dec, b_dec, torch_only=False):
+        ctx.save_for_backward(values, indices, W_dec)
+        ctx.has_bdec, ctx.torch_only = b_dec is not None, torch_only
+        if torch_only:
+            return reference.gather_sum(values, indices, W_dec, b_dec)
         from .triton_decode import gather_sum
 
-        ctx.save_for_backward(values, indices, W_dec)
-        ctx.has_bdec = b_dec is not None
         return gather_sum(values, indices, W_dec, b_dec)
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_out = grad_out.contiguous()
+        if ctx.torch_only:
+            return SAEDecode._kernel_backward(ctx, grad_out, reference)
         return backward_or_reference("sae decode", lambda: SAEDecode._kernel_backward(ctx, grad_out),
                                      lambda: SAEDecode._kernel_backward(ctx, grad_out, reference))
 
@@ -124,7 +131,7 @@ class SAEDecode(torch.autograd.Function):
         grad_W = scatter_rows(grad_out.to(W_dec.dtype), values, indices, W_dec.shape[0]) \
             if ctx.needs_input_grad[2] else None
         grad_b = grad_out.sum(0) if ctx.has_bdec and ctx.needs_input_grad[3] else None
-        return grad_values, None, grad_W, grad_b
+        return grad_values, None, grad_W, grad_b, None
 
 
 def encode(x, W_enc, b_dec, b_enc=None, k=None, batch=False, threshold=None):
@@ -150,3 +157,17 @@ def decode(values, indices, W_dec, b_dec=None):
         return SAEDecode.apply(values, indices, W_dec, b_dec)
 
     return run("sae decode", (values, W_dec), kernel, lambda: reference.decode(values, indices, W_dec, b_dec))
+
+
+def sparse_torch_encode(x, W_enc, b_dec, b_enc=None, k=None, batch=False, threshold=None):
+    """``encode`` through torch alone, sparse: torch's GEMM, the selection, and a backward of ``F.embedding_bag`` (the
+    input's gradient) and ``index_add_`` (the encoder's), as EleutherAI sparsify's FusedEncoder computes them (the
+    benchmark's sparse torch baseline; the rows are added in blocks instead of one (n k, d) tensor)."""
+    _check(k, threshold)
+    return SAEEncode.apply(x, W_enc, b_enc, b_dec, None if k is None else int(k), bool(batch),
+                           None if threshold is None else float(threshold), True)
+
+
+def sparse_torch_decode(values, indices, W_dec, b_dec=None):
+    """``decode`` through ``F.embedding_bag`` with the same sparse backward (``index_add_``)."""
+    return SAEDecode.apply(values, indices, W_dec, b_dec, True)

@@ -86,3 +86,28 @@ def test_repeated_keys_on_the_reference_path_match_the_dense_formula(monkeypatch
                                                                            (want_out * w_out).sum())
     for got, exp in zip(grads, torch.autograd.grad(want_loss, leaves)):
         assert torch.allclose(got.double(), exp.double(), atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["topk", "batch topk"])
+def test_the_sparse_torch_sae_path_has_the_dense_gradients(monkeypatch, batch):
+    """The benchmark's sparse torch baseline (embedding_bag + index_add_, no Triton) against dense autograd."""
+    from editlab.kernels.sae import reference as sae_reference
+    from editlab.kernels.sae.ops import sparse_torch_decode, sparse_torch_encode
+
+    monkeypatch.setattr(sae_reference, "CHUNK_ELEMENTS", 200)  # several blocks of rows in the index_add_
+    g = torch.Generator().manual_seed(3)
+    n, d, m, k = 12, 8, 40, 3
+    x = torch.randn(n, d, generator=g).requires_grad_(True)
+    W_enc, W_dec = (torch.randn(d, m, generator=g).requires_grad_(True),
+                    torch.randn(m, d, generator=g).requires_grad_(True))
+    b_enc, b_dec = torch.randn(m, generator=g).requires_grad_(True), torch.randn(d, generator=g).requires_grad_(True)
+    w = torch.randn(n, d, generator=g)
+    values, indices = sparse_torch_encode(x, W_enc, b_dec, b_enc, k=k, batch=batch)
+    loss = (sparse_torch_decode(values, indices, W_dec, b_dec) * w).sum()
+    leaves = (x, W_enc, W_dec, b_enc, b_dec)
+    grads = torch.autograd.grad(loss, leaves)
+    pre = torch.relu((x - b_dec) @ W_enc + b_enc)
+    keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, indices, values > 0)  # the kept entries, dense
+    want = torch.autograd.grad((((pre * keep) @ W_dec + b_dec) * w).sum(), leaves)
+    for name, got, exp in zip("x W_enc W_dec b_enc b_dec".split(), grads, want):
+        assert torch.allclose(got, exp, atol=1e-4), name
