@@ -132,10 +132,12 @@ class EditLabLayeredAdapters(EditLabNode):
 
 # -- training ----------------------------------------------------------------------------------------------------------
 
-def encode_pairs(model, clip, vae, pairs, resolution: int, device, should_stop=None) -> list:
+def encode_pairs(model, clip, vae, pairs, resolution: int, device=None, should_stop=None) -> list:
     """Each pair as the tensors training needs: target latent (model space), source latent (the reference, as
     ReferenceLatent stores it), instruction context + pooled, the product mask (or None); uniform loss weights
-    (stage 1: ``weighted(data, 1.0)``; stage 2: ``weighted(data, product_weight)``)."""
+    (stage 1: ``weighted(data, 1.0)``; stage 2: ``weighted(data, product_weight)``). All kept on the CPU (a Flux T5
+    context is 256 x 4096 fp32 per pair): training moves one pair's tensors to the compute device per step.
+    ``device`` is accepted for older callers and not used."""
     from ..models.layered.data import load_square
     from ..models.layered.train import latent_weights
 
@@ -154,11 +156,12 @@ def encode_pairs(model, clip, vae, pairs, resolution: int, device, should_stop=N
             cond = host.encoded(clip.encode_from_tokens_scheduled, clip.tokenize(p.instruction))
             pooled = cond[0][1].get("pooled_output")
             x0 = host.encoded(lambda: base.process_latent_in(vae.encode(tgt)).float())
-            out.append({"name": p.name, "target": x0.to(device),
-                        "ref": host.encoded(lambda: vae.encode(src).float()).to(device),
-                        "context": cond[0][0].float().to(device),
-                        "pooled": None if pooled is None else pooled.float().to(device),
-                        "mask": mask, "weights": latent_weights(None, tuple(x0.shape[-2:]), 1.0).to(device)})
+            cpu = torch.device("cpu")
+            out.append({"name": p.name, "target": x0.to(cpu),
+                        "ref": host.encoded(lambda: vae.encode(src).float()).to(cpu),
+                        "context": cond[0][0].float().to(cpu),
+                        "pooled": None if pooled is None else pooled.float().to(cpu),
+                        "mask": mask, "weights": latent_weights(None, tuple(x0.shape[-2:]), 1.0)})
     return out
 
 
@@ -171,24 +174,25 @@ def weighted(data: list, product_weight: float) -> list:
                  .to(d["target"].device)} for d in data]
 
 
-def _saved_copies():
-    """Autograd keeps its own copy of each activation it saves for backward: the host's Flux blocks add their
-    residuals in place (``x += ...``), which would otherwise overwrite a tensor a LayerNorm saved. Only activations
-    (3-D and up: tokens x width, attention heads) are copied; weights (2-D, each computed afresh with its LoRA for
-    every forward and never changed after) are saved as they are, so a big model's weights are not held twice."""
-    def pack(t):
-        return t.clone() if t.ndim >= 3 and not isinstance(t, torch.nn.Parameter) else t
+def training_forward(base, checkpoint: bool = True):
+    """(transformer_options patches, saved-tensor hooks) for training through the host's Flux: every double and
+    single block replaced by itself run on fresh streams (checkpointed when ``checkpoint``), and the hooks that copy
+    only the saves the blocks' in-place residual adds would overwrite (``models/layered/blocks.py``)."""
+    from ..models.layered.blocks import BlockTraining, saved_tensor_copies
 
-    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    patches = BlockTraining(checkpoint).patches(base.diffusion_model)
+    return {"patches_replace": {"dit": patches}}, saved_tensor_copies()
 
 
 def train_lora_stage(model, data: list, rank: int, steps: int, lr: float, seed: int, guidance: float,
                      frozen_lora: dict | None = None, on_step=None, should_stop=None, grad_sync=None,
-                     data_seed: int | None = None):
+                     data_seed: int | None = None, gradient_checkpointing: bool = True):
     """Train one stage's LoRA on a clone of ``model`` (with ``frozen_lora`` patched in at strength 1 for stage 2),
     through the host's model_sampling and apply_model; the shared model is unpatched afterwards. ``seed`` draws the
     initial LoRA weights, ``data_seed`` (default ``seed``) the pairs, sigmas and noise (data-parallel processes share
-    the first and differ in the second).
+    the first and differ in the second). The pairs stay where they are (the CPU); each step moves its pair's tensors
+    to the compute device. ``gradient_checkpointing`` recomputes each transformer block in backward instead of
+    keeping its activations.
     Returns (LoRA tensors in LoraLoader's format, stats)."""
     from ..models.frozen import frozen_for_autograd
     from ..models.layered.train import train_stage
@@ -203,17 +207,22 @@ def train_lora_stage(model, data: list, rank: int, steps: int, lr: float, seed: 
             base, device = mp.model, host.compute_device()
             sampling = base.model_sampling
 
+            options, saves = training_forward(base, gradient_checkpointing)
+
             def denoise(x, sigma, pair):
-                extra = base.extra_conds(cross_attn=pair["context"], pooled_output=pair["pooled"],
-                                         guidance=guidance, reference_latents=[pair["ref"]], noise=x, device=device)
+                pooled = pair["pooled"]
+                extra = base.extra_conds(cross_attn=pair["context"].to(x.device),
+                                         pooled_output=None if pooled is None else pooled.to(x.device),
+                                         guidance=guidance, reference_latents=[pair["ref"].to(x.device)], noise=x,
+                                         device=device)
                 conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
-                return base.apply_model(x, sigma, transformer_options={"sigmas": sigma}, **conds)
+                return base.apply_model(x, sigma, transformer_options={**options, "sigmas": sigma}, **conds)
 
             params = [p for layer in layers.values() for p in layer.parameters() if p.requires_grad]
-            with torch.enable_grad(), frozen_for_autograd(base.diffusion_model), _saved_copies():
+            with torch.enable_grad(), frozen_for_autograd(base.diffusion_model), saves:
                 stats = train_stage(params, data, denoise, sampling.noise_scaling, sampling.percent_to_sigma, steps,
                                     lr, seed if data_seed is None else data_seed, on_step=on_step,
-                                    should_stop=should_stop, grad_sync=grad_sync)
+                                    should_stop=should_stop, grad_sync=grad_sync, device=device)
             for p in params:
                 p.requires_grad_(False)
             return host.lora_state_dict(layers), stats
@@ -237,7 +246,9 @@ class EditLabLayeredTrain(EditLabNode):
                         "product mask). The source conditions the edit model as a reference latent (Flux Kontext "
                         "style); the loss is the model's own denoising objective. Stage 1 trains the pattern-shift "
                         "LoRA; stage 2 freezes it and trains the consistency LoRA with the loss weighted towards the "
-                        "product mask. The host's LoRA layers; saved to models/loras/ in LoraLoader's format. The "
+                        "product mask (on the same pairs: the paper builds separate stage-2 data, which is not "
+                        "implemented here). The host's LoRA layers, gradient checkpointing per block, the pairs "
+                        "kept on the CPU; saved to models/loras/ in LoraLoader's format. The "
                         "input MODEL is left unchanged. Stage 1 is saved when it ends (a cancelled stage 2 can be "
                         "rerun with consistency_only). For long runs: scripts/train_layered.py.",
             inputs=[
@@ -259,7 +270,10 @@ class EditLabLayeredTrain(EditLabNode):
                 io.Int.Input("steps_stage2", default=500, min=1, max=1000000, tooltip="Stage-2 steps."),
                 io.Float.Input("lr", default=1e-4, min=1e-7, max=1e-1, step=1e-5, tooltip="AdamW learning rate."),
                 io.Float.Input("product_weight", default=5.0, min=1.0, max=100.0, step=0.5,
-                               tooltip="Stage 2: how many times more a product cell's error counts than the rest."),
+                               tooltip="Stage 2: how many times more a product cell's error counts than the rest. "
+                                       "Ours: stage 2 trains the same LoRA type on the same pairs with this "
+                                       "mask-weighted loss; the paper's own stage-2 data construction is not "
+                                       "implemented."),
                 io.Float.Input("guidance", default=2.5, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux guidance embedded while training (Kontext's template uses 2.5)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
@@ -269,6 +283,10 @@ class EditLabLayeredTrain(EditLabNode):
                                         "NAME_consistency.safetensors."),
                 io.Boolean.Input("overwrite", default=False, optional=True,
                                  tooltip="Replace existing files of these names (off: an error)."),
+                io.Boolean.Input("gradient_checkpointing", default=True, optional=True,
+                                 tooltip="Recompute each transformer block in backward instead of keeping its "
+                                         "activations (much less memory on Flux-size models, a second forward "
+                                         "per step). Off: faster, every block's activations kept."),
             ],
             outputs=[io.String.Output(display_name="pattern_shift_lora"),
                      io.String.Output(display_name="consistency_lora"), io.String.Output(display_name="stats")],
@@ -276,7 +294,8 @@ class EditLabLayeredTrain(EditLabNode):
 
     @classmethod
     def execute(cls, model, clip, vae, folder, stages, pattern_shift_lora, resolution, rank, steps_stage1,
-                steps_stage2, lr, product_weight, guidance, seed, name, overwrite=False) -> io.NodeOutput:
+                steps_stage2, lr, product_weight, guidance, seed, name, overwrite=False,
+                gradient_checkpointing=True) -> io.NodeOutput:
         from comfy_api.latest import ui
 
         from ..models.layered.data import read_pairs
@@ -314,14 +333,16 @@ class EditLabLayeredTrain(EditLabNode):
         data = encode_pairs(model, clip, vae, pairs, resolution, device, host.check_interrupted)
         if both:
             frozen, stats["stage1"] = train_lora_stage(model, weighted(data, 1.0), rank, steps_stage1, lr, seed,
-                                                       guidance, on_step=tick, should_stop=host.check_interrupted)
+                                                       guidance, on_step=tick, should_stop=host.check_interrupted,
+                                                       gradient_checkpointing=gradient_checkpointing)
             # saved now: a stage 2 cancelled later can be run again with stages = consistency_only
             saved(lambda p, o: atomic_save_safetensors(frozen, p, _metadata("pattern_shift", stats["stage1"], args),
                                                        overwrite=o), path1, "name", overwrite)
             done[0] = steps_stage1
         lora2, stats["stage2"] = train_lora_stage(model, weighted(data, product_weight), rank, steps_stage2, lr,
                                                   seed + 1, guidance, frozen_lora=frozen, on_step=tick,
-                                                  should_stop=host.check_interrupted)
+                                                  should_stop=host.check_interrupted,
+                                                  gradient_checkpointing=gradient_checkpointing)
         stats["stage2"]["product_weight"] = product_weight
         saved(lambda p, o: atomic_save_safetensors(lora2, p, _metadata("consistency", stats["stage2"], args),
                                                    overwrite=o), path2, "name", overwrite)

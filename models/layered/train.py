@@ -39,11 +39,13 @@ def draw(gen: torch.Generator, percent_to_sigma: Callable[[float], float], shape
 
 def train_stage(params: list, pairs: list, denoise: Callable, noise_scaling: Callable, percent_to_sigma: Callable,
                 steps: int, lr: float, seed: int, eval_points: int = 8, on_step=None, should_stop=None,
-                grad_sync: Callable | None = None) -> dict:
+                grad_sync: Callable | None = None, device=None) -> dict:
     """Train ``params`` with AdamW. ``pairs[i]`` is a dict with ``target`` (latent, 1 x C x h x w), ``weights``
     (1 x 1 x h x w) and whatever ``denoise(x_noisy, sigma, pair)`` needs (context, reference latent ...). The loss is
     also measured before and after on a fixed set of (pair, sigma, noise), so the two numbers compare.
-    ``grad_sync`` (data parallel) averages gradients across processes before each step."""
+    ``grad_sync`` (data parallel) averages gradients across processes before each step. ``device``: where the loss is
+    computed; the pairs stay where they are (the CPU) and each use moves its target there (``denoise`` moves the rest
+    of its pair)."""
     if not pairs:
         raise ValueError("no training pairs")
     gen = torch.Generator().manual_seed(int(seed))
@@ -53,7 +55,7 @@ def train_stage(params: list, pairs: list, denoise: Callable, noise_scaling: Cal
 
     def loss_on(i, sigma, noise):
         pair = pairs[i]
-        x0 = pair["target"]
+        x0 = pair["target"] if device is None else pair["target"].to(device)
         sig = torch.full((x0.shape[0],), sigma, device=x0.device, dtype=x0.dtype)
         noisy = noise_scaling(sig, noise.to(x0.device, x0.dtype), x0)
         return weighted_mse(denoise(noisy, sig, pair), x0, pair["weights"])

@@ -168,9 +168,11 @@ def test_half_precision_storage_trains_and_leaves_the_model(layered, pairs_folde
     assert all(torch.equal(after[k], v) for k, v in weights.items())
 
 
-def test_gradients_through_the_hosts_flux_match_finite_differences(layered, flux):  # noqa: F811
-    """The host's Flux blocks add residuals in place; with autograd's saved copies the LoRA gradients are right:
-    checked against central differences on a double-block and a single-block layer."""
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["plain", "checkpointed"])
+def test_gradients_through_the_hosts_flux_match_finite_differences(layered, flux, checkpoint):  # noqa: F811
+    """The host's Flux blocks add residuals in place; with the training forward (fresh streams per block, copies of
+    the saves those adds overwrite; checkpointed or not) the LoRA gradients are right: checked against central
+    differences on a double-block and a single-block layer."""
     from editlab.models.frozen import frozen_for_autograd
     from editlab.nodes import host
 
@@ -191,10 +193,11 @@ def test_gradients_through_the_hosts_flux_match_finite_differences(layered, flux
                 extra = base.extra_conds(cross_attn=ctx, pooled_output=pooled, guidance=2.5, reference_latents=[ref],
                                          noise=x, device=x.device)
                 conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
-                return base.apply_model(x, sig, transformer_options={"sigmas": sig}, **conds).pow(2).sum()
+                return base.apply_model(x, sig, transformer_options={**options, "sigmas": sig}, **conds).pow(2).sum()
 
             names = [n for n in layers if "double_blocks" in n][:2] + [n for n in layers if "single_blocks" in n][:1]
-            with torch.enable_grad(), frozen_for_autograd(base.diffusion_model), layered._saved_copies():
+            options, saves = layered.training_forward(base, checkpoint)
+            with torch.enable_grad(), frozen_for_autograd(base.diffusion_model), saves:
                 loss().backward()
                 for name in names:
                     p = layers[name].lora_down.weight
