@@ -11,9 +11,9 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..models.chronoedit import (AUTHORS_AREA, AUTHORS_FRAMES, DEFAULT_REASONING_FRAMES, MAX_LATENT_FRAMES, conditioning_video,
-                                 frame0_mask, keep_ends, kept_positions, rope_scale_for, size_for_area, start_latent,
-                                 temporal_reasoning, video_frames)
+from ..models.chronoedit import (AUTHORS_AREA, AUTHORS_FRAMES, DEFAULT_REASONING_FRAMES, MAX_LATENT_FRAMES,
+                                 conditioning_video, frame0_mask, keep_ends, kept_positions, rope_scale_for,
+                                 size_for_area, start_latent, temporal_reasoning, video_frames)
 from . import host
 from .common import CATEGORY, EditLabInputError, EditLabNode, rgb_images
 
@@ -239,7 +239,6 @@ class EditLabTemporalReasoningSampler(EditLabNode):
         if channels is None:
             raise EditLabInputError("model", "a Wan 2.1 image-to-video model (ChronoEdit 14B or Wan 2.1 I2V)",
                                     host.model_family(model))
-        _check_image_features(model, positive, negative, without_clip_vision)
         samples, mask = latent.get("samples"), latent.get("noise_mask")
         if (torch.is_tensor(samples) and samples.ndim == 5 and mask is None and not samples.any()
                 and samples.shape[2] >= 2):
@@ -255,6 +254,7 @@ class EditLabTemporalReasoningSampler(EditLabNode):
         _check_conditioning(negative, frames, "negative")
         if reasoning_steps > steps:
             raise EditLabInputError("reasoning_steps", f"at most steps ({steps})", reasoning_steps)
+        _check_image_features(model, positive, negative, without_clip_vision)
         k = int(reasoning_steps) if frames > 2 else 0
         if frames == 2 and reasoning_steps:
             log.info("EditLab ChronoEdit: a 2-frame latent (reasoning off): reasoning_steps %d has nothing to drop",

@@ -5,8 +5,9 @@ Key layout: the authors train their LoRAs with DiffSynth-Studio on the original 
 ComfyUI as ``diffusion_model.`` + the DiffSynth name without its ``.default`` adapter part (their answer in
 nv-tlabs/ChronoEdit issue #22), i.e. ``diffusion_model.blocks.N.{self_attn,cross_attn}.{q,k,v,o}.lora_{A,B}.weight``
 and ``diffusion_model.blocks.N.ffn.{0,2}.lora_{A,B}.weight`` (DiffSynth's Wan LoRA targets q, k, v, o, ffn.0, ffn.2).
-The file here is written by hand in that layout for every block of the tiny model; the test fails if the host
-leaves any key unused ("lora key not loaded" / "NOT LOADED" in its log) or if the LoRA changes nothing.
+The released file (376 MB) was not opened here, so the I2V image projections (cross_attn.k_img / v_img) are
+included as well. The file here is written by hand in that layout for every block of the tiny model; the test fails
+if the host leaves any key unused ("lora key not loaded" / "NOT LOADED" in its log) or if the LoRA changes nothing.
 """
 import logging
 
@@ -15,7 +16,8 @@ import torch
 
 W, H = 48, 32
 RANK = 4
-TARGETS = [f"{attn}.{p}" for attn in ("self_attn", "cross_attn") for p in ("q", "k", "v", "o")] + ["ffn.0", "ffn.2"]
+TARGETS = ([f"{attn}.{p}" for attn in ("self_attn", "cross_attn") for p in ("q", "k", "v", "o")] + ["ffn.0", "ffn.2"]
+           + ["cross_attn.k_img", "cross_attn.v_img"])  # the I2V image keys too, in case the released file has them
 
 pytestmark = pytest.mark.usefixtures("server_mode")
 
@@ -48,8 +50,8 @@ def test_distill_lora_layout_through_stock_loader(comfy_host, tmp_path, monkeypa
     path = tmp_path / "chronoedit_distill_lora.safetensors"
     safetensors.torch.save_file(lora, str(path))
     real = folder_paths.get_full_path_or_raise
-    monkeypatch.setattr(folder_paths, "get_full_path_or_raise",
-                        lambda folder, name: str(path) if (folder, name) == ("loras", path.name) else real(folder, name))
+    monkeypatch.setattr(folder_paths, "get_full_path_or_raise", lambda folder, name: (
+        str(path) if (folder, name) == ("loras", path.name) else real(folder, name)))
 
     with caplog.at_level(logging.WARNING):
         (patched,) = host_nodes.LoraLoaderModelOnly().load_lora_model_only(wan.model, path.name, 1.0)
