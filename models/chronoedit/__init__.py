@@ -8,4 +8,5 @@ from .reasoning import ReasoningResult, check_reasoning_steps, restart_state, te
 
 __all__ = ["AUTHORS_AREA", "AUTHORS_FRAMES", "DEFAULT_REASONING_FRAMES", "EDIT_POSITION_2_FRAMES", "MAX_LATENT_FRAMES",
            "conditioning_video", "frame0_mask", "keep_ends", "kept_positions", "rope_scale_for", "size_for_area",
-           "start_latent", "video_frames", "ReasoningResult", "check_reasoning_steps", "restart_state", "temporal_reasoning"]
+           "start_latent", "video_frames", "ReasoningResult", "check_reasoning_steps", "restart_state",
+           "temporal_reasoning"]
