@@ -73,7 +73,9 @@ class _OutOfPlaceAdds(TorchFunctionMode):
     """``a += b`` as ``a + b`` where autograd records: what a network without in-place residuals costs."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") == "__iadd__" and torch.is_grad_enabled() and any(
+        # ``a += b`` reaches a function mode as ``add_`` (the host's networks call ``add_`` for nothing else where
+        # autograd records)
+        if getattr(func, "__name__", "") in ("__iadd__", "add_") and torch.is_grad_enabled() and any(
                 isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             return torch.add(*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))

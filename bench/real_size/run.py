@@ -56,7 +56,15 @@ def run_meta(device: str) -> list[dict]:
 
     rows = []
     for case in meta_counts.CASES:
-        row = meta_counts.count(case, device=device)
+        try:
+            row = meta_counts.count(case, device=device)
+        except Exception as exc:  # e.g. out of GPU memory: that is the finding; the other families still run
+            row = {"family": case.name, "setting": case.setting, "device": device,
+                   "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            if device == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -80,31 +88,42 @@ def main(argv=None) -> int:
     parts = args.only or (["sd15", "sdxl", "meta"] if cuda else ["sd15", "meta"])
     RESULTS.mkdir(exist_ok=True)
     out_json = RESULTS / "real_size.json"
-    data = json.loads(out_json.read_text()) if out_json.exists() else {}
-    data.update({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": _git(),
-                 "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-                            + (f", {torch.cuda.get_device_name()}" if cuda else ", no GPU"),
-                 "torch": torch.__version__})
+    stamp = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": _git(),
+             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+                        + (f", {torch.cuda.get_device_name()}" if cuda else ", no GPU"),
+             "torch": torch.__version__}
     for part in parts:
         if part == "meta":
-            data["meta"] = run_meta("cuda" if cuda else "meta")
+            measured = {"meta": run_meta("cuda" if cuda else "meta")}
         else:
             import live
 
-            data.setdefault("live", {})[part] = live.run_family(part, steps=args.steps, cuda=cuda)
-        out_json.write_text(json.dumps(data, indent=1))  # after each part: a run cut short keeps what it measured
+            measured = {"live": {part: {**live.run_family(part, steps=args.steps, cuda=cuda), **stamp}}}
+        # after each part (a run cut short keeps what it measured), merged into what the file holds now: the
+        # parts another run wrote meanwhile are kept
+        data = json.loads(out_json.read_text()) if out_json.exists() else {}
+        data.update(stamp)
+        data.setdefault("live", {}).update(measured.get("live", {}))
+        if "meta" in measured:
+            data["meta"] = measured["meta"]
+            data["meta_stamp"] = stamp
+        out_json.write_text(json.dumps(data, indent=1))
     (RESULTS / "real_size.md").write_text(render(data))
     print((RESULTS / "real_size.md").read_text())
     return 0
 
 
 def render(data: dict) -> str:
-    lines = [f"Measured {data['date']} at {data['commit']} on {data['machine']} (torch {data['torch']}).", ""]
+    lines = [f"Machine: {data['machine']} (torch {data['torch']}).", ""]
     for family, live in data.get("live", {}).items():
-        lines += [f"**{live['title']}** ({live['where']}; {live['note']})", "",
+        lines += [f"**{live['title']}** ({live['where']}; {live['note']}; measured {live.get('date', '?')} at "
+                  f"{live.get('commit', '?')}, load average {live.get('load', '?')})", "",
                   "| workflow | peak MiB | extra over the loaded model, MiB | ratio to plain peak | s/step | "
                   "steps | vs |", "|---|---:|---:|---:|---:|---:|---|"]
         for r in live["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['label']} | failed: {r['error'][:150]} | | | | | |")
+                continue
             ratio = f"{r['ratio_to_plain']:.2f}x" if r.get("ratio_to_plain") is not None else "-"
             lines.append(f"| {r['label']} | {r['peak_mib']:,} | {r['extra_mib']:,} | {ratio} | "
                          f"{r['s_per_step']:.1f} | {r['steps']} | {r['vs']} |")
@@ -113,10 +132,13 @@ def render(data: dict) -> str:
         dev = data["meta"][0]["device"]
         lines += [f"**Every family at its real size, {'on the GPU' if dev == 'cuda' else 'counted on the meta device'}"
                   "** (diffusion network only, bf16 weights; activation peaks of one step, weights excluded; "
-                  "fused attention)", "",
+                  f"fused attention; measured {data['meta_stamp']['date']} at {data['meta_stamp']['commit']})", "",
                   "| family | setting | host config | parameters | weights MiB | sampling step MiB | "
                   "training step (fwd+bwd) MiB |", "|---|---|---|---:|---:|---:|---:|"]
         for r in data["meta"]:
+            if "error" in r:
+                lines.append(f"| {r['family']} | {r['setting']} | failed: {r['error'][:120]} | | | | |")
+                continue
             lines.append(f"| {r['family']} | {r['setting']} | {r['host_config']} | {r['parameters']:,} | "
                          f"{r['weight_mib']:,} | {r['fwd_activation_peak_mib']:,} | "
                          f"{r['fwd_bwd_activation_peak_mib']:,} |")
