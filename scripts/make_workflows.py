@@ -345,7 +345,7 @@ def slider(g, m, cond, sae, direction, word, strength, stage, col, row, part="au
     """An SAE Slider on a conditioning from CLIP Text Encode (records tokens): the prompt is not typed again."""
     return g.add("EditLabSAESlider",
                  [("prompt", ""), ("word", word), ("strength", strength), ("schedule", "exponential"),
-                  ("part", part)],
+                  ("part", part), ("timing", "authors")],
                  {"conditioning": (cond, 0, "CONDITIONING"), "clip": m.clip,
                   "sae": (sae, 0, "EDITLAB_SAE"), "direction": (direction, 0, "EDITLAB_SAE_DIRECTION")},
                  ["CONDITIONING"], stage, col, row, title=f"SAE Slider {strength:+g}")
@@ -1162,7 +1162,8 @@ def layered_rows(g, photo_file, mask_file, instruction, lock, prefix, options=Fa
         g.add("EditLabLayeredTrain",
               [("folder", "layered_pairs"), ("stages", "both"), ("pattern_shift_lora", "None"), ("resolution", 512),
                ("rank", 16), ("steps_stage1", 1000), ("steps_stage2", 500), ("lr", 0.0001), ("product_weight", 5.0),
-               ("guidance", 2.5), ("seed", 0), ("name", "layered"), ("overwrite", False)],
+               ("guidance", 2.5), ("seed", 0), ("name", "layered"), ("overwrite", False),
+               ("gradient_checkpointing", True)],
               {"model": m.model, "clip": m.clip, "vae": m.vae}, ["STRING", "STRING", "STRING"], s_opt, 0, 0,
               mode=MUTED)
         llm = g.add("EditLabLLM", [("base_url", "http://127.0.0.1:11434/v1"), ("model", "llava"),
