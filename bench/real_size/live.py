@@ -266,6 +266,9 @@ def run_family(family: str, steps: int = 2, cuda: bool = False) -> dict:
         base = Path(tmp)
         made = _prepare(base, family)
         print(f"{family}: checkpoint written ({made})", flush=True)
+        (Path(__file__).resolve().parent / "results" / f"{family}_partial_stamp.json").write_text(json.dumps(
+            {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "unet_parameters": made["unet_parameters"],
+             "steps": steps, "load": [round(x, 1) for x in os.getloadavg()]}))
         with HeadlessServer(cpu=not cuda, base_directory=base) as srv:
             _inputs(srv.workdir / "input")
             graphs = Graphs(family, steps, srv.client.object_info())
@@ -289,6 +292,14 @@ def run_family(family: str, steps: int = 2, cuda: bool = False) -> dict:
                 print(f"  {key}: {rows[key]}", flush=True)
                 partial = Path(__file__).resolve().parent / "results" / f"{family}_partial.json"
                 partial.write_text(json.dumps(rows, indent=1))  # a run cut short keeps each row it measured
+    return summarise(family, rows, made["unet_parameters"], steps, cuda, load_s)
+
+
+def summarise(family: str, rows: dict, unet_parameters: int, steps: int, cuda: bool, load_s: float | None,
+              cut_short: bool = False) -> dict:
+    """The rows in the table's order, each with its ratio to the plain prompt's peak."""
+    labels = {k: (label, vs, kind) for k, label, vs, kind in WORKFLOWS}
+    made = {"unet_parameters": unet_parameters}
     plain = rows.get("plain", {}).get("peak_mib")
     unet_mib = made["unet_parameters"] * (2 if cuda else 4) / 2**20  # the host's dtype: fp16 on a GPU, fp32 on a CPU
     ordered = []
@@ -303,7 +314,8 @@ def run_family(family: str, steps: int = 2, cuda: bool = False) -> dict:
     size = SIZES[family]
     return {"title": f"{family.upper()} at {size}x{size}, full size, random weights, stock CheckpointLoaderSimple",
             "where": "GPU (nvidia-smi, reserved)" if cuda else "CPU (server VmHWM)",
-            "note": f"{steps} steps per prompt, cfg 7.5, euler; UNet {made['unet_parameters']:,} parameters; "
-                    f"first load {load_s:.0f} s",
+            "note": f"{steps} step(s) per prompt, cfg 7.5, euler; UNet {made['unet_parameters']:,} parameters"
+                    + (f"; first load {load_s:.0f} s" if load_s is not None else "")
+                    + ("; the run was stopped before every workflow ran" if cut_short else ""),
             "unet_parameters": made["unet_parameters"], "rows": ordered,
             "load": [round(x, 1) for x in os.getloadavg()]}

@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=["meta", "sd15", "sdxl"], action="append",
                         help="run only these parts (repeatable); default: sd15 and meta (and sdxl on a GPU)")
     parser.add_argument("--steps", type=int, default=2, help="steps per sampling / training prompt")
+    parser.add_argument("--collect", choices=["sd15", "sdxl"],
+                        help="write the table from the rows a live run that was stopped had measured "
+                             "(results/FAMILY_partial.json), measuring nothing")
     args = parser.parse_args(argv)
     _host()
     import torch
@@ -92,6 +95,17 @@ def main(argv=None) -> int:
              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
                         + (f", {torch.cuda.get_device_name()}" if cuda else ", no GPU"),
              "torch": torch.__version__}
+    if args.collect:
+        import live
+
+        rows = json.loads((RESULTS / f"{args.collect}_partial.json").read_text())
+        stamp.update(json.loads((RESULTS / f"{args.collect}_partial_stamp.json").read_text()))
+        summary = live.summarise(args.collect, rows, stamp.pop("unet_parameters"), stamp.pop("steps"), cuda, None,
+                                 cut_short=True)
+        data = json.loads(out_json.read_text()) if out_json.exists() else {}
+        data.setdefault("live", {})[args.collect] = {**summary, **stamp}
+        out_json.write_text(json.dumps(data, indent=1))
+        parts = []
     for part in parts:
         if part == "meta":
             measured = {"meta": run_meta("cuda" if cuda else "meta")}
@@ -122,7 +136,8 @@ def render(data: dict) -> str:
                   "steps | vs |", "|---|---:|---:|---:|---:|---:|---|"]
         for r in live["rows"]:
             if "error" in r:
-                lines.append(f"| {r['label']} | failed: {r['error'][:150]} | | | | | |")
+                what = "not run" if r["error"] == "not run" else "failed: " + r["error"][:150]
+                lines.append(f"| {r['label']} | {what} | | | | | |")
                 continue
             ratio = f"{r['ratio_to_plain']:.2f}x" if r.get("ratio_to_plain") is not None else "-"
             lines.append(f"| {r['label']} | {r['peak_mib']:,} | {r['extra_mib']:,} | {ratio} | "
