@@ -1,6 +1,8 @@
 """Real size: a full-size SD1.5 checkpoint with random weights (859,520,964 UNet parameters, the stock key layout),
 loaded by the stock CheckpointLoaderSimple in a live server on the CPU (fp32: UNet 3,279 MiB), and the extra peak
-resident memory of ToVA Train and of LODA over plain sampling of the same model, measured on the server process.
+resident memory of every node that trains through the model (ToVA Train, Train Expression Adapter, Train Reference
+LoRA) and of LODA over plain sampling of the same model, measured on the server process (one step each, 64 px: the
+question is weight copies, which do not depend on the resolution; bench/real_size/ runs them at the authors' sizes).
 
 Random weights cost exactly what real ones do. Before the fix each added one full copy of the UNet (+1.02x / +1.03x
 its bytes, measured through the same stock loader); the bound here is 0.5x. The peak is the kernel's own high-water
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +24,10 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(),
 UNET_PARAMETERS = 859_520_964  # SD1.5's UNet
 BOUND = 0.5  # extra peak over plain sampling, as a fraction of the UNet's weight bytes
 PROMPT = "a photo of sks person wearing a zwx shirt"
+FACE = Path(__file__).resolve().parents[2] / "workflows" / "input" / "editlab_photo.png"
+# SD1.5's cross-attention output widths in the adapter's order (down blocks, up blocks, mid block)
+SD15_CROSS_WIDTHS = [320, 320, 640, 640, 1280, 1280] + [1280] * 3 + [640] * 3 + [320] * 3 + [1280]
+TRAINERS = ("tova", "expression_train", "reference_lora_train")
 
 
 def _sd15_checkpoint(path: Path) -> int:
@@ -98,6 +105,15 @@ def _graph(kind: str, seed: int) -> dict:
         g["11"] = N("EditLabToVATrain", model=["1", 0], clip=["1", 1], vae=["1", 2], folder=".",
                     prompt="a photo of sks person", word="sks", resolution=64, rank=4, steps=2, lr=5e-4,
                     batch_size=1, seed=seed, name="real_size_sks", overwrite=True)
+    elif kind == "expression_train":
+        g["11"] = N("EditLabTrainExpressionAdapter", model=["1", 0], clip=["1", 1], vae=["1", 2],
+                    folder="real_size_faces", prompt="a photo of a face", resolution=64, steps=1, lr=1e-4,
+                    batch_size=1, num_tokens=4, seed=seed, name="real_size_expression_trained", overwrite=True)
+    elif kind == "reference_lora_train":
+        g["10"] = N("EditLabExpressionAdapterLoader", adapter_name="real_size_sd15_adapter.safetensors")
+        g["11"] = N("EditLabTrainReferenceLoRA", model=["1", 0], clip=["1", 1], vae=["1", 2], adapter=["10", 0],
+                    folder="real_size_faces", prompt="a photo of a face", resolution=64, steps=1, lr=1e-4,
+                    batch_size=1, rank=8, seed=seed, name="real_size_reference", overwrite=True)
     elif kind == "loda":
         g["8"] = N("KSamplerSelect", sampler_name="euler")
         g["9"] = N("EditLabLODA", prompt=PROMPT, concepts="sks, zwx", loda_steps=1, step_size=20.0, threshold=3.0,
@@ -117,15 +133,23 @@ def real_server(comfy_host, tmp_path_factory):
     (base / "models" / "checkpoints").mkdir(parents=True)
     count = _sd15_checkpoint(base / "models" / "checkpoints" / "sd15_random.safetensors")
     assert count == UNET_PARAMETERS
+    from editlab.models.expression.adapter import random_adapter, save_adapter
+
+    (base / "models" / "expression_adapters").mkdir(parents=True)
+    save_adapter(random_adapter(52, 768, SD15_CROSS_WIDTHS, num_tokens=4),  # the reference-LoRA trainer's adapter
+                 str(base / "models" / "expression_adapters" / "real_size_sd15_adapter.safetensors"), "arkit52")
     with HeadlessServer(cpu=True, base_directory=base) as srv:
+        faces = srv.workdir / "input" / "real_size_faces"
+        faces.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FACE, faces / "face.png")
         yield srv
 
 
-def test_training_and_loda_add_no_copy_of_the_unet(real_server):
+def test_training_nodes_and_loda_add_no_copy_of_the_unet(real_server):
     unet_bytes = UNET_PARAMETERS * 4  # fp32 on the CPU
     real_server.client.wait(real_server.client.queue(_graph("plain", 1)), timeout=1800)  # loads the checkpoint
     measured = {"plain": _extra_peak(real_server, _graph("plain", 2))}
-    for kind in ("tova", "loda"):
+    for kind in (*TRAINERS, "loda"):
         measured[kind] = _extra_peak(real_server, _graph(kind, 3))
     report = {k: round(v / 2**20) for k, v in measured.items()}
     over = {k: round((v - measured["plain"]) / unet_bytes, 3) for k, v in measured.items() if k != "plain"}
