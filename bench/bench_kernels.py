@@ -13,7 +13,8 @@ Rows (issue 26), at the issue's sizes:
 - attention, 4,096 image + 512 text tokens, 24 heads, head dim 128, bfloat16, 8 chosen text keys: SDPA alone
   (torch's default backend: cuDNN on recent GPUs; and its FlashAttention backend), SDPA with its log-sum-exp
   (``aten._scaled_dot_product_cudnn_attention`` / ``_flash_attention``; on the CPU its CPU flash kernel) plus the
-  (N_q x S) product for the maps, the kernel with maps (one call), what the Flux map tap runs today (the host's SDPA
+  (N_q x S) product for the maps, the kernel with maps (one pass; and as two passes, the maps after the attention,
+  to show what folding them in gains), what the Flux map tap runs today (the host's SDPA
   + ``key_probabilities``, an extra pass), AFG through the host's dense-mask attention (a (B, 1, N, N) mask) and
   through the kernel's bias, LODA's backward through ``key_probabilities``; and SDPA + a materialised float32
   softmax, forward only.
@@ -412,6 +413,16 @@ def attention_group(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.
                 return fn(*args)
         return run
 
+    def two_passes():  # the maps by a separate (Nq x S) pass after the attention pass (before the fold)
+        from editlab.kernels.attention import triton_attention
+
+        folded, triton_attention.FOLD_MAPS = triton_attention.FOLD_MAPS, False
+        try:
+            with forced(kernels):
+                return attention(q, k, v, keys)
+        finally:
+            triton_attention.FOLD_MAPS = folded
+
     def materialised():
         out = F.scaled_dot_product_attention(q, k, v)
         probs = (q.float() @ k.float().transpose(-1, -2) * scale).softmax(-1)[..., keys_dev]
@@ -423,6 +434,7 @@ def attention_group(img=4096, txt=512, heads=24, dim=128, n_keys=8, dtype=torch.
             Row(case, "sdpa with lse + (Nq x S) product", lse_product, None,
                 "torch's fused attention ops give no gradient through their log-sum-exp"),
             Row(case, "kernel: out+lse+maps", kernel(q, k, v, keys), maps_backward),
+            Row(case, "kernel: out+lse+maps (two passes)", two_passes, maps_backward),
             Row(case, "kernel: out+lse (no maps)", kernel(q, k, v), lambda r: r.out.backward(w_out)),
             Row(case, "flux tap today: sdpa + key_probabilities", tap_today, None, inference),
             Row(case, "afg: host dense-mask sdpa", afg_dense, out_backward),

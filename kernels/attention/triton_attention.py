@@ -51,18 +51,24 @@ def _load_tile(ptrs, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.co
 
 @triton.jit
 def _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk, skn, svn, qk_scale,
-            slot_ptr, bias_base, sbn, WITH_BIAS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr,
-            DOT_F32: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
-    """One key block of the online softmax: the running maximum, sum and output updated."""
+            slot_ptr, bias_base, sbn, probs_base, S, WITH_SLOTS: tl.constexpr, HAS_BIAS: tl.constexpr,
+            STORE_LOGITS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
+            EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
+    """One key block of the online softmax: the running maximum, sum and output updated. ``WITH_SLOTS``: the block
+    may hold chosen keys: their bias is added (``HAS_BIAS``) and their logits (base 2) written to the maps' slots
+    (``STORE_LOGITS``), to become probabilities once the log-sum-exp is known."""
     offs_n = n0 + offs_nb
     n_ok = offs_n < Nk
     k = _load_tile(k_base + offs_n[:, None] * skn + offs_d[None, :], n_ok, d_ok, EVEN_N, EVEN_D)
     s = _mm(q, tl.trans(k), ALLOW_TF32, DOT_F32) * qk_scale
-    if WITH_BIAS:
+    if WITH_SLOTS:
         slot = tl.load(slot_ptr + offs_n, mask=n_ok, other=-1)
-        bias = tl.load(bias_base + offs_m[:, None] * sbn + slot[None, :], mask=m_ok[:, None] & (slot >= 0)[None, :],
-                       other=0.0)
-        s += bias.to(tl.float32) * 1.4426950408889634
+        chosen = m_ok[:, None] & (slot >= 0)[None, :]
+        if HAS_BIAS:
+            bias = tl.load(bias_base + offs_m[:, None] * sbn + slot[None, :], mask=chosen, other=0.0)
+            s += bias.to(tl.float32) * 1.4426950408889634
+        if STORE_LOGITS:
+            tl.store(probs_base + offs_m[:, None] * S + slot[None, :], s, mask=chosen)
     if not EVEN_N:
         s = tl.where(n_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -79,12 +85,12 @@ def _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d,
 
 
 @triton.jit
-def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale, H, Nq, Nk, D, key_lo, key_hi,
-             Nq_bucket, Nk_bucket,
+def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, probs_ptr, qk_scale, H, Nq, Nk, D, S,
+             key_lo, key_hi, Nq_bucket, Nk_bucket,
              sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, sbb, sbh, sbn,
-             HAS_BIAS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_F32: tl.constexpr,
-             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+             HAS_BIAS: tl.constexpr, HAS_PROBS: tl.constexpr, HAS_V: tl.constexpr, ALLOW_TF32: tl.constexpr,
+             DOT_F32: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -94,6 +100,7 @@ def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale
     k_base = k_ptr + b * skb + h * skh
     v_base = v_ptr + b * svb + h * svh
     bias_base = bias_ptr + b * sbb + h * sbh
+    probs_base = probs_ptr + pid_bh.to(tl.int64) * Nq * S
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_nb = tl.arange(0, BLOCK_N)
@@ -103,29 +110,36 @@ def _forward(q_ptr, k_ptr, v_ptr, slot_ptr, bias_ptr, out_ptr, lse_ptr, qk_scale
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    if HAS_BIAS:
-        # the key blocks holding chosen keys read the bias; the others run the plain loop (softmax order is free)
+    if HAS_BIAS or HAS_PROBS:
+        # the key blocks holding chosen keys read their slots; the others run the plain loop (softmax order is free)
         lo = (key_lo // BLOCK_N) * BLOCK_N
         hi = tl.minimum(((key_hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, ((Nk + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
         for n0 in range(lo, hi, BLOCK_N):
             acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
-                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, True, HAS_V, ALLOW_TF32, DOT_F32,
-                                    EVEN_N, EVEN_D)
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, probs_base, S, True, HAS_BIAS,
+                                    HAS_PROBS, HAS_V, ALLOW_TF32, DOT_F32, EVEN_N, EVEN_D)
         for n0 in range(0, lo, BLOCK_N):
             acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
-                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, False, HAS_V, ALLOW_TF32, DOT_F32,
-                                    EVEN_N, EVEN_D)
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, probs_base, S, False, False,
+                                    False, HAS_V, ALLOW_TF32, DOT_F32, EVEN_N, EVEN_D)
         for n0 in range(hi, Nk, BLOCK_N):
             acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
-                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, False, HAS_V, ALLOW_TF32, DOT_F32,
-                                    EVEN_N, EVEN_D)
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, probs_base, S, False, False,
+                                    False, HAS_V, ALLOW_TF32, DOT_F32, EVEN_N, EVEN_D)
     else:
         for n0 in range(0, Nk, BLOCK_N):
             acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, n0, offs_nb, offs_m, m_ok, offs_d, d_ok, Nk,
-                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, False, HAS_V, ALLOW_TF32, DOT_F32,
-                                    EVEN_N, EVEN_D)
-    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
-    tl.store(lse_ptr + pid_bh.to(tl.int64) * Nq + offs_m, lse, mask=m_ok)
+                                    skn, svn, qk_scale, slot_ptr, bias_base, sbn, probs_base, S, False, False,
+                                    False, HAS_V, ALLOW_TF32, DOT_F32, EVEN_N, EVEN_D)
+    lse2 = m_i + tl.log2(l_i)
+    tl.store(lse_ptr + pid_bh.to(tl.int64) * Nq + offs_m, lse2 * 0.6931471805599453, mask=m_ok)
+    if HAS_PROBS:  # the chosen keys' logits, kept as they were visited, become probabilities with the final lse
+        tl.debug_barrier()  # written by other threads of this program
+        for s0 in range(0, S, BLOCK_S):
+            offs_s = s0 + tl.arange(0, BLOCK_S)
+            here = m_ok[:, None] & (offs_s < S)[None, :]
+            ptrs = probs_base + offs_m[:, None] * S + offs_s[None, :]
+            tl.store(ptrs, tl.exp2(tl.load(ptrs, mask=here, other=float("-inf")) - lse2[:, None]), mask=here)
     if HAS_V:
         out = acc / l_i[:, None]
         tl.store(out_ptr + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :],
@@ -179,6 +193,8 @@ _FORWARD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, n
                                           (64, 64, 4, 3), (64, 32, 4, 3))]
 _WIDE_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
                  for bm, bn, w, st in ((64, 32, 8, 2), (64, 32, 8, 3))]  # 64 x 64 spills 404 bytes at d 256
+_WIDE_FOLD_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+                      for bm, bn, w, st in ((64, 16, 8, 2), (32, 32, 8, 2))]  # 64 x 32 spills 108 with the maps
 MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -189,17 +205,24 @@ def length_bucket(n: int) -> int:
 
 
 def _prune(configs, named_args, **kwargs):
+    """Above head dim 128 the wide tiles only (with the maps folded in, smaller ones); with the maps folded in, key
+    blocks of 32 (64 spill 36-460 bytes at head dims 64 and 128 with the slots' loads and stores, ptxas -v; 32: at
+    most 16)."""
     wide = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 0)) > 128
-    return [c for c in configs if (c in _WIDE_CONFIGS) == wide]
+    maps = kwargs.get("HAS_PROBS", named_args.get("HAS_PROBS", False))
+    if wide:
+        return [c for c in configs if c in (_WIDE_FOLD_CONFIGS if maps else _WIDE_CONFIGS)]
+    keep = [c for c in configs if c in _FORWARD_CONFIGS]
+    return [c for c in keep if c.kwargs["BLOCK_N"] <= 32] if maps else keep
 
 
 def _tuned(configs):
-    return triton.autotune(configs, key=["Nq_bucket", "Nk_bucket", "D", "HAS_BIAS", "HAS_V"],
+    return triton.autotune(configs, key=["Nq_bucket", "Nk_bucket", "D", "HAS_BIAS", "HAS_PROBS", "HAS_V"],
                            prune_configs_by={"early_config_prune": _prune})(
         triton.heuristics({"EVEN_N": lambda args: args["Nk"] % args["BLOCK_N"] == 0})(_forward))
 
 
-_forward_tuned = _tuned(_FORWARD_CONFIGS + _WIDE_CONFIGS)
+_forward_tuned = _tuned(_FORWARD_CONFIGS + _WIDE_CONFIGS + _WIDE_FOLD_CONFIGS)
 
 
 def _autotuned(t: torch.Tensor) -> bool:
@@ -215,6 +238,13 @@ def _blocks(Nq: int, D: int):
     block_d = max(16, triton.next_power_of_2(D))
     block_m = 128 if D <= 64 else 64
     return min(block_m, max(16, triton.next_power_of_2(Nq))), 64, block_d
+
+
+FOLD_MAPS = True  # the maps written by the attention pass itself (False: a separate ``_key_probs`` pass)
+
+
+def _block_s(S: int) -> int:
+    return min(32, max(16, triton.next_power_of_2(max(S, 1))))  # 64 spills at head dim 64 (ptxas -v)
 
 
 def check_supported(q, k, v=None, bias=None) -> None:
@@ -282,39 +312,37 @@ def attention(q, k, v, table: KeyTable | None = None, bias=None, scale=None, wit
     lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     out = torch.empty(B, H, Nq, D, device=q.device, dtype=q.dtype) if with_out else None
     has_bias = bias is not None
-    if has_bias:
-        bias = _last_contiguous(bias).expand(B, H, Nq, table.count)
-        slot = table.slot
-    else:
-        slot = bias = lse  # unused pointers
+    slot = table.slot if table is not None else lse  # lse: an unused pointer
+    bias = _last_contiguous(bias).expand(B, H, Nq, table.count) if has_bias else lse
     tf32 = q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32
     dot_f32 = interpreter_needs_f32_dot(q.dtype)
     BM, BN, BD = _blocks(Nq, D)
     grid = (triton.cdiv(Nq, BM), B * H)
+    S = table.count if table is not None else 0
+    probs = torch.empty(B, H, Nq, S, device=q.device, dtype=torch.float32) if table is not None and with_probs \
+        else None
+    fold = probs is not None and S > 0 and FOLD_MAPS
     if B * H and Nq:
         vv, oo = (v, out) if with_out else (q, lse)
-        key_lo, key_hi = (table.lo, table.hi) if has_bias else (0, 0)
-        args = (q, k, vv, slot, bias, oo, lse, scale * LOG2E, H, Nq, Nk, D, key_lo, key_hi,
-                length_bucket(Nq), length_bucket(Nk),
+        key_lo, key_hi = (table.lo, table.hi) if (has_bias or fold) else (0, 0)
+        args = (q, k, vv, slot, bias, oo, lse, probs if fold else lse, scale * LOG2E,
+                H, Nq, Nk, D, S if fold else 0, key_lo, key_hi, length_bucket(Nq), length_bucket(Nk),
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 vv.stride(0), vv.stride(1), vv.stride(2),
                 *((out.stride(0), out.stride(1), out.stride(2)) if with_out else (0, 0, 0)),
                 *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)))
-        flags = dict(HAS_BIAS=has_bias, HAS_V=with_out, ALLOW_TF32=tf32, DOT_F32=dot_f32, EVEN_D=BD == D, BLOCK_D=BD)
+        flags = dict(HAS_BIAS=has_bias, HAS_PROBS=fold, HAS_V=with_out, ALLOW_TF32=tf32, DOT_F32=dot_f32,
+                     EVEN_D=BD == D, BLOCK_D=BD, BLOCK_S=_block_s(S))
         if _autotuned(q):
             _forward_tuned[lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)](*args, **flags)
         else:
             _forward[grid](*args, **flags, EVEN_N=Nk % BN == 0, BLOCK_M=BM, BLOCK_N=BN)
-    probs = None
-    if table is not None and with_probs:
-        S = table.count
-        probs = torch.empty(B, H, Nq, S, device=q.device, dtype=torch.float32)
-        if B * H and Nq and S:
-            BS = min(32, max(16, triton.next_power_of_2(S)))  # 64 spills at head dim 64 (ptxas -v)
-            _key_probs[grid](q, k, table.keys, bias, lse, probs, scale, H, Nq, S, D,
-                             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                             *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)),
-                             HAS_BIAS=has_bias, ALLOW_TF32=tf32, DOT_F32=dot_f32, BLOCK_M=BM, BLOCK_S=BS, BLOCK_D=BD)
+    if probs is not None and not fold and B * H and Nq and S:  # the separate (Nq x S) pass
+        _key_probs[grid](q, k, table.keys, bias, lse, probs, scale, H, Nq, S, D,
+                         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                         *((bias.stride(0), bias.stride(1), bias.stride(2)) if has_bias else (0, 0, 0)),
+                         HAS_BIAS=has_bias, ALLOW_TF32=tf32, DOT_F32=dot_f32, BLOCK_M=BM, BLOCK_S=_block_s(S),
+                         BLOCK_D=BD)
     return out, lse, probs
 
 

@@ -370,6 +370,8 @@ def test_the_wide_head_dims_tune_over_their_own_tiles():
 
     assert ta._prune(ta._forward_tuned.configs, {}, BLOCK_D=256) == ta._WIDE_CONFIGS
     assert ta._prune(ta._forward_tuned.configs, {}, BLOCK_D=128) == ta._FORWARD_CONFIGS
+    folded = ta._prune(ta._forward_tuned.configs, {}, BLOCK_D=128, HAS_PROBS=True)
+    assert folded and all(c.kwargs["BLOCK_N"] == 32 for c in folded)
 
 
 def test_a_backward_the_kernel_cannot_serve_takes_the_reference_and_errors_surface(monkeypatch):
@@ -404,6 +406,42 @@ def test_a_backward_the_kernel_cannot_serve_takes_the_reference_and_errors_surfa
         else:
             for got, exp in zip(grads, want):
                 close(got, exp, 1e-5, "fallback gradient")
+
+
+@pytest.mark.parametrize("maps_only", [False, True], ids=["attention", "key_probabilities"])
+def test_the_maps_come_from_the_attention_pass_itself(monkeypatch, maps_only):
+    """One kernel launch returns the output and the chosen keys' probabilities (their logits kept while visited,
+    turned into probabilities with the final log-sum-exp): the separate (Nq x S) pass does not run. With the fold
+    switched off, the separate pass gives the same maps."""
+    from editlab.kernels.attention import triton_attention as ta
+
+    q, k, v = qkv(1, 2, 150, 333, 64, torch.float16, seed=30)
+    keys = torch.tensor([0, 2, 64, 200, 332])
+    bias = -3 * torch.rand(1, 2, 150, 5, generator=torch.Generator().manual_seed(31))
+    want = dense_reference(q, k, v, keys, bias)[2]
+    launches = []
+    monkeypatch.setattr(ta, "_key_probs", _Refuse(launches))
+    folded = (key_probabilities(q, k, keys, bias) if maps_only else attention(q, k, v, keys, bias)).probs
+    assert launches == []
+    close(folded, want, 1e-3, "folded maps")
+    monkeypatch.setattr(ta, "FOLD_MAPS", False)
+    with pytest.raises(AssertionError, match="separate pass"):
+        attention(q, k, v, keys, bias)
+    monkeypatch.undo()
+    monkeypatch.setenv("EDITLAB_KERNELS", "triton")
+    monkeypatch.setattr(ta, "FOLD_MAPS", False)
+    close(attention(q, k, v, keys, bias).probs, folded, 1e-6, "separate pass vs folded")
+
+
+class _Refuse:
+    def __init__(self, launches):
+        self.launches = launches
+
+    def __getitem__(self, grid):
+        def launch(*a, **kw):
+            self.launches.append(grid)
+            raise AssertionError("the separate pass ran")
+        return launch
 
 
 keep_only_the_child_runner(globals(), __file__)

@@ -54,30 +54,36 @@ ATTN_STRIDES = ("sqb", "sqh", "sqn", "skb", "skh", "skn", "svb", "svh", "svn", "
 
 def _forward_types(dt, has_v=True):
     t = {n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
-    t.update(slot_ptr="*i32", bias_ptr="*fp32", lse_ptr="*fp32", qk_scale="fp32")
+    t.update(slot_ptr="*i32", bias_ptr="*fp32", lse_ptr="*fp32", probs_ptr="*fp32", qk_scale="fp32")
     t["out_ptr"] = f"*{dt}" if has_v else "*fp32"  # without values the output pointer is an unused stand-in
     t.update({n: "i64" for n in ATTN_STRIDES})
     return t
 
 
+@pytest.mark.parametrize("has_probs", [False, True], ids=["no maps", "maps folded in"])
 @pytest.mark.parametrize("i", range(6), ids=lambda i: f"config{i}")
-def test_attention_forward_every_autotuned_config_bf16_d128(i, tmp_path):
+def test_attention_forward_every_autotuned_config_bf16_d128(i, has_probs, tmp_path):
     from editlab.kernels.attention import triton_attention as ta
 
     cfg = ta._FORWARD_CONFIGS[i]
-    flags = dict(HAS_BIAS=True, HAS_V=True, ALLOW_TF32=True, DOT_F32=False, EVEN_N=True, EVEN_D=True, BLOCK_D=128)
+    if cfg not in ta._prune(ta._forward_tuned.configs, {}, BLOCK_D=128, HAS_PROBS=has_probs):
+        pytest.skip("the autotuner does not try this tiling here")
+    flags = dict(HAS_BIAS=True, HAS_PROBS=has_probs, HAS_V=True, ALLOW_TF32=True, DOT_F32=False, EVEN_N=True,
+                 EVEN_D=True, BLOCK_D=128, BLOCK_S=16)
     kernel = compile_sm90(ta._forward, _forward_types("bf16"), {**flags, **cfg.kwargs}, num_warps=cfg.num_warps,
                           num_stages=cfg.num_stages)
     assert spill_bytes(kernel.asm["ptx"], tmp_path) <= 64  # the tilings that spill more were left out
 
 
+@pytest.mark.parametrize("has_probs", [False, True], ids=["no maps", "maps folded in"])
 @pytest.mark.parametrize("i", range(2), ids=lambda i: f"wide{i}")
-def test_attention_forward_head_dim_256_bf16(i, tmp_path):
+def test_attention_forward_head_dim_256_bf16(i, has_probs, tmp_path):
     """Head dim 256: the tiles the autotuner keeps for it (``_prune``) compile, fit, and do not spill."""
     from editlab.kernels.attention import triton_attention as ta
 
-    cfg = ta._WIDE_CONFIGS[i]
-    flags = dict(HAS_BIAS=True, HAS_V=True, ALLOW_TF32=True, DOT_F32=False, EVEN_N=False, EVEN_D=True, BLOCK_D=256)
+    cfg = ta._prune(ta._forward_tuned.configs, {}, BLOCK_D=256, HAS_PROBS=has_probs)[i]
+    flags = dict(HAS_BIAS=True, HAS_PROBS=has_probs, HAS_V=True, ALLOW_TF32=True, DOT_F32=False, EVEN_N=False,
+                 EVEN_D=True, BLOCK_D=256, BLOCK_S=16)
     kernel = compile_sm90(ta._forward, _forward_types("bf16"), {**flags, **cfg.kwargs}, num_warps=cfg.num_warps,
                           num_stages=cfg.num_stages)
     assert spill_bytes(kernel.asm["ptx"], tmp_path) == 0
@@ -101,7 +107,8 @@ def test_attention_backward_head_dim_256_bf16(tmp_path):
 def test_attention_forward_other_dtypes(dt, D, has_v):
     from editlab.kernels.attention import triton_attention as ta
 
-    compile_sm90(ta._forward, _forward_types(dt, has_v), dict(HAS_BIAS=False, HAS_V=has_v, ALLOW_TF32=dt != "fp32",
+    compile_sm90(ta._forward, _forward_types(dt, has_v), dict(HAS_BIAS=False, HAS_PROBS=not has_v, HAS_V=has_v,
+                                                              BLOCK_S=32, ALLOW_TF32=dt != "fp32",
                                                               DOT_F32=False, EVEN_N=False, EVEN_D=False,
                                                               BLOCK_M=64, BLOCK_N=64, BLOCK_D=D),
                  num_warps=4 if D <= 64 else 8, num_stages=2)
