@@ -235,10 +235,13 @@ class EditLabToVATrain(EditLabNode):
                 io.String.Input("folder", default="concept",
                                 tooltip="Folder of images of the concept inside ComfyUI's input folder ('.' = the "
                                         "input folder itself)."),
-                io.String.Input("prompt", default="a photo of sks dog",
-                                tooltip="Caption used for every image; it must hold the word."),
-                io.String.Input("word", default="sks",
-                                tooltip="The concept's word in the prompt: the adapter acts at its tokens only."),
+                io.String.Input("prompt", default="a photo of a dog",
+                                tooltip="Caption used for every image; it must hold the word. (The authors caption "
+                                        "each image with one of many prompt templates; here one caption serves "
+                                        "all images.)"),
+                io.String.Input("word", default="dog",
+                                tooltip="The concept's word in the prompt: the adapter acts at its tokens only. "
+                                        "The authors bind ToVA to the class noun (dog, cat), no rare token."),
                 io.Int.Input("resolution", default=512, min=64, max=1024, step=64,
                              tooltip="Training image size in pixels (images are centre-cropped square)."),
                 io.Int.Input("rank", default=32, min=1, max=256, tooltip="LoRA rank (authors: SD 32, SDXL 16)."),
