@@ -389,6 +389,7 @@ class _LODASampler(host.Sampler):
         self.wrapped, self.concepts, self.n_steps, self.map_layers = wrapped, concepts, n_steps, map_layers
         self.threshold, self.step_size, self.afg_strength = threshold, step_size, afg_strength
         self.afg_patches = []  # the AFG patch of each run (its per-call attention mass outside the masks)
+        self.inspect_afg = 0  # Flux: how many calls' outside mass AFG measures (dense products; tests set it)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -411,7 +412,8 @@ class _LODASampler(host.Sampler):
                                self.step_size, self.afg_strength, frozen=frozen_for_autograd,
                                should_stop=host.check_interrupted, on_step=lambda i, n: bar.update_absolute(i, n),
                                afg_out=self.afg_patches, map_layers=self.map_layers,
-                               down_only=self.map_layers == "authors" and host.is_sdxl(model_wrap.inner_model))
+                               down_only=self.map_layers == "authors" and host.is_sdxl(model_wrap.inner_model),
+                               inspect_afg=self.inspect_afg)
         except ValueError as exc:
             if isinstance(exc, EditLabInputError):
                 raise

@@ -150,7 +150,7 @@ def image_grid(diffusion_model, size: tuple[int, int]) -> tuple[int, int]:
     return (-(-size[0] // p), -(-size[1] // p))
 
 
-INSPECTED_CALLS = 8  # FluxAFG.outside: the first calls only
+INSPECTED_CALLS = 8  # FluxAFG.outside, when asked for (``inspect``): the first calls only
 
 
 class FluxAFG:
@@ -161,10 +161,11 @@ class FluxAFG:
     Assumes Flux's order in the joint sequence (text first) when it measures; the bias itself follows the block."""
 
     def __init__(self, concepts: list, masks: torch.Tensor, blocks: dict, strength: float, grid: tuple[int, int],
-                 previous=None):
+                 previous=None, inspect: int = 0):
         self.concepts = [list(p) for p in concepts]
         self.masks, self.blocks, self.strength = masks.float(), dict(blocks), float(strength)
         self.grid, self.previous = tuple(grid), previous
+        self.inspect = int(inspect)  # calls whose outside mass is measured (dense products: tests only)
         self._txt_len = None
         self.outside = []
         self.input_hook = Hook(self.post_input, self, report_models=False)
@@ -185,21 +186,22 @@ class FluxAFG:
         own = False  # func replaced by the kernel with the bias
         if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 2 \
                 and args[0].ndim == 4:
-            if use_triton(args[0]) and kwargs.get("mask") is None:
-                # the kernel takes the bias on the concepts' keys only: no (n, n) mask, no masked host attention
+            inspect = len(self.outside) < self.inspect  # two more attention-sized products: tests only
+            if kwargs.get("mask") is None:
+                # the bias on the concepts' keys only: the kernel, or where it cannot serve (no Triton, the CPU) the
+                # reference chunked over queries: no (n, n) mask on any device
                 keyed = self.key_bias(args[0], name, options)
                 if keyed is not None:
-                    if len(self.outside) < INSPECTED_CALLS:
+                    if inspect:
                         self.outside.append(record_outside_mass(self, args[0], args[1],
                                                                 self.bias(args[0], name, options), name, options))
                     func, own = attention_function(MapRequest(*keyed)), True
-            else:
+            else:  # a host mask already (n, n): the bias joins it
                 bias = self.bias(args[0], name, options)
                 if bias is not None:
-                    if len(self.outside) < INSPECTED_CALLS:  # two more attention-sized products: a few calls only
+                    if inspect:
                         self.outside.append(record_outside_mass(self, args[0], args[1], bias, name, options))
-                    old = kwargs.get("mask")
-                    kwargs = {**kwargs, "mask": bias if old is None else old + bias}
+                    kwargs = {**kwargs, "mask": kwargs["mask"] + bias}
         return call_chain(self.previous, func, own, args, kwargs)
 
     def bias(self, q, name, options):

@@ -174,7 +174,7 @@ def _scale(model_sampling, sigma, like, max_denoise: bool) -> torch.Tensor:
 def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar,
                 concepts: list, layers: dict, n_steps: int, threshold: float = THRESHOLD, scale: float = STEP,
                 afg_strength: float = 0.0, frozen=None, should_stop=None, on_step=None, afg_out: list | None = None,
-                map_layers: str = "authors", down_only: bool = False):
+                map_layers: str = "authors", down_only: bool = False, inspect_afg: int = 0):
     """Run ``wrapped`` (a host sampler) with LODA: before each of the first ``n_steps`` steps the latent moves down
     the gradient of ``loda_loss`` of the concepts' maps, then the wrapped sampler takes that one step; the rest runs
     in one call, with attention fixing guidance (``AFGPatch``, ``afg_strength`` > 0) from the masks of the last
@@ -223,7 +223,7 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
             size = tuple(x.shape[-2:])
             afg = FluxAFG(concepts, afg_masks(maps), layers, afg_strength,
                           image_grid(model_wrap.inner_model.diffusion_model, size),
-                          previous=to.get("optimized_attention_override"))
+                          previous=to.get("optimized_attention_override"), inspect=inspect_afg)
             patches = {k: list(v) for k, v in to.get("patches", {}).items()}
             patches.setdefault("post_input", []).append(afg.input_hook)
             to["patches"], to["optimized_attention_override"] = patches, afg

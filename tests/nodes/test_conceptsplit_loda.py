@@ -262,6 +262,7 @@ def test_flux_afg_lowers_the_attention_mass_outside_each_mask(nodes, flux):
 
     plain = comfy.samplers.sampler_object("euler")
     guided = _loda(nodes, flux, plain, 2, step_size=20.0, afg_strength=5.0)
+    guided.inspect_afg = 8  # measure the first calls' outside mass (dense products: off unless asked)
     out = _flux_run(flux.model, flux, guided)
     afg, = guided.afg_patches
     assert afg.outside and all(biased < plain_mass for plain_mass, biased in afg.outside), afg.outside[:3]
