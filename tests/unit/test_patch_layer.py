@@ -9,33 +9,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from editlab.models.conceptsplit.loda import HARD, AFGPatch
 from editlab.models.conceptsplit.patch import ToVAPatch
 from editlab.models.conceptsplit.tova import Binding, ValueLoRA
 from editlab.models.patch_layer import KEPT, KeptInputPatch
 
-C, D, HEADS, T, H, W = 12, 16, 2, 9, 4, 5
+from tiny_attention import C, D, HEADS, CrossAttention  # noqa: E402
+
+T, H, W = 9, 4, 5
 NAME = "input.1.0"
-
-
-class CrossAttention(nn.Module):
-    """The host's CrossAttention in miniature: to_q/to_k/to_v without bias, to_out[0] with one."""
-
-    def __init__(self, seed):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.to_q, self.to_k, self.to_v = nn.Linear(D, D, bias=False), nn.Linear(C, D, bias=False), \
-            nn.Linear(C, D, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(D, D), nn.Dropout(0.0))
-
-    def forward(self, x, context, value):
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(value)
-        b, n, _ = q.shape
-        split = lambda t: t.reshape(b, -1, HEADS, D // HEADS).transpose(1, 2)
-        out = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
-        return self.to_out(out.transpose(1, 2).reshape(b, n, D))
 
 
 def host_block_call(attn, patches, x, context, cond_or_uncond=(1, 0)):
