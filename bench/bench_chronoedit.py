@@ -92,7 +92,8 @@ def measure(size: int, frames: int, steps: int, k: int, repeats: int, cpu: bool)
             c = conds[name]
             return chronoedit.EditLabTemporalReasoningSampler.execute(
                 model=wan.model, positive=c[0], negative=c[1], latent=c[2], seed=0, steps=steps, cfg=5.0,
-                sampler_name="uni_pc", scheduler="simple", reasoning_steps=k if name == "reasoning" else 0).result
+                sampler_name="uni_pc", scheduler="simple", reasoning_steps=k if name == "reasoning" else 0,
+                without_clip_vision=True).result  # random weights, no CLIP vision model: a dry run
 
         for name in conds:  # warm up (model load, kernels)
             run(name)

@@ -223,7 +223,8 @@ def chrono_sampler(model=None, **over):
     graph = chrono_cond()
     graph["4"] = graph.pop("9")
     inputs = dict(model=model or ["1", 0], positive=["4", 0], negative=["4", 1], latent=["4", 2], seed=0, steps=2,
-                  cfg=1.0, sampler_name="euler", scheduler="simple", reasoning_steps=1)
+                  cfg=1.0, sampler_name="euler", scheduler="simple", reasoning_steps=1,
+                  without_clip_vision=True)  # the tiny Wan has an image projection and no CLIP vision model here
     inputs.update(over)
     graph["9"] = N("EditLabTemporalReasoningSampler", **inputs)
     return graph
