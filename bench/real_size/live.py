@@ -170,8 +170,10 @@ WORKFLOWS = [
     ("expression_train", "Train Expression Adapter", "plain", "train"),
     ("reference_lora_train", "Train Reference LoRA", "plain", "train"),
 ]
-ORDER = ["plain", "loda", "tova_train", "host_train_lora", "expression_train", "reference_lora_train", "tova_apply",
-         "slider", "expression", "reference_adapter", "attention_maps"]  # ToVA Apply loads what ToVA Train wrote
+# ToVA Apply loads what ToVA Train wrote; the host's TrainLoraNode last: on 0.3.75 it can fail after patching gradient
+# checkpointing onto the shared model's blocks, which then breaks every later trainer in the same server
+ORDER = ["plain", "loda", "tova_train", "expression_train", "reference_lora_train", "tova_apply", "slider", "expression",
+         "reference_adapter", "attention_maps", "host_train_lora"]
 
 
 def _status(pid: int) -> dict:
@@ -272,6 +274,7 @@ def run_family(family: str, steps: int = 2, cuda: bool = False) -> dict:
         with HeadlessServer(cpu=not cuda, base_directory=base) as srv:
             _inputs(srv.workdir / "input")
             graphs = Graphs(family, steps, srv.client.object_info())
+            partial = Path(__file__).resolve().parent / "results" / f"{family}_partial.json"
             t0 = time.monotonic()
             graphs.seed = 0
             srv.client.wait(srv.client.queue(graphs.filled(graphs.plain())), timeout=3600)  # loads the checkpoint
@@ -284,13 +287,13 @@ def run_family(family: str, steps: int = 2, cuda: bool = False) -> dict:
                 except Exception as exc:  # one workflow failing is reported, the others still run
                     print(f"  {key}: FAILED {type(exc).__name__}: {str(exc)[:400]}", flush=True)
                     rows[key] = {"key": key, "label": label, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+                    partial.write_text(json.dumps(rows, indent=1))
                     continue
                 rows[key] = {"key": key, "label": label, "vs": vs, "kind": kind, "steps": steps,
                              "peak_mib": round(peak / 2**20), "extra_mib": round((peak - before) / 2**20),
                              "held_mib": round(before / 2**20), "seconds": round(wall, 1),
                              "s_per_step": round(wall / steps, 2)}
                 print(f"  {key}: {rows[key]}", flush=True)
-                partial = Path(__file__).resolve().parent / "results" / f"{family}_partial.json"
                 partial.write_text(json.dumps(rows, indent=1))  # a run cut short keeps each row it measured
     return summarise(family, rows, made["unet_parameters"], steps, cuda, load_s)
 
