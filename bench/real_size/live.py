@@ -172,8 +172,8 @@ WORKFLOWS = [
 ]
 # ToVA Apply loads what ToVA Train wrote; the host's TrainLoraNode last: on 0.3.75 it can fail after patching gradient
 # checkpointing onto the shared model's blocks, which then breaks every later trainer in the same server
-ORDER = ["plain", "loda", "tova_train", "expression_train", "reference_lora_train", "tova_apply", "slider", "expression",
-         "reference_adapter", "attention_maps", "host_train_lora"]
+ORDER = ["plain", "loda", "tova_train", "expression_train", "reference_lora_train", "tova_apply", "slider",
+         "expression", "reference_adapter", "attention_maps", "host_train_lora"]
 
 
 def _status(pid: int) -> dict:
