@@ -345,8 +345,9 @@ def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold,
     tap, options = _tap(model_wrap, extra_args, concepts, layers, tuple(x.shape[-2:]), map_layers, down_only)
     options = {**options, "disable_cfg1_optimization": False}
     guard = frozen(model_wrap.inner_model.diffusion_model) if frozen else contextlib.nullcontext()
-    # Flux's blocks update their streams in place (img += ...): saved tensors are copied when mutated.
-    mutation = torch.autograd.graph.allow_mutation_on_saved_tensors() if is_flux(layers) else contextlib.nullcontext()
+    # Flux's blocks update their streams in place (img += ...), and so do other packs' and the host's patches (FreeU
+    # scales the skip features in place): saved tensors are copied when mutated.
+    mutation = torch.autograd.graph.allow_mutation_on_saved_tensors()
     with torch.inference_mode(False), torch.enable_grad(), guard, mutation, _conditional_only(model_wrap):
         z = x.detach().clone().requires_grad_(True)
         model_wrap(z, sigma * z.new_ones([z.shape[0]]), model_options=options, seed=extra_args.get("seed"))

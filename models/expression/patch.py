@@ -76,8 +76,10 @@ class ExpressionAttentionPatch(KeptInputPatch):
 
 
 class ReferenceAttentionPatch(KeptInputPatch):
-    """Self-attention that also sees a reference image's features: for each layer, the output moves from
-    ``attn(q, k, v)`` towards ``attn(q, [k; k_ref], [v; v_ref])`` by ``strength`` (1 = fully reference-extended).
+    """Self-attention that also sees a reference image's features: for each layer, the output moves by ``strength``
+    times ``attn(q, [k; k_ref], [v; v_ref]) - attn(q, k, v)`` (through to_out, without its bias), added to what the
+    attention gave: alone, strength 1 is the fully reference-extended attention; with another patch that changes the
+    attention (PAG, a second reference) both changes are kept.
     The reference features are the self-attention inputs of a pass over the reference latent (written once).
 
     With a ``lora`` (``ReferenceLoRA``, the trained reference adapter) the extended attention's projections carry
@@ -122,9 +124,14 @@ class ReferenceAttentionPatch(KeptInputPatch):
         heads = extra["n_heads"]
         b, _, inner = q.shape
         split = lambda t: t.reshape(b, -1, heads, inner // heads).transpose(1, 2)
-        extended = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
-        extended = proj.to_out(extended.transpose(1, 2).reshape(b, -1, inner))
-        return out + self.strength * (extended.to(out) - out)
+        qh, kh, vh = split(q), split(k), split(v)
+        extended = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh)
+        own = n.shape[1] if context is None else context.shape[1]  # the layer's own keys come first
+        plain = torch.nn.functional.scaled_dot_product_attention(qh, kh[:, :, :own], vh[:, :, :own])
+        # the change the reference makes, added to whatever the attention gave (another patch's, PAG's perturbed
+        # attention): out + s * (to_out(attn(q, [k; k_ref], [v; v_ref])) - to_out(attn(q, k, v)))
+        delta = (extended - plain).transpose(1, 2).reshape(b, -1, inner)
+        return out + self.strength * (proj.to_out(delta) - proj.to_out(delta.new_zeros((1, 1, inner)))).to(out)
 
 
 class FeatureRecorder:
