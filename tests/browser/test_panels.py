@@ -286,7 +286,9 @@ def _judge_then_plan(body):
 
 def test_agent_history_panel_shows_every_iteration(page, object_info, artifacts):
     """The shipped Openverse workflow with loopback stand-ins for the LLM (judge and planner) and for Openverse:
-    two iterations, the second with a rewritten prompt, a reference with its licence, and scores."""
+    two iterations, the second with a rewritten prompt, a reference with its licence, and scores. (The authors'
+    gated score without an aesthetic rating is -1.7 for the first image, 0 for the second: threshold -0.5 stops
+    there.)"""
     from standins import ChatStandIn, Reply, StandIn, png_bytes
 
     with ChatStandIn(responder=_judge_then_plan) as llm, StandIn() as site:
@@ -301,7 +303,7 @@ def test_agent_history_panel_shows_every_iteration(page, object_info, artifacts)
           set('EditLabWebImageSearch', 'endpoint', %s);
           set('EditLabWebImageSearch', 'allow_loopback', true);
           set('EditLabWebImageSearch', 'use_cache', false);
-          set('EditLabWorldToImage', 'threshold', 0.3);
+          set('EditLabWorldToImage', 'threshold', -0.5);
           return true;
         })()""" % (json.dumps(llm.base_url), json.dumps(site.url + "/v1/images/"))
         _run(page, object_info, "worldtoimage_openverse", setup)
