@@ -2,6 +2,7 @@
 of pairs, sigmas and noise before and after), the frozen stage-1 file stays bit-identical through stage 2, both saved
 files load in the host's LoraLoader and change its output, the input MODEL is bit-identical afterwards
 (weights and outputs), an interrupted run writes nothing, bad folders are named."""
+import contextlib
 import hashlib
 import json
 
@@ -168,12 +169,11 @@ def test_half_precision_storage_trains_and_leaves_the_model(layered, pairs_folde
     assert all(torch.equal(after[k], v) for k, v in weights.items())
 
 
-@pytest.mark.parametrize("checkpoint", [False, True], ids=["plain", "checkpointed"])
-def test_gradients_through_the_hosts_flux_match_finite_differences(layered, flux, checkpoint):  # noqa: F811
-    """The host's Flux blocks add residuals in place; with the training forward (fresh streams per block, copies of
-    the saves those adds overwrite; checkpointed or not) the LoRA gradients are right: checked against central
-    differences on a double-block and a single-block layer."""
-    from editlab.models.frozen import frozen_for_autograd
+@contextlib.contextmanager
+def flux_lora_case(flux):  # noqa: F811
+    """A training clone of the tiny Flux with LoRA layers on its blocks, loaded for training, and one Kontext-style
+    call on it (a bag prompt, a reference latent, sigma 0.6): yields (base, layers, forward), ``forward(options)``
+    returning the network's output under those transformer options. Released afterwards."""
     from editlab.nodes import host
 
     gen = torch.Generator().manual_seed(3)
@@ -189,28 +189,40 @@ def test_gradients_through_the_hosts_flux_match_finite_differences(layered, flux
             x, ref = (torch.randn(1, 16, 8, 8, generator=gen).to(dev) for _ in range(2))
             sig = torch.tensor([0.6], device=dev)
 
-            def loss():
+            def forward(options):
                 extra = base.extra_conds(cross_attn=ctx, pooled_output=pooled, guidance=2.5, reference_latents=[ref],
                                          noise=x, device=x.device)
                 conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
-                return base.apply_model(x, sig, transformer_options={**options, "sigmas": sig}, **conds).pow(2).sum()
+                return base.apply_model(x, sig, transformer_options={**options, "sigmas": sig}, **conds)
 
-            names = [n for n in layers if "double_blocks" in n][:2] + [n for n in layers if "single_blocks" in n][:1]
-            options, saves = layered.training_forward(base, checkpoint)
-            with torch.enable_grad(), frozen_for_autograd(base.diffusion_model), saves:
-                loss().backward()
-                for name in names:
-                    p = layers[name].lora_down.weight
-                    g = float(p.grad[0, 3])
-                    with torch.no_grad():
-                        p[0, 3] += 1e-2
-                        up = float(loss())
-                        p[0, 3] -= 2e-2
-                        down = float(loss())
-                        p[0, 3] += 1e-2
-                    assert g == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=1e-2), name
+            yield base, layers, forward
         finally:
             host.release(mp)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["plain", "checkpointed"])
+def test_gradients_through_the_hosts_flux_match_finite_differences(layered, flux, checkpoint):  # noqa: F811
+    """The host's Flux blocks add residuals in place; with the training forward (fresh streams per block, copies of
+    the saves those adds overwrite; checkpointed or not) the LoRA gradients are right: checked against central
+    differences on a double-block and a single-block layer."""
+    from editlab.models.frozen import frozen_for_autograd
+
+    with flux_lora_case(flux) as (base, layers, forward):
+        loss = lambda: forward(options).pow(2).sum()  # noqa: E731
+        names = [n for n in layers if "double_blocks" in n][:2] + [n for n in layers if "single_blocks" in n][:1]
+        options, saves = layered.training_forward(base, checkpoint)
+        with torch.enable_grad(), frozen_for_autograd(base.diffusion_model), saves:
+            loss().backward()
+            for name in names:
+                p = layers[name].lora_down.weight
+                g = float(p.grad[0, 3])
+                with torch.no_grad():
+                    p[0, 3] += 1e-2
+                    up = float(loss())
+                    p[0, 3] -= 2e-2
+                    down = float(loss())
+                    p[0, 3] += 1e-2
+                assert g == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=1e-2), name
 
 
 def test_trains_on_stock_weights_moved_outside_inference_mode(layered, pairs_folder):  # noqa: F811

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from .test_layered_adapters import flux, layered  # noqa: F401 - fixtures
-from .test_layered_train import RES, pairs_folder  # noqa: F401 - fixtures
+from .test_layered_train import RES, flux_lora_case, pairs_folder  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("server_mode")
 
@@ -16,39 +16,21 @@ def _lora_forward(layered, flux, checkpoint, observe=None):  # noqa: F811
     forward saved for backward (tensor bytes, copied or not) when ``observe`` collects it."""
     from editlab.models.frozen import frozen_for_autograd
     from editlab.models.layered import blocks
-    from editlab.nodes import host
 
-    gen = torch.Generator().manual_seed(3)
-    with torch.inference_mode(False):
-        mp = flux.model.clone()
-        layers = host.add_lora_train_layers(mp, 2, 0)
-        try:
-            host.load_for_training(mp)
-            base = mp.model
-            cond = host.encoded(flux.clip.encode_from_tokens_scheduled, flux.clip.tokenize("a photo of a bag"))
-            dev = host.compute_device()
-            ctx, pooled = cond[0][0].to(dev), cond[0][1]["pooled_output"].to(dev)
-            x, ref = (torch.randn(1, 16, 8, 8, generator=gen).to(dev) for _ in range(2))
-            sig = torch.tensor([0.6], device=dev)
-            options, saves = layered.training_forward(base, checkpoint)
-            with torch.enable_grad(), frozen_for_autograd(base.diffusion_model), saves:
-                extra = base.extra_conds(cross_attn=ctx, pooled_output=pooled, guidance=2.5, reference_latents=[ref],
-                                         noise=x, device=x.device)
-                conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
+    with flux_lora_case(flux) as (base, layers, forward):
+        options, saves = layered.training_forward(base, checkpoint)
+        with torch.enable_grad(), frozen_for_autograd(base.diffusion_model), saves:
+            if observe is not None:
+                blocks.SAVE_OBSERVERS.append(observe)
+            try:
+                loss = forward(options).pow(2).sum()
+            finally:
                 if observe is not None:
-                    blocks.SAVE_OBSERVERS.append(observe)
-                try:
-                    loss = base.apply_model(x, sig, transformer_options={**options, "sigmas": sig}, **conds)
-                    loss = loss.pow(2).sum()
-                finally:
-                    if observe is not None:
-                        blocks.SAVE_OBSERVERS.remove(observe)
-                loss.backward()
-            grads = {name: [p.grad.clone() for p in layer.parameters() if p.requires_grad]
-                     for name, layer in layers.items()}
-            return grads, float(loss)
-        finally:
-            host.release(mp)
+                    blocks.SAVE_OBSERVERS.remove(observe)
+            loss.backward()
+        grads = {name: [p.grad.clone() for p in layer.parameters() if p.requires_grad]
+                 for name, layer in layers.items()}
+        return grads, float(loss)
 
 
 def test_checkpointed_gradients_equal_the_plain_ones(layered, flux):  # noqa: F811
