@@ -54,6 +54,14 @@ def _pre_activations(x, W_enc, b_dec, b_enc, threshold, torch_only=False):
     return pre_activations(x, W_enc, b_dec, b_enc, threshold)
 
 
+def _backward(name: str, torch_only: bool, backward):
+    """``backward(impl)`` through the Triton kernels (``impl`` None) or their torch forms (``reference``); the kernel
+    path falls back to the torch forms for this call only where the kernel cannot serve it."""
+    if torch_only:
+        return backward(reference)
+    return backward_or_reference(name, lambda: backward(None), lambda: backward(reference))
+
+
 class SAEEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, k, batch, threshold, torch_only=False):
@@ -69,10 +77,7 @@ class SAEEncode(torch.autograd.Function):
     def backward(ctx, grad_values, _grad_indices):
         values = ctx.saved_tensors[3]
         g = (grad_values * (values > 0)).contiguous()
-        if ctx.torch_only:
-            return SAEEncode._kernel_backward(ctx, g, reference)
-        return backward_or_reference("sae encode", lambda: SAEEncode._kernel_backward(ctx, g),
-                                     lambda: SAEEncode._kernel_backward(ctx, g, reference))
+        return _backward("sae encode", ctx.torch_only, lambda impl: SAEEncode._kernel_backward(ctx, g, impl))
 
     @staticmethod
     def _kernel_backward(ctx, g, impl=None):
@@ -113,10 +118,8 @@ class SAEDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_out = grad_out.contiguous()
-        if ctx.torch_only:
-            return SAEDecode._kernel_backward(ctx, grad_out, reference)
-        return backward_or_reference("sae decode", lambda: SAEDecode._kernel_backward(ctx, grad_out),
-                                     lambda: SAEDecode._kernel_backward(ctx, grad_out, reference))
+        return _backward("sae decode", ctx.torch_only,
+                         lambda impl: SAEDecode._kernel_backward(ctx, grad_out, impl))
 
     @staticmethod
     def _kernel_backward(ctx, grad_out, impl=None):
