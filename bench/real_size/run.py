@@ -5,6 +5,10 @@ beside the host's plain sampling (and the host's own TrainLoraNode) of the same 
     python -P bench/real_size/run.py --only meta     only the meta-device counts (minutes, little memory)
     python -P bench/real_size/run.py --only sd15     only the live SD1.5 runs
     python -P bench/real_size/run.py --steps 2       sampling / training steps per prompt (default 2)
+    python -P bench/real_size/run.py --only sd15 --workflows slider,attention_maps
+                                                     only these workflows, beside plain in the same server; the
+                                                     rows of the earlier run that are not re-run are kept, marked,
+                                                     with their ratio to that run's own plain prompt
 
 Live runs (``live.py``): a full-size checkpoint (``checkpoints.py``) is loaded by the stock CheckpointLoaderSimple
 in a headless ComfyUI; each workflow is one prompt; its peak is the server process's resident high-water mark (VmHWM,
@@ -75,6 +79,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=["meta", "sd15", "sdxl"], action="append",
                         help="run only these parts (repeatable); default: sd15 and meta (and sdxl on a GPU)")
     parser.add_argument("--steps", type=int, default=2, help="steps per sampling / training prompt")
+    parser.add_argument("--workflows", type=lambda s: [w.strip() for w in s.split(",") if w.strip()],
+                        help="comma-separated workflow keys of the live runs (plain is always run, ToVA Apply brings "
+                             "ToVA Train); default: all")
     parser.add_argument("--collect", choices=["sd15", "sdxl"],
                         help="write the table from the rows a live run that was stopped had measured "
                              "(results/FAMILY_partial.json), measuring nothing")
@@ -112,7 +119,11 @@ def main(argv=None) -> int:
         else:
             import live
 
-            measured = {"live": {part: {**live.run_family(part, steps=args.steps, cuda=cuda), **stamp}}}
+            measured = {"live": {part: {**live.run_family(part, steps=args.steps, cuda=cuda,
+                                                          workflows=args.workflows), **stamp}}}
+            if args.workflows:
+                earlier_data = json.loads(out_json.read_text()) if out_json.exists() else {}
+                keep_earlier(measured["live"][part], earlier_data.get("live", {}).get(part))
         # after each part (a run cut short keeps what it measured), merged into what the file holds now: the
         # parts another run wrote meanwhile are kept
         data = json.loads(out_json.read_text()) if out_json.exists() else {}
@@ -125,6 +136,23 @@ def main(argv=None) -> int:
     (RESULTS / "real_size.md").write_text(render(data))
     print((RESULTS / "real_size.md").read_text())
     return 0
+
+
+def keep_earlier(now: dict, earlier: dict | None) -> None:
+    """Rows of ``earlier`` (the family's previous table) measured there and not re-run ``now`` are kept, marked with
+    that run's date and plain peak (their ratios are against that run's plain prompt, not this one's)."""
+    if not earlier:
+        return
+    old = {r["key"]: r for r in earlier.get("rows", []) if "error" not in r and r["key"] != "plain"}
+    old_plain = next((r for r in earlier.get("rows", []) if r["key"] == "plain" and "error" not in r), None)
+    for i, r in enumerate(now["rows"]):
+        if r.get("error") == "not run" and r["key"] in old:
+            kept = dict(old[r["key"]])
+            kept.setdefault("earlier_run", {"date": earlier.get("date"), "commit": earlier.get("commit"),
+                                            "load": earlier.get("load"),
+                                            "plain_peak_mib": old_plain and old_plain["peak_mib"],
+                                            "plain_s_per_step": old_plain and old_plain["s_per_step"]})
+            now["rows"][i] = kept
 
 
 def render(data: dict) -> str:
@@ -140,6 +168,10 @@ def render(data: dict) -> str:
                 lines.append(f"| {r['label']} | {what} | | | | | |")
                 continue
             ratio = f"{r['ratio_to_plain']:.2f}x" if r.get("ratio_to_plain") is not None else "-"
+            e = r.get("earlier_run")
+            if e:
+                ratio += (f" (earlier run {e['date']}, load {e['load']}: against its own plain, "
+                          f"{e['plain_peak_mib']:,} MiB, {e['plain_s_per_step']} s/step)")
             lines.append(f"| {r['label']} | {r['peak_mib']:,} | {r['extra_mib']:,} | {ratio} | "
                          f"{r['s_per_step']:.1f} | {r['steps']} | {r['vs']} |")
         lines.append("")
