@@ -57,3 +57,38 @@ def test_the_networks_have_the_published_parameter_counts(comfy_host, name, publ
     with torch.device("meta"):
         net = meta_counts._host_config(case, torch.bfloat16).get_model({}).diffusion_model
     assert sum(p.numel() for p in net.parameters()) == published
+
+
+def test_a_subset_of_workflows_runs_beside_plain_and_keeps_the_earlier_rows_marked(comfy_host):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import live
+    import run
+
+    assert live.chosen(None) == live.ORDER
+    # plain always, first; ToVA Apply brings ToVA Train (it loads the file that wrote), before it; the run's order kept
+    assert live.chosen(["tova_apply", "slider"]) == ["plain", "slider", "tova_train", "tova_apply"]
+    with pytest.raises(ValueError, match="unknown workflows"):
+        live.chosen(["slidre"])
+    def row(key, peak, **more):
+        return {"key": key, "label": key, "vs": "plain", "kind": "sample", "steps": 1, "peak_mib": peak,
+                "extra_mib": 1, "s_per_step": 50.0, **more}
+
+    earlier = {"date": "then", "commit": "abc", "load": [12.5], "rows": [
+        row("plain", 7000), row("loda", 10000, ratio_to_plain=1.43), {"key": "slider", "error": "not run"}]}
+    now = live.summarise("sd15", {"plain": row("plain", 6000), "slider": row("slider", 6300)}, 1000, 1, False, None)
+    run.keep_earlier(now, earlier)
+    rows = {r["key"]: r for r in now["rows"]}
+    assert rows["slider"]["ratio_to_plain"] == 1.05 and "earlier_run" not in rows["slider"]  # 6300 / 6000
+    # LODA was not re-run: the earlier row, with its own ratio (10000 / 7000, not / 6000) and that run's plain
+    assert rows["loda"]["ratio_to_plain"] == 1.43 and rows["loda"]["earlier_run"]["plain_peak_mib"] == 7000
+    assert rows["tova_train"]["error"] == "not run"  # measured in neither
+    assert "earlier run then" in run.render({"machine": "m", "torch": "t", "live": {"sd15": now}})
+
+
+def test_the_readme_carries_the_last_real_size_table():
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    block = readme.split("<!-- real-size: from bench/real_size/results/real_size.md -->")[1].split(
+        "<!-- /real-size -->")[0]
+    table = (root / "bench" / "real_size" / "results" / "real_size.md").read_text().strip()
+    assert table in block, "README's real-size block differs from bench/real_size/results/real_size.md"
