@@ -373,9 +373,11 @@ def load_image(g, name, stage, col, row, title=None):
                  title)
 
 
-def tryon(g, categories, products, prefix, band=0, layout="triptych_with_pose", label=""):
+def tryon(g, categories, products, prefix, band=0, layout="triptych_with_pose", label="",
+          prompt="the person on the left wearing the product shown in the middle", edit_prompt=None):
     """Person photo -> pose -> mask(s) -> stitch with products and pose -> Flux Fill -> unstitch -> save.
-    Also saves the pose render, mask and canvas, which do not depend on the model."""
+    Also saves the pose render, mask and canvas, which do not depend on the model. ``edit_prompt(g, m, stage)``,
+    when given, makes the prompt's conditioning node instead of a CLIP Text Encode (e.g. an SAE slider on it)."""
     s_models = g.stage(f"tryon_models{band}", f"{label}Flux Fill models", band)
     s_inputs = g.stage(f"tryon_inputs{band}", f"{label}Person, pose and mask", band)
     s_stitch = g.stage(f"tryon_stitch{band}", f"{label}Stitch person | product | pose", band)
@@ -403,7 +405,10 @@ def tryon(g, categories, products, prefix, band=0, layout="triptych_with_pose", 
                      {"person": (person, 0, "IMAGE"), "mask": (mask, 0, "MASK"), **product_inputs,
                       "pose_image": (pose, 1, "IMAGE")}, ["IMAGE", "MASK", "EDITLAB_STITCH"], s_stitch, 1, 0)
     save(g, stitched, f"{prefix}_canvas", s_stitch, 1, 1, title="Save canvas")
-    pos = text(g, m.clip, "the person on the left wearing the product shown in the middle", s_fill, 0, 0)
+    if edit_prompt is None:
+        pos = text(g, m.clip, prompt, s_fill, 0, 0)
+    else:
+        pos = edit_prompt(g, m, s_fill)
     pos = g.add("FluxGuidance", [("guidance", REAL["fill"]["guidance"])], {"conditioning": (pos, 0, "CONDITIONING")},
                 ["CONDITIONING"], s_fill, 0, 2)
     inpaint = g.add("InpaintModelConditioning", [("noise_mask", True)],
@@ -966,7 +971,7 @@ WIDE.update({"EditLabWorldToImage": 360, "EditLabLLM": 340, "EditLabWebImageSear
 W2I_PROMPT = "a person holding a leather product bag"
 
 
-def worldtoimage_agent(g, m, stage, prompt, llm=None, scorer=None, sources=(), iterations=2, threshold=0.35):
+def worldtoimage_agent(g, m, stage, prompt, llm=None, scorer=None, sources=(), iterations=2, threshold=10.0):
     inputs = {"model": m.model, "clip": m.clip, "vae": m.vae}
     if llm:
         inputs["llm"] = (llm, 0, "EDITLAB_LLM")
@@ -1206,6 +1211,149 @@ def layered_watermark_removal():
         "layered/watermark")
 
 
+# -- composed workflows: two methods' patches on one model ---------------------------------------------------------
+COMPOSED = ("Composed: every patch here is also tested alone and in pairs (the composition matrix in the README); a "
+            "pair that cannot compose is refused with an error naming both nodes.")
+
+
+def composed_tova_expression():
+    title = "Composed: two personalised concepts with an expression (SD1.5)"
+    g = Graph(title)
+    g.add_note(note(title,
+                    "**ToVA Apply** attaches two concepts' value adapters (*sks*: the person, *zwx*: the shirt), each "
+                    "acting only at its word's tokens; **Apply Expression** then adds the expression adapter's "
+                    "tokens, driven by the photo's blendshapes edited with a *smile* preset, to the same model; "
+                    "**LODA** wraps the sampler and keeps the two concepts' attention apart. One model, two "
+                    "methods' patches.",
+                    SD15_FILES, "composed_tova_expression", ("editlab_photo.png", "editlab_product_tshirt.png"),
+                    "Sampling uses ConceptSplit's settings (50 steps, cfg 7.5, LODA over the first 10: LODA's "
+                    "schedule is defined over them); the ToVA adapters train in-graph as in the ConceptSplit "
+                    "workflow (rank 32, 512 px, 500 steps) and the expression adapter at the expression authors' "
+                    "512 px. " + EXPRESSION_ADAPTER + " " + COMPOSED + " " + SMALL))
+    m, photo, shapes, adapter, s_face = expression_base(g)
+    _, _, _, latent_node, rank, lr, cfg, _, size = CONCEPTSPLIT["sd15"]
+    real = REAL["conceptsplit"]
+    s_train = g.stage("train", "Train one value adapter per concept word", 1)
+    s_apply = g.stage("apply", "ToVA Apply, then Apply Expression, on one model", 2)
+    s_sample = g.stage("sample", "LODA sampler, save", 3)
+    adapters = []
+    for i, (word, what) in enumerate((("sks", "person"), ("zwx", "shirt"))):
+        adapters.append(g.add(
+            "EditLabToVATrain",
+            [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", size),
+             ("rank", rank), ("steps", real["train_steps"]), ("lr", lr), ("batch_size", 1), ("seed", i),
+             ("name", f"composed_{word}"), ("overwrite", True)],
+            {"model": m.model, "clip": m.clip, "vae": m.vae}, ["EDITLAB_TOVA", "STRING"], s_train, i, 0,
+            title=f"ToVA Train ({word})"))
+    tova = g.add("EditLabToVAApply", [("prompt", CONCEPT_PROMPT), ("strength", 1.0)],
+                 {"model": m.model, "clip": m.clip, "adapter_1": (adapters[0], 0, "EDITLAB_TOVA"),
+                  "adapter_2": (adapters[1], 0, "EDITLAB_TOVA")}, ["MODEL"], s_apply, 0, 0)
+    smile = g.add("EditLabBlendshapeEdit", [("preset", "smile"), ("values", "{}"), ("symmetric", True),
+                                            ("intensity", 1.0)], {"blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")},
+                  ["EDITLAB_BLENDSHAPES"], s_apply, 0, 1)
+    model = apply_expression(g, m, adapter, smile, s_apply, 1, 0, model=(tova, 0, "MODEL"))
+    pos = text(g, m.clip, CONCEPT_PROMPT, s_apply, 2, 0)
+    neg = text(g, m.clip, "", s_apply, 2, 1, title="Negative prompt")
+    latent = g.add(latent_node, [("width", size), ("height", size), ("batch_size", 1)], {}, ["LATENT"], s_apply, 1,
+                   1)
+    base = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_sample, 0, 0)
+    loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"),
+                                 ("loda_steps", real["loda_steps"]), ("step_size", 20.0), ("threshold", 3.0),
+                                 ("afg_strength", 2.0), ("map_layers", "authors"), ("afg_mode", "soft")],
+                 {"sampler": (base, 0, "SAMPLER"), "clip": m.clip}, ["SAMPLER"], s_sample, 0, 1)
+    sigmas = g.add("BasicScheduler", [("scheduler", "simple"), ("steps", real["steps"]), ("denoise", 1.0)],
+                   {"model": (model, 0, "MODEL")}, ["SIGMAS"], s_sample, 1, 0)
+    sampled = g.add("SamplerCustom", [("add_noise", True), ("noise_seed", 42), ("cfg", cfg)],
+                    {"model": (model, 0, "MODEL"), "positive": (pos, 0, "CONDITIONING"),
+                     "negative": (neg, 0, "CONDITIONING"), "sampler": (loda, 0, "SAMPLER"),
+                     "sigmas": (sigmas, 0, "SIGMAS"), "latent_image": (latent, 0, "LATENT")},
+                    ["LATENT", "LATENT"], s_sample, 1, 1)
+    save(g, decode(g, m, sampled, s_sample, 2, 0), "composed/tova_expression", s_sample, 2, 1)
+    return g
+
+
+def composed_slider_layered_kontext():
+    title = "Composed: SAE slider + layered adapters (Flux Kontext)"
+    g = Graph(title)
+    g.add_note(note(title,
+                    "A Flux Kontext product edit (background replacement) through the **Layered Edit Adapters**, with "
+                    "an **SAE Slider** on the word *beach* of the instruction: a 'sunny' direction found from prompt "
+                    "pairs. The same edit is sampled plain and slid from one seed; **Product Lock** puts the bag's "
+                    "own pixels back in both.",
+                    KONTEXT_FILES, "composed_slider_layered_kontext",
+                    ("editlab_product_bag.png", "editlab_product_bag_mask.png"),
+                    "Kontext's template settings (1024 px, 20 steps, cfg 1, FluxGuidance 2.5); the slider with the "
+                    "SAEdit authors' timing. " + LAYERED_LORAS + " " + SAE_TRAINED.format(sae="composed_kontext_sae")
+                    + " " + COMPOSED + " " + SMALL))
+    s_models = g.stage("models", "Flux Kontext models", 0)
+    s_photo = g.stage("photo", "Product photo and its mask", 0)
+    s_adapters = g.stage("adapters", "Layered adapters (pattern shift + consistency)", 0)
+    s_sae = g.stage("sae", "Train SAE, find the 'sunny' direction, slide the instruction", 1)
+    s_edit = g.stage("edit", "Plain vs. slid edit: the photo as a reference latent, product lock, save", 2)
+    m = kontext_loaders(g, s_models)
+    photo = load_image(g, "editlab_product_bag.png", s_photo, 0, 0, title="Product photo")
+    mask_image = load_image(g, "editlab_product_bag_mask.png", s_photo, 0, 1, title="Product mask (white = product)")
+    scaled = _square(g, photo, s_photo, 1, 0, title="Scale photo")
+    scaled_mask = _square(g, mask_image, s_photo, 1, 1, title="Scale mask")
+    mask = g.add("ImageToMask", [("channel", "red")], {"image": (scaled_mask, 0, "IMAGE")}, ["MASK"], s_photo, 1, 2)
+    layered = g.add("EditLabLayeredAdapters",
+                    [("pattern_shift_lora", "None"), ("pattern_shift_strength", 1.0), ("pattern_shift_start", 0.0),
+                     ("pattern_shift_end", 1.0), ("consistency_lora", "None"), ("consistency_strength", 1.0),
+                     ("consistency_start", 0.3), ("consistency_end", 1.0)],
+                    {"model": m.model, "clip": m.clip}, ["MODEL", "CLIP"], s_adapters, 0, 0)
+    lclip = (layered, 1, "CLIP")
+    lm = Models((layered, 0, "MODEL"), lclip, m.vae)
+    instruction = "Change the background to a beach, keep the bag in the exact same position, scale and colours"
+    pos = g.add("EditLabTextEncode", [("text", instruction)], {"clip": lclip}, ["CONDITIONING"], s_sae, 0, 1,
+                "Instruction (records tokens)")
+    sae, direction = sae_and_direction(g, lm, "composed_kontext_sae", s_sae,
+                                       pairs="a beach | a sunny beach\na street | a sunny street\na garden | a sunny "
+                                             "garden\na room | a sunny room")
+    sunny = slider(g, lm, pos, sae, direction, "beach", 1.0, s_sae, 2, 0)
+    latent = g.add("VAEEncode", [], {"pixels": (scaled, 0, "IMAGE"), "vae": m.vae}, ["LATENT"], s_edit, 0, 0)
+    neg = g.add("ConditioningZeroOut", [], {"conditioning": (pos, 0, "CONDITIONING")}, ["CONDITIONING"], s_edit,
+                0, 1)
+    for i, (cond, name) in enumerate(((pos, "plain"), (sunny, "sunny"))):
+        guided = g.add("FluxGuidance", [("guidance", 2.5)], {"conditioning": (cond, 0, "CONDITIONING")},
+                       ["CONDITIONING"], s_edit, 1, i)
+        ref = g.add("ReferenceLatent", [], {"conditioning": (guided, 0, "CONDITIONING"),
+                                            "latent": (latent, 0, "LATENT")}, ["CONDITIONING"], s_edit, 2, i)
+        sampled = ksample(g, lm, ref, neg, latent, s_edit, 3, i, steps=REAL["kontext"]["steps"],
+                          cfg=REAL["kontext"]["cfg"])
+        edited = decode(g, m, sampled, s_edit, 4, i)
+        locked = g.add("EditLabProductLock", [("feather", 3), ("colour_match", 0.0)],
+                       {"original": (scaled, 0, "IMAGE"), "edited": (edited, 0, "IMAGE"), "mask": (mask, 0, "MASK")},
+                       ["IMAGE"], s_edit, 5, i)
+        save(g, locked, f"composed/slider_layered_{name}", s_edit, 6, i, title=f"Save the {name} edit")
+    return g
+
+
+def composed_tryon_slider_fill():
+    title = "Composed: try-on + SAE slider (Flux Fill)"
+    g = Graph(title)
+    g.add_note(note(title,
+                    TRYON_WHAT.format(what="upper-body") + " The try-on prompt is encoded by **CLIP Text Encode "
+                    "(records tokens)** and an **SAE Slider** slides an 'oversized' direction (found from prompt "
+                    "pairs) on the word *shirt*: how loose the worn shirt falls.",
+                    FLUX_FILES.replace("flux1-dev", "flux1-fill-dev"), "composed_tryon_slider_fill",
+                    ("editlab_photo.png", "editlab_product_tshirt.png"),
+                    "Flux Fill's template settings (20 steps, cfg 1, FluxGuidance 30) on a 1024-high canvas; the "
+                    "slider with the SAEdit authors' timing. " + SAE_TRAINED.format(sae="composed_fill_sae") + " "
+                    + COMPOSED + " " + SMALL_STITCH))
+
+    def slid_prompt(g, m, _stage):
+        s_sae = g.stage("sae", "Try-on prompt, SAE and the 'oversized' direction, slid", 1)
+        pos = recorded_text(g, m.clip, "the person on the left wearing the shirt shown in the middle", s_sae, 0, 1)
+        sae, direction = sae_and_direction(g, m, "composed_fill_sae", s_sae,
+                                           pairs="a shirt | an oversized shirt\na t-shirt | an oversized t-shirt\n"
+                                                 "a man wearing a shirt | a man wearing an oversized shirt\na woman "
+                                                 "wearing a shirt | a woman wearing an oversized shirt")
+        return slider(g, m, pos, sae, direction, "shirt", 1.0, s_sae, 2, 0)
+
+    tryon(g, ["upper"], ["editlab_product_tshirt.png"], "composed/tryon_slider", edit_prompt=slid_prompt)
+    return g
+
+
 # The order the templates browser lists them in (the tour first), with the description its card shows; written to
 # web/templates.json, which web/editlab.js reads (ComfyUI's front end would otherwise show file names). The front end
 # turns '-' and '_' in descriptions into spaces: hyphens here are U+2011 and the minus sign U+2212.
@@ -1243,6 +1391,12 @@ DESCRIPTIONS = {
                                   "how much the product changed.",
     "layered_watermark_removal": "Remove a watermark (Flux Kontext, layered adapters); the report shows what "
                                  "changed inside and outside the product.",
+    "composed_tova_expression": "Composed: two personalised concepts (ToVA, LODA) and a smiling expression "
+                                "(expression adapter) on one SD1.5 model.",
+    "composed_slider_layered_kontext": "Composed: an SAE slider ('sunny') on a Flux Kontext product edit through "
+                                       "the layered adapters, plain and slid, product locked.",
+    "composed_tryon_slider_fill": "Composed: virtual try\u2011on with an SAE slider ('oversized') on the shirt "
+                                  "(Flux Fill).",
 }
 WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slider_sweep,
              "saedit_sd35_slider": saedit_sd35_slider, "saedit_train_sae": saedit_train_sae,
@@ -1258,7 +1412,10 @@ WORKFLOWS = {"editlab_tour": tour, "saedit_flux_slider_sweep": saedit_flux_slide
              "worldtoimage_openverse": worldtoimage_openverse,
              "layered_background_replacement": layered_background_replacement,
              "layered_accessory_addition": layered_accessory_addition,
-             "layered_watermark_removal": layered_watermark_removal}
+             "layered_watermark_removal": layered_watermark_removal,
+             "composed_tova_expression": composed_tova_expression,
+             "composed_slider_layered_kontext": composed_slider_layered_kontext,
+             "composed_tryon_slider_fill": composed_tryon_slider_fill}
 
 
 def main():

@@ -8,7 +8,13 @@ authors' released scripts, ComfyUI's comfyui-workflow-templates), not read from 
 - Expressions on SD1.5: 512x512, 25 steps, guidance 3 (the authors' inference); adapters trained at 512.
 - ConceptSplit: 50 steps, cfg 7.5, LODA over the first 10; ToVA rank 32 (SD) / 16 (SDXL), trained at 512 / 1024.
 - ChronoEdit: target_area 921,600 (720x1280), 8 reasoning frames, 50 steps, cfg 5, UniPC; distilled 8 steps, cfg 1.
-- Flux Kontext (layered edit, World-To-Image): 1024 px, 20 steps, cfg 1 (ComfyUI's Kontext template).
+- Flux Kontext (layered edit, World-To-Image): 1024 px, 20 steps, cfg 1 (ComfyUI's Kontext template), FluxGuidance 2.5.
+- World-To-Image: the authors run every iteration (no early stop), so the agent's threshold is one its score never
+  reaches: the authors' gated score is at most 0 without an aesthetic rating and 0.25 * 10 = 2.5 with one, HPSv2 not
+  enabled in their configuration (their configs/config_base.yaml scores aesthetic + clip); 10, the node's default.
+- The composed workflows carry each method's settings: ToVA + expression samples as ConceptSplit does (50 steps, cfg
+  7.5, LODA 10; ToVA rank 32 at 512) with the expression adapter at 512; the slider on a Kontext edit and on a Flux
+  Fill try-on uses the host template's sampling and the SAEdit authors' slider timing.
 ``wrong_settings`` is shared with the browser tier, which checks the same values as the real front end loaded them.
 """
 import json
@@ -42,9 +48,12 @@ CHRONO_REASONING = [("EditLabChronoEditConditioning", "target_area", 921600),
                     ("EditLabTemporalReasoningSampler", "sampler_name", "uni_pc"), ("ModelSamplingSD3", "shift", 5.0)]
 KONTEXT_LAYERED = [("ImageScale", "width", 1024), ("ImageScale", "height", 1024), ("KSampler", "steps", 20),
                    ("KSampler", "cfg", 1.0), ("UNETLoader", "unet_name", "flux1-dev-kontext_fp8_scaled.safetensors")]
+W2I_THRESHOLD = 10.0  # above anything the authors' gated score reaches (<= 2.5): every iteration runs, as theirs do
 W2I = [("EditLabWorldToImage", "width", 1024), ("EditLabWorldToImage", "height", 1024),
        ("EditLabWorldToImage", "steps", 20), ("EditLabWorldToImage", "cfg", 1.0),
+       ("EditLabWorldToImage", "threshold", W2I_THRESHOLD),
        ("UNETLoader", "unet_name", "flux1-dev-kontext_fp8_scaled.safetensors")]
+SLIDER = [("EditLabSAESlider", "timing", "authors"), ("EditLabSAESlider", "schedule", "exponential")]
 
 # workflow -> [(node class, input, value)]: every node of that class in the workflow has that value. The tour mixes
 # families, so it lists a set of allowed values (each row's own).
@@ -71,9 +80,22 @@ EXPECTED = {
                      ("ImageScale", "width", {1024}), ("KSampler", "steps", {40, 20}),
                      ("EditLabTryOnStitch", "height", {1024}), ("EditLabChronoEditConditioning", "target_area", {921600}),
                      ("EditLabTemporalReasoningSampler", "steps", {50}), ("EditLabWorldToImage", "width", {1024}),
+                     ("EditLabWorldToImage", "threshold", {W2I_THRESHOLD}),
                      ("BasicScheduler", "steps", {50}), ("EditLabLODA", "loda_steps", {10})],
     "saedit_train_sae": [],  # trains an SAE only: no image size or sampler
+    # composed: both methods' nodes present, each at its own authors' settings
+    "composed_tova_expression": _conceptsplit(512, 32, 7.5)[:-2] + [
+        ("EditLabTrainExpressionAdapter", "resolution", 512), ("EditLabToVATrain", "steps", 500),
+        ("EditLabToVAApply", "strength", 1.0), ("EditLabApplyExpression", "strength", 1.0),
+        ("CheckpointLoaderSimple", "ckpt_name", "v1-5-pruned-emaonly-fp16.safetensors")],
+    "composed_slider_layered_kontext": KONTEXT_LAYERED + SLIDER + [
+        ("FluxGuidance", "guidance", 2.5), ("EditLabLayeredAdapters", "consistency_start", 0.3)],
+    "composed_tryon_slider_fill": FILL + SLIDER + [
+        ("UNETLoader", "unet_name", "flux1-fill-dev.safetensors")],
 }
+COMPOSED = {"composed_tova_expression": {"EditLabToVAApply", "EditLabApplyExpression", "EditLabLODA"},
+            "composed_slider_layered_kontext": {"EditLabSAESlider", "EditLabLayeredAdapters", "ReferenceLatent"},
+            "composed_tryon_slider_fill": {"EditLabSAESlider", "EditLabTryOnStitch", "InpaintModelConditioning"}}
 
 
 def wrong_settings(name: str, nodes) -> list[str]:
@@ -118,3 +140,43 @@ def test_no_shipped_image_is_thumbnail_sized():
             if node["inputs"].get("target_area", 921600) < 921600:
                 small.append(f"{path.stem} node {node_id} target_area = {node['inputs']['target_area']}")
     assert not small, "\n".join(small)
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSED))
+def test_composed_workflow_chains_both_methods_into_one_sampler(name):
+    """Each composed workflow's patches reach the one image it samples: walking back from each sampler's inputs
+    finds every node of both methods (a node beside the graph would pass the settings test but compose nothing)."""
+    prompt = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+
+    def upstream(node_id, seen):
+        for value in prompt[node_id]["inputs"].values():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt and str(value[0]) not in seen:
+                seen.add(str(value[0]))
+                upstream(str(value[0]), seen)
+        return seen
+
+    samplers = [k for k, v in prompt.items() if v["class_type"] in ("KSampler", "SamplerCustom")]
+    seen = {k: {prompt[i]["class_type"] for i in upstream(k, set())} for k in samplers}
+    assert any(COMPOSED[name] <= kinds for kinds in seen.values()), seen
+
+
+def test_worldtoimage_threshold_is_beyond_the_authors_score_scale():
+    """The shipped agents run every iteration, as the authors do: their threshold is above the highest value the
+    authors' gated score takes (a perfect CLIP cosine of 1 with the aesthetic rating at its top, 10; HPSv2 is not in
+    their configuration), computed here by the pack's scorer, and is the node's own default. 0.35 (the scale of the
+    pack's earlier score) would stop the loop at the first image an aesthetic rating of 2 passes."""
+    from editlab.models.worldtoimage.scoring import Score, combine
+
+    top = combine(Score(judge="clip", clip=1.0, aesthetic=10.0))
+    assert abs(top - 2.5) < 1e-9  # 0.25 * 10, the penalty 0 above the gate: written out from the authors' formula
+    passes_at_aesthetic_2 = combine(Score(judge="clip", clip=0.3, aesthetic=2.0))
+    for name in ("worldtoimage_local_library", "worldtoimage_openverse", "editlab_tour"):
+        prompt = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+        agents = [v for v in prompt.values() if v["class_type"] == "EditLabWorldToImage"]
+        assert agents, name
+        for agent in agents:
+            threshold = agent["inputs"]["threshold"]
+            assert threshold > top, f"{name}: threshold {threshold} stops the loop the authors run to the end"
+            assert threshold > passes_at_aesthetic_2
+    node = (REPO / "nodes" / "worldtoimage.py").read_text()
+    assert f'io.Float.Input("threshold", default={W2I_THRESHOLD}' in node, "the node's default moved"
