@@ -14,7 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from ..models import panels
-from ..models.conceptsplit.flux import FluxToVAPatch, double_block_layers, value_width
+from ..models.conceptsplit.flux import FluxToVAPatch, double_block_layers, value_width, with_text_length
 from ..models.conceptsplit.loda import HARD, MAP_LAYERS
 
 AFG_MODES = ("soft", "hard (authors)")
@@ -209,6 +209,7 @@ class EditLabToVAApply(EditLabNode):
             patch = FluxToVAPatch(bindings, layers, previous=host.attention_override(m))
             host.set_attention_override(m, patch)
             m.set_model_post_input_patch(patch.input_hook)
+            m.model_options["transformer_options"] = with_text_length(m.model_options["transformer_options"])
         else:
             patch = ToVAPatch(bindings, layers)
             m.set_model_attn2_patch(patch.input_hook)
@@ -363,6 +364,7 @@ class EditLabAttentionMaps(EditLabNode):
                              previous=host.attention_override(m), when=in_window)
             host.set_attention_override(m, tap)
             m.set_model_post_input_patch(tap.input_hook)
+            m.model_options["transformer_options"] = with_text_length(m.model_options["transformer_options"])
         else:
             recorder = AttentionMapRecorder(positions, layers, latent_size, (lo, hi))
             m.set_model_attn2_patch(recorder.input_hook)

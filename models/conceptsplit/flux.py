@@ -3,8 +3,12 @@
 Flux's double blocks give no list-style hook between the text stream's value projection and the joint attention, so
 this is an attention override (``transformer_options["optimized_attention_override"]``, called with the projected
 ``q, k, v`` as [B, H, N, D]): in a double block it moves the bound text rows of ``v`` and calls the override that was
-there before it (if any), else the host's attention. A ``post_input`` patch (list-style) records the text length of
-each forward, which tells where the text rows sit in the joint sequence.
+there before it (if any), else the host's attention. Where the text rows sit in the joint sequence follows from the
+text length of the forward, kept in that forward's own transformer options (``TEXT_LENGTH``), never on the patch: a
+diffusion-model wrapper (the host's ``wrappers``, run at the start of every forward with its options) writes the
+context's length, and the ``post_input`` patch, on hosts that hand it the options (0.33), the text stream's length
+after the post_input patches before it. So two patches of one kind in one model, and a forward run inside another
+(LODA's gradient pass, a nested call with another prompt), never read each other's length. ``installed`` sets one up.
 
 The adapter reads the text value vectors themselves (``down``: (rank, hidden)): ``v + up(down(v))``. Flux's value
 projection is square and invertible, so these span the same rank-r updates as a LoRA on the projection's input.
@@ -19,6 +23,55 @@ from ...kernels.attention.comfy import MapRequest, attention_function, call_chai
 from ...kernels.dispatch import use_triton
 from ..patch_layer import Hook, cond_rows
 from .tova import moved_values
+
+TEXT_LENGTH = "editlab_flux_text_length"  # the forward's text length, in its transformer options
+WRAPPER_TYPE = "diffusion_model"  # comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL (0.3.75 and 0.33)
+WRAPPER_KEY = "editlab_flux_text_length"
+
+
+def record_text_length(executor, *args, **kwargs):
+    """Diffusion-model wrapper: the forward's text length into its own transformer options, then the forward. Flux's
+    ``_forward(x, timestep, context, y, guidance, ref_latents, control, transformer_options, ...)``."""
+    options = kwargs.get("transformer_options", args[7] if len(args) > 7 else None)
+    context = kwargs.get("context", args[2] if len(args) > 2 else None)
+    if isinstance(options, dict) and context is not None:
+        options[TEXT_LENGTH] = int(context.shape[1])
+    return executor(*args, **kwargs)
+
+
+def text_length(options: dict | None) -> int | None:
+    """The text length of the forward these transformer options belong to (None outside a tracked forward)."""
+    return (options or {}).get(TEXT_LENGTH)
+
+
+def installed(transformer_options: dict | None, patch) -> dict:
+    """A copy of ``transformer_options`` with ``patch`` (a Flux override with ``input_hook``) as the attention
+    override, its post_input hook appended, and the text-length wrapper (once). Nested lists are copied: the given
+    options are not changed."""
+    to = dict(transformer_options or {})
+    to["optimized_attention_override"] = patch
+    patches = {k: list(v) for k, v in to.get("patches", {}).items()}
+    patches.setdefault("post_input", []).append(patch.input_hook)
+    to["patches"] = patches
+    return with_text_length(to)
+
+
+def with_text_length(transformer_options: dict) -> dict:
+    """A copy of ``transformer_options`` whose wrappers record each forward's text length (idempotent)."""
+    to = dict(transformer_options)
+    wrappers = {t: {k: list(v) for k, v in d.items()} for t, d in to.get("wrappers", {}).items()}
+    mine = wrappers.setdefault(WRAPPER_TYPE, {}).setdefault(WRAPPER_KEY, [])
+    if record_text_length not in mine:
+        mine.append(record_text_length)
+    to["wrappers"] = wrappers
+    return to
+
+
+def _post_input(args: dict) -> dict:
+    options = args.get("transformer_options")
+    if isinstance(options, dict):
+        options[TEXT_LENGTH] = int(args["txt"].shape[1])
+    return args
 
 
 def double_block_layers(diffusion_model) -> dict:
@@ -36,7 +89,6 @@ class FluxToVAPatch:
         self.bindings = list(bindings)
         self.blocks = dict(blocks)
         self.previous = previous  # the attention override this one wraps (another pack's), or None
-        self._txt_len = None
         self.input_hook = Hook(self.post_input, self, report_models=False)
 
     extra_models = ()
@@ -57,13 +109,12 @@ class FluxToVAPatch:
                 "EditLab ToVA Apply (Flux) acts through the model's attention override, and a node applied to the "
                 "MODEL after it replaced that override (ComfyUI's ModelAttentionBackend, or another pack's node that "
                 "sets one without calling the previous one): apply that node before ToVA Apply, not after")
-        self._txt_len = int(args["txt"].shape[1])
-        return args
+        return _post_input(args)
 
     def __call__(self, func, *args, **kwargs):
         options = kwargs.get("transformer_options") or {}
         name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
-        if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 3 \
+        if name in self.blocks and text_length(options) and kwargs.get("skip_reshape") and len(args) >= 3 \
                 and args[2].ndim == 4:
             args = (args[0], args[1], self.moved(args[2], name, options), *args[3:])
         return call_chain(self.previous, func, False, args, kwargs)
@@ -71,7 +122,7 @@ class FluxToVAPatch:
     def moved(self, v: torch.Tensor, name: str, options: dict) -> torch.Tensor:
         """``v`` [B, H, N, D] with the bound text rows moved; every other row bit-identical."""
         b, h, n, d = v.shape
-        t = min(self._txt_len, n)
+        t = min(text_length(options), n)
         start = n - t if getattr(self.blocks[name], "flipped_img_txt", False) else 0
         for binding in self.bindings:
             if binding.adapter.has_layer(name) and next(binding.adapter.parameters()).device != v.device:
@@ -95,7 +146,6 @@ class FluxMapTap:
         self.concepts = [list(p) for p in concepts]
         self.blocks, self.size, self.grid, self.previous = dict(blocks), tuple(size), tuple(grid), previous
         self.when = when  # optional filter on the transformer options (e.g. one sigma)
-        self._txt_len = None
         self.collected = []
         self.input_hook = Hook(self.post_input, self, report_models=False)
 
@@ -108,13 +158,12 @@ class FluxMapTap:
         return self
 
     def post_input(self, args: dict) -> dict:
-        self._txt_len = int(args["txt"].shape[1])
-        return args
+        return _post_input(args)
 
     def __call__(self, func, *args, **kwargs):
         options = kwargs.get("transformer_options") or {}
         name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
-        if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 2 \
+        if name in self.blocks and text_length(options) and kwargs.get("skip_reshape") and len(args) >= 2 \
                 and args[0].ndim == 4 and (self.when is None or self.when(options)):
             self.record(args[0], args[1], name, options)
         return call_chain(self.previous, func, False, args, kwargs)
@@ -123,7 +172,7 @@ class FluxMapTap:
         import torch.nn.functional as F
 
         b, h, n, d = q.shape
-        t = min(self._txt_len, n)
+        t = min(text_length(options), n)
         flipped = getattr(self.blocks[name], "flipped_img_txt", False)
         txt_start, img_start = (n - t, 0) if flipped else (0, t)
         cells = self.grid[0] * self.grid[1]
@@ -166,7 +215,6 @@ class FluxAFG:
         self.masks, self.blocks, self.strength = masks.float(), dict(blocks), float(strength)
         self.grid, self.previous = tuple(grid), previous
         self.inspect = int(inspect)  # calls whose outside mass is measured (dense products: tests only)
-        self._txt_len = None
         self.outside = []
         self.input_hook = Hook(self.post_input, self, report_models=False)
 
@@ -184,7 +232,7 @@ class FluxAFG:
         options = kwargs.get("transformer_options") or {}
         name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
         own = False  # func replaced by the kernel with the bias
-        if name in self.blocks and self._txt_len and kwargs.get("skip_reshape") and len(args) >= 2 \
+        if name in self.blocks and text_length(options) and kwargs.get("skip_reshape") and len(args) >= 2 \
                 and args[0].ndim == 4:
             inspect = len(self.outside) < self.inspect  # two more attention-sized products: tests only
             if kwargs.get("mask") is None:
@@ -220,7 +268,7 @@ class FluxAFG:
         import torch.nn.functional as F
 
         b, h, n, d = q.shape
-        t = min(self._txt_len, n)
+        t = min(text_length(options), n)
         flipped = getattr(self.blocks[name], "flipped_img_txt", False)
         txt_start, img_start = (n - t, 0) if flipped else (0, t)
         cells = self.grid[0] * self.grid[1]
@@ -244,7 +292,7 @@ def record_outside_mass(afg: FluxAFG, q, k, bias, name, options) -> tuple[float,
     """The attention mass the concepts put outside their masks, without and with ``bias`` (for tests)."""
     d = q.shape[-1]
     logits = q.float() @ k.float().transpose(-1, -2) / d ** 0.5
-    t = afg._txt_len
+    t = text_length(options)
     img = slice(t, t + afg.grid[0] * afg.grid[1])
     out = []
     for extra in (0.0, bias.float()):

@@ -216,18 +216,15 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
         if is_flux(layers):
             import copy
 
-            from .flux import FluxAFG, image_grid
+            from .flux import FluxAFG, image_grid, installed
 
             options = copy.copy(extra_args.get("model_options", {}))
-            to = dict(options.get("transformer_options", {}))
+            to = options.get("transformer_options", {})
             size = tuple(x.shape[-2:])
             afg = FluxAFG(concepts, afg_masks(maps), layers, afg_strength,
                           image_grid(model_wrap.inner_model.diffusion_model, size),
                           previous=to.get("optimized_attention_override"), inspect=inspect_afg)
-            patches = {k: list(v) for k, v in to.get("patches", {}).items()}
-            patches.setdefault("post_input", []).append(afg.input_hook)
-            to["patches"], to["optimized_attention_override"] = patches, afg
-            options["transformer_options"] = to
+            options["transformer_options"] = installed(to, afg)
             args = {**extra_args, "model_options": options}
         else:
             afg = AFGPatch(concepts, afg_masks(maps), layers, afg_strength)
@@ -308,16 +305,13 @@ def _tap(model_wrap, extra_args, concepts, layers, size, map_layers="authors", d
         return tap, _with_patches(extra_args, tap.input_hook, tap.output_hook)
     import copy
 
-    from .flux import FluxMapTap, image_grid
+    from .flux import FluxMapTap, image_grid, installed
 
     options = copy.copy(extra_args.get("model_options", {}))
-    to = dict(options.get("transformer_options", {}))
+    to = options.get("transformer_options", {})
     grid = image_grid(model_wrap.inner_model.diffusion_model, size)
     tap = FluxMapTap(concepts, layers, grid, grid, previous=to.get("optimized_attention_override"))
-    patches = {k: list(v) for k, v in to.get("patches", {}).items()}
-    patches.setdefault("post_input", []).append(tap.input_hook)
-    to["patches"], to["optimized_attention_override"] = patches, tap
-    options["transformer_options"] = to
+    options["transformer_options"] = installed(to, tap)
     return tap, options
 
 

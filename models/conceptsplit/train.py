@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..training import train_in_unet
-from .flux import FluxToVAPatch
+from .flux import FluxToVAPatch, installed
 from .patch import ToVAPatch
 from .tova import Binding
 
@@ -21,7 +21,7 @@ def train_tova(base, adapter, layers: dict, context: torch.Tensor, pooled: torch
     options = None
     if all(name.startswith("double.") for name in layers):
         patch = FluxToVAPatch(bindings, layers)
-        options = {"optimized_attention_override": patch, "patches": {"post_input": [patch.post_input]}}
+        options = installed({}, patch)  # the override, its post_input hook, the per-forward text length
     else:
         patch = ToVAPatch(bindings, layers)
     values = torch.zeros(latents.shape[0], 1, device=device)  # the shared loop sets patch.values; ToVA has none

@@ -302,7 +302,7 @@ def test_flux_zero_steps_is_the_wrapped_sampler_and_steps_run(nodes, flux):
 def test_flux_maps_are_further_apart_after_the_loda_steps(nodes, flux):
     import comfy.samplers
 
-    from editlab.models.conceptsplit.flux import FluxMapTap, double_block_layers, image_grid
+    from editlab.models.conceptsplit.flux import FluxMapTap, double_block_layers, image_grid, installed
     from editlab.models.conceptsplit.loda import gaussian_smooth, harmonic_mean_kl
     from editlab.models.saedit.tokens import prompt_tokens, word_positions
 
@@ -317,8 +317,7 @@ def test_flux_maps_are_further_apart_after_the_loda_steps(nodes, flux):
         at_n = lambda options: abs(float(options["sigmas"].reshape(-1)[0]) - float(sigmas[n])) < 1e-6
         tap = FluxMapTap(concepts, blocks, (8, 8), image_grid(net, (8, 8)), when=at_n)
         m = flux.model.clone()
-        m.model_options["transformer_options"]["optimized_attention_override"] = tap
-        m.set_model_post_input_patch(tap.input_hook)
+        m.model_options["transformer_options"] = installed(m.model_options["transformer_options"], tap)
         with torch.no_grad():
             _flux_run(m, flux, sampler, seed)
         assert tap.collected

@@ -211,7 +211,10 @@ def test_comfy_override_runs_the_kernel_in_the_host_layout():
 
 def _flux_call(patch, monkeypatch, mode, q, k, v, host):
     monkeypatch.setenv("EDITLAB_KERNELS", mode)
-    options = {"block_type": "double", "block_index": 0, "cond_or_uncond": [0, 1]}  # row 0 conditional
+    from editlab.models.conceptsplit.flux import TEXT_LENGTH
+
+    options = {"block_type": "double", "block_index": 0, "cond_or_uncond": [0, 1],  # row 0 conditional
+               TEXT_LENGTH: FLUX_T}  # the forward's text length, as the host's forward carries it
     return patch(host, q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True, transformer_options=options)
 
 
@@ -233,7 +236,6 @@ def test_flux_map_tap_takes_its_maps_from_the_kernel(monkeypatch):
     n = FLUX_T + 16
     q, k, v = qkv(2, 3, n, n, 64, torch.float32, seed=7)
     tap = FluxMapTap(CONCEPTS, {"double.0": SimpleNamespace()}, (8, 8), FLUX_GRID)
-    tap._txt_len = FLUX_T
     calls = []
     out = _flux_call(tap, monkeypatch, "triton", q, k, v, _sdpa_host(calls))
     assert calls == [None]  # the host's attention itself ran untouched
@@ -255,13 +257,15 @@ def test_flux_afg_through_the_kernel_equals_the_dense_mask(monkeypatch):
     outs, calls = {}, {}
     for mode in ("reference", "triton"):
         afg = FluxAFG(CONCEPTS, masks, {"double.0": SimpleNamespace()}, 3.0, FLUX_GRID, inspect=8)
-        afg._txt_len = FLUX_T
         calls[mode] = []
         outs[mode] = (_flux_call(afg, monkeypatch, mode, q, k, v, _sdpa_host(calls[mode])), afg.outside)
     # on both paths the keyed bias replaces the host's attention: no (n, n) mask is built for it, with or without
     # Triton (the reference is chunked over queries)
     assert calls["triton"] == [] and calls["reference"] == []
-    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=afg.bias(q, "double.0", {"cond_or_uncond": [0, 1]}))
+    from editlab.models.conceptsplit.flux import TEXT_LENGTH
+
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=afg.bias(q, "double.0", {"cond_or_uncond": [0, 1],
+                                                                                      TEXT_LENGTH: FLUX_T}))
     close(outs["reference"][0], dense, 1e-5, "AFG output (reference) against the dense-mask formula")
     close(outs["triton"][0], outs["reference"][0], 1e-5, "AFG output")
     assert outs["triton"][1][0] == pytest.approx(outs["reference"][1][0], rel=1e-6)  # the inspection record

@@ -1,0 +1,139 @@
+"""The Flux patches' per-forward state (models/conceptsplit/flux.py): the text length of a forward lives in that
+forward's transformer options, so a forward run between another forward's post_input and its attention (LODA's
+gradient pass, a nested call with another prompt) and two patches of one kind on one model never read each other's
+length. The host's forward is written out here as its order of calls: the diffusion-model wrapper (with the
+forward's options and context), the post_input patches (0.3.75: without the options), the attention override."""
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+H, D = 2, 8  # heads, head width: a hidden size of 16
+OUTER_T, INNER_T, CELLS = 5, 9, 16  # the outer forward's text length, a nested forward's, the image tokens
+
+
+def _host_attention(q, k, v, heads, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _forward(patch, text_tokens, between=None, v=None, post_input_gets_options=False):
+    """One forward as the host runs it: the wrapper, post_input (the txt stream), ``between()`` (a forward run in
+    the middle of this one), then the attention of double block 0 on (1, H, text + CELLS, D) q, k, v."""
+    from editlab.models.conceptsplit.flux import record_text_length
+
+    options = {"block_type": "double", "block_index": 0, "cond_or_uncond": [0]}
+    context = torch.zeros(1, text_tokens, 4)
+    n = text_tokens + CELLS
+    g = torch.Generator().manual_seed(text_tokens)
+    q, k = torch.randn(1, H, n, D, generator=g), torch.randn(1, H, n, D, generator=g)
+    v = torch.randn(1, H, n, D, generator=g) if v is None else v
+
+    def body(x, timestep, context, y, guidance, ref_latents, control, transformer_options):
+        args = {"txt": torch.zeros(1, text_tokens, H * D), "img": torch.zeros(1, CELLS, H * D)}
+        if post_input_gets_options:
+            args["transformer_options"] = transformer_options
+        patch.input_hook(args)
+        if between is not None:
+            between()
+        return patch(_host_attention, q, k, v, H, skip_reshape=True, skip_output_reshape=True,
+                     transformer_options=transformer_options)
+
+    out = record_text_length(body, None, None, context, None, None, None, None, options)
+    return out, (q, k, v)
+
+
+def _tova(flipped, position=2):
+    from editlab.models.conceptsplit.flux import FluxToVAPatch
+    from editlab.models.conceptsplit.tova import Binding, ValueLoRA
+
+    a = ValueLoRA("dog", "flux", 2, H * D, {"double.0": H * D}, seed=1)
+    with torch.no_grad():
+        a.up[0].normal_(generator=torch.Generator().manual_seed(2))
+    return FluxToVAPatch([Binding(a, [position])], {"double.0": SimpleNamespace(flipped_img_txt=flipped)}), a
+
+
+def test_a_nested_forward_does_not_move_the_outer_forwards_text_rows():
+    """Flux blocks that put the text last (``flipped_img_txt``): the text rows start at n - T. A nested forward with
+    9 text tokens between the outer's post_input and its attention: the outer attention moves its own bound text
+    row (position 2 of 5 text tokens: row n - 5 + 2), the adapter's term written out, every other row unchanged."""
+    patch, adapter = _tova(flipped=True)
+    v = torch.randn(1, H, OUTER_T + CELLS, D, generator=torch.Generator().manual_seed(3))
+    seen = {}
+    real = patch.moved
+
+    def spy(v_in, name, options):
+        got = real(v_in, name, options)
+        seen["moved"] = got  # the outer forward's attention runs last
+        return got
+
+    patch.moved = spy
+    _forward(patch, OUTER_T, between=lambda: _forward(patch, INNER_T), v=v)
+    moved = seen["moved"]
+    n = OUTER_T + CELLS
+    row = n - OUTER_T + 2
+    txt = v[0, :, n - OUTER_T:].transpose(0, 1).reshape(OUTER_T, H * D)  # the outer's text rows, (T, hidden)
+    want = txt[2] + adapter.up[0] @ (adapter.down[0] @ txt[2])  # v + up(down(v)) on the bound row
+    assert torch.allclose(moved[0, :, row].reshape(H * D), want, atol=1e-6)
+    others = [i for i in range(n) if i != row]
+    assert torch.equal(moved[:, :, others], v[:, :, others])
+
+
+def test_two_patches_of_one_kind_on_one_model_each_read_the_forwards_length():
+    """Two ToVA patches (two ToVA Apply nodes: the second wraps the first) on forwards of two text lengths in turn:
+    each forward's bound row moves by both adapters' terms (written out), whichever forward ran before."""
+    from editlab.models.conceptsplit.flux import record_text_length
+
+    first, a1 = _tova(flipped=True)
+    second, a2 = _tova(flipped=True, position=3)
+    second.previous = first
+    for t in (OUTER_T, INNER_T, OUTER_T):
+        v = torch.randn(1, H, t + CELLS, D, generator=torch.Generator().manual_seed(t))
+        q = torch.randn(1, H, t + CELLS, D, generator=torch.Generator().manual_seed(t + 1))
+        got = []
+
+        def attention(q, k, v_in, heads, **kwargs):
+            got.append(v_in)
+            return _host_attention(q, k, v_in, heads, **kwargs)
+
+        def body(x, timestep, context, y, guidance, ref_latents, control, transformer_options):
+            second.input_hook(first.input_hook({"txt": torch.zeros(1, t, H * D)}))
+            return second(attention, q, q, v, H, skip_reshape=True, skip_output_reshape=True,
+                          transformer_options=transformer_options)
+
+        record_text_length(body, None, None, torch.zeros(1, t, 4), None, None, None, None,
+                           {"block_type": "double", "block_index": 0, "cond_or_uncond": [0]})
+        rows = (CELLS + 2, CELLS + 3)  # text last: rows CELLS .. CELLS + t - 1
+        for row, a in zip(rows, (a1, a2)):
+            txt = v[0, :, row].reshape(H * D)
+            want = txt + a.up[0] @ (a.down[0] @ txt)
+            assert torch.allclose(got[0][0, :, row].reshape(H * D), want, atol=1e-5)
+        others = [i for i in range(t + CELLS) if i not in rows]
+        assert torch.equal(got[0][:, :, others], v[:, :, others])
+
+
+def test_the_map_tap_reads_the_outer_forwards_image_rows_after_a_nested_forward():
+    """The attention-map recorder after a nested forward with a longer prompt: it still records (the old way, with
+    the length on the patch, the nested 9 left no room for the 16 image tokens and nothing was recorded), and its
+    map is the image queries' probability on the concept's key, written out."""
+    from editlab.models.conceptsplit.flux import FluxMapTap
+
+    tap = FluxMapTap([[1]], {"double.0": SimpleNamespace()}, (4, 4), (4, 4))
+    _, (q, k, _v) = _forward(tap, OUTER_T, between=lambda: _forward(FluxMapTap([[1]], {"double.0": SimpleNamespace()},
+                                                                                (4, 4), (4, 4)), INNER_T))
+    assert len(tap.collected) == 1
+    probs = (q[0] @ k[0].transpose(-1, -2) / D ** 0.5).softmax(-1).mean(0)  # (n, n), averaged over heads
+    want = probs[OUTER_T:, 1].reshape(4, 4)
+    assert torch.allclose(tap.collected[0][0], want, atol=1e-5)
+
+
+def test_post_input_with_the_options_keeps_the_text_streams_length():
+    """On hosts that hand post_input the options (0.33), the text stream's length after the patches before it is
+    the one used (a post_input patch that lengthens the text would otherwise shift the rows)."""
+    from editlab.models.conceptsplit.flux import TEXT_LENGTH
+
+    patch, _ = _tova(flipped=False)
+    options = {"optimized_attention_override": patch}
+    patch.input_hook({"txt": torch.zeros(1, 7, H * D), "transformer_options": options})
+    assert options[TEXT_LENGTH] == 7
+    assert patch.input_hook({"txt": torch.zeros(1, 3, H * D)})  # 0.3.75: no options, nothing kept on the patch
+    assert not any(isinstance(v, int) for v in vars(patch).values())
