@@ -104,10 +104,13 @@ def train_adapter(adapter, patch, latents: torch.Tensor, values: torch.Tensor, p
 def raw_predictor(base, context: torch.Tensor, pooled: torch.Tensor | None, resolution: int, device,
                   options: dict) -> Callable:
     """``predict(x_t, sigma)``: ``base`` (a host BaseModel) run through its own ``apply_model`` with the prompt's
-    ``context`` / ``pooled`` and the transformer ``options`` (patches), returning the network's raw output as the
+    ``context`` / ``pooled`` (or zero-argument callables giving the current batch's rows, (B, T, C) / (B, D): one
+    caption per image) and the transformer ``options`` (patches), returning the network's raw output as the
     host's diffusion-model wrapper sees it (before ``calculate_denoised``), in float32."""
     def predict(x, sigma):
         kept = {}
+        ctx = context() if callable(context) else context  # a callable: this batch's rows (per-image captions)
+        pool = pooled() if callable(pooled) else pooled
 
         def keep_raw(executor, *args, **kwargs):
             kept["raw"] = out = executor(*args, **kwargs)
@@ -117,8 +120,8 @@ def raw_predictor(base, context: torch.Tensor, pooled: torch.Tensor | None, reso
         wrappers[DIFFUSION_MODEL_WRAPPERS] = {**wrappers.get(DIFFUSION_MODEL_WRAPPERS, {}),
                                               RAW_OUTPUT_WRAPPER: [keep_raw]}
         b = x.shape[0]
-        extra = base.extra_conds(cross_attn=context.expand(b, -1, -1), device=device, noise=x,
-                                 pooled_output=None if pooled is None else pooled.expand(b, -1),
+        extra = base.extra_conds(cross_attn=ctx.expand(b, -1, -1), device=device, noise=x,
+                                 pooled_output=None if pool is None else pool.expand(b, -1),
                                  width=resolution, height=resolution)
         conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
         denoised = base.apply_model(x, sigma, transformer_options={**options, "wrappers": wrappers,

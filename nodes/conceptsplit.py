@@ -18,7 +18,9 @@ from ..models.conceptsplit.flux import FluxToVAPatch, double_block_layers, value
 from ..models.conceptsplit.loda import HARD, MAP_LAYERS
 
 AFG_MODES = ("soft", "hard (authors)")
+CAPTION_MODES = ("templates (authors)", "prompt for every image")
 from ..models.conceptsplit.patch import ToVAPatch, named_cross_attention_layers
+from ..models.conceptsplit.train import DEFAULT_TEMPLATES
 from ..models.conceptsplit.tova import Binding, ToVAFileError, ValueLoRA, load_tova, save_tova
 from ..models.saedit.tokens import prompt_tokens, word_positions
 from . import host
@@ -237,9 +239,8 @@ class EditLabToVATrain(EditLabNode):
                                 tooltip="Folder of images of the concept inside ComfyUI's input folder ('.' = the "
                                         "input folder itself)."),
                 io.String.Input("prompt", default="a photo of a dog",
-                                tooltip="Caption used for every image; it must hold the word. (The authors caption "
-                                        "each image with one of many prompt templates; here one caption serves "
-                                        "all images.)"),
+                                tooltip="The caption of every image when captions is 'prompt for every image' "
+                                        "(it must hold the word); unused with templates."),
                 io.String.Input("word", default="dog",
                                 tooltip="The concept's word in the prompt: the adapter acts at its tokens only. "
                                         "The authors bind ToVA to the class noun (dog, cat), no rare token."),
@@ -253,41 +254,73 @@ class EditLabToVATrain(EditLabNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed for the initial weights, noise and batch order."),
                 *save_as_inputs("tova", "my_concept"),
+                io.Combo.Input("captions", options=list(CAPTION_MODES), default=CAPTION_MODES[0], optional=True,
+                               tooltip="templates (authors): each training example is captioned with one of the "
+                                       "templates below filled with the word (example e: image e mod N, template "
+                                       "e mod P, as the authors' training script pairs them). prompt for every "
+                                       "image: the prompt input captions all images (the node's old behaviour)."),
+                io.String.Input("templates", multiline=True, default="\n".join(DEFAULT_TEMPLATES), optional=True,
+                                tooltip="Caption templates, one per line, {} where the word goes (ours, in the "
+                                        "authors' style: their own list is not published)."),
             ],
             outputs=[ToVAType.Output(display_name="adapter"), io.String.Output(display_name="stats")],
         )
 
     @classmethod
     def execute(cls, model, clip, vae, folder, prompt, word, resolution, rank, steps, lr, batch_size, seed, name,
-                overwrite=False) -> io.NodeOutput:
+                overwrite=False, captions=None, templates=None) -> io.NodeOutput:
         from comfy_api.latest import ui
 
-        from ..models.conceptsplit.train import train_tova
+        from ..models.conceptsplit.train import fill_templates, parse_templates, template_examples, train_tova
 
         path = output_file(TOVA_FOLDER, name, "name", overwrite)
-        _checked_prompt(prompt, "prompt")
+        captions = CAPTION_MODES[0] if captions is None else captions
+        if captions not in CAPTION_MODES:
+            raise EditLabInputError("captions", f"one of {list(CAPTION_MODES)}", captions)
         if not word.strip() or len(word) > 200:
             raise EditLabInputError("word", "a word of the prompt (at most 200 characters)", word)
+        if captions == CAPTION_MODES[0]:
+            try:
+                texts = fill_templates(parse_templates("\n".join(DEFAULT_TEMPLATES) if templates is None
+                                                       else templates), word)
+            except ValueError as exc:
+                raise EditLabInputError("templates", str(exc), templates) from None
+            for text in texts:
+                _checked_prompt(text, "templates")
+            positions = [_positions(clip, text, word, "templates") for text in texts]
+        else:
+            _checked_prompt(prompt, "prompt")
+            texts = [prompt]
+            positions = _positions(clip, prompt, word, "word")
         model = host.training_clone(model)
         family, layers, dims = _tova_layers(model)
-        positions = _positions(clip, prompt, word, "word")
         images, skipped = _folder_images(folder, resolution)
         base = model.model
-        cond = host.encoded(clip.encode_from_tokens_scheduled, clip.tokenize(prompt))
+        conds = [host.encoded(clip.encode_from_tokens_scheduled, clip.tokenize(text)) for text in texts]
         latents = host.encoded(lambda: base.process_latent_in(vae.encode(images)))  # data: no graph through the VAE
         host.load_models([model])
         device = host.compute_device()
         width = next(iter(dims.values()))[0]
         with torch.inference_mode(False), torch.no_grad():
-            latents, context = latents.to(device), cond[0][0].to(device)
-            pooled = cond[0][1].get("pooled_output")
-            pooled = None if pooled is None else pooled.to(device)
+            latents = latents.to(device)
+            lengths = {tuple(c[0][0].shape[1:]) for c in conds}
+            if len(lengths) > 1:
+                raise EditLabInputError("templates", "templates whose encodings have one token length (a longer "
+                                                     "one spills into another chunk)", sorted(lengths))
+            context = torch.cat([c[0][0] for c in conds]).to(device)
+            pooled = [c[0][1].get("pooled_output") for c in conds]
+            pooled = None if pooled[0] is None else torch.cat(pooled).to(device)
             adapter = ValueLoRA(word.strip(), family, rank, width, {n: d[1] for n, d in dims.items()},
                                 seed).to(device).train()
+        examples = {}
+        if captions == CAPTION_MODES[0]:
+            example_images, example_captions = template_examples(latents.shape[0], len(texts))
+            examples = dict(example_images=example_images, example_captions=example_captions)
         bar = host.progress(steps)
         stats = train_tova(base, adapter, layers, context, pooled, positions, latents, resolution, steps, lr,
                            batch_size, seed, device, on_step=lambda i, n, loss: bar.update_absolute(i, n),
-                           should_stop=host.check_interrupted)
+                           should_stop=host.check_interrupted, **examples)
+        stats["caption_mode"] = captions
         adapter = adapter.cpu().eval().requires_grad_(False)
         stats.update(skipped=skipped, positions=positions, file=os.path.basename(path))
         saved(lambda p, o: save_tova(adapter, p, stats, overwrite=o), path, "name", overwrite)

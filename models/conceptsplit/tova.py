@@ -66,14 +66,20 @@ class ValueLoRA(nn.Module):
         return nn.functional.linear(nn.functional.linear(context.to(down.dtype), down), up)
 
 
+class RowPositions(list):
+    """Token positions per batch row: a training batch whose rows have different captions (prompt templates) has the
+    word at different positions in each. Row r of a batch uses entry r (a list of positions)."""
+
+
 def position_mask(positions, rows: int, tokens: int, active_rows=None, device=None) -> torch.Tensor:
     """(rows, tokens, 1) float mask: 1 at ``positions`` (those inside ``tokens``) of the ``active_rows`` (default
-    all), 0 elsewhere."""
+    all), 0 elsewhere. ``positions`` may be a :class:`RowPositions` (one list per row)."""
     mask = torch.zeros(rows, tokens, 1, device=device)
-    cols = [p for p in positions if 0 <= p < tokens]
+    per_row = isinstance(positions, RowPositions)
+    cols = None if per_row else [p for p in positions if 0 <= p < tokens]
     row_ids = range(rows) if active_rows is None else active_rows
     for r in row_ids:
-        mask[r, cols] = 1.0
+        mask[r, [p for p in positions[r] if 0 <= p < tokens] if per_row else cols] = 1.0
     return mask
 
 
@@ -81,7 +87,9 @@ class Binding:
     """An adapter bound to its token positions in the prompt, with a strength."""
 
     def __init__(self, adapter: ValueLoRA, positions, strength: float = 1.0):
-        self.adapter, self.positions, self.strength = adapter, sorted(set(int(p) for p in positions)), float(strength)
+        if not isinstance(positions, RowPositions):
+            positions = sorted(set(int(p) for p in positions))
+        self.adapter, self.positions, self.strength = adapter, positions, float(strength)
 
 
 def value_delta(bindings: list, name: str, context: torch.Tensor, active_rows=None) -> torch.Tensor | None:

@@ -358,7 +358,10 @@ CASES = {
                                                  feather=8, keep_face=True, keep_hands=True)}, "category",
                                          "one of upper"),
     # -- raw exceptions that leaked ----------------------------------------------------------------------------
-    "tova train word not in the prompt": Case(tova_train(word="dog"), "word", "is not a word of the prompt"),
+    "tova train word not in the prompt": Case(tova_train(word="dog", captions="prompt for every image"), "word",
+                                              "is not a word of the prompt"),
+    "tova train template without {}": Case(tova_train(templates="a photo of a {}\na photo"), "templates",
+                                           "needs {}"),
     "tova train lr NaN": Case(tova_train(lr=NAN), "lr", "finite"),
     "tova train folder ../": Case(tova_train(folder=".."), "folder", "inside"),
     "tova apply adapter for another family": Case(tova_apply(f"{TOKEN}_sdxl.safetensors"), "adapter_1",

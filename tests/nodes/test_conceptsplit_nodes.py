@@ -324,12 +324,76 @@ def test_training_lowers_the_loss_changes_only_the_lora_and_reads_back(nodes, co
     _train(nodes, models, concept_folder, "trained_cat", steps=1, overwrite=True)
 
 
+# The templates and where "cat" lands in each, written out here (CLIP tokens: start token at 0, one token per word).
+TEMPLATES = {"a photo of a {}": [5], "a drawing of the {}": [5], "my {} on a table": [2]}
+
+
+def test_training_captions_each_example_with_a_template_filled_with_the_word(nodes, concept_folder, monkeypatch):
+    """The authors caption each training example with a prompt template filled with the concept's word (example e:
+    image e mod N, template e mod P). Every ToVA call of the training is recorded: each row's context is the encoding
+    of one of the templates above with "cat" in it (encoded here with the host's CLIP), the adapter's positions on
+    that row are the word's place in that template, and all three templates are seen; with 'prompt for every image'
+    (the old behaviour) every row is the prompt's encoding at the prompt's positions. The old code, one caption for
+    all images, fails the first part (one context, one set of positions)."""
+    import json
+
+    from editlab.models.conceptsplit import patch as tova_patch
+
+    models = _tiny()
+    clip = models.clip
+    want = {t: clip.encode_from_tokens_scheduled(clip.tokenize(t.replace("{}", "cat")))[0][0][0] for t in TEMPLATES}
+    calls = []
+    original = tova_patch.value_delta
+
+    def recording(bindings, name, context, active_rows=None):
+        calls.append((context.detach().float().cpu().clone(), [list(bindings[0].positions[r]) if isinstance(
+            bindings[0].positions[0], list) else list(bindings[0].positions) for r in range(context.shape[0])]))
+        return original(bindings, name, context, active_rows)
+
+    monkeypatch.setattr(tova_patch, "value_delta", recording)
+    _, text = _train(nodes, models, concept_folder, "templated_cat", steps=12, templates="\n".join(TEMPLATES))
+    stats = json.loads(text)
+    assert (stats["images"], stats["captions"], stats["examples"]) == (2, 3, 3), stats
+    used = set()
+    for context, positions in calls:
+        for row, pos in zip(context, positions):
+            match = [t for t, c in want.items() if torch.allclose(row, c.float(), atol=1e-5)]
+            assert len(match) == 1, "a training context that is no template filled with the word"
+            assert pos == TEMPLATES[match[0]], (match[0], pos)
+            used.add(match[0])
+    assert used == set(TEMPLATES), used
+
+    calls.clear()
+    _, text = _train(nodes, models, concept_folder, "one_caption_cat", steps=3, captions="prompt for every image")
+    prompt = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))[0][0][0].float()
+    assert calls and all(torch.allclose(row, prompt, atol=1e-5) and pos == [5]
+                         for context, positions in calls for row, pos in zip(context, positions))
+
+
+def test_caption_templates_by_hand():
+    """The authors' pairing (example e: image e mod N, template e mod P; max(N, P) examples), per-row positions."""
+    from editlab.models.conceptsplit.train import fill_templates, parse_templates, template_examples
+    from editlab.models.conceptsplit.tova import RowPositions, position_mask
+
+    images, templates = template_examples(2, 3)
+    assert images.tolist() == [0, 1, 0] and templates.tolist() == [0, 1, 2]
+    images, templates = template_examples(4, 3)
+    assert images.tolist() == [0, 1, 2, 3] and templates.tolist() == [0, 1, 2, 0]
+    assert fill_templates(parse_templates("a {} here\n\n  my {}  "), " dog ") == ["a dog here", "my dog"]
+    with pytest.raises(ValueError):
+        parse_templates("no placeholder")
+    mask = position_mask(RowPositions([[1], [0, 3]]), 2, 4)[..., 0]
+    assert mask.tolist() == [[0, 1, 0, 0], [1, 0, 0, 1]]
+
+
 def test_training_bad_input_and_interruption(nodes, concept_folder, monkeypatch):
     from editlab.nodes.common import EditLabInputError
 
     models = _tiny()
     with pytest.raises(EditLabInputError, match="input 'word'.*'dog'.*is not a word of the prompt"):
-        _train(nodes, models, concept_folder, "never", word="dog")
+        _train(nodes, models, concept_folder, "never", word="dog", captions="prompt for every image")
+    with pytest.raises(EditLabInputError, match="input 'templates'.*needs \\{\\}"):
+        _train(nodes, models, concept_folder, "never", templates="a photo of a {}\na photo")
     with pytest.raises(EditLabInputError, match="input 'folder'"):
         _train(nodes, models, "../..", "never")
     with pytest.raises(EditLabInputError, match="input 'folder'"):
