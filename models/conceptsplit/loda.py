@@ -184,7 +184,9 @@ def loda_sample(wrapped, model_wrap, sigmas, extra_args, callback, noise, latent
         return wrapped.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
                               disable_pbar)
     if denoise_mask is not None:
-        raise ValueError("LODA does not take a denoise (inpainting) mask")
+        raise ValueError("LODA does not take a denoise (inpainting) mask: the latent carries one (InpaintModelConditioning "
+                         "with noise_mask on, e.g. for Flux Fill, or Set Latent Noise Mask); turn noise_mask off "
+                         "(Flux Fill still sees the mask through its conditioning) or sample without LODA")
     sampling = model_wrap.inner_model.model_sampling
     x = sampling.noise_scaling(sigmas[0], noise, latent_image, wrapped.max_denoise(model_wrap, sigmas))
     total = len(sigmas) - 1
