@@ -10,6 +10,7 @@ there. Run: python scripts/make_workflows.py
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 from pathlib import Path
@@ -62,7 +63,8 @@ GROUP_PAD, GROUP_TITLE_H = 20, 46
 NOTE_W = 440
 VIEW_SCALE = 0.75
 VIEW_AT = (90, 140)  # screen pixels where the Note's top-left lands: clear of the side bar, tabs and banner
-MULTILINE = {("CLIPTextEncode", "text"), ("EditLabTextEncode", "text"), ("EditLabSAETrain", "prompts"), ("EditLabSAEDirection", "pairs"),
+MULTILINE = {("CLIPTextEncode", "text"), ("EditLabToVATrain", "templates"),
+             ("EditLabTextEncode", "text"), ("EditLabSAETrain", "prompts"), ("EditLabSAEDirection", "pairs"),
              ("EditLabSAESlider", "prompt"), ("EditLabBlendshapeEdit", "values")}
 WIDE = {"CLIPTextEncode": 400, "EditLabTextEncode": 400, "EditLabSAETrain": 360, "EditLabSAEDirection": 380, "EditLabSAESlider": 360,
         "KSampler": 320, "DualCLIPLoader": 340, "UNETLoader": 340, "CheckpointLoaderSimple": 360,
@@ -759,6 +761,27 @@ def saedit_photo_edit():
 CONCEPT_PROMPT = "a photo of sks person wearing a zwx shirt"
 
 
+def _tova_templates():
+    """ToVA Train's default caption templates, read from the method's source (no torch import for a script that only
+    writes JSON): the shipped workflows show and send the node's own defaults."""
+    tree = ast.parse((ROOT / "models" / "conceptsplit" / "train.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["DEFAULT_TEMPLATES"]:
+            return "\n".join(ast.literal_eval(node.value))
+    raise SystemExit("models/conceptsplit/train.py has no DEFAULT_TEMPLATES")
+
+
+def tova_train(g, m, word, what, i, size, rank, lr, steps, name, stage):
+    """ToVA Train on the input folder, captioned with the node's default templates (the authors' way)."""
+    return g.add(
+        "EditLabToVATrain",
+        [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", size),
+         ("rank", rank), ("steps", steps), ("lr", lr), ("batch_size", 1), ("seed", i), ("name", name),
+         ("overwrite", True), ("captions", "templates (authors)"), ("templates", _tova_templates())],
+        {"model": m.model, "clip": m.clip, "vae": m.vae}, ["EDITLAB_TOVA", "STRING"], stage, i, 0,
+        title=f"ToVA Train ({word})")
+
+
 # ConceptSplit per model family: (title suffix, loaders, files, empty latent node, ToVA rank and lr (the authors'
 # SD / SDXL defaults; Flux has none published), sampler cfg (the authors' 7.5; Flux: 1 with its guidance), Flux
 # guidance or None, image and training resolution (the model's native size)).
@@ -785,13 +808,8 @@ def conceptsplit_rows(g, family, band=0, label="", m=None):
     s_maps = g.stage(key + "maps", f"{label}Where each word attends", bands[4])
     adapters = []
     for i, (word, what) in enumerate((("sks", "person"), ("zwx", "shirt"))):
-        adapters.append(g.add(
-            "EditLabToVATrain",
-            [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", size),
-             ("rank", rank), ("steps", real["train_steps"]), ("lr", lr), ("batch_size", 1), ("seed", i),
-             ("name", f"concept_{word}" if family == "sd15" else f"concept_{word}_{family}"), ("overwrite", True)],
-            {"model": m.model, "clip": m.clip, "vae": m.vae}, ["EDITLAB_TOVA", "STRING"], s_train, i, 0,
-            title=f"ToVA Train ({word})"))
+        adapters.append(tova_train(g, m, word, what, i, size, rank, lr, real["train_steps"],
+                                   f"concept_{word}" if family == "sd15" else f"concept_{word}_{family}", s_train))
     tova = g.add("EditLabToVAApply", [("prompt", CONCEPT_PROMPT), ("strength", 1.0)],
                  {"model": m.model, "clip": m.clip, "adapter_1": (adapters[0], 0, "EDITLAB_TOVA"),
                   "adapter_2": (adapters[1], 0, "EDITLAB_TOVA")}, ["MODEL"], s_apply, 0, 0)
@@ -1238,24 +1256,19 @@ def composed_tova_expression():
     s_sample = g.stage("sample", "LODA sampler, save", 3)
     adapters = []
     for i, (word, what) in enumerate((("sks", "person"), ("zwx", "shirt"))):
-        adapters.append(g.add(
-            "EditLabToVATrain",
-            [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", size),
-             ("rank", rank), ("steps", real["train_steps"]), ("lr", lr), ("batch_size", 1), ("seed", i),
-             ("name", f"composed_{word}"), ("overwrite", True)],
-            {"model": m.model, "clip": m.clip, "vae": m.vae}, ["EDITLAB_TOVA", "STRING"], s_train, i, 0,
-            title=f"ToVA Train ({word})"))
+        adapters.append(tova_train(g, m, word, what, i, size, rank, lr, real["train_steps"], f"composed_{word}",
+                                   s_train))
     tova = g.add("EditLabToVAApply", [("prompt", CONCEPT_PROMPT), ("strength", 1.0)],
                  {"model": m.model, "clip": m.clip, "adapter_1": (adapters[0], 0, "EDITLAB_TOVA"),
                   "adapter_2": (adapters[1], 0, "EDITLAB_TOVA")}, ["MODEL"], s_apply, 0, 0)
     smile = g.add("EditLabBlendshapeEdit", [("preset", "smile"), ("values", "{}"), ("symmetric", True),
                                             ("intensity", 1.0)], {"blendshapes": (shapes, 0, "EDITLAB_BLENDSHAPES")},
-                  ["EDITLAB_BLENDSHAPES"], s_apply, 0, 1)
-    model = apply_expression(g, m, adapter, smile, s_apply, 1, 0, model=(tova, 0, "MODEL"))
+                  ["EDITLAB_BLENDSHAPES"], s_apply, 1, 0)
+    model = apply_expression(g, m, adapter, smile, s_apply, 1, 1, model=(tova, 0, "MODEL"))
     pos = text(g, m.clip, CONCEPT_PROMPT, s_apply, 2, 0)
     neg = text(g, m.clip, "", s_apply, 2, 1, title="Negative prompt")
-    latent = g.add(latent_node, [("width", size), ("height", size), ("batch_size", 1)], {}, ["LATENT"], s_apply, 1,
-                   1)
+    latent = g.add(latent_node, [("width", size), ("height", size), ("batch_size", 1)], {}, ["LATENT"], s_apply, 2,
+                   2)
     base = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_sample, 0, 0)
     loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"),
                                  ("loda_steps", real["loda_steps"]), ("step_size", 20.0), ("threshold", 3.0),
