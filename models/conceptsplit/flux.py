@@ -25,6 +25,7 @@ from ..patch_layer import Hook, cond_rows
 from .tova import moved_values
 
 TEXT_LENGTH = "editlab_flux_text_length"  # the forward's text length, in its transformer options
+TEXT_VALUES = "editlab_flux_text_values"  # {block: the text values as the block made them}, per forward
 WRAPPER_TYPE = "diffusion_model"  # comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL (0.3.75 and 0.33)
 WRAPPER_KEY = "editlab_flux_text_length"
 
@@ -129,7 +130,14 @@ class FluxToVAPatch:
                 binding.adapter.to(v.device)  # normally done by the host through Hook.to
         txt = v[:, :, start:start + t].transpose(1, 2).reshape(b, t, h * d)
         rows = cond_rows(options.get("cond_or_uncond", [0]), b)
-        new = moved_values(txt, self.bindings, name, txt, rows)
+        # every ToVA patch of this forward reads the text values as the block made them (the first one to see the
+        # block keeps them in the forward's options): two ToVA Apply nodes on one word add their terms, in either
+        # order, as on a UNet; reading the values the other patch had already moved made the result depend on the
+        # order of the nodes (v + a2(v) + a1(v + a2(v)))
+        source = options.setdefault(TEXT_VALUES, {}).setdefault(name, txt) if isinstance(options, dict) else txt
+        if source.shape != txt.shape:
+            source = txt
+        new = moved_values(txt, self.bindings, name, source, rows)
         if new is txt:
             return v
         new = new.reshape(b, t, h, d).transpose(1, 2)

@@ -137,3 +137,38 @@ def test_post_input_with_the_options_keeps_the_text_streams_length():
     assert options[TEXT_LENGTH] == 7
     assert patch.input_hook({"txt": torch.zeros(1, 3, H * D)})  # 0.3.75: no options, nothing kept on the patch
     assert not any(isinstance(v, int) for v in vars(patch).values())
+
+
+def test_two_patches_on_one_word_add_their_terms_in_either_order():
+    """Two ToVA Apply nodes binding the same word: each adapter reads the text values as the block made them, so
+    the bound row is v + a1(v) + a2(v) (written out) whichever node wraps the other (it was v + a2(v) + a1(v +
+    a2(v)) when each read the values the other had moved)."""
+    from editlab.models.conceptsplit.flux import record_text_length
+
+    outs = []
+    v = torch.randn(1, H, OUTER_T + CELLS, D, generator=torch.Generator().manual_seed(11))
+    for swap in (False, True):
+        p1, a1 = _tova(flipped=False)
+        p2, a2 = _tova(flipped=False)
+        with torch.no_grad():
+            a2.up[0].mul_(-0.7).add_(0.3)  # another adapter on the same word
+        inner, outer = (p2, p1) if swap else (p1, p2)
+        outer.previous = inner
+        got = []
+
+        def attention(q, k, v_in, heads, **kwargs):
+            got.append(v_in)
+            return _host_attention(q, k, v_in, heads, **kwargs)
+
+        def body(x, timestep, context, y, guidance, ref_latents, control, transformer_options):
+            q = torch.randn(1, H, OUTER_T + CELLS, D, generator=torch.Generator().manual_seed(12))
+            return outer(attention, q, q, v, H, skip_reshape=True, skip_output_reshape=True,
+                         transformer_options=transformer_options)
+
+        record_text_length(body, None, None, torch.zeros(1, OUTER_T, 4), None, None, None, None,
+                           {"block_type": "double", "block_index": 0, "cond_or_uncond": [0]})
+        txt = v[0, :, 2].reshape(H * D)
+        want = txt + a1.up[0] @ (a1.down[0] @ txt) + a2.up[0] @ (a2.down[0] @ txt)
+        assert torch.allclose(got[0][0, :, 2].reshape(H * D), want, atol=1e-5)
+        outs.append(got[0])
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
