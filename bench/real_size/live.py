@@ -77,7 +77,7 @@ class Graphs:
         g["21"] = N("EditLabSAEDirection", clip=["1", 1], sae=["20", 0], pairs="a person | a smiling person",
                     pairs_file="", part="clip", method="svd", percentile=99.5, name="")
         g["22"] = N("EditLabSAESlider", conditioning=["5", 0], clip=["1", 1], sae=["20", 0],
-                    direction=["21", self.out("EditLabSAEDirection", "SAE_DIRECTION")], prompt=PROMPT,
+                    direction=["21", self.out("EditLabSAEDirection", "EDITLAB_SAE_DIRECTION")], prompt=PROMPT,
                     word="person", strength=0.5, schedule="exponential", part="clip")
         return self.sample(g, positive=("22", self.out("EditLabSAESlider", "CONDITIONING")))
 
@@ -142,13 +142,22 @@ class Graphs:
         g["20"] = N("EditLabExpressionAdapterLoader", adapter_name="real_size_expression.safetensors")
         return g
 
+    def host_train_lora_no_checkpointing(self):
+        g = self.host_train_lora()
+        g["11"]["inputs"]["gradient_checkpointing"] = False
+        return g
+
     def host_train_lora(self):
         g = {"1": self.base()["1"], "5": self.base()["5"]}
         g["20"] = N("LoadImage", image="real_size_face.png")
         g["21"] = N("ImageScale", image=["20", 0], upscale_method="bilinear", width=self.size, height=self.size,
                     crop="center")
-        g["22"] = N("VAEEncode", pixels=["21", 0], vae=["1", 2])
-        g["11"] = N("TrainLoraNode", model=["1", 0], latents=["22", 0], positive=["5", 0], batch_size=1,
+        # two copies of the image, rebatched to a list of two latents: given one latent (a tensor), 0.3.75's node
+        # fails before training (UnboundLocalError: multi_res); a list takes the path that sets it, on both hosts
+        g["23"] = N("RepeatImageBatch", image=["21", 0], amount=2)
+        g["22"] = N("VAEEncode", pixels=["23", 0], vae=["1", 2])
+        g["24"] = N("RebatchLatents", latents=["22", 0], batch_size=1)
+        g["11"] = N("TrainLoraNode", model=["1", 0], latents=["24", 0], positive=["5", 0], batch_size=1,
                     grad_accumulation_steps=1, steps=self.steps, learning_rate=5e-4, rank=8, optimizer="AdamW",
                     loss_function="MSE", seed=0, training_dtype="fp32", lora_dtype="fp32",
                     gradient_checkpointing=True, existing_lora="[None]")
@@ -165,6 +174,8 @@ WORKFLOWS = [
     ("reference_adapter", "Reference Adapter", "plain", "sample"),
     ("attention_maps", "Attention Maps (its own sampler)", "plain", "sample"),
     ("loda", "LODA (1 LODA step per sampling step) + AFG", "plain", "sample"),
+    ("host_train_lora_no_checkpointing", "host TrainLoraNode (rank 8, fp32, gradient checkpointing off)", "plain",
+     "train"),
     ("host_train_lora", "host TrainLoraNode (rank 8, fp32, its default checkpointing)", "plain", "train"),
     ("tova_train", "ToVA Train", "plain", "train"),
     ("expression_train", "Train Expression Adapter", "plain", "train"),
@@ -174,7 +185,7 @@ WORKFLOWS = [
 # wrote; the host's TrainLoraNode last: on 0.3.75 it can fail after patching gradient checkpointing onto the shared
 # model's blocks, which then breaks every later trainer in the same server
 ORDER = ["plain", "slider", "expression", "reference_adapter", "attention_maps", "loda", "tova_train", "tova_apply",
-         "expression_train", "reference_lora_train", "host_train_lora"]
+         "expression_train", "reference_lora_train", "host_train_lora_no_checkpointing", "host_train_lora"]
 
 
 def _status(pid: int) -> dict:
