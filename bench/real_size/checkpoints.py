@@ -55,4 +55,8 @@ def write_checkpoint(family: str, path: Path, dtype=torch.float16, seed: int = 0
     save_file(tensors, str(path))
     count = sum(v.numel() for v in unet.values())
     del tensors
-    return {"unet_parameters": count}
+    from editlab.models.patch_layer import named_cross_attention_layers
+
+    # (context width, value width) of each cross-attention layer by name: what a ToVA file for this model holds
+    widths = {n: tuple(a.to_v.weight.shape[::-1]) for n, a in named_cross_attention_layers(base.diffusion_model).items()}
+    return {"unet_parameters": count, "cross_attention": widths}

@@ -83,7 +83,7 @@ class Graphs:
 
     def tova_apply(self):
         g = self.base()
-        g["20"] = N("EditLabToVALoader", adapter_name="real_size_sks.safetensors")
+        g["20"] = N("EditLabToVALoader", adapter_name="real_size_tova_random.safetensors")
         g["21"] = N("EditLabToVAApply", model=["1", 0], clip=["1", 1], prompt=PROMPT, strength=1.0,
                     adapter_1=["20", 0])
         return self.sample(g, model=("21", self.out("EditLabToVAApply", "MODEL")))
@@ -181,10 +181,10 @@ WORKFLOWS = [
     ("expression_train", "Train Expression Adapter", "plain", "train"),
     ("reference_lora_train", "Train Reference LoRA", "plain", "train"),
 ]
-# the inference patches first (their <= 1.10x target; a run cut short has them); ToVA Apply loads what ToVA Train
-# wrote; the host's TrainLoraNode last: on 0.3.75 it can fail after patching gradient checkpointing onto the shared
-# model's blocks, which then breaks every later trainer in the same server
-ORDER = ["plain", "slider", "expression", "reference_adapter", "attention_maps", "loda", "tova_train", "tova_apply",
+# the inference patches first (their <= 1.10x target; a run cut short has them; a trainer leaves the process holding
+# ~1.2-1.5 GB more, which would count in a later row's peak); the host's TrainLoraNode last: on 0.3.75 it can fail
+# after patching gradient checkpointing onto the shared model's blocks, which then breaks every later trainer
+ORDER = ["plain", "slider", "tova_apply", "expression", "reference_adapter", "attention_maps", "loda", "tova_train",
          "expression_train", "reference_lora_train", "host_train_lora_no_checkpointing", "host_train_lora"]
 
 
@@ -253,6 +253,17 @@ def _prepare(base: Path, family: str) -> dict:
     t0 = time.monotonic()
     made = checkpoints.write_checkpoint(family, models / "checkpoints" / "real_size_random.safetensors")
     made["checkpoint_seconds"] = round(time.monotonic() - t0, 1)
+    # a ToVA file at the model's real widths and the authors' rank, random (its up matrices too, so it acts): ToVA
+    # Apply runs among the inference rows, before any trainer (a trainer's run leaves the process holding more)
+    from editlab.models.conceptsplit.tova import ValueLoRA, save_tova
+
+    widths = made.pop("cross_attention")
+    tova = ValueLoRA("sks", family, TOVA_RANK[family], next(iter(widths.values()))[0],
+                     {n: w[1] for n, w in widths.items()}, seed=0)
+    with torch.no_grad():
+        for up in tova.up:
+            up.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+    save_tova(tova, models / "tova" / "real_size_tova_random.safetensors")
     # an SAE over CLIP-L's tokens (768 wide, 16x expansion) and an expression adapter at the model's real widths
     d, m = 768, 768 * 16
     gen = torch.Generator().manual_seed(0)
@@ -273,16 +284,13 @@ def _inputs(inputs: Path) -> None:
 
 
 def chosen(workflows) -> list[str]:
-    """ORDER cut to ``workflows`` (keys), plain always first; ToVA Apply brings ToVA Train (it loads what that
-    wrote)."""
+    """ORDER cut to ``workflows`` (keys), plain always first."""
     if not workflows:
         return list(ORDER)
     want = set(workflows) | {"plain"}
     unknown = sorted(want - set(ORDER))
     if unknown:
         raise ValueError(f"unknown workflows {unknown}; known: {', '.join(ORDER)}")
-    if "tova_apply" in want:
-        want.add("tova_train")
     return [k for k in ORDER if k in want]
 
 

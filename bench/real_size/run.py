@@ -80,8 +80,7 @@ def main(argv=None) -> int:
                         help="run only these parts (repeatable); default: sd15 and meta (and sdxl on a GPU)")
     parser.add_argument("--steps", type=int, default=2, help="steps per sampling / training prompt")
     parser.add_argument("--workflows", type=lambda s: [w.strip() for w in s.split(",") if w.strip()],
-                        help="comma-separated workflow keys of the live runs (plain is always run, ToVA Apply brings "
-                             "ToVA Train); default: all")
+                        help="comma-separated workflow keys of the live runs (plain is always run); default: all")
     parser.add_argument("--collect", choices=["sd15", "sdxl"],
                         help="write the table from the rows a live run that was stopped had measured "
                              "(results/FAMILY_partial.json), measuring nothing")

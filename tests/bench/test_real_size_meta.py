@@ -65,8 +65,8 @@ def test_a_subset_of_workflows_runs_beside_plain_and_keeps_the_earlier_rows_mark
     import run
 
     assert live.chosen(None) == live.ORDER
-    # plain always, first; ToVA Apply brings ToVA Train (it loads the file that wrote), before it; the run's order kept
-    assert live.chosen(["tova_apply", "slider"]) == ["plain", "slider", "tova_train", "tova_apply"]
+    # plain always, first; the run's order kept
+    assert live.chosen(["expression_train", "slider"]) == ["plain", "slider", "expression_train"]
     with pytest.raises(ValueError, match="unknown workflows"):
         live.chosen(["slidre"])
     def row(key, peak, **more):
