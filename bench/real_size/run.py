@@ -157,22 +157,27 @@ def keep_earlier(now: dict, earlier: dict | None) -> None:
 def render(data: dict) -> str:
     lines = [f"Machine: {data['machine']} (torch {data['torch']}).", ""]
     for family, live in data.get("live", {}).items():
-        lines += [f"**{live['title']}** ({live['where']}; {live['note']}; measured {live.get('date', '?')} at "
+        runs = [None]  # None: this run; then each earlier run a kept row came from, in order of appearance
+        for r in live["rows"]:
+            e = r.get("earlier_run")
+            if e and e not in runs:
+                runs.append(e)
+        letter = lambda e: "ABCDEFGH"[runs.index(e)]
+        lines += [f"**{live['title']}** ({live['where']}; {live['note']}; run A measured {live.get('date', '?')} at "
                   f"{live.get('commit', '?')}, load average {live.get('load', '?')})", "",
-                  "| workflow | peak MiB | extra over the loaded model, MiB | ratio to plain peak | s/step | "
-                  "steps | vs |", "|---|---:|---:|---:|---:|---:|---|"]
+                  "| workflow | run | peak MiB | extra over the loaded model, MiB | ratio to its run's plain peak | "
+                  "s/step | steps |", "|---|---|---:|---:|---:|---:|---:|"]
         for r in live["rows"]:
             if "error" in r:
                 what = "not run" if r["error"] == "not run" else "failed: " + r["error"][:150]
-                lines.append(f"| {r['label']} | {what} | | | | | |")
+                lines.append(f"| {r['label']} | | {what} | | | | |")
                 continue
             ratio = f"{r['ratio_to_plain']:.2f}x" if r.get("ratio_to_plain") is not None else "-"
-            e = r.get("earlier_run")
-            if e:
-                ratio += (f" (earlier run {e['date']}, load {e['load']}: against its own plain, "
-                          f"{e['plain_peak_mib']:,} MiB, {e['plain_s_per_step']} s/step)")
-            lines.append(f"| {r['label']} | {r['peak_mib']:,} | {r['extra_mib']:,} | {ratio} | "
-                         f"{r['s_per_step']:.1f} | {r['steps']} | {r['vs']} |")
+            lines.append(f"| {r['label']} | {letter(r.get('earlier_run'))} | {r['peak_mib']:,} | {r['extra_mib']:,} | "
+                         f"{ratio} | {r['s_per_step']:.1f} | {r['steps']} |")
+        for e in runs[1:]:
+            lines += ["", f"Run {letter(e)}: measured {e['date']} at {e['commit']}, load average {e['load']}; its plain "
+                          f"prompt peaked at {e['plain_peak_mib']:,} MiB, {e['plain_s_per_step']} s/step."]
         lines.append("")
     if data.get("meta"):
         dev = data["meta"][0]["device"]

@@ -82,7 +82,8 @@ def test_a_subset_of_workflows_runs_beside_plain_and_keeps_the_earlier_rows_mark
     # LODA was not re-run: the earlier row, with its own ratio (10000 / 7000, not / 6000) and that run's plain
     assert rows["loda"]["ratio_to_plain"] == 1.43 and rows["loda"]["earlier_run"]["plain_peak_mib"] == 7000
     assert rows["tova_train"]["error"] == "not run"  # measured in neither
-    assert "earlier run then" in run.render({"machine": "m", "torch": "t", "live": {"sd15": now}})
+    text = run.render({"machine": "m", "torch": "t", "live": {"sd15": now}})
+    assert "| loda | B | 10,000 |" in text and "Run B: measured then at abc" in text and "| slider | A | 6,300 |" in text
 
 
 def test_the_readme_carries_the_last_real_size_table():
