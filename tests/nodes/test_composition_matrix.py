@@ -1,5 +1,7 @@
-"""Every EditLab patch composed with every other, and with the host's common patches, on the tiny SD1.5 (one graph
-with both, under CFG 3, with euler and dpmpp_2m). For each pair (A, B):
+"""Every EditLab patch composed with every other, and with the host's common patches, on the tiny SD1.5 and the tiny
+SDXL (one graph with both, under CFG 3, with euler and dpmpp_2m). On SDXL a subset (PAIRS_BY_FAMILY): every EditLab
+patch with every other and with the host's LoRA; the host's FreeU_V2, PerturbedAttentionGuidance and the pack attn2
+output patch are left out there (they run on SD1.5). For each pair (A, B):
   runs     both in one graph sample without error (both samplers);
   acts     each still acts: |out(A+B) - out(B)| >= ACTS * |out(A) - out(base)| (and the same with A and B swapped;
            both samplers);
@@ -39,8 +41,28 @@ RESULTS: dict = {}  # (family, a, b) -> {check: "pass" | "n/a" | "FAIL"}
 
 # -- the models and patches -------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def world(comfy_host, tmp_path_factory):
+FAMILIES = {"SD1.5": "sd15", "SDXL": "sdxl"}  # the table's name -> the tiny model's architecture
+
+
+def _ip_adapter_file(context, seed=1):
+    """An expression adapter file in diffusers' documented layout (tests/expression_files.py's, whose width is the
+    tiny SD1.5's 32) for a model whose text context is ``context`` wide: the tiny SDXL's is 64, over the same layers."""
+    from expression_files import DIFFUSERS_CROSS_ATTENTION, FLAME, TOKENS
+
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen) / shape[-1] ** 0.5
+    image_proj = {"proj.weight": rand(TOKENS * context, FLAME),
+                  "proj.bias": 0.1 * torch.randn(TOKENS * context, generator=gen),
+                  "norm.weight": 1 + 0.1 * torch.randn(context, generator=gen),
+                  "norm.bias": 0.1 * torch.randn(context, generator=gen)}
+    ip = {}
+    for n, (_, _, inner) in enumerate(DIFFUSERS_CROSS_ATTENTION):
+        k, v = rand(inner, context), rand(inner, context)
+        ip[f"{2 * n + 1}.to_k_ip.weight"], ip[f"{2 * n + 1}.to_v_ip.weight"] = k, v
+    return {"image_proj": image_proj, "ip_adapter": ip}
+
+
+def _build_world(family, tmp_path_factory):
     import folder_paths
 
     from editlab.models.conceptsplit.patch import named_cross_attention_layers
@@ -48,29 +70,34 @@ def world(comfy_host, tmp_path_factory):
     from editlab.models.expression.patch import transformer_blocks
     from editlab.models.expression.reference_lora import ReferenceLoRA, ReferenceLoRAWeights
     from editlab.models.tiny import build_tiny_models
-    from editlab.nodes import conceptsplit, expression
+    from editlab.nodes import conceptsplit, expression, host
 
     with torch.inference_mode():
-        sd15 = build_tiny_models("sd15", 0)
+        tiny = build_tiny_models(FAMILIES[family], 0)
     tova_dir = tmp_path_factory.mktemp("tova")
     folder_paths.folder_names_and_paths[conceptsplit.TOVA_FOLDER] = ([str(tova_dir)], {".safetensors"})
     adapter_dir = tmp_path_factory.mktemp("expression_adapters")
     folder_paths.folder_names_and_paths[expression.ADAPTER_FOLDER] = ([str(adapter_dir)], {".bin"})
 
-    layers = named_cross_attention_layers(sd15.model.model.diffusion_model)
+    layers = named_cross_attention_layers(tiny.model.model.diffusion_model)
+    context = next(iter(layers.values())).to_v.weight.shape[1]  # SD1.5 tiny: 32, SDXL tiny: 64
     tova = {}
     for seed, word in ((1, "dog"), (2, "cat")):
         with torch.inference_mode(False):
-            a = ValueLoRA(word, "sd15", 4, 32, {n: attn.to_v.weight.shape[0] for n, attn in layers.items()}, seed)
+            a = ValueLoRA(word, host.model_family(tiny.model), 4, context,
+                          {n: attn.to_v.weight.shape[0] for n, attn in layers.items()}, seed)
             with torch.no_grad():
                 for p in a.up:
                     p.normal_(generator=torch.Generator().manual_seed(seed + 1)).mul_(0.5)
         save_tova(a.eval().requires_grad_(False), tova_dir / f"{word}.safetensors")
         tova[word] = conceptsplit.EditLabToVALoader.execute(adapter_name=f"{word}.safetensors").result[0]
 
-    from expression_files import diffusers_ip_adapter  # the authors' file layout, written independently
+    if family == "SD1.5":
+        from expression_files import diffusers_ip_adapter  # the authors' file layout, written independently
 
-    data, _ = diffusers_ip_adapter()
+        data, _ = diffusers_ip_adapter()
+    else:
+        data = _ip_adapter_file(context)
     torch.save(data, adapter_dir / "exp_adapter.bin")
     exp_adapter = expression.EditLabExpressionAdapterLoader.execute(adapter_name="exp_adapter.bin").result[0]
     flame = lambda jaw: expression.EditLabFLAMEExpression.execute(
@@ -78,7 +105,7 @@ def world(comfy_host, tmp_path_factory):
         jaw_roll=0.0).result[0]
 
     with torch.inference_mode(False):
-        self_layers = [(key, tb.attn1) for key, tb in transformer_blocks(sd15.model.model.diffusion_model)]
+        self_layers = [(key, tb.attn1) for key, tb in transformer_blocks(tiny.model.model.diffusion_model)]
         ref_lora = ReferenceLoRA(self_layers, 2, seed=3)
         with torch.no_grad():
             for m in ref_lora.lora_layers():
@@ -87,11 +114,24 @@ def world(comfy_host, tmp_path_factory):
         ref_weights = ReferenceLoRAWeights(ref_lora.state(), 2, 2.0, "matrix")
     reference = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(5))
 
-    clip = sd15.clip
+    clip = tiny.clip
     conds = (clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT)),
              clip.encode_from_tokens_scheduled(clip.tokenize("")))
-    return dict(sd15=sd15, conds=conds, tova=tova, exp_adapter=exp_adapter, flame=flame, ref_weights=ref_weights,
+    return dict(tiny=tiny, conds=conds, tova=tova, exp_adapter=exp_adapter, flame=flame, ref_weights=ref_weights,
                 reference=reference, conceptsplit=conceptsplit, expression=expression)
+
+
+@pytest.fixture(scope="module")
+def worlds(comfy_host, tmp_path_factory):
+    """family -> its tiny model, conditioning and EditLab adapters, built on first use (a -k selection of one family
+    builds only that one)."""
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = _build_world(family, tmp_path_factory)
+        return cache[family]
+    return get
 
 
 def _host_lora(model, strength):
@@ -145,7 +185,7 @@ def _pack_attn2(model, strength):
 
 def _tova(w, word):
     def apply(model, strength):
-        return w["conceptsplit"].EditLabToVAApply.execute(model=model, clip=w["sd15"].clip, prompt=PROMPT,
+        return w["conceptsplit"].EditLabToVAApply.execute(model=model, clip=w["tiny"].clip, prompt=PROMPT,
                                                           strength=strength,
                                                           adapter_1=w["tova"][word]).result[0]
     return apply
@@ -163,9 +203,9 @@ def _reference(w, trained):
     def apply(model, strength):
         node = w["expression"].EditLabReferenceAdapter
         if trained:
-            return node.execute(model=model, vae=w["sd15"].vae, reference=w["reference"], strength=strength,
+            return node.execute(model=model, vae=w["tiny"].vae, reference=w["reference"], strength=strength,
                                 mode="trained LoRA", lora=w["ref_weights"], lora_scale=0.8).result[0]
-        return node.execute(model=model, vae=w["sd15"].vae, reference=w["reference"], strength=strength).result[0]
+        return node.execute(model=model, vae=w["tiny"].vae, reference=w["reference"], strength=strength).result[0]
     return apply
 
 
@@ -222,16 +262,25 @@ EDITLAB = [n for n in PATCH_NAMES if not n.startswith(("host", "pack"))]
 # two concepts, two Apply Expression nodes)
 PAIRS = [(a, b) for a, b in itertools.combinations(PATCH_NAMES, 2) if a in EDITLAB] + [
     ("ToVA Apply (dog)", "ToVA Apply (cat)"), ("Apply Expression", "Apply Expression (2nd)")]
+# The tiny SDXL (every EditLab patch supports it: ToVA Apply, Apply Expression and both Reference Adapter modes take
+# its 64-wide context and pooled ADM input): the full set would double the file's run time, so SDXL has every EditLab
+# patch with every other, the two same-kind pairs, and each EditLab patch with the host's LoRA; LODA + AFG and
+# Attention Maps sample each of those five. Left out on SDXL (run on SD1.5): host FreeU_V2, host
+# PerturbedAttentionGuidance and the pack attn2 output patch, with each EditLab patch and under both samplers.
+SDXL_PATCHES = EDITLAB + ["host LoraLoader"]
+PAIRS_BY_FAMILY = {"SD1.5": PAIRS, "SDXL": [(a, b) for a, b in PAIRS if b in SDXL_PATCHES or b.endswith(")")]}
+SAMPLED_ON = {"SD1.5": PATCH_NAMES, "SDXL": SDXL_PATCHES}  # the patches LODA + AFG and Attention Maps sample
 FULL_CHECKS = SAMPLERS[:1]  # off and order with euler; runs and acts with every sampler
+MODEL_PAIRS = [(f, a, b) for f in FAMILIES for a, b in PAIRS_BY_FAMILY[f]]
+SAMPLED = [(f, b) for f in FAMILIES for b in SAMPLED_ON[f]]
 
 
-@pytest.fixture(scope="module")
-def alone(world):
-    """out(base) and out(each patch alone) per sampler, computed once."""
-    base = world["sd15"].model
+def _alone(world):
+    """out(base) and out(each patch alone) per sampler."""
+    base = world["tiny"].model
     patches = model_patches(world)
     table = {}
-    with torch.inference_mode():  # as the server runs nodes (module fixtures run outside the server_mode fixture)
+    with torch.inference_mode():  # as the server runs nodes
         for s in SAMPLERS:
             table[(s, None)] = _sample(world, base, s)
             for name, apply in patches.items():
@@ -239,11 +288,24 @@ def alone(world):
     return table
 
 
-@pytest.mark.parametrize("a,b", PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
-def test_model_patch_pair(world, alone, a, b):
+@pytest.fixture(scope="module")
+def alones(worlds):
+    """family -> its table of out(base) and out(each patch alone), computed once per family."""
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = _alone(worlds(family))
+        return cache[family]
+    return get
+
+
+@pytest.mark.parametrize("family,a,b", MODEL_PAIRS, ids=[f"{f}:{a}+{b}" for f, a, b in MODEL_PAIRS])
+def test_model_patch_pair(worlds, alones, family, a, b):
+    world, alone = worlds(family), alones(family)
     patches = model_patches(world)
-    base = world["sd15"].model
-    key = ("SD1.5", a, b)
+    base = world["tiny"].model
+    key = (family, a, b)
     failures = []
     for s in SAMPLERS:
         ab = _sample(world, patches[b](patches[a](base, 1.0), 1.0), s)
@@ -282,17 +344,19 @@ def _loda(world, sampler_name, afg=2.0, steps=1):
     import comfy.samplers
 
     return world["conceptsplit"].EditLabLODA.execute(
-        sampler=comfy.samplers.sampler_object(sampler_name), clip=world["sd15"].clip, prompt=PROMPT,
+        sampler=comfy.samplers.sampler_object(sampler_name), clip=world["tiny"].clip, prompt=PROMPT,
         concepts="dog, cat", loda_steps=steps, step_size=20.0, threshold=3.0, afg_strength=afg).result[0]
 
 
-@pytest.mark.parametrize("b", PATCH_NAMES)
-def test_loda_with_afg_on_a_patched_model(world, alone, b):
+@pytest.mark.parametrize("family,b", SAMPLED, ids=[f"{f}:{b}" for f, b in SAMPLED])
+def test_loda_with_afg_on_a_patched_model(worlds, alones, family, b):
     """LODA (1 step) + AFG sampled on a model carrying patch B: LODA still acts (differs from B alone by at least
-    half of what it changes on the base model), B still acts, and LODA at 0 steps is B alone bit for bit."""
+    half of what it changes on the base model), B still acts, and LODA at 0 steps is B alone bit for bit. On SDXL
+    LODA reads the down blocks' maps only (the authors' SDXL layers, models/conceptsplit/loda.py)."""
+    world, alone = worlds(family), alones(family)
     patches = model_patches(world)
-    base = world["sd15"].model
-    key = ("SD1.5", "LODA + AFG (sampler)", b)
+    base = world["tiny"].model
+    key = (family, "LODA + AFG (sampler)", b)
     failures = []
     for s in SAMPLERS:
         loda_base = _sample(world, base, s, _loda(world, s))
@@ -318,18 +382,19 @@ def test_loda_with_afg_on_a_patched_model(world, alone, b):
     assert not failures, failures
 
 
-@pytest.mark.parametrize("b", PATCH_NAMES)
-def test_attention_maps_sampling_a_patched_model(world, alone, b):
+@pytest.mark.parametrize("family,b", SAMPLED, ids=[f"{f}:{b}" for f, b in SAMPLED])
+def test_attention_maps_sampling_a_patched_model(worlds, alones, family, b):
     """Attention Maps samples as KSampler does and only records: on a model carrying patch B its latent is plain
     sampling of that model (so B acts exactly as alone), and it records maps."""
+    world, alone = worlds(family), alones(family)
     patches = model_patches(world)
-    key = ("SD1.5", "Attention Maps (sampler)", b)
+    key = (family, "Attention Maps (sampler)", b)
     node = world["conceptsplit"].EditLabAttentionMaps
     failures = []
     for s in FULL_CHECKS:
-        patched = patches[b](world["sd15"].model, 1.0)
+        patched = patches[b](world["tiny"].model, 1.0)
         latent = {"samples": torch.zeros(1, 4, 8, 8)}
-        out = node.execute(model=patched, clip=world["sd15"].clip, positive=world["conds"][0],
+        out = node.execute(model=patched, clip=world["tiny"].clip, positive=world["conds"][0],
                            negative=world["conds"][1], latent_image=latent, prompt=PROMPT, words="dog, cat",
                            seed=SEED, steps=STEPS, cfg=CFG, sampler_name=s, scheduler="simple", start_step=0,
                            end_step=10000)
@@ -355,11 +420,12 @@ def table() -> str:
 
 
 def test_the_readme_carries_this_runs_table():
-    """Last: the table this run filled (written to out/test-artifacts/) is the README's, row for row."""
-    if len(RESULTS) < len(PAIRS) + 2 * len(PATCH_NAMES):
-        pytest.skip("only part of the matrix ran (a -k selection): nothing to compare")
+    """Last: the table this run filled (written to out/test-artifacts/, a part of it too) is the README's, row for
+    row."""
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_text(table() + "\n", encoding="utf-8")
+    if len(RESULTS) < len(MODEL_PAIRS) + 2 * len(SAMPLED):
+        pytest.skip("only part of the matrix ran (a -k selection): nothing to compare")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     found = re.search(r"<!-- composition-matrix -->\n(.*?)\n<!-- /composition-matrix -->", readme, re.S)
     assert found, "README.md has no <!-- composition-matrix --> block"
