@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .checkpointing import unet_checkpointing
 from .frozen import frozen_for_autograd
 
 RAW_OUTPUT_WRAPPER = "editlab_raw_output"
@@ -139,12 +140,15 @@ def raw_predictor(base, context: torch.Tensor, pooled: torch.Tensor | None, reso
 
 def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Tensor | None, latents: torch.Tensor,
                   values: torch.Tensor, resolution: int, steps: int, lr: float, batch_size: int, seed: int, device,
-                  on_step=None, should_stop=None, options: dict | None = None, params=None) -> dict:
+                  on_step=None, should_stop=None, options: dict | None = None, params=None,
+                  gradient_checkpointing: bool = True) -> dict:
     """Train ``adapter`` (or only ``params``), acting through ``patch`` (an object with ``input_hook`` /
     ``output_hook`` for the cross-attention patch lists, unless ``options`` gives the transformer options that
     carry it), inside ``base``, a host BaseModel, with the model's own objective (:class:`HostObjective`) on
     ``latents`` (already in the model's latent space, on ``device``) and the prompt's ``context`` / ``pooled``; the
-    network is frozen and left exactly as it was (``frozen_for_autograd``)."""
+    network is frozen and left exactly as it was (``frozen_for_autograd``). ``gradient_checkpointing`` recomputes
+    each UNet ResBlock / SpatialTransformer in backward instead of keeping its activations
+    (``models/checkpointing.py``; the layers' own forwards are restored afterwards)."""
     if options is None:
         options = {"patches": {"attn2_patch": [patch.input_hook],
                                "attn2_output_patch": [patch.output_hook]}}
@@ -153,6 +157,7 @@ def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Ten
     # Host networks written for inference add residuals in place right after saving them for backward (Flux's
     # blocks: x += ...): under allow_mutation_on_saved_tensors autograd keeps a copy of what it saved instead.
     with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model), \
-            torch.autograd.graph.allow_mutation_on_saved_tensors():
+            torch.autograd.graph.allow_mutation_on_saved_tensors(), \
+            unet_checkpointing(base.diffusion_model, gradient_checkpointing):
         return train_adapter(adapter, patch, latents, values.to(device), predict, HostObjective(base.model_sampling),
                              steps, lr, batch_size, seed, on_step=on_step, should_stop=should_stop, params=params)

@@ -262,13 +262,18 @@ class EditLabToVATrain(EditLabNode):
                 io.String.Input("templates", multiline=True, default="\n".join(DEFAULT_TEMPLATES), optional=True,
                                 tooltip="Caption templates, one per line, {} where the word goes (ours, in the "
                                         "authors' style: their own list is not published)."),
+                io.Boolean.Input("gradient_checkpointing", default=True, optional=True,
+                                 tooltip="Recompute each UNet block's activations in backward instead of keeping "
+                                         "them: much less memory while training, about one more forward pass of "
+                                         "compute per step. The same gradients either way. (Flux models: not yet "
+                                         "checkpointed.)"),
             ],
             outputs=[ToVAType.Output(display_name="adapter"), io.String.Output(display_name="stats")],
         )
 
     @classmethod
     def execute(cls, model, clip, vae, folder, prompt, word, resolution, rank, steps, lr, batch_size, seed, name,
-                overwrite=False, captions=None, templates=None) -> io.NodeOutput:
+                overwrite=False, captions=None, templates=None, gradient_checkpointing=True) -> io.NodeOutput:
         from comfy_api.latest import ui
 
         from ..models.conceptsplit.train import fill_templates, parse_templates, template_examples, train_tova
@@ -319,7 +324,8 @@ class EditLabToVATrain(EditLabNode):
         bar = host.progress(steps)
         stats = train_tova(base, adapter, layers, context, pooled, positions, latents, resolution, steps, lr,
                            batch_size, seed, device, on_step=lambda i, n, loss: bar.update_absolute(i, n),
-                           should_stop=host.check_interrupted, **examples)
+                           should_stop=host.check_interrupted, gradient_checkpointing=gradient_checkpointing,
+                           **examples)
         stats["caption_mode"] = captions
         adapter = adapter.cpu().eval().requires_grad_(False)
         stats.update(skipped=skipped, positions=positions, file=os.path.basename(path))

@@ -450,13 +450,17 @@ class EditLabTrainExpressionAdapter(EditLabNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed for the initial weights, noise and batch order."),
                 *save_as_inputs("expression_adapters", "my_expression_adapter"),
+                io.Boolean.Input("gradient_checkpointing", default=True, optional=True,
+                                 tooltip="Recompute each UNet block's activations in backward instead of keeping "
+                                         "them: much less memory while training, about one more forward pass of "
+                                         "compute per step. The same gradients either way."),
             ],
             outputs=[AdapterType.Output(display_name="adapter"), io.String.Output(display_name="stats")],
         )
 
     @classmethod
     def execute(cls, model, clip, vae, folder, prompt, resolution, steps, lr, batch_size, num_tokens, seed,
-                name, overwrite=False) -> io.NodeOutput:
+                name, overwrite=False, gradient_checkpointing=True) -> io.NodeOutput:
         from comfy_api.latest import ui
 
         from ..models.expression.adapter import random_adapter, save_adapter
@@ -475,7 +479,8 @@ class EditLabTrainExpressionAdapter(EditLabNode):
         stats = train_unet_adapter(data.base, adapter, layers, data.context, data.pooled, data.latents, data.values,
                                    resolution, steps, lr, batch_size, seed, data.device,
                                    on_step=lambda i, n, loss: bar.update_absolute(i, n),
-                                   should_stop=host.check_interrupted)
+                                   should_stop=host.check_interrupted,
+                                   gradient_checkpointing=gradient_checkpointing)
         adapter = adapter.cpu().eval()
         saved(lambda p, o: save_adapter(adapter, p, "arkit52", overwrite=o), path, "name", overwrite)
         text = json.dumps({**stats, **data.report(), "file": os.path.basename(path)})
@@ -542,13 +547,17 @@ class EditLabTrainReferenceLoRA(EditLabNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed for the initial LoRA weights, noise and batch order."),
                 *save_as_inputs("expression_reference_loras", "my_reference_lora"),
+                io.Boolean.Input("gradient_checkpointing", default=True, optional=True,
+                                 tooltip="Recompute each UNet block's activations in backward instead of keeping "
+                                         "them: much less memory while training, about one more forward pass of "
+                                         "compute per step. The same gradients either way."),
             ],
             outputs=[ReferenceLoRAType.Output(display_name="lora"), io.String.Output(display_name="stats")],
         )
 
     @classmethod
     def execute(cls, model, clip, vae, adapter, folder, prompt, resolution, steps, lr, batch_size, rank, seed,
-                name, overwrite=False) -> io.NodeOutput:
+                name, overwrite=False, gradient_checkpointing=True) -> io.NodeOutput:
         from comfy_api.latest import ui
 
         from ..models.expression.patch import transformer_blocks
@@ -573,7 +582,8 @@ class EditLabTrainReferenceLoRA(EditLabNode):
         stats = train_reference_lora(data.base, expression, lora, data.context, data.pooled, data.latents,
                                      references, data.values, resolution, steps, lr, batch_size, seed, data.device,
                                      on_step=lambda i, n, loss: bar.update_absolute(i, n),
-                                     should_stop=host.check_interrupted)
+                                     should_stop=host.check_interrupted,
+                                     gradient_checkpointing=gradient_checkpointing)
         lora.to("cpu")
         saved(lambda p, o: save_reference_lora(lora, p, overwrite=o), path, "name", overwrite)
         text = json.dumps({**stats, **data.report(), "file": os.path.basename(path)})

@@ -100,7 +100,7 @@ def _with_captions(patch_class):
 def train_tova(base, adapter, layers: dict, context: torch.Tensor, pooled: torch.Tensor | None, positions,
                latents: torch.Tensor, resolution: int, steps: int, lr: float, batch_size: int, seed: int, device,
                on_step=None, should_stop=None, example_images: torch.Tensor | None = None,
-               example_captions: torch.Tensor | None = None) -> dict:
+               example_captions: torch.Tensor | None = None, gradient_checkpointing: bool = True) -> dict:
     """Train ``adapter`` (bound to ``positions`` of ``context``) inside ``base``, a host BaseModel; ``layers`` are the
     UNet's cross-attention layers by name, or a Flux model's double blocks ("double.<i>": the text stream's values,
     through the same attention override ToVA Apply installs). ``latents`` are in the model's latent space, on
@@ -129,7 +129,8 @@ def train_tova(base, adapter, layers: dict, context: torch.Tensor, pooled: torch
     else:
         values = torch.zeros(latents.shape[0], 1, device=device)  # the shared loop sets patch.values; ToVA has none
     stats = train_in_unet(base, adapter, patch, context, pooled, latents, values, resolution, steps, lr, batch_size,
-                          seed, device, on_step, should_stop, options)
+                          seed, device, on_step, should_stop, options,
+                          gradient_checkpointing=gradient_checkpointing)
     if templated:
         stats["captions"] = int(captions.contexts.shape[0])
         stats["examples"] = int(latents.shape[0])

@@ -89,7 +89,7 @@ class _Stage2Rows:
 def train_reference_lora(base, expression_adapter, lora, context: torch.Tensor, pooled: torch.Tensor | None,
                          latents: torch.Tensor, references: torch.Tensor, blendshapes: torch.Tensor, resolution: int,
                          steps: int, lr: float, batch_size: int, seed: int, device, on_step=None,
-                         should_stop=None) -> dict:
+                         should_stop=None, gradient_checkpointing: bool = True) -> dict:
     """Stage 2: train ``lora`` (a ``ReferenceLoRA`` on ``base``'s self-attention) with the model's own objective
     on ``latents``, each image's reference features written by the frozen UNet from ``references`` (latents of the
     reference photos) and its ``blendshapes`` fed to the frozen ``expression_adapter`` (its weights do not change:
@@ -117,7 +117,8 @@ def train_reference_lora(base, expression_adapter, lora, context: torch.Tensor, 
     try:
         index = torch.arange(latents.shape[0], device=device, dtype=torch.float32)[:, None]
         return train_in_unet(base, lora, rows, context, pooled, latents, index, resolution, steps, lr, batch_size,
-                             seed, device, on_step, should_stop, options=options, params=lora.lora_parameters())
+                             seed, device, on_step, should_stop, options=options, params=lora.lora_parameters(),
+                             gradient_checkpointing=gradient_checkpointing)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
