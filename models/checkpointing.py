@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 
 import torch
 import torch.utils.checkpoint
@@ -174,25 +175,42 @@ def _modes_again(modes):
         yield
 
 
-def _checkpointed(forward):
+class _State:
+    """What one checkpointed call's recomputation needs (its non-tensor arguments and the active torch modes)."""
+    __slots__ = ("args", "kwargs", "modes", "__weakref__")
+
+    def __init__(self, args, kwargs, modes):
+        self.args, self.kwargs, self.modes = args, kwargs, modes
+
+    def release(self):
+        self.args = self.kwargs = self.modes = None
+
+
+def _checkpointed(forward, held: weakref.WeakSet):
     """``forward`` run under torch's re-entrant checkpoint: tensor arguments pass through the checkpoint, every other
-    argument is closed over; dict arguments (the host's transformer options, which the host updates block by block)
-    are copied at the call and copied again for the recomputation, so backward sees this call's values."""
+    argument is kept for the recomputation; dict arguments (the host's transformer options, which the host updates
+    block by block) are copied at the call and copied again for the recomputation, so backward sees this call's
+    values. What the recomputation needs is a :class:`_State` in ``held`` (weakly: it lives as long as the call's
+    autograd graph), which the caller releases when training ends: the options can hold this forward's activations (a patch's kept inputs), whose autograd graph holds
+    the checkpoint's function, a cycle through the graph that Python's collector cannot see and that would keep the
+    graph, the options and every patch and adapter they name alive after training."""
     def call(*args, **kwargs):
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
-        args = [_snapshot(a) for a in args]
-        kwargs = {k: _snapshot(v) for k, v in kwargs.items()}
         where = [i for i, a in enumerate(args) if torch.is_tensor(a)]
-
-        modes = _active_modes()
+        tensors = [args[i] for i in where]
+        state = _State([None if torch.is_tensor(a) else _snapshot(a) for a in args],
+                       {k: _snapshot(v) for k, v in kwargs.items()}, _active_modes())
+        held.add(state)
 
         def run(*tensors):
-            a = [_snapshot(x) for x in args]
+            if state.args is None:
+                raise RuntimeError("a checkpointed layer was recomputed after its training ended")
+            a = [_snapshot(x) for x in state.args]
             for i, t in zip(where, tensors):
                 a[i] = t
-            with _modes_again(modes):
-                return forward(*a, **{k: _snapshot(v) for k, v in kwargs.items()})
+            with _modes_again(state.modes):
+                return forward(*a, **{k: _snapshot(v) for k, v in state.kwargs.items()})
 
         def anchored(*tensors):
             # a one-element input that needs a gradient keeps the layer in the graph when no input needs one (see
@@ -201,8 +219,8 @@ def _checkpointed(forward):
             out = run(*tensors[:-1])
             return out + tensors[-1].to(out.dtype) * 0
 
-        anchor = torch.zeros((), device=args[where[0]].device, requires_grad=True)
-        return torch.utils.checkpoint.checkpoint(anchored, *[args[i] for i in where], anchor, use_reentrant=True,
+        anchor = torch.zeros((), device=tensors[0].device, requires_grad=True)
+        return torch.utils.checkpoint.checkpoint(anchored, *tensors, anchor, use_reentrant=True,
                                                  preserve_rng_state=False)
     return call
 
@@ -224,9 +242,10 @@ def unet_checkpointing(diffusion_model, enabled: bool = True):
     Nothing happens when ``enabled`` is false or the network is not a UNet."""
     layers = unet_layers(diffusion_model) if enabled else []
     had = [(m, m.__dict__.get("forward", None), "forward" in m.__dict__) for m in layers]
+    held = weakref.WeakSet()
     try:
         for m in layers:
-            m.forward = _checkpointed(m.forward)
+            m.forward = _checkpointed(m.forward, held)
         yield len(layers)
     finally:
         for m, own, present in had:
@@ -234,3 +253,5 @@ def unet_checkpointing(diffusion_model, enabled: bool = True):
                 m.forward = own
             else:
                 m.__dict__.pop("forward", None)
+        for state in list(held):  # what a graph still alive would recompute with, released (see _checkpointed)
+            state.release()

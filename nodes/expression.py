@@ -264,7 +264,7 @@ class EditLabApplyExpression(EditLabNode):
                                          float(sampling.percent_to_sigma(start_percent)),
                                          float(sampling.percent_to_sigma(end_percent)))
         # The adapter as a host model: load_models_gpu counts, loads and offloads it with the UNet.
-        patch.extra_models = [host.host_model(net, model)]
+        patch.extra_models = [host.host_model(net, model, kept=adapter.host_models)]
         m = model.clone()
         m.set_model_attn2_patch(patch.input_hook)
         m.set_model_attn2_output_patch(patch.output_hook)

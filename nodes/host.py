@@ -146,10 +146,20 @@ def progress(total: int):
     return comfy.utils.ProgressBar(total)
 
 
-def host_model(module, like) -> ModelPatcher:
+def host_model(module, like, kept: dict | None = None) -> ModelPatcher:
     """``module`` (an adapter) as a host model on the devices of the MODEL ``like``, so memory management counts,
-    loads and offloads it with that model."""
-    return ModelPatcher(module, load_device=like.load_device, offload_device=like.offload_device)
+    loads and offloads it with that model. ``kept``: a dict that lives as long as ``module`` (its socket payload),
+    where the wrapper is kept and found again. The host keeps only weak references to what it loaded and calls a
+    module whose wrapper died while the module lives on a leak: from then on every model load runs a full garbage
+    collection (a prompt that loads models per call slowed 10-70x). So a module that outlives one node's output
+    (an adapter a loader's cached output holds) must keep one wrapper for its whole life."""
+    key = (str(like.load_device), str(like.offload_device))
+    if kept is not None and key in kept and kept[key].model is module:
+        return kept[key]
+    patcher = ModelPatcher(module, load_device=like.load_device, offload_device=like.offload_device)
+    if kept is not None:
+        kept[key] = patcher
+    return patcher
 
 
 # -- conditioning and sampling ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ projection forms exist and are told apart by their keys:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -140,11 +140,15 @@ class ExpressionAdapter(nn.Module):
 
 @dataclass
 class LoadedAdapter:
-    """The socket payload of an expression adapter: the network and where it came from."""
+    """The socket payload of an expression adapter: the network and where it came from. ``host_models`` keeps the
+    host's model wrapper of the network (one per device pair) for as long as the payload lives: the host counts a
+    network whose wrapper died while the network lives on as a memory leak, and then collects garbage at every
+    model load."""
     adapter: ExpressionAdapter
     name: str  # the file name
     input: str  # "arkit52" | "flame55" | "<D>-d"
     format: str  # "authors" (diffusers' IP-Adapter layout) | this pack's FORMAT
+    host_models: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def load_adapter(path: str) -> tuple[ExpressionAdapter, dict]:

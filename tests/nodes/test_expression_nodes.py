@@ -370,3 +370,67 @@ def test_trained_reference_lora_on_half_precision_and_fp8_weights(nodes, dtype):
     assert torch.isfinite(outs["trained"]).all() and not torch.equal(outs["trained"], outs["free"])
     after = models.model.model.diffusion_model.state_dict()
     assert all(torch.equal(stored[k].float(), after[k].float()) and stored[k].dtype == after[k].dtype for k in stored)
+
+
+def test_the_adapters_host_model_lives_as_long_as_the_adapter(nodes, sd15, authors_file, conds):
+    """The host (``comfy.model_management``) keeps weak references to what it loaded and counts a module whose
+    wrapper died while the module lives on as a leak: every later model load then runs a full garbage collection
+    (``cleanup_models_gc``). A loader's cached output outlives each Apply Expression's MODEL, so the adapter's wrapper
+    must live with the adapter: after two applied models were sampled and dropped, the host finds no leak."""
+    import gc
+
+    import comfy.model_management as mm
+
+    adapter, = nodes.EditLabExpressionAdapterLoader.execute(adapter_name=authors_file).result
+    for strength in (0.5, 1.0):
+        moved, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=_flame(nodes),
+                                                      strength=strength, start_percent=0.0, end_percent=1.0).result
+        _run(moved, *conds)
+        del moved
+    gc.collect()
+    loaded = [m for m in mm.current_loaded_models if m.real_model() is adapter.adapter]
+    assert loaded, "sampling loads the adapter as a host model"
+    assert not [m for m in mm.current_loaded_models if m.is_dead()], "the host would see a leaked model"
+
+
+def test_a_trained_adapter_is_freed_with_its_outputs(nodes, tmp_path):
+    """Training runs with gradient checkpointing, whose recomputations keep each layer's transformer options; those
+    hold the layer's activations (the patches' kept inputs), so the saved graph and the options formed a cycle
+    Python's collector cannot see: after training, the graph, the training patch and the adapter stayed alive for
+    good, and the host took the adapter for a leaked model (a full garbage collection at every later model load).
+    Here the adapter trained by the node, applied and sampled, is freed once nothing holds the outputs."""
+    import gc
+    import weakref
+
+    import comfy.model_management as mm
+    import folder_paths
+    from PIL import Image
+
+    from editlab.models.tiny import build_tiny_models
+
+    faces = tmp_path / "input" / "faces"
+    faces.mkdir(parents=True)
+    Image.fromarray(data.astronaut()).save(faces / "a.png")
+    old = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    try:
+        with torch.inference_mode():  # as the server runs every node
+            sd15 = build_tiny_models("sd15", 0)
+            adapter, _ = nodes.EditLabTrainExpressionAdapter.execute(
+                model=sd15.model, clip=sd15.clip, vae=sd15.vae, folder="faces", prompt="a photo of a face",
+                resolution=64, steps=2, lr=3e-3, batch_size=2, num_tokens=2, seed=0, name="freed",
+                gradient_checkpointing=True).result
+            smile, = nodes.EditLabBlendshapeEdit.execute(preset="smile", values="{}", symmetric=True,
+                                                         intensity=1.0).result
+            moved, = nodes.EditLabApplyExpression.execute(model=sd15.model, adapter=adapter, blendshapes=smile,
+                                                          strength=1.0, start_percent=0.0, end_percent=1.0).result
+            clip = sd15.clip
+            _run(moved, clip.encode_from_tokens_scheduled(clip.tokenize("a face")),
+                 clip.encode_from_tokens_scheduled(clip.tokenize("")))
+    finally:
+        folder_paths.set_input_directory(old)
+    net = weakref.ref(adapter.adapter)
+    del adapter, moved
+    gc.collect()
+    assert net() is None, "the trained adapter outlived every output that held it"
+    assert not [m for m in mm.current_loaded_models if m.is_dead()], "the host would see a leaked model"
