@@ -137,13 +137,13 @@ def server(tmp_path_factory):
             else:
                 os.environ[k] = v
     yield srv
-    srv.__exit__(None, None, None)
+    log_text = Path(srv.log_path).read_text(errors="replace") if Path(srv.log_path).exists() else ""
+    srv.__exit__(None, None, None)  # (removes its temporary folder, the log with it)
     if guard_log.exists() and guard_log.read_text().strip():
         pytest.fail("the test server tried to open non-loopback connections:\n" + guard_log.read_text())
     # the host's own leak diagnostic (comfy.model_management.cleanup_models_gc): a module that outlived its model
     # wrapper makes every later model load collect garbage (seen as prompts 10-70x slower after an expression one)
-    leaks = sorted({line.strip() for line in Path(srv.log_path).read_text(errors="replace").splitlines()
-                    if "memory leak with model" in line})
+    leaks = sorted({line.strip() for line in log_text.splitlines() if "memory leak with model" in line})
     if leaks:
         pytest.fail("the test server's log reports leaked models (the host then collects garbage at every model "
                     "load):\n" + "\n".join(leaks))
