@@ -443,7 +443,7 @@ def expression_base(g, band=0, label=""):
                     [("folder", "."), ("prompt", "a photo of a face"),
                      ("resolution", REAL["sd15_expression"]["train_resolution"]), ("steps", 10),
                      ("lr", 0.001), ("batch_size", 1), ("num_tokens", 2), ("seed", 0), ("name", "tiny_expression"),
-                     ("overwrite", True)],
+                     ("overwrite", True), ("gradient_checkpointing", True)],
                     {"model": m.model, "clip": m.clip, "vae": m.vae},
                     ["EDITLAB_EXPRESSION_ADAPTER", "STRING"], s_face, 2, 0)
     return m, photo, shapes, adapter, s_face
@@ -588,7 +588,8 @@ def expression_reference_edit():
     g.add("EditLabTrainReferenceLoRA",
           [("folder", "."), ("prompt", "a photo of a face"),
            ("resolution", REAL["sd15_expression"]["train_resolution"]), ("steps", 2), ("lr", 0.0001),
-           ("batch_size", 1), ("rank", 4), ("seed", 0), ("name", "tiny_reference_lora"), ("overwrite", True)],
+           ("batch_size", 1), ("rank", 4), ("seed", 0), ("name", "tiny_reference_lora"), ("overwrite", True),
+           ("gradient_checkpointing", True)],
           {"model": m.model, "clip": m.clip, "vae": m.vae, "adapter": (adapter, 0, "EDITLAB_EXPRESSION_ADAPTER")},
           ["EDITLAB_REFERENCE_LORA", "STRING"], s_stage2, 0, 0)
     g.add("EditLabReferenceLoRALoader", [("lora_name", "tiny_reference_lora.safetensors")], {},
@@ -777,7 +778,8 @@ def tova_train(g, m, word, what, i, size, rank, lr, steps, name, stage):
         "EditLabToVATrain",
         [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", size),
          ("rank", rank), ("steps", steps), ("lr", lr), ("batch_size", 1), ("seed", i), ("name", name),
-         ("overwrite", True), ("captions", "templates (authors)"), ("templates", _tova_templates())],
+         ("overwrite", True), ("captions", "templates (authors)"), ("templates", _tova_templates()),
+         ("gradient_checkpointing", True)],
         {"model": m.model, "clip": m.clip, "vae": m.vae}, ["EDITLAB_TOVA", "STRING"], stage, i, 0,
         title=f"ToVA Train ({word})")
 
