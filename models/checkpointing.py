@@ -109,12 +109,13 @@ class BlockTraining:
             args["transformer_options"] = dict(args["transformer_options"])
         names = [k for k in streams if torch.is_tensor(args.get(k))]
         others = [k for k, v in args.items() if k not in names and torch.is_tensor(v)]
+        modes = _active_modes()  # re-entered in the recomputation (see _modes_again)
 
         def block(*tensors):
             fresh = [t.clone() for t in tensors[:len(names)]]
             given = tensors[len(names):len(names) + len(others)]
             call = {**args, **dict(zip(names, fresh)), **dict(zip(others, given))}
-            with _Streams(fresh), saved_tensor_copies():
+            with _modes_again(modes), _Streams(fresh), saved_tensor_copies():
                 out = run_block(call)
             return tuple(out[k] for k in names)
 

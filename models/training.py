@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .checkpointing import unet_checkpointing
+from .checkpointing import BlockTraining, saved_tensor_copies, unet_checkpointing
 from .frozen import frozen_for_autograd
 
 RAW_OUTPUT_WRAPPER = "editlab_raw_output"
@@ -153,11 +153,19 @@ def train_in_unet(base, adapter, patch, context: torch.Tensor, pooled: torch.Ten
         options = {"patches": {"attn2_patch": [patch.input_hook],
                                "attn2_output_patch": [patch.output_hook]}}
     options = {**options, "cond_or_uncond": [0]}
+    net = base.diffusion_model
+    dit = gradient_checkpointing and bool(getattr(net, "double_blocks", None))
+    if dit:  # Flux: each double and single block checkpointed through the host's block replacement
+        replace = dict(options.get("patches_replace", {}))
+        replace["dit"] = {**replace.get("dit", {}), **BlockTraining(True).patches(net)}
+        options = {**options, "patches_replace": replace}
     predict = raw_predictor(base, context, pooled, resolution, device, options)
     # Host networks written for inference add residuals in place right after saving them for backward (Flux's
-    # blocks: x += ...): under allow_mutation_on_saved_tensors autograd keeps a copy of what it saved instead.
-    with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(base.diffusion_model), \
-            torch.autograd.graph.allow_mutation_on_saved_tensors(), \
-            unet_checkpointing(base.diffusion_model, gradient_checkpointing):
+    # blocks: x += ...): under allow_mutation_on_saved_tensors autograd keeps a copy of what it saved instead; with
+    # the blocks checkpointed, each block runs on fresh copies of its streams and copies only the saves its in-place
+    # adds overwrite (saved_tensor_copies).
+    saves = saved_tensor_copies() if dit else torch.autograd.graph.allow_mutation_on_saved_tensors()
+    with torch.inference_mode(False), torch.enable_grad(), frozen_for_autograd(net), saves, \
+            unet_checkpointing(net, gradient_checkpointing):
         return train_adapter(adapter, patch, latents, values.to(device), predict, HostObjective(base.model_sampling),
                              steps, lr, batch_size, seed, on_step=on_step, should_stop=should_stop, params=params)

@@ -144,3 +144,71 @@ def test_checkpointing_drops_the_saved_activations(sd15_plain):
     plain, ckpt = _saved_bytes(sd15_plain, False), _saved_bytes(sd15_plain, True)
     print(f"saved for backward: plain {plain} B, checkpointed {ckpt} B, factor {plain / max(ckpt, 1):.1f}")
     assert ckpt * 4 < plain, (plain, ckpt)
+
+
+def _flux_tova_grads(nodes, flux, folder, checkpointing, monkeypatch):
+    """The first step's gradients of ToVA Train on the tiny Flux (the text stream's values in the double blocks), the
+    node run as the server runs it; the shared trainer's on_step reads them."""
+    from editlab.models.conceptsplit import train as tova_train
+
+    got = []
+    original = getattr(tova_train.train_tova, "original", tova_train.train_tova)
+
+    def train_tova(base, adapter, *args, on_step=None, **kwargs):
+        params = [p for p in adapter.parameters() if p.requires_grad]
+
+        def grab(step, steps, loss):
+            if step == 1:
+                got.extend(p.grad.detach().clone() for p in params)
+        return original(base, adapter, *args, on_step=grab, **kwargs)
+
+    train_tova.original = original
+    monkeypatch.setattr(tova_train, "train_tova", train_tova)  # the node imports it from there at each call
+    with torch.inference_mode():
+        nodes.EditLabToVATrain.execute(model=flux.model, clip=flux.clip, vae=flux.vae, folder=folder,
+                                       prompt="a photo of a cat", word="cat", resolution=64, rank=2, steps=1, lr=1e-3,
+                                       batch_size=2, seed=0, name=f"flux_ckpt_{checkpointing}", overwrite=True,
+                                       gradient_checkpointing=checkpointing)
+    return got
+
+
+def test_flux_tova_training_checkpoints_each_block_with_the_same_gradients(comfy_host, tmp_path, monkeypatch):
+    """ToVA Train on Flux runs every double and single block under the block checkpointing Layered Edit Train uses
+    (the host's block replacement): the same first-step gradients as without, the blocks actually replaced, and the
+    network as the host built it afterwards."""
+    import folder_paths
+    from PIL import Image
+    from skimage import data
+
+    from editlab.models import checkpointing
+    from editlab.models.tiny import build_tiny_models
+    from editlab.nodes import conceptsplit
+
+    folder_paths.folder_names_and_paths[conceptsplit.TOVA_FOLDER] = ([str(tmp_path)], {".safetensors"})
+    monkeypatch.setattr(conceptsplit, "tova_dir", tmp_path, raising=False)
+    (tmp_path / "input" / "cat").mkdir(parents=True)
+    Image.fromarray(data.chelsea()).save(tmp_path / "input" / "cat" / "a.png")
+    Image.fromarray(data.chelsea()[:, ::-1].copy()).save(tmp_path / "input" / "cat" / "b.png")
+    old = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path / "input"))
+    with torch.inference_mode():
+        flux = build_tiny_models("flux", 0)
+    net = flux.model.model.diffusion_model
+    stored = {k: v.clone() for k, v in net.state_dict().items()}
+    blocks = []
+    run = checkpointing.BlockTraining._run
+    monkeypatch.setattr(checkpointing.BlockTraining, "_run",
+                        lambda self, *a: blocks.append(self.checkpoint) or run(self, *a))
+    try:
+        plain = _flux_tova_grads(conceptsplit, flux, "cat", False, monkeypatch)
+        assert blocks == []
+        ckpt = _flux_tova_grads(conceptsplit, flux, "cat", True, monkeypatch)
+    finally:
+        folder_paths.set_input_directory(old)
+    n_blocks = len(net.double_blocks) + len(net.single_blocks)
+    assert blocks and all(blocks) and len(blocks) % n_blocks == 0, (len(blocks), n_blocks)
+    assert len(plain) == len(ckpt) > 0 and any(float(g.abs().max()) > 0 for g in plain)
+    for a, b in zip(plain, ckpt):
+        assert torch.allclose(a, b, rtol=TOL, atol=TOL), float((a - b).abs().max())
+    assert _own_forwards(net) == []
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in stored.items())
