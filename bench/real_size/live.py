@@ -177,9 +177,11 @@ WORKFLOWS = [
     ("host_train_lora_no_checkpointing", "host TrainLoraNode (rank 8, fp32, gradient checkpointing off)", "plain",
      "train"),
     ("host_train_lora", "host TrainLoraNode (rank 8, fp32, its default checkpointing)", "plain", "train"),
-    ("tova_train", "ToVA Train", "plain", "train"),
-    ("expression_train", "Train Expression Adapter", "plain", "train"),
-    ("reference_lora_train", "Train Reference LoRA", "plain", "train"),
+    ("tova_train", "ToVA Train (its default gradient checkpointing)", "plain", "train"),
+    ("expression_train", "Train Expression Adapter (its default gradient checkpointing)", "plain",
+     "train"),
+    ("reference_lora_train", "Train Reference LoRA (its default gradient checkpointing)", "plain",
+     "train"),
 ]
 # the inference patches first (their <= 1.10x target; a run cut short has them; a trainer leaves the process holding
 # ~1.2-1.5 GB more, which would count in a later row's peak); the host's TrainLoraNode last: on 0.3.75 it can fail
