@@ -192,9 +192,10 @@ def _checkpointed(forward, held: weakref.WeakSet):
     argument is kept for the recomputation; dict arguments (the host's transformer options, which the host updates
     block by block) are copied at the call and copied again for the recomputation, so backward sees this call's
     values. What the recomputation needs is a :class:`_State` in ``held`` (weakly: it lives as long as the call's
-    autograd graph), which the caller releases when training ends: the options can hold this forward's activations (a patch's kept inputs), whose autograd graph holds
-    the checkpoint's function, a cycle through the graph that Python's collector cannot see and that would keep the
-    graph, the options and every patch and adapter they name alive after training."""
+    autograd graph), which the caller releases when training ends: the options can hold this forward's activations
+    (a patch's kept inputs), whose autograd graph holds the checkpoint's function, a cycle through the graph that
+    Python's collector cannot see and that would keep the graph, the options and every patch and adapter they name
+    alive after training."""
     def call(*args, **kwargs):
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)

@@ -153,13 +153,15 @@ def host_model(module, like, kept: dict | None = None) -> ModelPatcher:
     module whose wrapper died while the module lives on a leak: from then on every model load runs a full garbage
     collection (a prompt that loads models per call slowed 10-70x). So a module that outlives one node's output
     (an adapter a loader's cached output holds) must keep one wrapper for its whole life."""
+    def wrap():
+        return ModelPatcher(module, load_device=like.load_device, offload_device=like.offload_device)
+
+    if kept is None:
+        return wrap()
     key = (str(like.load_device), str(like.offload_device))
-    if kept is not None and key in kept and kept[key].model is module:
-        return kept[key]
-    patcher = ModelPatcher(module, load_device=like.load_device, offload_device=like.offload_device)
-    if kept is not None:
-        kept[key] = patcher
-    return patcher
+    if key not in kept:
+        kept[key] = wrap()
+    return kept[key]
 
 
 # -- conditioning and sampling ---------------------------------------------------------------------------------------
