@@ -1,0 +1,378 @@
+"""Real size in one process, for a GPU (issue 23's GPU rows): the full-size Flux dev transformer (fp8 e4m3fn weights,
+bf16 compute: the stock UNETLoader's fp8 option) and the full-size SDXL UNet (fp16), built from the host's own config
+classes with seeded random weights made on the device and wrapped in the host's ModelPatcher, so every node loads
+them through the host's model management. Each EditLab node that patches, samples or trains runs once at the
+authors' resolution (1024x1024), beside the host's plain KSampler and the host's own TrainLoraNode of the same model.
+
+    python -P bench/real_size/device_run.py [--smoke] [--only flux,sdxl] [--steps 2] [--out DIR]
+
+Text encoders are the host's classes at the real output widths (Flux: CLIP-L 768 + T5 4096; SDXL: CLIP-L 768 +
+CLIP-G 1280) with few, narrow layers, and the VAE a small KL autoencoder with the real latent channels: the diffusion
+network sees inputs of the real shapes; the encoders' own weights (several GiB for a real T5-XXL, which the host
+unloads before sampling where memory is short) are outside the comparison.
+
+Peak: ``torch.cuda.max_memory_allocated`` during the row, its statistics reset once the diffusion model is loaded;
+"extra" is the peak above what was allocated when the row started (the diffusion weights are in that), "ratio" the
+peak over the plain row's peak. Time: the row's wall time over its steps (sampling or training steps), text encoding
+and image encoding included.
+
+``--smoke``: tiny configs at 64 px on whatever device there is (the test suite runs it on the CPU, so the script
+cannot rot between GPU sessions); memory is then not measured.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # bench/ (benchlib: the pack importable as editlab)
+sys.path.insert(0, str(HERE))
+import benchlib  # noqa: E402,F401
+
+import torch  # noqa: E402
+
+MiB = 2**20
+PROMPT = "a photo of a person wearing a shirt, smiling"
+TINY_FLUX = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 768,
+             "context_in_dim": 4096, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1,
+             "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True,
+             "guidance_embed": True}
+TINY_SDXL = {"model_channels": 64, "in_channels": 4, "out_channels": 4, "num_res_blocks": [1, 1],
+             "channel_mult": [1, 2], "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1],
+             "transformer_depth_middle": 1, "context_dim": 2048, "num_heads": 2, "num_head_channels": -1,
+             "use_linear_in_transformer": True, "adm_in_channels": 2816, "use_temporal_attention": False,
+             "use_spatial_transformer": True, "legacy": False, "image_size": 32, "use_temporal_resblock": False,
+             "num_classes": "sequential"}
+# text encoders at the real output widths, with the fewest layers the host's code paths read (SDXL reads the
+# penultimate layer)
+CLIP_L = {"hidden_size": 768, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 3,
+          "projection_dim": 768}
+CLIP_G = {"hidden_size": 1280, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 3,
+          "projection_dim": 1280}
+T5 = {"d_model": 4096, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
+
+
+def setup_host(cpu: bool, root: Path):
+    """ComfyUI importable here, its model and input folders under ``root``."""
+    from editlab.client.hostenv import comfyui_path
+
+    path = str(comfyui_path())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from comfy.cli_args import args
+
+    args.cpu = cpu
+    import comfy.model_management  # noqa: F401 - reads args at import
+    import folder_paths
+
+    from editlab.nodes import conceptsplit
+
+    for name in (conceptsplit.TOVA_FOLDER, "loras"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        folder_paths.folder_names_and_paths[name] = ([str(root / name)], {".safetensors"})
+    folder_paths.set_input_directory(str(root / "input"))
+    _inputs(root / "input")
+
+
+def _inputs(root: Path, size: int = 256):
+    """Two concept images (ToVA Train) and two edit pairs with product masks (Layered Edit Train)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "concept").mkdir(parents=True, exist_ok=True)
+    (root / "pairs").mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / "concept" / f"c{i}.png")
+        mask = np.zeros((size, size), np.uint8)
+        mask[size // 4: 3 * size // 4, size // 3: 2 * size // 3] = 255
+        target = img.copy()
+        target[mask == 0] = (30 + 100 * i, 140, 220)
+        Image.fromarray(img).save(root / "pairs" / f"p{i}_source.png")
+        Image.fromarray(target).save(root / "pairs" / f"p{i}_target.png")
+        Image.fromarray(mask).save(root / "pairs" / f"p{i}_mask.png")
+        (root / "pairs" / f"p{i}.txt").write_text("replace the background with a blue sky")
+
+
+def fill_random(module: torch.nn.Module, seed: int) -> None:
+    """Seeded random weights drawn on the weights' own device (fan-in scaled, norm weights near 1), written in the
+    weights' dtype (fp8 included): what ``models.tiny.builders.seed_parameters`` draws on the CPU, without moving
+    tens of GiB through the CPU."""
+    with torch.no_grad():
+        for i, (name, p) in enumerate(sorted(module.named_parameters(), key=lambda kv: kv[0])):
+            gen = torch.Generator(device=p.device).manual_seed(seed * 100_003 + i)
+            vals = torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32)
+            if p.ndim >= 2:
+                vals /= math.sqrt(max(math.prod(p.shape[1:]), 1))
+            elif name.rsplit(".", 1)[-1] in ("weight", "scale", "gamma") or "norm" in name:
+                vals = vals.mul_(0.02).add_(1.0)
+            else:
+                vals = vals.mul_(0.02)
+            p.copy_(vals)
+            del vals
+
+
+class Built:
+    def __init__(self, family, model, clip, vae, size, parameters, weight_dtype):
+        self.family, self.model, self.clip, self.vae, self.size = family, model, clip, vae, size
+        self.parameters, self.weight_dtype = parameters, weight_dtype
+
+
+def build(family: str, smoke: bool, seed: int = 0) -> Built:
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sdxl_clip
+    import comfy.supported_models
+    import comfy.text_encoders.flux
+
+    import meta_counts
+    from editlab.models.tiny import builders
+
+    device = mm.get_torch_device()
+    if family == "flux":
+        cls, unet = comfy.supported_models.Flux, dict(TINY_FLUX if smoke else meta_counts.FLUX_DEV)
+        dtype, compute = torch.float8_e4m3fn, torch.bfloat16  # UNETLoader weight_dtype fp8_e4m3fn on a GPU
+        clip = builders._clip(comfy.text_encoders.flux.flux_clip(), comfy.text_encoders.flux.FluxTokenizer,
+                              {"clip_l_model_config": dict(CLIP_L), "t5xxl_model_config": dict(T5)}, seed + 1)
+        latent_channels = 16
+    else:
+        cls, unet = comfy.supported_models.SDXL, dict(TINY_SDXL if smoke else meta_counts.SDXL)
+        dtype, compute = (torch.float32, None) if device.type == "cpu" else (torch.float16, None)
+        clip = builders._clip(comfy.sdxl_clip.SDXLClipModel, comfy.sdxl_clip.SDXLTokenizer,
+                              {"clip_l_model_config": dict(CLIP_L), "clip_g_model_config": dict(CLIP_G)}, seed + 1)
+        latent_channels = 4
+    config = cls(builders.host_unet_config(cls, unet))
+    config.set_inference_dtype(dtype, compute)
+    # built as the stock loaders build under the server: inference-mode weights (what forced the weight copies of
+    # issue 23 in the trainers)
+    with torch.inference_mode(), torch.device(device):
+        base = config.get_model({})
+        fill_random(base.diffusion_model, seed)
+    base.eval()
+    model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=mm.unet_offload_device())
+    vae = builders._kl_vae(latent_channels, seed + 2)
+    parameters = sum(p.numel() for p in base.diffusion_model.parameters())
+    return Built(family, model, clip, vae, 64 if smoke else 1024, parameters, str(dtype).removeprefix("torch."))
+
+
+def call(cls, lists=(), **inputs):
+    """A node as the executor calls it: V3 nodes through ``execute``, V1 through their FUNCTION; the inputs a call
+    leaves out take the node's own defaults. ``lists``: inputs given as lists already (an input-list node's)."""
+    spec = cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, desc in spec.get(section, {}).items():
+            if name not in inputs and len(desc) > 1 and isinstance(desc[1], dict) and "default" in desc[1]:
+                inputs[name] = desc[1]["default"]
+    if getattr(cls, "INPUT_IS_LIST", False):  # e.g. the host's TrainLoraNode: every input arrives as a list
+        inputs = {k: v if k in lists else [v] for k, v in inputs.items()}
+    if hasattr(cls, "define_schema"):
+        out = cls.execute(**inputs)
+        return out.result if hasattr(out, "result") else out
+    return getattr(cls(), cls.FUNCTION)(**inputs)
+
+
+class Rows:
+    """Runs each workflow once, measuring its peak and time; a row that fails records its error and the run goes on."""
+
+    def __init__(self, built: Built, steps: int):
+        self.b, self.steps, self.rows = built, steps, []
+        self.cuda = built.model.load_device.type == "cuda"
+
+    def measure(self, key: str, label: str, steps: int, fn):
+        import comfy.model_management as mm
+
+        row = {"family": self.b.family, "key": key, "workflow": label, "steps": steps, "size": self.b.size}
+        gc.collect()
+        if self.cuda:
+            mm.load_models_gpu([self.b.model])
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():  # the executor runs every node under inference mode
+                result = fn()
+            if self.cuda:
+                torch.cuda.synchronize()
+            row["s_per_step"] = round((time.perf_counter() - t0) / steps, 3)
+            if self.cuda:
+                peak = torch.cuda.max_memory_allocated()
+                row.update(peak_mib=round(peak / MiB), extra_mib=round((peak - base) / MiB),
+                           base_mib=round(base / MiB))
+            row["status"] = "ok"
+        except Exception as exc:  # the finding is the error; the other rows still run
+            result = None
+            row["status"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+            traceback.print_exc()
+        plain = next((r for r in self.rows if r["key"] == "plain" and r.get("peak_mib")), None)
+        if plain and row.get("peak_mib"):
+            row["ratio"] = round(row["peak_mib"] / plain["peak_mib"], 3)
+        print(json.dumps(row), flush=True)
+        self.rows.append(row)
+        return result
+
+    # --- the workflows -------------------------------------------------------------------------------------------
+    def conditioning(self):
+        from nodes import CLIPTextEncode
+
+        pos = call(CLIPTextEncode, clip=self.b.clip, text=PROMPT)[0]
+        neg = call(CLIPTextEncode, clip=self.b.clip, text="")[0]
+        if self.b.family == "flux":
+            import node_helpers
+
+            pos = node_helpers.conditioning_set_values(pos, {"guidance": 3.5})
+        return pos, neg
+
+    @property
+    def cfg(self):
+        return 1.0 if self.b.family == "flux" else 7.5
+
+    @property
+    def scheduler(self):
+        return "simple" if self.b.family == "flux" else "normal"
+
+    def latent(self):
+        c = 16 if self.b.family == "flux" else 4
+        return {"samples": torch.zeros(1, c, self.b.size // 8, self.b.size // 8)}
+
+    def sample(self, model):
+        from nodes import common_ksampler
+
+        pos, neg = self.conditioning()
+        return common_ksampler(model, 1, self.steps, self.cfg, "euler", self.scheduler, pos, neg, self.latent())
+
+    def run(self):
+        from comfy_extras import nodes_train
+
+        from editlab.nodes import conceptsplit, layered
+
+        b, steps = self.b, self.steps
+        self.measure("plain", "host KSampler (plain sampling)", steps, lambda: self.sample(b.model))
+
+        def maps():
+            pos, neg = self.conditioning()
+            return call(conceptsplit.EditLabAttentionMaps, model=b.model, clip=b.clip, positive=pos, negative=neg,
+                        latent_image=self.latent(), prompt=PROMPT, words="person, shirt", seed=1, steps=steps,
+                        cfg=self.cfg, sampler_name="euler", scheduler=self.scheduler, start_step=0, end_step=steps)
+        self.measure("attention_maps", "Attention Maps (its own sampler)", steps, maps)
+        if b.family == "sdxl":
+            self.measure("loda", "LODA (1 LODA step per sampling step) + AFG", steps, self.loda)
+        tova = self.measure(
+            "tova_train", "ToVA Train (rank 16, its default gradient checkpointing)", steps,
+            lambda: call(conceptsplit.EditLabToVATrain, model=b.model, clip=b.clip, vae=b.vae, folder="concept",
+                         prompt=PROMPT, word="person", resolution=b.size, rank=16, steps=steps, lr=1e-4,
+                         batch_size=1, seed=0, name=f"real_size_{b.family}", overwrite=True))
+        if tova is not None:
+            def apply():
+                m = call(conceptsplit.EditLabToVAApply, model=b.model, clip=b.clip, prompt=PROMPT, strength=1.0,
+                         adapter_1=tova[0])[0]
+                return self.sample(m)
+            self.measure("tova_apply", "ToVA Apply (the adapter just trained)", steps, apply)
+        if b.family == "flux":
+            self.measure(
+                "layered_train", "Layered Edit Train, both stages (rank 16, reference latent: Kontext's token count, "
+                "its default gradient checkpointing)", 2 * steps,
+                lambda: call(layered.EditLabLayeredTrain, model=b.model, clip=b.clip, vae=b.vae, folder="pairs",
+                             stages="both", pattern_shift_lora="None", resolution=b.size, rank=16,
+                             steps_stage1=steps, steps_stage2=steps, lr=1e-4, product_weight=5.0, guidance=2.5,
+                             seed=0, name=f"real_size_{b.family}", overwrite=True))
+
+        def host_train():
+            from nodes import VAEEncode
+
+            import numpy as np
+            image = torch.from_numpy(np.random.default_rng(0).random((1, b.size, b.size, 3), dtype=np.float32))
+            latents = call(VAEEncode, pixels=image, vae=b.vae)[0]
+            pos, _ = self.conditioning()
+            # two images, as a list of latents (0.3.75's node fails on a single latent batch: an unset variable)
+            return call(nodes_train.TrainLoraNode, lists=("latents",), model=b.model, latents=[latents, latents], positive=pos, batch_size=1,
+                        grad_accumulation_steps=1, steps=steps, learning_rate=1e-4, rank=16, optimizer="AdamW",
+                        loss_function="MSE", seed=0, training_dtype="bf16", lora_dtype="bf16",
+                        gradient_checkpointing=True, existing_lora="[None]")
+        self.measure("host_train_lora", "host TrainLoraNode (rank 16, bf16, its default checkpointing)", steps,
+                     host_train)
+        return self.rows
+
+    def loda(self):
+        from comfy_extras import nodes_custom_sampler as cs
+
+        from editlab.nodes import conceptsplit
+
+        b = self.b
+        pos, neg = self.conditioning()
+        sampler = call(cs.KSamplerSelect, sampler_name="euler")[0]
+        loda = call(conceptsplit.EditLabLODA, sampler=sampler, clip=b.clip, prompt=PROMPT, concepts="person, shirt",
+                    loda_steps=1, step_size=20.0, threshold=3.0, afg_strength=2.0, map_layers="authors")[0]
+        sigmas = call(cs.BasicScheduler, model=b.model, scheduler="normal", steps=self.steps, denoise=1.0)[0]
+        return call(cs.SamplerCustom, model=b.model, add_noise=True, noise_seed=1, cfg=7.5, positive=pos,
+                    negative=neg, sampler=loda, sigmas=sigmas, latent_image=self.latent())
+
+
+def render(data: dict) -> str:
+    lines = [f"Device: {data['device']}; torch {data['torch']}; {data['host']}; measured {data['time']} at "
+             f"{data['git']}; {data['steps']} step(s) per row, euler.", ""]
+    for fam in data["families"]:
+        lines += [f"**{fam['family']} at {fam['size']}x{fam['size']}, {'tiny' if data['smoke'] else 'full'} size ({fam['parameters']:,} parameters, "
+                  f"{fam['weight_dtype']} weights), one process, the host's model management**", "",
+                  "| workflow | peak MiB | extra over the row's start, MiB | ratio to plain | s/step | status |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for r in fam["rows"]:
+            num = lambda k: f"{r[k]:,}" if isinstance(r.get(k), int) else "-"  # noqa: E731
+            ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
+            lines.append(f"| {r['workflow']} | {num('peak_mib')} | {num('extra_mib')} | {ratio} | "
+                         f"{r.get('s_per_step', '-')} | {r['status']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny configs at 64 px (any device)")
+    parser.add_argument("--only", default="flux,sdxl", help="families, comma-separated (flux, sdxl)")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    args.smoke = args.smoke or benchlib.SMOKE  # benchlib takes --smoke off the command line (and sets its size)
+    cuda = torch.cuda.is_available()
+    root = Path(tempfile.mkdtemp(prefix="editlab_device_run_"))
+    setup_host(not cuda, root)
+    import comfy.model_management as mm
+    import subprocess
+
+    data = {"device": torch.cuda.get_device_name() if cuda else "CPU", "torch": torch.__version__,
+            "host": f"ComfyUI at {os.environ.get('COMFYUI_PATH', 'the set-up host')}",
+            "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "steps": args.steps, "smoke": args.smoke,
+            "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                                  text=True).stdout.strip(), "families": []}
+    for family in [f.strip() for f in args.only.split(",") if f.strip()]:
+        t0 = time.monotonic()
+        built = build(family, args.smoke)
+        print(f"built {family}: {built.parameters:,} parameters in {time.monotonic() - t0:.1f} s", flush=True)
+        rows = Rows(built, args.steps).run()
+        data["families"].append({"family": family, "size": built.size, "parameters": built.parameters,
+                                 "weight_dtype": built.weight_dtype, "rows": rows})
+        del built
+        mm.unload_all_models()
+        mm.soft_empty_cache()
+        gc.collect()
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "device_run_smoke" if args.smoke else "device_run"
+    (args.out / f"{name}.json").write_text(json.dumps(data, indent=1))
+    (args.out / f"{name}.md").write_text(render(data))
+    print(render(data))
+    failed = [r for fam in data["families"] for r in fam["rows"] if r["status"] != "ok"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
