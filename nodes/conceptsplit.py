@@ -178,7 +178,7 @@ class EditLabToVAApply(EditLabNode):
                         "the override that was set before it).",
             inputs=[io.Model.Input("model", tooltip="An SD1.5, SD2.1, SDXL or Flux model."),
                     io.Clip.Input("clip", tooltip="Its text encoder, to find the words' token positions."),
-                    io.String.Input("prompt", multiline=True, default="a photo of sks dog and zwx cat",
+                    io.String.Input("prompt", multiline=True, default="a photo of a dog and a cat",
                                     tooltip="The positive prompt, exactly as encoded for sampling; it must hold each "
                                             "adapter's word."),
                     io.Float.Input("strength", default=1.0, min=-2.0, max=3.0, step=0.05,

@@ -759,7 +759,10 @@ def saedit_photo_edit():
     return g
 
 
-CONCEPT_PROMPT = "a photo of sks person wearing a zwx shirt"
+# The authors bind each value adapter to the class noun of its concept (dog, cat), never a rare token: the words
+# here are the classes of the two example images (the photo's person, the product's shirt).
+CONCEPT_WORDS = ("person", "shirt")
+CONCEPT_PROMPT = "a photo of a person wearing a shirt"
 
 
 def _tova_templates():
@@ -772,11 +775,11 @@ def _tova_templates():
     raise SystemExit("models/conceptsplit/train.py has no DEFAULT_TEMPLATES")
 
 
-def tova_train(g, m, word, what, i, size, rank, lr, steps, name, stage):
+def tova_train(g, m, word, i, size, rank, lr, steps, name, stage):
     """ToVA Train on the input folder, captioned with the node's default templates (the authors' way)."""
     return g.add(
         "EditLabToVATrain",
-        [("folder", "."), ("prompt", f"a photo of {word} {what}"), ("word", word), ("resolution", size),
+        [("folder", "."), ("prompt", f"a photo of a {word}"), ("word", word), ("resolution", size),
          ("rank", rank), ("steps", steps), ("lr", lr), ("batch_size", 1), ("seed", i), ("name", name),
          ("overwrite", True), ("captions", "templates (authors)"), ("templates", _tova_templates()),
          ("gradient_checkpointing", True)],
@@ -809,8 +812,8 @@ def conceptsplit_rows(g, family, band=0, label="", m=None):
     s_sample = g.stage(key + "sample", f"{label}LODA sampler: concepts kept apart", bands[3])
     s_maps = g.stage(key + "maps", f"{label}Where each word attends", bands[4])
     adapters = []
-    for i, (word, what) in enumerate((("sks", "person"), ("zwx", "shirt"))):
-        adapters.append(tova_train(g, m, word, what, i, size, rank, lr, real["train_steps"],
+    for i, word in enumerate(CONCEPT_WORDS):
+        adapters.append(tova_train(g, m, word, i, size, rank, lr, real["train_steps"],
                                    f"concept_{word}" if family == "sd15" else f"concept_{word}_{family}", s_train))
     tova = g.add("EditLabToVAApply", [("prompt", CONCEPT_PROMPT), ("strength", 1.0)],
                  {"model": m.model, "clip": m.clip, "adapter_1": (adapters[0], 0, "EDITLAB_TOVA"),
@@ -823,7 +826,7 @@ def conceptsplit_rows(g, family, band=0, label="", m=None):
     latent = g.add(latent_node, [("width", size), ("height", size), ("batch_size", 1)], {}, ["LATENT"], s_apply, 2,
                    0)
     base = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_sample, 0, 0)
-    loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"),
+    loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", ", ".join(CONCEPT_WORDS)),
                                  ("loda_steps", real["loda_steps"]),
                                  ("step_size", 20.0), ("threshold", 3.0), ("afg_strength", 2.0),
                                  ("map_layers", "authors"), ("afg_mode", "soft")],
@@ -841,7 +844,8 @@ def conceptsplit_rows(g, family, band=0, label="", m=None):
         prefix = "editlab_tour/conceptsplit_"
     save(g, image, prefix + "two_concepts", s_sample, 2, 1)
     maps = g.add("EditLabAttentionMaps",
-                 [("prompt", CONCEPT_PROMPT), ("words", "sks, zwx"), ("seed", 42), ("steps", real["steps"]),
+                 [("prompt", CONCEPT_PROMPT), ("words", ", ".join(CONCEPT_WORDS)), ("seed", 42),
+                  ("steps", real["steps"]),
                   ("cfg", cfg), ("sampler_name", "euler"), ("scheduler", "simple"), ("start_step", 0),
                   ("end_step", real["steps"])],
                  {"model": (tova, 0, "MODEL"), "clip": m.clip, "positive": pos,
@@ -856,7 +860,8 @@ def conceptsplit_workflow(family):
     g = Graph("ConceptSplit: two concepts without mixing" + ("" if family == "sd15" else suffix))
     g.add_note(note(g.title,
                     "Two personalised concepts in one image. **ToVA Train** learns one value-only adapter per concept "
-                    "word (*sks*: the photo, *zwx*: the shirt) from the example images; **ToVA Apply** attaches both, "
+                    "word, the class noun as the authors bind it (*person*: the photo, *shirt*: the t-shirt), from "
+                    "the example images; **ToVA Apply** attaches both, "
                     "each acting only at its word's tokens (never merged). **LODA** wraps the sampler: the first steps "
                     "push the two words' attention maps apart, then attention fixing guidance keeps them apart. "
                     "**Attention Maps** shows where each word looks."
@@ -869,7 +874,7 @@ def conceptsplit_workflow(family):
                     + SMALL))
     conceptsplit_rows(g, family)
     s_files = g.stage("files", "Optional (unmute with Ctrl+M): adapters trained earlier, from models/tova/", 2)
-    for i, word in enumerate(("sks", "zwx")):
+    for i, word in enumerate(CONCEPT_WORDS):
         g.add("EditLabToVALoader",
               [("adapter_name", f"concept_{word}.safetensors" if family == "sd15" else
                 f"concept_{word}_{family}.safetensors")], {}, ["EDITLAB_TOVA"], s_files, i, 0, mode=MUTED)
@@ -1240,7 +1245,8 @@ def composed_tova_expression():
     title = "Composed: two personalised concepts with an expression (SD1.5)"
     g = Graph(title)
     g.add_note(note(title,
-                    "**ToVA Apply** attaches two concepts' value adapters (*sks*: the person, *zwx*: the shirt), each "
+                    "**ToVA Apply** attaches two concepts' value adapters (*person* and *shirt*, the class nouns), "
+                    "each "
                     "acting only at its word's tokens; **Apply Expression** then adds the expression adapter's "
                     "tokens, driven by the photo's blendshapes edited with a *smile* preset, to the same model; "
                     "**LODA** wraps the sampler and keeps the two concepts' attention apart. One model, two "
@@ -1257,8 +1263,8 @@ def composed_tova_expression():
     s_apply = g.stage("apply", "ToVA Apply, then Apply Expression, on one model", 2)
     s_sample = g.stage("sample", "LODA sampler, save", 3)
     adapters = []
-    for i, (word, what) in enumerate((("sks", "person"), ("zwx", "shirt"))):
-        adapters.append(tova_train(g, m, word, what, i, size, rank, lr, real["train_steps"], f"composed_{word}",
+    for i, word in enumerate(CONCEPT_WORDS):
+        adapters.append(tova_train(g, m, word, i, size, rank, lr, real["train_steps"], f"composed_{word}",
                                    s_train))
     tova = g.add("EditLabToVAApply", [("prompt", CONCEPT_PROMPT), ("strength", 1.0)],
                  {"model": m.model, "clip": m.clip, "adapter_1": (adapters[0], 0, "EDITLAB_TOVA"),
@@ -1272,7 +1278,7 @@ def composed_tova_expression():
     latent = g.add(latent_node, [("width", size), ("height", size), ("batch_size", 1)], {}, ["LATENT"], s_apply, 2,
                    2)
     base = g.add("KSamplerSelect", [("sampler_name", "euler")], {}, ["SAMPLER"], s_sample, 0, 0)
-    loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", "sks, zwx"),
+    loda = g.add("EditLabLODA", [("prompt", CONCEPT_PROMPT), ("concepts", ", ".join(CONCEPT_WORDS)),
                                  ("loda_steps", real["loda_steps"]), ("step_size", 20.0), ("threshold", 3.0),
                                  ("afg_strength", 2.0), ("map_layers", "authors"), ("afg_mode", "soft")],
                  {"sampler": (base, 0, "SAMPLER"), "clip": m.clip}, ["SAMPLER"], s_sample, 0, 1)

@@ -180,3 +180,30 @@ def test_worldtoimage_threshold_is_beyond_the_authors_score_scale():
             assert threshold > passes_at_aesthetic_2
     node = (REPO / "nodes" / "worldtoimage.py").read_text()
     assert f'io.Float.Input("threshold", default={W2I_THRESHOLD}' in node, "the node's default moved"
+
+
+# the classes of the two example images every ConceptSplit workflow trains on (workflows/input: a portrait photo, a
+# product t-shirt): the authors bind each value adapter to its concept's class noun (dog, cat), never a rare token
+CONCEPT_CLASSES = {"person", "shirt"}
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if '"EditLabToVATrain"' in
+                                  (REPO / "workflows" / "api" / f"{n}.json").read_text()])
+def test_tova_binds_each_concept_to_its_class_noun(name):
+    """Every ToVA Train learns a class noun with the authors' caption templates, and the words LODA separates, the
+    maps show and ToVA Apply's prompt holds are those same words (a rare token such as sks would train a word the
+    model has no prior for, and a LODA concept that no adapter learned would separate nothing)."""
+    import re
+
+    prompt = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+    by_class = {}
+    for node in prompt.values():
+        by_class.setdefault(node["class_type"], []).append(node["inputs"])
+    trained = [n["word"] for n in by_class["EditLabToVATrain"]]
+    assert set(trained) == CONCEPT_CLASSES and len(trained) == len(CONCEPT_CLASSES), trained
+    assert {n["captions"] for n in by_class["EditLabToVATrain"]} == {"templates (authors)"}
+    for kind, key in (("EditLabLODA", "concepts"), ("EditLabAttentionMaps", "words")):
+        for node in by_class.get(kind, []):
+            assert {w.strip() for w in node[key].split(",")} == CONCEPT_CLASSES, (kind, node[key])
+    for node in by_class["EditLabToVAApply"]:
+        assert CONCEPT_CLASSES <= set(re.findall(r"[a-z]+", node["prompt"])), node["prompt"]
