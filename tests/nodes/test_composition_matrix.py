@@ -1,7 +1,5 @@
 """Every EditLab patch composed with every other, and with the host's common patches, on the tiny SD1.5 and the tiny
-SDXL (one graph with both, under CFG 3, with euler and dpmpp_2m). On SDXL a subset (PAIRS_BY_FAMILY): every EditLab
-patch with every other and with the host's LoRA; the host's FreeU_V2, PerturbedAttentionGuidance and the pack attn2
-output patch are left out there (they run on SD1.5). For each pair (A, B):
+SDXL (one graph with both, under CFG 3, with euler and dpmpp_2m), the same pairs on both. For each pair (A, B):
   runs     both in one graph sample without error (both samplers);
   acts     each still acts: |out(A+B) - out(B)| >= ACTS * |out(A) - out(base)| (and the same with A and B swapped;
            both samplers);
@@ -262,14 +260,11 @@ EDITLAB = [n for n in PATCH_NAMES if not n.startswith(("host", "pack"))]
 # two concepts, two Apply Expression nodes)
 PAIRS = [(a, b) for a, b in itertools.combinations(PATCH_NAMES, 2) if a in EDITLAB] + [
     ("ToVA Apply (dog)", "ToVA Apply (cat)"), ("Apply Expression", "Apply Expression (2nd)")]
-# The tiny SDXL (every EditLab patch supports it: ToVA Apply, Apply Expression and both Reference Adapter modes take
-# its 64-wide context and pooled ADM input): the full set would double the file's run time, so SDXL has every EditLab
-# patch with every other, the two same-kind pairs, and each EditLab patch with the host's LoRA; LODA + AFG and
-# Attention Maps sample each of those five. Left out on SDXL (run on SD1.5): host FreeU_V2, host
-# PerturbedAttentionGuidance and the pack attn2 output patch, with each EditLab patch and under both samplers.
-SDXL_PATCHES = EDITLAB + ["host LoraLoader"]
-PAIRS_BY_FAMILY = {"SD1.5": PAIRS, "SDXL": [(a, b) for a, b in PAIRS if b in SDXL_PATCHES or b.endswith(")")]}
-SAMPLED_ON = {"SD1.5": PATCH_NAMES, "SDXL": SDXL_PATCHES}  # the patches LODA + AFG and Attention Maps sample
+# The tiny SDXL takes every patch too (ToVA Apply, Apply Expression and both Reference Adapter modes take its 64-wide
+# context and pooled ADM input; the host's FreeU_V2 reads its 1280/640-channel skips through the tiny UNet's own
+# widths, PAG its middle block's self-attention): the same pairs and samplers as SD1.5.
+PAIRS_BY_FAMILY = {"SD1.5": PAIRS, "SDXL": PAIRS}
+SAMPLED_ON = {"SD1.5": PATCH_NAMES, "SDXL": PATCH_NAMES}  # the patches LODA + AFG and Attention Maps sample
 FULL_CHECKS = SAMPLERS[:1]  # off and order with euler; runs and acts with every sampler
 MODEL_PAIRS = [(f, a, b) for f in FAMILIES for a, b in PAIRS_BY_FAMILY[f]]
 SAMPLED = [(f, b) for f in FAMILIES for b in SAMPLED_ON[f]]
