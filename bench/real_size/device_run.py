@@ -1,27 +1,33 @@
-"""Real size in one process, for a GPU (issue 23's GPU rows): the full-size Flux dev transformer (fp8 e4m3fn weights,
-bf16 compute: the stock UNETLoader's fp8 option) and the full-size SDXL UNet (fp16), built from the host's own config
-classes with seeded random weights made on the device and wrapped in the host's ModelPatcher, so every node loads
-them through the host's model management. Each EditLab node that patches, samples or trains runs once at the
-authors' resolution (1024x1024), beside the host's plain KSampler and the host's own TrainLoraNode of the same model.
+"""Real size in one process (issue 23): the full-size Flux dev transformer (fp8 e4m3fn weights, bf16 compute: the stock
+UNETLoader's fp8 option), the full-size SDXL UNet (fp16 on a GPU) and the full-size SD1.5 UNet, built from the host's
+own config classes with seeded random weights made on the device and wrapped in the host's ModelPatcher, so every
+node loads them through the host's model management. Each EditLab node that patches, samples or trains runs once at
+the authors' resolution (Flux and SDXL 1024x1024, SD1.5 512x512), beside the host's plain KSampler and the host's own
+TrainLoraNode of the same model. Made for a GPU; on the CPU the SD1.5 rows fit this machine.
 
-    python -P bench/real_size/device_run.py [--smoke] [--only flux,sdxl] [--steps 2] [--out DIR]
+    python -P bench/real_size/device_run.py [--smoke] [--only flux,sdxl,sd15] [--rows tova_train,...] [--steps 2]
+                                            [--out DIR]
 
 Text encoders are the host's classes at the real output widths (Flux: CLIP-L 768 + T5 4096; SDXL: CLIP-L 768 +
-CLIP-G 1280) with few, narrow layers, and the VAE a small KL autoencoder with the real latent channels: the diffusion
-network sees inputs of the real shapes; the encoders' own weights (several GiB for a real T5-XXL, which the host
-unloads before sampling where memory is short) are outside the comparison.
+CLIP-G 1280; SD1.5: CLIP-L 768) with few, narrow layers, and the VAE a small KL autoencoder with the real latent
+channels: the diffusion network sees inputs of the real shapes; the encoders' own weights (several GiB for a real
+T5-XXL, which the host unloads before sampling where memory is short) are outside the comparison.
 
-Peak: ``torch.cuda.max_memory_allocated`` during the row, its statistics reset once the diffusion model is loaded;
-"extra" is the peak above what was allocated when the row started (the diffusion weights are in that), "ratio" the
-peak over the plain row's peak. Time: the row's wall time over its steps (sampling or training steps), text encoding
-and image encoding included.
+Peak on a GPU: ``torch.cuda.max_memory_allocated`` during the row, its statistics reset once the diffusion model is
+loaded. On the CPU: the process's resident high-water mark (VmHWM, reset through /proc/self/clear_refs after
+``malloc_trim``), and, per phase, the highest resident size sampled every 10 ms while the host's VAE encoded, its
+text encoder ran, the diffusion network ran forward, or backward ran (:class:`CpuMeter`): what separates a trainer's
+peak into its parts. "extra" is the peak above what the process held when the row started (the diffusion weights are
+in that), "ratio" the peak over the plain row's peak. Time: the row's wall time over its steps (sampling or training
+steps), text encoding and image encoding included.
 
 ``--smoke``: tiny configs at 64 px on whatever device there is (the test suite runs it on the CPU, so the script
-cannot rot between GPU sessions); memory is then not measured.
+cannot rot between GPU sessions).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -57,6 +63,8 @@ CLIP_L = {"hidden_size": 768, "intermediate_size": 64, "num_attention_heads": 2,
           "projection_dim": 768}
 CLIP_G = {"hidden_size": 1280, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 3,
           "projection_dim": 1280}
+SIZES = {"flux": 1024, "sdxl": 1024, "sd15": 512}  # the authors' resolutions
+TOVA = {"flux": (16, 1e-4), "sdxl": (16, 1e-4), "sd15": (32, 5e-4)}  # rank, lr (the authors' for SD / SDXL)
 T5 = {"d_model": 4096, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
 
 
@@ -144,6 +152,16 @@ def build(family: str, smoke: bool, seed: int = 0) -> Built:
         clip = builders._clip(comfy.text_encoders.flux.flux_clip(), comfy.text_encoders.flux.FluxTokenizer,
                               {"clip_l_model_config": dict(CLIP_L), "t5xxl_model_config": dict(T5)}, seed + 1)
         latent_channels = 16
+    elif family == "sd15":
+        import comfy.sd1_clip
+
+        tiny = {**TINY_SDXL, "context_dim": 768, "adm_in_channels": None, "num_classes": None,
+                "use_linear_in_transformer": False}
+        cls, unet = comfy.supported_models.SD15, dict(tiny if smoke else meta_counts.SD15)
+        dtype, compute = (torch.float32, None) if device.type == "cpu" else (torch.float16, None)
+        clip = builders._clip(comfy.sd1_clip.SD1ClipModel, comfy.sd1_clip.SD1Tokenizer,
+                              {"clip_l_model_config": dict(CLIP_L)}, seed + 1)
+        latent_channels = 4
     else:
         cls, unet = comfy.supported_models.SDXL, dict(TINY_SDXL if smoke else meta_counts.SDXL)
         dtype, compute = (torch.float32, None) if device.type == "cpu" else (torch.float16, None)
@@ -161,7 +179,8 @@ def build(family: str, smoke: bool, seed: int = 0) -> Built:
     model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=mm.unet_offload_device())
     vae = builders._kl_vae(latent_channels, seed + 2)
     parameters = sum(p.numel() for p in base.diffusion_model.parameters())
-    return Built(family, model, clip, vae, 64 if smoke else 1024, parameters, str(dtype).removeprefix("torch."))
+    size = 64 if smoke else SIZES[family]
+    return Built(family, model, clip, vae, size, parameters, str(dtype).removeprefix("torch."))
 
 
 def call(cls, lists=(), **inputs):
@@ -180,27 +199,105 @@ def call(cls, lists=(), **inputs):
     return getattr(cls(), cls.FUNCTION)(**inputs)
 
 
+class CpuMeter:
+    """Resident memory of this process on the CPU: writing 5 to /proc/self/clear_refs resets the high-water mark
+    (VmHWM) to the resident size; a thread samples the resident size every 10 ms and files each sample under the
+    phase running (:func:`phases`), so that a row's peak can be told apart: image encoding, text encoding, the
+    network's forward, backward (its recomputation included), the rest."""
+
+    def __init__(self):
+        import threading
+
+        self.threading = threading
+
+    @staticmethod
+    def status(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def __enter__(self):
+        gc.collect()
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # what earlier rows freed goes back to the system first
+        except OSError:
+            pass
+        Path("/proc/self/clear_refs").write_text("5")
+        self.base, self.by_phase, self._stop = self.status("VmRSS"), {}, self.threading.Event()
+
+        def loop():
+            while not self._stop.wait(0.01):
+                rss, phase = self.status("VmRSS"), _PHASE[-1]
+                self.by_phase[phase] = max(self.by_phase.get(phase, 0), rss)
+        self._thread = self.threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = self.status("VmHWM")
+
+
+_PHASE = ["rest"]
+
+
+def _in_phase(label: str, fn):
+    def wrapped(*args, **kwargs):
+        _PHASE.append("backward" if _PHASE[-1] == "backward" else label)  # a recomputation inside backward stays there
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _PHASE.pop()
+    wrapped.__wrapped__ = fn
+    return wrapped
+
+
+def phases():
+    """File the sampled memory under the phase running: the host's VAE and text encoders, the diffusion network's
+    forward (UNet or Flux), backward."""
+    import comfy.ldm.flux.model
+    import comfy.ldm.modules.diffusionmodules.openaimodel as openai
+    import comfy.sd
+
+    for owner, name, label in ((comfy.sd.VAE, "encode", "image encoding"),
+                               (comfy.sd.CLIP, "encode_from_tokens", "text encoding"),
+                               (openai.UNetModel, "forward", "network forward"),
+                               (comfy.ldm.flux.model.Flux, "forward", "network forward"),
+                               (torch.Tensor, "backward", "backward")):
+        if not hasattr(getattr(owner, name), "__wrapped__"):
+            setattr(owner, name, _in_phase(label, getattr(owner, name)))
+    if not hasattr(torch.autograd.backward, "__wrapped__"):
+        torch.autograd.backward = _in_phase("backward", torch.autograd.backward)
+
+
 class Rows:
     """Runs each workflow once, measuring its peak and time; a row that fails records its error and the run goes on."""
 
-    def __init__(self, built: Built, steps: int):
-        self.b, self.steps, self.rows = built, steps, []
+    def __init__(self, built: Built, steps: int, keys=(), cpu_memory: bool = False):
+        self.b, self.steps, self.rows, self.keys, self.cpu_memory = built, steps, [], set(keys), cpu_memory
         self.cuda = built.model.load_device.type == "cuda"
 
     def measure(self, key: str, label: str, steps: int, fn):
         import comfy.model_management as mm
 
         row = {"family": self.b.family, "key": key, "workflow": label, "steps": steps, "size": self.b.size}
+        if self.keys and key not in self.keys and key != "plain":
+            return None
         gc.collect()
+        mm.load_models_gpu([self.b.model])
         if self.cuda:
-            mm.load_models_gpu([self.b.model])
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
+        meter = contextlib.nullcontext() if self.cuda or not self.cpu_memory else CpuMeter()
         t0 = time.perf_counter()
         try:
-            with torch.inference_mode():  # the executor runs every node under inference mode
+            with meter, torch.inference_mode():  # the executor runs every node under inference mode
                 result = fn()
             if self.cuda:
                 torch.cuda.synchronize()
@@ -209,6 +306,10 @@ class Rows:
                 peak = torch.cuda.max_memory_allocated()
                 row.update(peak_mib=round(peak / MiB), extra_mib=round((peak - base) / MiB),
                            base_mib=round(base / MiB))
+            elif isinstance(meter, CpuMeter):
+                row.update(peak_mib=round(meter.peak / MiB), extra_mib=round((meter.peak - meter.base) / MiB),
+                           base_mib=round(meter.base / MiB),
+                           phases_extra_mib={k: round((v - meter.base) / MiB) for k, v in meter.by_phase.items()})
             row["status"] = "ok"
         except Exception as exc:  # the finding is the error; the other rows still run
             result = None
@@ -265,12 +366,13 @@ class Rows:
                         latent_image=self.latent(), prompt=PROMPT, words="person, shirt", seed=1, steps=steps,
                         cfg=self.cfg, sampler_name="euler", scheduler=self.scheduler, start_step=0, end_step=steps)
         self.measure("attention_maps", "Attention Maps (its own sampler)", steps, maps)
-        if b.family == "sdxl":
+        if b.family != "flux":
             self.measure("loda", "LODA (1 LODA step per sampling step) + AFG", steps, self.loda)
         tova = self.measure(
-            "tova_train", "ToVA Train (rank 16, its default gradient checkpointing)", steps,
+            "tova_train", f"ToVA Train (rank {TOVA[b.family][0]}, its default gradient checkpointing)", steps,
             lambda: call(conceptsplit.EditLabToVATrain, model=b.model, clip=b.clip, vae=b.vae, folder="concept",
-                         prompt=PROMPT, word="person", resolution=b.size, rank=16, steps=steps, lr=1e-4,
+                         prompt=PROMPT, word="person", resolution=b.size, rank=TOVA[b.family][0], steps=steps,
+                         lr=TOVA[b.family][1],
                          batch_size=1, seed=0, name=f"real_size_{b.family}", overwrite=True))
         if tova is not None:
             def apply():
@@ -294,13 +396,14 @@ class Rows:
             image = torch.from_numpy(np.random.default_rng(0).random((1, b.size, b.size, 3), dtype=np.float32))
             latents = call(VAEEncode, pixels=image, vae=b.vae)[0]
             pos, _ = self.conditioning()
+            train_dtype = "bf16" if self.cuda else "fp32"  # the CPU computes in float32, as the stock loader loads
             # two images, as a list of latents (0.3.75's node fails on a single latent batch: an unset variable)
-            return call(nodes_train.TrainLoraNode, lists=("latents",), model=b.model, latents=[latents, latents], positive=pos, batch_size=1,
-                        grad_accumulation_steps=1, steps=steps, learning_rate=1e-4, rank=16, optimizer="AdamW",
-                        loss_function="MSE", seed=0, training_dtype="bf16", lora_dtype="bf16",
+            return call(nodes_train.TrainLoraNode, lists=("latents",), model=b.model, latents=[latents, latents],
+                        positive=pos, batch_size=1, grad_accumulation_steps=1, steps=steps, learning_rate=1e-4,
+                        rank=16, optimizer="AdamW", loss_function="MSE", seed=0, training_dtype=train_dtype, lora_dtype=train_dtype,
                         gradient_checkpointing=True, existing_lora="[None]")
-        self.measure("host_train_lora", "host TrainLoraNode (rank 16, bf16, its default checkpointing)", steps,
-                     host_train)
+        label = f"host TrainLoraNode (rank 16, {'bf16' if self.cuda else 'fp32'}, its default checkpointing)"
+        self.measure("host_train_lora", label, steps, host_train)
         return self.rows
 
     def loda(self):
@@ -322,7 +425,8 @@ def render(data: dict) -> str:
     lines = [f"Device: {data['device']}; torch {data['torch']}; {data['host']}; measured {data['time']} at "
              f"{data['git']}; {data['steps']} step(s) per row, euler.", ""]
     for fam in data["families"]:
-        lines += [f"**{fam['family']} at {fam['size']}x{fam['size']}, {'tiny' if data['smoke'] else 'full'} size ({fam['parameters']:,} parameters, "
+        size = "tiny" if data["smoke"] else "full"
+        lines += [f"**{fam['family']} at {fam['size']}x{fam['size']}, {size} size ({fam['parameters']:,} parameters, "
                   f"{fam['weight_dtype']} weights), one process, the host's model management**", "",
                   "| workflow | peak MiB | extra over the row's start, MiB | ratio to plain | s/step | status |",
                   "|---|---:|---:|---:|---:|---|"]
@@ -338,9 +442,10 @@ def render(data: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny configs at 64 px (any device)")
-    parser.add_argument("--only", default="flux,sdxl", help="families, comma-separated (flux, sdxl)")
+    parser.add_argument("--only", default="flux,sdxl", help="families, comma-separated (flux, sdxl, sd15)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--rows", default="", help="only these rows (keys, comma-separated; plain always runs)")
     args = parser.parse_args(argv)
     args.smoke = args.smoke or benchlib.SMOKE  # benchlib takes --smoke off the command line (and sets its size)
     cuda = torch.cuda.is_available()
@@ -358,7 +463,9 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         built = build(family, args.smoke)
         print(f"built {family}: {built.parameters:,} parameters in {time.monotonic() - t0:.1f} s", flush=True)
-        rows = Rows(built, args.steps).run()
+        if not cuda:
+            phases()
+        rows = Rows(built, args.steps, [k for k in args.rows.split(",") if k], cpu_memory=not cuda).run()
         data["families"].append({"family": family, "size": built.size, "parameters": built.parameters,
                                  "weight_dtype": built.weight_dtype, "rows": rows})
         del built
