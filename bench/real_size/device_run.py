@@ -137,7 +137,6 @@ class Built:
 
 def build(family: str, smoke: bool, seed: int = 0) -> Built:
     import comfy.model_management as mm
-    import comfy.model_patcher
     import comfy.sdxl_clip
     import comfy.supported_models
     import comfy.text_encoders.flux
@@ -168,19 +167,34 @@ def build(family: str, smoke: bool, seed: int = 0) -> Built:
         clip = builders._clip(comfy.sdxl_clip.SDXLClipModel, comfy.sdxl_clip.SDXLTokenizer,
                               {"clip_l_model_config": dict(CLIP_L), "clip_g_model_config": dict(CLIP_G)}, seed + 1)
         latent_channels = 4
+    model = diffusion_patcher(cls, unet, dtype, compute, seed)
+    base = model.model
+    vae = builders._kl_vae(latent_channels, seed + 2)
+    parameters = sum(p.numel() for p in base.diffusion_model.parameters())
+    size = 64 if smoke else SIZES[family]
+    return Built(family, model, clip, vae, size, parameters, str(dtype).removeprefix("torch."))
+
+
+def diffusion_patcher(cls, unet: dict, dtype, compute, seed: int, disable_dynamic: bool = False):
+    """The diffusion model in the host's ModelPatcher, built as the stock loaders build it under the server
+    (inference-mode weights: what forced the weight copies of issue 23 in the trainers). Its ``cached_patcher_init``
+    rebuilds it the same way, as a core loader's reloads the file: ComfyUI 0.33's TrainLoraNode clones the model with
+    ``force_deepcopy``, which asks for that second model."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    from editlab.models.tiny import builders
+
+    device = mm.get_torch_device()
     config = cls(builders.host_unet_config(cls, unet))
     config.set_inference_dtype(dtype, compute)
-    # built as the stock loaders build under the server: inference-mode weights (what forced the weight copies of
-    # issue 23 in the trainers)
     with torch.inference_mode(), torch.device(device):
         base = config.get_model({})
         fill_random(base.diffusion_model, seed)
     base.eval()
     model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=mm.unet_offload_device())
-    vae = builders._kl_vae(latent_channels, seed + 2)
-    parameters = sum(p.numel() for p in base.diffusion_model.parameters())
-    size = 64 if smoke else SIZES[family]
-    return Built(family, model, clip, vae, size, parameters, str(dtype).removeprefix("torch."))
+    model.cached_patcher_init = (diffusion_patcher, (cls, unet, dtype, compute, seed))
+    return model
 
 
 def call(cls, lists=(), **inputs):
