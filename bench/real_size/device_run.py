@@ -466,13 +466,13 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="editlab_device_run_"))
     setup_host(not cuda, root)
     import comfy.model_management as mm
-    import subprocess
+
+    import run  # bench/real_size/run.py: the commit stamp
 
     data = {"device": torch.cuda.get_device_name() if cuda else "CPU", "torch": torch.__version__,
             "host": f"ComfyUI at {os.environ.get('COMFYUI_PATH', 'the set-up host')}",
             "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "steps": args.steps, "smoke": args.smoke,
-            "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                                  text=True).stdout.strip(), "families": []}
+            "git": run._git(), "families": []}
     for family in [f.strip() for f in args.only.split(",") if f.strip()]:
         t0 = time.monotonic()
         built = build(family, args.smoke)

@@ -48,9 +48,12 @@ def _host():
 
 
 def _git() -> str:
+    """The commit measured, marked when the pack's code differs from it (uncommitted changes that ran)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=benchlib.ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
+        run = lambda *a: subprocess.run(["git", *a], cwd=benchlib.ROOT, capture_output=True, text=True,  # noqa: E731
+                                        timeout=10).stdout.strip()
+        dirty = run("status", "--porcelain", "--", "models", "nodes", "kernels", "__init__.py", "bench/real_size")
+        return run("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if dirty else "")
     except Exception:
         return ""
 
