@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # bench/ (benchlib: the pack importable as editlab)
 sys.path.insert(0, str(HERE))
 import benchlib  # noqa: E402,F401
+import live  # noqa: E402 - bench/real_size/live.py: /proc status reading
 
 import torch  # noqa: E402
 
@@ -113,8 +114,9 @@ def _inputs(root: Path, size: int = 256):
 
 def fill_random(module: torch.nn.Module, seed: int) -> None:
     """Seeded random weights drawn on the weights' own device (fan-in scaled, norm weights near 1), written in the
-    weights' dtype (fp8 included): what ``models.tiny.builders.seed_parameters`` draws on the CPU, without moving
-    tens of GiB through the CPU."""
+    weights' dtype (fp8 included): the scaling of ``models.tiny.builders.seed_parameters``, whose CPU generator
+    would move tens of GiB through the CPU, with a generator per parameter instead (other values, same statistics).
+    Buffers are left as built: these networks (the SD UNets, Flux) have no persistent float buffers."""
     with torch.no_grad():
         for i, (name, p) in enumerate(sorted(module.named_parameters(), key=lambda kv: kv[0])):
             gen = torch.Generator(device=p.device).manual_seed(seed * 100_003 + i)
@@ -176,10 +178,11 @@ def build(family: str, smoke: bool, seed: int = 0) -> Built:
 
 
 def diffusion_patcher(cls, unet: dict, dtype, compute, seed: int, disable_dynamic: bool = False):
-    """The diffusion model in the host's ModelPatcher, built as the stock loaders build it under the server
-    (inference-mode weights: what forced the weight copies of issue 23 in the trainers). Its ``cached_patcher_init``
-    rebuilds it the same way, as a core loader's reloads the file: ComfyUI 0.33's TrainLoraNode clones the model with
-    ``force_deepcopy``, which asks for that second model."""
+    """The diffusion model in the host's ModelPatcher with seeded random weights, built in the caller's inference
+    mode (:func:`main` builds under inference mode, as the server runs its loaders: inference-mode weights are what
+    forced the weight copies of issue 23 in the trainers). Its ``cached_patcher_init`` rebuilds it the same way, as a
+    core loader's reloads the file: ComfyUI 0.33's TrainLoraNode clones the model with ``force_deepcopy``, which asks
+    for that second model (built, and timed, inside the host trainer's row)."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
@@ -188,7 +191,7 @@ def diffusion_patcher(cls, unet: dict, dtype, compute, seed: int, disable_dynami
     device = mm.get_torch_device()
     config = cls(builders.host_unet_config(cls, unet))
     config.set_inference_dtype(dtype, compute)
-    with torch.inference_mode(), torch.device(device):
+    with torch.device(device):  # in the caller's inference mode, as a loader builds in its caller's
         base = config.get_model({})
         fill_random(base.diffusion_model, seed)
     base.eval()
@@ -215,9 +218,13 @@ def call(cls, lists=(), **inputs):
 
 class CpuMeter:
     """Resident memory of this process on the CPU: writing 5 to /proc/self/clear_refs resets the high-water mark
-    (VmHWM) to the resident size; a thread samples the resident size every 10 ms and files each sample under the
-    phase running (:func:`phases`), so that a row's peak can be told apart: image encoding, text encoding, the
-    network's forward, backward (its recomputation included), the rest."""
+    (VmHWM, the row's peak) to the resident size; each phase of :func:`phases` (image encoding, text encoding, the
+    network's forward with or without autograd, backward with its recomputation, the rest) gets the highest resident
+    size seen while it ran, read every 10 ms by a thread and at each phase's start and end. A phase's figure is the
+    process's resident size at the time, so memory an earlier phase of the row freed but the allocator kept counts in
+    a later one: the phase with the highest figure is where the peak was reached."""
+
+    active = None  # the meter of the row being measured (read at phase boundaries)
 
     def __init__(self):
         import threading
@@ -226,10 +233,11 @@ class CpuMeter:
 
     @staticmethod
     def status(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return live._status(os.getpid())[key]
+
+    def sample(self):
+        rss, phase = self.status("VmRSS"), _PHASE[-1]
+        self.by_phase[phase] = max(self.by_phase.get(phase, 0), rss)
 
     def __enter__(self):
         gc.collect()
@@ -244,13 +252,14 @@ class CpuMeter:
 
         def loop():
             while not self._stop.wait(0.01):
-                rss, phase = self.status("VmRSS"), _PHASE[-1]
-                self.by_phase[phase] = max(self.by_phase.get(phase, 0), rss)
+                self.sample()
         self._thread = self.threading.Thread(target=loop, daemon=True)
         self._thread.start()
+        CpuMeter.active = self
         return self
 
     def __exit__(self, *exc):
+        CpuMeter.active = None
         self._stop.set()
         self._thread.join()
         self.peak = self.status("VmHWM")
@@ -261,31 +270,47 @@ _PHASE = ["rest"]
 
 def _in_phase(label: str, fn):
     def wrapped(*args, **kwargs):
-        _PHASE.append("backward" if _PHASE[-1] == "backward" else label)  # a recomputation inside backward stays there
+        if _PHASE[-1] == "backward":  # a recomputation inside backward stays there
+            phase = "backward"
+        elif label == "network forward":
+            phase = label + (" (autograd)" if torch.is_grad_enabled() else " (no grad)")
+        else:
+            phase = label
+        _PHASE.append(phase)
+        meter = CpuMeter.active
         try:
+            if meter:
+                meter.sample()
             return fn(*args, **kwargs)
         finally:
+            if meter:
+                meter.sample()
             _PHASE.pop()
     wrapped.__wrapped__ = fn
     return wrapped
 
 
+@contextlib.contextmanager
 def phases():
-    """File the sampled memory under the phase running: the host's VAE and text encoders, the diffusion network's
-    forward (UNet or Flux), backward."""
+    """While the context runs, the memory sampled is filed under the phase running: the host's VAE encoding and text
+    encoding, the diffusion network's forward (UNet or Flux; with autograd recording or not: a trainer's steps or its
+    loss evaluation and sampling), backward. The functions are the host's and torch's own, wrapped and restored."""
     import comfy.ldm.flux.model
     import comfy.ldm.modules.diffusionmodules.openaimodel as openai
     import comfy.sd
 
-    for owner, name, label in ((comfy.sd.VAE, "encode", "image encoding"),
-                               (comfy.sd.CLIP, "encode_from_tokens", "text encoding"),
-                               (openai.UNetModel, "forward", "network forward"),
-                               (comfy.ldm.flux.model.Flux, "forward", "network forward"),
-                               (torch.Tensor, "backward", "backward")):
-        if not hasattr(getattr(owner, name), "__wrapped__"):
+    wrapped = [(comfy.sd.VAE, "encode", "image encoding"), (comfy.sd.CLIP, "encode_from_tokens", "text encoding"),
+               (openai.UNetModel, "forward", "network forward"),
+               (comfy.ldm.flux.model.Flux, "forward", "network forward"), (torch.Tensor, "backward", "backward"),
+               (torch.autograd, "backward", "backward")]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in wrapped]
+    try:
+        for owner, name, label in wrapped:
             setattr(owner, name, _in_phase(label, getattr(owner, name)))
-    if not hasattr(torch.autograd.backward, "__wrapped__"):
-        torch.autograd.backward = _in_phase("backward", torch.autograd.backward)
+        yield
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
 
 
 class Rows:
@@ -296,6 +321,9 @@ class Rows:
         self.cuda = built.model.load_device.type == "cuda"
 
     def measure(self, key: str, label: str, steps: int, fn):
+        """Run ``fn`` (one workflow) under inference mode with the diffusion model loaded first, and record its
+        peak memory (GPU: allocated bytes; CPU: resident bytes, by phase), the peak above what was held at its
+        start, its ratio to the plain row's peak and its time per step; an error is recorded as the row's status."""
         import comfy.model_management as mm
 
         row = {"family": self.b.family, "key": key, "workflow": label, "steps": steps, "size": self.b.size}
@@ -372,6 +400,9 @@ class Rows:
         from editlab.nodes import conceptsplit, layered
 
         b, steps = self.b, self.steps
+        if self.cuda:  # CUDA's and cuBLAS's start-up, and the kernels' first compilation, outside every row
+            with torch.inference_mode():
+                self.sample(b.model)
         self.measure("plain", "host KSampler (plain sampling)", steps, lambda: self.sample(b.model))
 
         def maps():
@@ -388,6 +419,9 @@ class Rows:
                          prompt=PROMPT, word="person", resolution=b.size, rank=TOVA[b.family][0], steps=steps,
                          lr=TOVA[b.family][1],
                          batch_size=1, seed=0, name=f"real_size_{b.family}", overwrite=True))
+        if tova is None and (not self.keys or "tova_apply" in self.keys):
+            self.rows.append({"family": b.family, "key": "tova_apply", "workflow": "ToVA Apply", "steps": steps,
+                              "size": b.size, "status": "skipped: it applies the adapter the tova_train row trains"})
         if tova is not None:
             def apply():
                 m = call(conceptsplit.EditLabToVAApply, model=b.model, clip=b.clip, prompt=PROMPT, strength=1.0,
@@ -414,8 +448,8 @@ class Rows:
             # two images, as a list of latents (0.3.75's node fails on a single latent batch: an unset variable)
             return call(nodes_train.TrainLoraNode, lists=("latents",), model=b.model, latents=[latents, latents],
                         positive=pos, batch_size=1, grad_accumulation_steps=1, steps=steps, learning_rate=1e-4,
-                        rank=16, optimizer="AdamW", loss_function="MSE", seed=0, training_dtype=train_dtype, lora_dtype=train_dtype,
-                        gradient_checkpointing=True, existing_lora="[None]")
+                        rank=16, optimizer="AdamW", loss_function="MSE", seed=0, training_dtype=train_dtype,
+                        lora_dtype=train_dtype, gradient_checkpointing=True, existing_lora="[None]")
         label = f"host TrainLoraNode (rank 16, {'bf16' if self.cuda else 'fp32'}, its default checkpointing)"
         self.measure("host_train_lora", label, steps, host_train)
         return self.rows
@@ -473,23 +507,24 @@ def main(argv=None) -> int:
             "host": f"ComfyUI at {os.environ.get('COMFYUI_PATH', 'the set-up host')}",
             "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "steps": args.steps, "smoke": args.smoke,
             "git": run._git(), "families": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "device_run_smoke" if args.smoke else "device_run"
     for family in [f.strip() for f in args.only.split(",") if f.strip()]:
         t0 = time.monotonic()
-        built = build(family, args.smoke)
+        with torch.inference_mode():  # as the stock loaders build under the server: inference-mode weights
+            built = build(family, args.smoke)
         print(f"built {family}: {built.parameters:,} parameters in {time.monotonic() - t0:.1f} s", flush=True)
-        if not cuda:
-            phases()
-        rows = Rows(built, args.steps, [k for k in args.rows.split(",") if k], cpu_memory=not cuda).run()
+        with contextlib.nullcontext() if cuda else phases():
+            rows = Rows(built, args.steps, [k for k in args.rows.split(",") if k], cpu_memory=not cuda).run()
         data["families"].append({"family": family, "size": built.size, "parameters": built.parameters,
                                  "weight_dtype": built.weight_dtype, "rows": rows})
         del built
         mm.unload_all_models()
         mm.soft_empty_cache()
         gc.collect()
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "device_run_smoke" if args.smoke else "device_run"
-    (args.out / f"{name}.json").write_text(json.dumps(data, indent=1))
-    (args.out / f"{name}.md").write_text(render(data))
+        # written after each family: a run stopped by its time limit keeps what it measured
+        (args.out / f"{name}.json").write_text(json.dumps(data, indent=1))
+        (args.out / f"{name}.md").write_text(render(data))
     print(render(data))
     failed = [r for fam in data["families"] for r in fam["rows"] if r["status"] != "ok"]
     return 1 if failed else 0

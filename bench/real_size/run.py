@@ -52,7 +52,8 @@ def _git() -> str:
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=benchlib.ROOT, capture_output=True, text=True,  # noqa: E731
                                         timeout=10).stdout.strip()
-        dirty = run("status", "--porcelain", "--", "models", "nodes", "kernels", "__init__.py", "bench/real_size")
+        dirty = run("status", "--porcelain", "--", "models", "nodes", "kernels", "__init__.py", "bench/real_size",
+                    ":(exclude)bench/real_size/results")
         return run("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if dirty else "")
     except Exception:
         return ""
