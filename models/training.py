@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..kernels.attention.comfy import differentiable_attention
 from .checkpointing import BlockTraining, saved_tensor_copies, unet_checkpointing
 from .frozen import frozen_for_autograd
 
@@ -134,8 +135,9 @@ def raw_predictor(base, context: torch.Tensor, pooled: torch.Tensor | None, reso
                                  pooled_output=None if pool is None else pool.expand(b, -1),
                                  width=resolution, height=resolution)
         conds = {k: v.cond for k, v in extra.items() if hasattr(v, "cond")}
-        denoised = base.apply_model(x, sigma, transformer_options={**options, "wrappers": wrappers,
-                                                                   "sigmas": sigma}, **conds)
+        # backward runs through every attention call: none may be one autograd refuses (the host's CPU default)
+        to = differentiable_attention({**options, "wrappers": wrappers, "sigmas": sigma})
+        denoised = base.apply_model(x, sigma, transformer_options=to, **conds)
         if "raw" in kept:
             return kept["raw"].float()
         # a network that does not run the diffusion-model wrappers: its output read back from calculate_denoised,

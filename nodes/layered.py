@@ -176,12 +176,15 @@ def weighted(data: list, product_weight: float) -> list:
 
 def training_forward(base, checkpoint: bool = True):
     """(transformer_options patches, saved-tensor hooks) for training through the host's Flux: every double and
-    single block replaced by itself run on fresh streams (checkpointed when ``checkpoint``), and the hooks that copy
-    only the saves the blocks' in-place residual adds would overwrite (``models/layered/blocks.py``)."""
+    single block replaced by itself run on fresh streams (checkpointed when ``checkpoint``), attention that autograd
+    can run backward through, and the hooks that copy only the saves the blocks' in-place residual adds would
+    overwrite (``models/layered/blocks.py``)."""
     from ..models.layered.blocks import BlockTraining, saved_tensor_copies
 
+    from ..kernels.attention.comfy import differentiable_attention
+
     patches = BlockTraining(checkpoint).patches(base.diffusion_model)
-    return {"patches_replace": {"dit": patches}}, saved_tensor_copies()
+    return differentiable_attention({"patches_replace": {"dit": patches}}), saved_tensor_copies()
 
 
 def train_lora_stage(model, data: list, rank: int, steps: int, lr: float, seed: int, guidance: float,

@@ -132,3 +132,38 @@ def token_map_override(request: Callable, previous: Callable | None = None) -> C
 
     override.previous = previous
     return override
+
+
+def _differentiates(func) -> bool:
+    """False for the host's sub-quadratic attention (its default on the CPU and wherever PyTorch attention is off):
+    its key-chunked path, taken when memory is short, exponentiates in place (``torch.exp(x, out=x)``), which autograd
+    refuses ("exp(): functions with out=... arguments don't support automatic differentiation")."""
+    import comfy.ldm.modules.attention as host_attention
+
+    sub_quad = getattr(host_attention, "attention_sub_quad", None)
+    return sub_quad is None or func not in (sub_quad, getattr(sub_quad, "__wrapped__", None))
+
+
+def differentiable_override(previous: Callable | None = None) -> Callable:
+    """An attention override for the passes that run backward through the host's network (LODA's gradient, the
+    trainers): a call the host would serve with an attention function autograd cannot run backward through
+    (:func:`_differentiates`) is served by the host's own ``attention_pytorch`` (scaled-dot-product attention,
+    differentiable on every device) instead; every other function is kept. ``previous``, the override set before,
+    stays in front and is handed the function to call."""
+    def override(func, *args, **kwargs):
+        if not _differentiates(func):
+            import comfy.ldm.modules.attention as host_attention
+
+            func = host_attention.attention_pytorch
+        return call_chain(previous, func, False, args, kwargs)
+
+    override.previous = previous
+    return override
+
+
+def differentiable_attention(transformer_options: dict) -> dict:
+    """A copy of ``transformer_options`` whose attention can run backward (:func:`differentiable_override` in front
+    of the override they carry)."""
+    to = dict(transformer_options or {})
+    to["optimized_attention_override"] = differentiable_override(to.get("optimized_attention_override"))
+    return to

@@ -24,6 +24,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ...kernels.attention.comfy import differentiable_attention
 from ..patch_layer import (KeptInputPatch, block_name, cond_rows, merge_heads, output_delta, split_heads,
                            text_attention, value_changes, with_attn2_patches)
 
@@ -339,7 +340,9 @@ def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold,
     ``frozen_for_autograd``)."""
 
     tap, options = _tap(model_wrap, extra_args, concepts, layers, tuple(x.shape[-2:]), map_layers, down_only)
-    options = {**options, "disable_cfg1_optimization": False}
+    # backward runs through every attention call: none may be one autograd refuses (the host's CPU default)
+    options = {**options, "disable_cfg1_optimization": False,
+               "transformer_options": differentiable_attention(options.get("transformer_options", {}))}
     guard = frozen(model_wrap.inner_model.diffusion_model) if frozen else contextlib.nullcontext()
     # Flux's blocks update their streams in place (img += ...), and so do other packs' and the host's patches (FreeU
     # scales the skip features in place): saved tensors are copied when mutated.
