@@ -302,7 +302,7 @@ def phases():
     wrapped = [(comfy.sd.VAE, "encode", "image encoding"), (comfy.sd.CLIP, "encode_from_tokens", "text encoding"),
                (openai.UNetModel, "forward", "network forward"),
                (comfy.ldm.flux.model.Flux, "forward", "network forward"), (torch.Tensor, "backward", "backward"),
-               (torch.autograd, "backward", "backward")]
+               (torch.autograd, "backward", "backward"), (torch.autograd, "grad", "backward")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in wrapped]
     try:
         for owner, name, label in wrapped:

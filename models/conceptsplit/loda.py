@@ -124,7 +124,14 @@ def afg_masks(maps: torch.Tensor, quantile: float = MASK_QUANTILE, kernel: int =
 class MapTap(KeptInputPatch):
     """attn2 patch pair collecting, with their gradient, each concept's map (sum of its tokens' attention
     probabilities, conditional rows, mean over heads) at every cross-attention layer of one model call, at the
-    layer's own resolution. ``down_only``: input (down) blocks only (the authors' SDXL maps)."""
+    layer's own resolution. ``down_only``: input (down) blocks only (the authors' SDXL maps).
+
+    The loss needs nothing past the last layer whose maps it reads, so once the call is past it (``down_only``: the
+    first layer out of the down blocks; the authors' layers: the first up-block layer above their resolution, every
+    later one being larger still) the rest of the network runs with autograd off: nothing of it is kept for
+    backward, and the gradient is the same. The caller turns autograd back on after the call (``stopped``)."""
+
+    STOP_EARLY = True
 
     def __init__(self, concepts: list, layers: dict, size: tuple[int, int], map_layers: str = "authors",
                  down_only: bool = False):
@@ -132,13 +139,34 @@ class MapTap(KeptInputPatch):
             raise ValueError(f"map_layers must be one of {MAP_LAYERS}; got {map_layers!r}")
         self.concepts = [list(p) for p in concepts]
         self.layers, self.size, self.map_layers = dict(layers), tuple(size), map_layers
+        self.down_only = down_only
         if down_only:
             self.layers = {k: v for k, v in self.layers.items() if k.startswith("input.")}
         self.collected = []
+        self.stopped = False
         super().__init__()
 
+    def _past_the_maps(self, name: str, extra) -> bool:
+        if not self.STOP_EARLY or name is None:
+            return False
+        if self.down_only:
+            return not name.startswith("input.")
+        if self.map_layers != "authors":
+            return False
+        shape = extra.get("activations_shape")
+        seen = {hw for hw, _ in self.collected}  # every resolution has been seen by the time the up blocks run
+        if not name.startswith("output.") or shape is None or not seen:
+            return False
+        area = int(shape[-2]) * int(shape[-1])
+        return all(area > h * w for h, w in quarter_resolution(seen, self.size))
+
     def keep(self, n, context, value, extra):
-        return (n, context) if block_name(extra) in self.layers and context is not None else None
+        name = block_name(extra)
+        if self.stopped or self._past_the_maps(name, extra):
+            self.stopped = True
+            torch.set_grad_enabled(False)
+            return None
+        return (n, context) if name in self.layers and context is not None else None
 
     def apply(self, out, kept, extra):
         shape = extra.get("activations_shape")
@@ -350,6 +378,7 @@ def loda_gradient(model_wrap, x, sigma, extra_args, concepts, layers, threshold,
     with torch.inference_mode(False), torch.enable_grad(), guard, mutation, _conditional_only(model_wrap):
         z = x.detach().clone().requires_grad_(True)
         model_wrap(z, sigma * z.new_ones([z.shape[0]]), model_options=options, seed=extra_args.get("seed"))
+        torch.set_grad_enabled(True)  # the tap turns autograd off past the layers it reads (MapTap)
         if not tap.collected:
             return torch.zeros_like(x), None
         maps = tap.maps()

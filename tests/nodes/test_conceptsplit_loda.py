@@ -238,6 +238,32 @@ def test_the_gradient_runs_the_conditional_pass_only(nodes, sd15):
     assert all(rows == 2 for grad, rows in calls if not grad), calls
 
 
+def test_the_gradient_pass_keeps_nothing_past_the_maps_it_reads(nodes, sd15, monkeypatch):
+    """The loss reads the authors' layers only (the tiny UNet at an 8x8 latent: its 4x4 level): the up blocks above
+    that resolution run with autograd off in the gradient pass (nothing of them kept for backward: on the full-size
+    SDXL at 1024 px that pass held 1.63x plain sampling's peak), and the LODA steps land on the same latent, bit for
+    bit, as with the whole network recorded."""
+    import comfy.samplers
+
+    from editlab.models.conceptsplit import loda
+
+    net = sd15.model.model.diffusion_model
+    top = [m for block in net.output_blocks for m in block if type(m).__name__ == "SpatialTransformer"][-1]
+    grad_modes = []
+    hook = top.register_forward_pre_hook(lambda m, a: grad_modes.append(torch.is_grad_enabled()))
+    try:
+        plain = comfy.samplers.sampler_object("euler")
+        stopped = _run(sd15.model, sd15, _loda(nodes, sd15, plain, 2), steps=3)
+        stopped_modes, grad_modes[:] = list(grad_modes), []
+        monkeypatch.setattr(loda.MapTap, "STOP_EARLY", False)
+        whole = _run(sd15.model, sd15, _loda(nodes, sd15, plain, 2), steps=3)
+    finally:
+        hook.remove()
+    assert True in grad_modes  # the whole network recorded: the top up block too, in the gradient passes
+    assert stopped_modes and True not in stopped_modes  # stopped before it
+    assert torch.equal(stopped, whole)
+
+
 def test_afg_lowers_the_attention_mass_outside_each_mask(nodes, sd15):
     import comfy.samplers
 
