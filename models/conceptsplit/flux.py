@@ -147,7 +147,13 @@ class FluxToVAPatch:
 class FluxMapTap:
     """Attention override (chained to ``previous``) recording, in each double block, each concept's map: the
     attention probability image queries put on the concept's text tokens (softmax over all keys, averaged over
-    heads, conditional rows), on the image token grid ``grid`` and resized to ``size``; kept with its gradient."""
+    heads, conditional rows), on the image token grid ``grid`` and resized to ``size``; kept with its gradient.
+
+    Nothing after the last block it records enters a loss on its maps, so from the first attention call past that
+    block (a later double block, or a single block) the rest of the network runs with autograd off: nothing of it is
+    kept for backward (LODA's gradient pass: 38 of Flux dev's 57 blocks). The caller turns autograd back on."""
+
+    STOP_EARLY = True
 
     def __init__(self, concepts: list, blocks: dict, size: tuple[int, int], grid: tuple[int, int], previous=None,
                  when=None):
@@ -168,8 +174,16 @@ class FluxMapTap:
     def post_input(self, args: dict) -> dict:
         return _post_input(args)
 
+    def _past_the_maps(self, options: dict) -> bool:
+        kind, index = options.get("block_type"), options.get("block_index")
+        last = max((int(n.split(".")[1]) for n in self.blocks), default=None)
+        return bool(self.STOP_EARLY and self.collected and last is not None and
+                    (kind == "single" or (kind == "double" and isinstance(index, int) and index > last)))
+
     def __call__(self, func, *args, **kwargs):
         options = kwargs.get("transformer_options") or {}
+        if torch.is_grad_enabled() and self._past_the_maps(options):
+            torch.set_grad_enabled(False)
         name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
         if name in self.blocks and text_length(options) and kwargs.get("skip_reshape") and len(args) >= 2 \
                 and args[0].ndim == 4 and (self.when is None or self.when(options)):

@@ -367,3 +367,29 @@ def test_flux_afg_lowers_the_attention_mass_outside_each_mask(nodes, flux):
     assert afg.outside and all(biased < plain_mass for plain_mass, biased in afg.outside), afg.outside[:3]
     unguided = _flux_run(flux.model, flux, _loda(nodes, flux, plain, 2, step_size=20.0))
     assert out.isfinite().all() and not torch.equal(out, unguided)
+
+
+def test_flux_gradient_pass_keeps_nothing_past_the_double_blocks(nodes, flux, monkeypatch):
+    """On Flux the maps come from the double blocks: from the first single block's attention on, the network runs
+    with autograd off in LODA's gradient pass (Flux dev: 38 of its 57 blocks keep nothing for backward but the first
+    one's projections before its attention), and the LODA steps land on the same latent, bit for bit, as with the
+    whole network recorded."""
+    import comfy.samplers
+
+    from editlab.models.conceptsplit.flux import FluxMapTap
+
+    # the last single block's output projection: after its attention call, where the tap sees the single blocks
+    last = flux.model.model.diffusion_model.single_blocks[-1].linear2
+    grad_modes = []
+    hook = last.register_forward_pre_hook(lambda m, a: grad_modes.append(torch.is_grad_enabled()))
+    try:
+        plain = comfy.samplers.sampler_object("euler")
+        stopped = _flux_run(flux.model, flux, _loda(nodes, flux, plain, 2, step_size=20.0), steps=3)
+        stopped_modes, grad_modes[:] = list(grad_modes), []
+        monkeypatch.setattr(FluxMapTap, "STOP_EARLY", False)
+        whole = _flux_run(flux.model, flux, _loda(nodes, flux, plain, 2, step_size=20.0), steps=3)
+    finally:
+        hook.remove()
+    assert True in grad_modes  # the whole network recorded: the last single block too, in the gradient passes
+    assert stopped_modes and True not in stopped_modes
+    assert torch.equal(stopped, whole)
