@@ -179,9 +179,8 @@ def training_forward(base, checkpoint: bool = True):
     single block replaced by itself run on fresh streams (checkpointed when ``checkpoint``), attention that autograd
     can run backward through, and the hooks that copy only the saves the blocks' in-place residual adds would
     overwrite (``models/layered/blocks.py``)."""
-    from ..models.layered.blocks import BlockTraining, saved_tensor_copies
-
     from ..kernels.attention.comfy import differentiable_attention
+    from ..models.layered.blocks import BlockTraining, saved_tensor_copies
 
     patches = BlockTraining(checkpoint).patches(base.diffusion_model)
     return differentiable_attention({"patches_replace": {"dit": patches}}), saved_tensor_copies()

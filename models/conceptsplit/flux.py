@@ -162,6 +162,7 @@ class FluxMapTap:
         self.when = when  # optional filter on the transformer options (e.g. one sigma)
         self.collected = []
         self.input_hook = Hook(self.post_input, self, report_models=False)
+        self.last_block = max((int(n.split(".")[1]) for n in self.blocks), default=None)
 
     extra_models = ()
 
@@ -175,8 +176,7 @@ class FluxMapTap:
         return _post_input(args)
 
     def _past_the_maps(self, options: dict) -> bool:
-        kind, index = options.get("block_type"), options.get("block_index")
-        last = max((int(n.split(".")[1]) for n in self.blocks), default=None)
+        kind, index, last = options.get("block_type"), options.get("block_index"), self.last_block
         return bool(self.STOP_EARLY and self.collected and last is not None and
                     (kind == "single" or (kind == "double" and isinstance(index, int) and index > last)))
 
