@@ -26,6 +26,7 @@ import os
 import torch
 
 import comfy.hooks
+import comfy.ldm.flux.model
 import comfy.model_base
 import comfy.model_management
 import comfy.patcher_extension
@@ -89,6 +90,15 @@ def model_family(model) -> str:
 def is_sdxl(base) -> bool:
     """Whether a host BaseModel (what a sampler's ``model_wrap.inner_model`` is) is an SDXL base model."""
     return isinstance(base, comfy.model_base.SDXL)
+
+
+def flux_token_layout(base) -> tuple[int, int] | None:
+    """(numbers per image token, patch size) of a host BaseModel whose diffusion model is a Flux-style DiT (each
+    token one patch of the input latent and any channels concatenated to it), else None."""
+    dit = getattr(base, "diffusion_model", None)
+    if not isinstance(dit, comfy.ldm.flux.model.Flux):
+        return None
+    return dit.img_in.weight.shape[1], dit.patch_size
 
 
 def attention_override(model):

@@ -11,6 +11,7 @@ from comfy_api.latest import io
 
 from ..models.tryon.mask import CATEGORIES, tryon_mask
 from ..models.tryon.pose import PoseEstimator, pose_model_path, render_pose
+from ..models.tryon.references import check_reference_channels
 from ..models.tryon.stitch import LAYOUTS, MAX_SIDE, MIN_SIDE, check_image, scale_to_fit, stitch, unstitch
 from .common import CATEGORY, EditLabInputError, EditLabNode, rgb_images
 from . import host
@@ -152,6 +153,15 @@ class EditLabTryOnStitch(EditLabNode):
         return io.NodeOutput(canvas, canvas_mask, info)
 
 
+def _reference_guard(executor, *args, **kwargs):
+    """Around the model's apply_model while this conditioning is sampled: a model whose image tokens the references
+    cannot join (Flux Fill) stops with an error naming Reference Tokens, not the host's shape error."""
+    layout = host.flux_token_layout(executor.class_obj)
+    if layout is not None and kwargs.get("ref_latents"):
+        check_reference_channels(*layout, kwargs["ref_latents"])
+    return executor(*args, **kwargs)
+
+
 class EditLabReferenceTokens(EditLabNode):
     @classmethod
     def define_schema(cls):
@@ -161,7 +171,8 @@ class EditLabReferenceTokens(EditLabNode):
                         "VAE-encoded and concatenated to the image tokens by the host's reference-latent mechanism "
                         "(Flux Kontext style), placed by the chosen offset method. For models that take reference "
                         "latents (Flux Kontext and the like); Flux Fill does not, as its input carries the inpaint "
-                        "channels: with Fill, stitch the product into the canvas instead.",
+                        "channels: sampling Flux Fill with them stops with an error naming this node; with Fill, "
+                        "stitch the product into the canvas instead.",
             inputs=[
                 io.Conditioning.Input("conditioning", tooltip="The conditioning to append the references to."),
                 io.Vae.Input("vae", tooltip="The model's VAE, to encode the references."),
@@ -191,7 +202,7 @@ class EditLabReferenceTokens(EditLabNode):
             latents.append(torch.cat(encoded))
         out = host.conditioning_set_values(conditioning, {"reference_latents": latents}, append=True)
         out = host.conditioning_set_values(out, {"reference_latents_method": method})
-        return io.NodeOutput(out)
+        return io.NodeOutput(host.with_apply_model_wrapper(out, "editlab_reference_tokens", _reference_guard))
 
 
 class EditLabTryOnUnstitch(EditLabNode):

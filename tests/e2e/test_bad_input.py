@@ -811,6 +811,29 @@ def test_face_blendshapes_takes_an_rgba_image(server, prepared):
     assert entry["status"]["status_str"] == "success"
 
 
+def test_reference_tokens_on_flux_fill_stop_naming_the_node(server, prepared):
+    """Reference Tokens on a Flux Fill conditioning (a stranger's graph: InpaintModelConditioning, then the
+    references, then the stock KSampler): the sampler's execution error names Reference Tokens and what to use instead,
+    not the host's tensor shape error; nothing is written; the server keeps serving."""
+    graph = {"1": tiny("flux_fill"), "2": empty(), "3": N("CLIPTextEncode", text="a bag", clip=["1", 1]),
+             "4": solid(1.0),
+             "5": N("InpaintModelConditioning", positive=["3", 0], negative=["3", 0], vae=["1", 2], pixels=["2", 0],
+                    mask=["4", 0], noise_mask=False),
+             "6": N("EditLabReferenceTokens", conditioning=["5", 0], vae=["1", 2], image=["2", 0], method="offset",
+                    max_size=64),
+             "7": N("KSampler", model=["1", 0], seed=0, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple",
+                    positive=["6", 0], negative=["5", 1], latent_image=["5", 2], denoise=1.0),
+             "8": N("VAEDecode", samples=["7", 0], vae=["1", 2]),
+             "9": N("SaveImage", images=["8", 0], filename_prefix=TOKEN)}
+    before = _written(server)
+    message = _error(server, graph)
+    assert message.startswith("node 7 ("), message[:2000]  # the sampler that met the model
+    assert "Reference Tokens" in message and "Flux Fill" in message and "Try-On Stitch" in message, message[:2000]
+    assert "Sizes of tensors must match" not in message, message[:2000]
+    assert _written(server) == before, "a failing prompt wrote files"
+    assert server.proc.poll() is None and server.proc.pid == prepared["pid"], "the server process died"
+
+
 def test_table_size_and_the_server_still_serves(server, prepared, tmp_path):
     print(f"bad-input table: {len(CASES)} cases through the live server")
     assert len(CASES) >= 60

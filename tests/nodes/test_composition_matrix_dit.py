@@ -550,6 +550,19 @@ def test_loda_on_a_latent_with_a_noise_mask_is_refused_naming_both(world):
     RESULTS[key]["runs"] = "refused"
 
 
+def test_reference_tokens_on_flux_fill_are_refused_naming_the_node(world):
+    """Flux Fill's image tokens carry the inpaint channels, so reference latents cannot join them: sampling stops with
+    an error naming Reference Tokens, Flux Fill and what to use instead (Try-On Stitch), not the host's shape error."""
+    from editlab.models.tryon.references import ReferenceTokensError
+
+    key = ("Flux Fill", "Reference Tokens", "InpaintModelConditioning (refused)")
+    with pytest.raises(ReferenceTokensError, match=r"Reference Tokens.*Flux Fill.*Try-On Stitch"):
+        _out(world, "Flux Fill", (("Reference Tokens", 1.0),), "euler", noise_mask=False)
+    for c in CHECKS:
+        _record(key, c, True, na=c != "runs")
+    RESULTS[key]["runs"] = "refused"
+
+
 # -- the table ---------------------------------------------------------------------------------------------------------
 
 CHECKS = ("runs", "acts", "off", "order")
@@ -565,7 +578,7 @@ def table() -> str:
 def test_the_readme_carries_this_runs_table():
     """Last: the table this run filled (written to out/test-artifacts/) is the README's, row for row. Cells that
     are n/a on one host (the 0.33-only backend node) are 'n/a (0.3.75)' in the README and compared as such."""
-    if len(RESULTS) < len(PAIRS) + 2 * len(SAMPLER_PATCHES) + len(WAN_PAIRS) + 2:
+    if len(RESULTS) < len(PAIRS) + 2 * len(SAMPLER_PATCHES) + len(WAN_PAIRS) + 3:
         pytest.skip("only part of the matrix ran (a -k selection): nothing to compare")
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_text(table() + "\n", encoding="utf-8")

@@ -124,3 +124,57 @@ def test_bad_sizes_and_batches_are_named(nodes, person, pose_and_mask):
     with pytest.raises(EditLabInputError, match="input 'product'.*batch of 3"):
         nodes.EditLabTryOnStitch.execute(person=person.expand(2, -1, -1, -1), mask=mask,
                                          product=torch.rand(3, 32, 32, 3), layout="side_by_side", height=128)
+
+
+def test_reference_tokens_sample_as_the_hosts_reference_latent_does(nodes, person):
+    """On a model that takes reference latents, Reference Tokens conditions the sampler exactly as the host's own
+    ReferenceLatent node given the same encoded latent (the guard it carries changes nothing there)."""
+    import comfy.sample
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+
+    from editlab.models.tiny import build_tiny_models
+
+    flux = build_tiny_models("flux", 0)
+    cond = flux.clip.encode_from_tokens_scheduled(flux.clip.tokenize("a person wearing the jacket"))
+    ours, = nodes.EditLabReferenceTokens.execute(conditioning=cond, vae=flux.vae, image=person, method="offset",
+                                                 max_size=64).result
+    encoded = flux.vae.encode(nodes.scale_to_fit(person, 64))
+    theirs = ReferenceLatent.execute(cond, {"samples": encoded}).result[0]
+    latent = torch.zeros(1, 16, 8, 8)
+
+    def sample(c):
+        return comfy.sample.sample(flux.model, comfy.sample.prepare_noise(latent, 4), 2, 2.0, "euler", "simple",
+                                   c, cond, latent, disable_pbar=True)
+
+    assert torch.equal(sample(ours), sample(theirs))
+    assert not torch.equal(sample(ours), sample(cond)), "the reference changes the result"
+
+
+def test_reference_tokens_on_flux_fill_are_refused_naming_the_node(nodes, person):
+    """Flux Fill's tokens carry the inpaint channels: the sampler stops with an error naming Reference Tokens and
+    what to use instead, not the host's shape error; the model and its conditioning are usable afterwards."""
+    import comfy.sample
+    from nodes import InpaintModelConditioning
+
+    from editlab.models.tiny import build_tiny_models
+    from editlab.models.tryon.references import ReferenceTokensError
+
+    fill = build_tiny_models("flux_fill", 0)
+    cond = fill.clip.encode_from_tokens_scheduled(fill.clip.tokenize("the person wearing the product"))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 16:48] = 1
+    image = person[:, :64, :64]
+    pos, neg, latent = InpaintModelConditioning().encode(cond, cond, image, fill.vae, mask, False)
+    with_refs, = nodes.EditLabReferenceTokens.execute(conditioning=pos, vae=fill.vae, image=person, method="offset",
+                                                      max_size=64).result
+
+    def sample(positive):
+        return comfy.sample.sample(fill.model, comfy.sample.prepare_noise(latent["samples"], 3), 2, 1.0, "euler",
+                                   "simple", positive, neg, latent["samples"], disable_pbar=True)
+
+    with pytest.raises(ReferenceTokensError) as err:
+        sample(with_refs)
+    message = str(err.value)
+    assert "Reference Tokens" in message and "Flux Fill" in message and "Try-On Stitch" in message
+    assert "96 channels per latent pixel" in message and "carries 16" in message
+    assert sample(pos).shape == latent["samples"].shape, "the same model samples the plain conditioning afterwards"
