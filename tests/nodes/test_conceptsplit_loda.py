@@ -280,6 +280,102 @@ def test_afg_lowers_the_attention_mass_outside_each_mask(nodes, sd15):
     assert torch.equal(_run(sd15.model, sd15, zero), unguided) and not zero.afg_patches
 
 
+@pytest.mark.parametrize("mode", ["soft", "hard (authors)"])
+def test_afg_confines_the_tova_features_measured_at_the_blocks_output(nodes, sd15, tmp_path, mode):
+    """With ToVA Apply on the model, LODA's attention fixing guidance lowers the attention a concept's personalised
+    value gets outside the concept's mask: measured from what the host's own transformer block hands on (the input of
+    its norm3, x + attn1 + attn2 after every patch), never from AFG's bookkeeping. A conditional call after the LODA
+    steps, in a real sampling run through both nodes, is recorded at the first cross-attention layer AFG acts on and
+    run again on the same inputs with the patches the nodes installed, ToVA's removed or AFG's removed. ToVA's
+    contribution at each position is the difference with and without its patch (to_out(P' delta), delta on the dog's
+    tokens); its share outside the dog's mask falls with AFG (hard: to ~0). AFG over the base values (P'v + P delta)
+    would leave that contribution as it is: this test fails on it."""
+    import comfy.samplers
+    import folder_paths
+
+    from editlab.models.conceptsplit.loda import AFGPatch
+    from editlab.models.conceptsplit.patch import ToVAPatch, named_cross_attention_layers
+    from editlab.models.conceptsplit.tova import ValueLoRA, save_tova
+
+    layers = named_cross_attention_layers(sd15.model.model.diffusion_model)
+    with torch.inference_mode(False):
+        a = ValueLoRA("dog", "sd15", 4, next(iter(layers.values())).to_v.weight.shape[1],
+                      {n: attn.to_v.weight.shape[0] for n, attn in layers.items()}, 1)
+        with torch.no_grad():
+            for p in a.up:
+                p.normal_(generator=torch.Generator().manual_seed(2))
+    save_tova(a.eval().requires_grad_(False), tmp_path / "dog_afg.safetensors")
+    folder_paths.folder_names_and_paths[nodes.TOVA_FOLDER] = ([str(tmp_path)], {".safetensors"})
+    adapter, = nodes.EditLabToVALoader.execute(adapter_name="dog_afg.safetensors").result
+    tova_model, = nodes.EditLabToVAApply.execute(model=sd15.model, clip=sd15.clip, prompt=PROMPT, strength=1.0,
+                                                 adapter_1=adapter).result
+
+    blocks = {}
+    for name, module in sd15.model.model.diffusion_model.named_modules():
+        if type(module).__name__ == "BasicTransformerBlock":
+            blocks[module.attn2] = module
+    recorded = []
+
+    def record(block, args, kwargs):
+        options = kwargs.get("transformer_options", {})
+        owners = [getattr(p, "owner", None) for p in options.get("patches", {}).get("attn2_patch", [])]
+        afg = [o for o in owners if isinstance(o, AFGPatch)]
+        if afg and f"{options['block'][0]}.{options['block'][1]}.{options.get('block_index', 0)}" in afg[0].layers \
+                and not recorded:
+            recorded.append((block, args[0].clone(), kwargs["context"].clone(), options))
+
+    hooks = [b.register_forward_pre_hook(record, with_kwargs=True) for b in blocks.values()]
+    try:
+        guided = _loda(nodes, sd15, comfy.samplers.sampler_object("euler"), 2, afg_strength=3.0, afg_mode=mode)
+        _run(tova_model, sd15, guided)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert recorded, "no call of an AFG layer was recorded"
+    block, x, context, options = recorded[0]
+    afg_patch, = guided.afg_patches
+
+    def handed_on(keep):
+        """norm3's input when the block runs with the installed attn2 patches whose owner ``keep`` accepts."""
+        patches = dict(options["patches"])
+        for kind in ("attn2_patch", "attn2_output_patch"):
+            patches[kind] = [p for p in patches.get(kind, []) if keep(getattr(p, "owner", None))]
+        seen = []
+        hook = block.norm3.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+        try:
+            with torch.no_grad():
+                block(x, context=context, transformer_options={**options, "patches": patches})
+        finally:
+            hook.remove()
+        return seen[0]
+
+    every = lambda o: True
+    no_tova = lambda o: not isinstance(o, ToVAPatch)
+    no_afg = lambda o: not isinstance(o, AFGPatch)
+    neither = lambda o: no_tova(o) and no_afg(o)
+    chunks = options["cond_or_uncond"]
+    per = x.shape[0] // len(chunks)
+    rows = [i * per + j for i, c in enumerate(chunks) if c == 0 for j in range(per)]  # the conditional rows
+    with_afg = (handed_on(every) - handed_on(no_tova))[rows].norm(dim=-1)  # (rows, positions)
+    without_afg = (handed_on(no_afg) - handed_on(neither))[rows].norm(dim=-1)
+    hw = tuple(int(v) for v in options["activations_shape"][-2:])
+    assert hw[0] * hw[1] == with_afg.shape[-1]
+    mask = torch.nn.functional.interpolate(afg_patch.masks[None].float(), size=hw, mode="nearest")[0, 0] \
+        .reshape(-1) > 0.5  # the dog's mask at this layer
+    print(f"{mode}: ToVA's share outside the dog's mask {share_of(with_afg, mask):.4f} with AFG, "
+          f"{share_of(without_afg, mask):.4f} without; rows {rows}, layer {hw}")
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert float(without_afg.sum()) > 0
+    assert share_of(with_afg, mask) < 0.9 * share_of(without_afg, mask)
+    if mode == "hard (authors)":
+        assert share_of(with_afg, mask) < 1e-4
+
+
+def share_of(contribution, mask) -> float:
+    """The share of a (rows, positions) contribution that lies outside ``mask`` (positions)."""
+    return float(contribution[:, ~mask].sum() / contribution.sum())
+
+
 def test_bad_input(nodes, sd15):
     import comfy.samplers
 
