@@ -41,9 +41,10 @@ def main() -> int:
                      "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "num_heads": 2}
         tiny_flux = {**meta_counts.FLUX_DEV, "hidden_size": 64, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
                      "axes_dim": [8, 12, 12]}
-        cases = [meta_counts.Case("tiny SD1.5", "SD15", tiny_unet, meta_counts._unet_inputs((8, 8), 768), "64 px"),
+        cases = [meta_counts.Case("tiny SD1.5", "SD15", tiny_unet, meta_counts._unet_inputs((8, 8), 768), "64 px",
+                                  extra={"checkpointing": "unet"}),
                  meta_counts.Case("tiny Flux", "Flux", tiny_flux, meta_counts._flux_inputs((8, 8), t5_tokens=8),
-                                  "64 px", cfg_batch=1)]
+                                  "64 px", cfg_batch=1, extra={"checkpointing": "dit"})]
     else:
         cases = meta_counts.CASES
     for case in cases:
@@ -56,6 +57,15 @@ def main() -> int:
                f"{case.name}: activation peak of one sampling step ({case.setting}), meta")
         figure(f"{key}_training", row["fwd_bwd_activation_peak_mib"], f"{row['fwd_bwd_activation_peak_mib']:,} MiB",
                f"{case.name}: activation peak of one training step (fwd+bwd, batch 1, no checkpointing), meta")
+        if "fwd_bwd_ckpt_activation_peak_mib" in row:
+            ckpt = row["fwd_bwd_ckpt_activation_peak_mib"]
+            figure(f"{key}_training_checkpointed", ckpt, f"{ckpt:,} MiB",
+                   f"{case.name}: the same through the pack's gradient checkpointing (its trainers' default), meta")
+            if case.extra.get("checkpointing") == "dit":  # the fp8 base weights a 24 GB card holds for LoRA training
+                fp8 = row["parameters"] / meta_counts.MiB
+                figure(f"{key}_training_fp8_floor", fp8 + ckpt, f"{fp8 + ckpt:,.0f} MiB",
+                       f"{case.name}: fp8 weights ({fp8:,.0f} MiB) + that checkpointed step: a LoRA trainer's floor "
+                       "(24 GB = 22,888 MiB), meta")
     if not SMOKE and RESULTS.exists():
         data = json.loads(RESULTS.read_text())
         for family, live in data.get("live", {}).items():

@@ -46,8 +46,10 @@ def _aliased() -> list:
 
 
 def _storage(t: torch.Tensor):
+    """The identity of ``t``'s storage (the same for every view of it; also for fake tensors, whose data pointer
+    is not one)."""
     try:
-        return t.untyped_storage().data_ptr()
+        return t.untyped_storage()._cdata
     except Exception:  # noqa: BLE001 - a tensor without plain storage: never one of the streams
         return None
 

@@ -10,7 +10,9 @@ freed (a weak-reference finaliser): its high-water mark is the peak of live acti
 excluded (their storages are registered before the step). "fwd" is one sampling step (no autograd, the batch the
 sampler runs: 2 with CFG); "fwd+bwd" is one training step's worth: the forward with autograd recording (every
 weight frozen, the gradient flowing to the input, as a LoRA's would through every layer) and its backward, batch 1,
-no gradient checkpointing. Flux's blocks add their residuals in place (``img += ...``) into tensors autograd saved,
+no gradient checkpointing; "fwd+bwd, checkpointed" is the same step through the pack's own gradient checkpointing
+(``models/checkpointing.py``, what its trainers run by default: every ResBlock and SpatialTransformer of a UNet, every
+double and single block of a Flux), for the families the pack trains on. Flux's blocks add their residuals in place (``img += ...``) into tensors autograd saved,
 which backward refuses; in the training step an ``x += y`` on a tensor that requires grad runs as ``x = x + y``
 (:class:`_OutOfPlaceAdds`): the new tensor is counted.
 
@@ -163,17 +165,19 @@ WAN21_I2V_14B = {"image_model": "wan2.1", "model_type": "i2v", "patch_size": (1,
 
 CASES = [
     Case("SD1.5", "SD15", SD15, _unet_inputs((64, 64), 768), "512x512, CFG batch 2",
-         published_params="860M (UNet)"),
+         extra={"checkpointing": "unet"}, published_params="860M (UNet)"),
     Case("SDXL", "SDXL", SDXL, _unet_inputs((128, 128), 2048, 2816), "1024x1024, CFG batch 2",
-         published_params="2.6B (UNet)"),
+         extra={"checkpointing": "unet"}, published_params="2.6B (UNet)"),
     Case("SD3.5 large", "SD3", SD35_LARGE, _sd3_inputs((128, 128)), "1024x1024, CFG batch 2, 77+256 text tokens",
          published_params="8.1B"),
     Case("Flux dev", "Flux", FLUX_DEV, _flux_inputs((128, 128)), "1024x1024, guidance-distilled (batch 1), 512 T5",
-         cfg_batch=1, published_params="12B"),
+         cfg_batch=1, extra={"checkpointing": "dit"}, published_params="12B"),
     Case("Flux Fill", "FluxInpaint", {**FLUX_DEV, "in_channels": 96}, _flux_inputs((128, 128), 96),
-         "1024x1024 (noise + masked image + mask), batch 1", cfg_batch=1, published_params="12B"),
+         "1024x1024 (noise + masked image + mask), batch 1", cfg_batch=1, extra={"checkpointing": "dit"},
+         published_params="12B"),
     Case("Flux Kontext", "Flux", FLUX_DEV, _flux_inputs((128, 128), reference=True),
-         "1024x1024 + a 1024x1024 reference, batch 1", cfg_batch=1, published_params="12B"),
+         "1024x1024 + a 1024x1024 reference, batch 1", cfg_batch=1, extra={"checkpointing": "dit"},
+         published_params="12B"),
     Case("Wan 2.1 I2V 14B (ChronoEdit, 2 frames)", "WAN21_I2V", WAN21_I2V_14B, _wan_inputs(2, (90, 160)),
          "720x1280, 2 latent frames, batch 1 (distilled, cfg 1)", cfg_batch=1, published_params="14B"),
     Case("Wan 2.1 I2V 14B (ChronoEdit, 8 reasoning frames)", "WAN21_I2V", WAN21_I2V_14B, _wan_inputs(8, (90, 160)),
@@ -190,6 +194,29 @@ def _host_config(case: Case, dtype):
     config = cls(host_unet_config(cls, dict(case.unet)))
     config.set_inference_dtype(dtype, None)
     return config
+
+
+def _checkpointed(net, kwargs: dict, how: str):
+    """The pack's gradient checkpointing for one training step: ``how`` "unet" (a context wrapping the UNet's layers)
+    or "dit" (the host's block replacement in the transformer options), else none."""
+    import contextlib
+
+    from editlab.models.checkpointing import BlockTraining, unet_checkpointing
+
+    if how == "unet":
+        return unet_checkpointing(net), kwargs
+    if how == "dit":
+        options = {"patches_replace": {"dit": BlockTraining(True).patches(net)}}
+        return contextlib.nullcontext(), {**kwargs, "transformer_options": options}
+    return contextlib.nullcontext(), kwargs
+
+
+def _passes(case: "Case"):
+    """(key, batch, train, checkpointing) of each step counted."""
+    out = [("fwd", case.cfg_batch, False, None), ("fwd_bwd", 1, True, None)]
+    if case.extra.get("checkpointing"):
+        out.append(("fwd_bwd_ckpt", 1, True, case.extra["checkpointing"]))
+    return out
 
 
 def _step(net, kwargs: dict, train: bool):
@@ -245,11 +272,12 @@ def _measure(case: Case, net, dtype) -> dict:
     params = list(net.parameters()) + list(net.buffers())
     out = {"parameters": sum(p.numel() for p in net.parameters()),
            "weight_mib": round(sum(p.numel() * p.element_size() for p in params) / MiB)}
-    for key, batch, train in (("fwd", case.cfg_batch, False), ("fwd_bwd", 1, True)):
+    for key, batch, train, how in _passes(case):
         kwargs = case.inputs(batch, dtype)
         meter = LiveBytes()
         meter.known(params + [v for v in _tensors(kwargs)])
-        with meter:
+        checkpointing, kwargs = _checkpointed(net, kwargs, how)
+        with checkpointing, meter:
             _step(net, kwargs, train)
         out[f"{key}_activation_peak_mib"] = round(meter.peak / MiB)
     return out
@@ -259,14 +287,16 @@ def _measure_cuda(case: Case, net, dtype, device) -> dict:
     params = list(net.parameters()) + list(net.buffers())
     out = {"parameters": sum(p.numel() for p in net.parameters()),
            "weight_mib": round(sum(p.numel() * p.element_size() for p in params) / MiB)}
-    for key, batch, train in (("fwd", case.cfg_batch, False), ("fwd_bwd", 1, True)):
+    for key, batch, train, how in _passes(case):
         kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else [t.to(device) for t in v])
                   for k, v in case.inputs(batch, dtype).items()}
+        checkpointing, kwargs = _checkpointed(net, kwargs, how)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         t0 = time.perf_counter()
-        _step(net, kwargs, train)
+        with checkpointing:
+            _step(net, kwargs, train)
         torch.cuda.synchronize()
         out[f"{key}_seconds"] = round(time.perf_counter() - t0, 3)
         out[f"{key}_activation_peak_mib"] = round((torch.cuda.max_memory_allocated() - base) / MiB)

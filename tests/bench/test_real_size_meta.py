@@ -93,3 +93,41 @@ def test_the_readme_carries_the_last_real_size_table():
         "<!-- /real-size -->")[0]
     table = (root / "bench" / "real_size" / "results" / "real_size.md").read_text().strip()
     assert table in block, "README's real-size block differs from bench/real_size/results/real_size.md"
+
+
+def test_the_checkpointed_training_step_is_counted_through_the_packs_checkpointing(comfy_host):
+    """The "fwd+bwd, checkpointed" count runs the pack's own checkpointing (every Flux block replaced, every UNet
+    layer wrapped) and keeps less than the same step without; under fake tensors the saves a block's in-place adds
+    would overwrite are told apart from the others by storage identity (a fake tensor's data pointer is no identity:
+    with it every save in a block was copied)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import meta_counts
+    from editlab.models import checkpointing
+
+    with FakeTensorMode():
+        a, b = torch.empty(4, 8), torch.empty(4, 8)
+        assert checkpointing._storage(a) == checkpointing._storage(a.t()[1:])  # a view: the same storage
+        assert checkpointing._storage(a) != checkpointing._storage(b)
+    small_flux = {**meta_counts.FLUX_DEV, "hidden_size": 256, "num_heads": 4, "depth": 2, "depth_single_blocks": 2,
+                  "axes_dim": [16, 24, 24]}
+    case = meta_counts.Case("small Flux", "Flux", small_flux, meta_counts._flux_inputs((64, 64), t5_tokens=8), "512 px",
+                            cfg_batch=1, extra={"checkpointing": "dit"})
+    replaced, copies = [], []
+    checkpointing.SAVE_OBSERVERS.append(lambda t, copied: copies.append(copied))
+    real_patch = checkpointing.BlockTraining.patch
+
+    def counting(self, kind, module):
+        replaced.append(kind)
+        return real_patch(self, kind, module)
+
+    checkpointing.BlockTraining.patch = counting
+    try:
+        row = meta_counts.count(case)
+    finally:
+        checkpointing.BlockTraining.patch = real_patch
+        checkpointing.SAVE_OBSERVERS.pop()
+    assert replaced.count("double_block") == 2 and replaced.count("single_block") == 2
+    assert 0 < row["fwd_bwd_ckpt_activation_peak_mib"] < row["fwd_bwd_activation_peak_mib"], row
+    assert copies and 0 < sum(copies) < len(copies) / 2, (sum(copies), len(copies))
