@@ -386,7 +386,7 @@ def test_attention_maps_sampling_a_patched_model(worlds, alones, family, b):
     key = (family, "Attention Maps (sampler)", b)
     node = world["conceptsplit"].EditLabAttentionMaps
     failures = []
-    for s in FULL_CHECKS:
+    for s in SAMPLERS:
         patched = patches[b](world["tiny"].model, 1.0)
         latent = {"samples": torch.zeros(1, 4, 8, 8)}
         out = node.execute(model=patched, clip=world["tiny"].clip, positive=world["conds"][0],

@@ -10,9 +10,10 @@ Families, each sampled the way it runs:
                       FluxGuidance 30 as Fill workflows run; noise mask as KSampler applies it.
   Wan I2V             the tiny Wan 2.1 I2V through ChronoEdit Conditioning and the ChronoEdit sampler, under real
                       CFG 2 (Wan is not distilled).
-For each pair (A, B) of patches that apply to a family, with euler and dpmpp_2m:
+For each pair (A, B) of patches that apply to a family, with euler and dpmpp_2m, each as the family runs (cfg 1) and
+under real CFG 2 with an empty negative (the host then batches the conditional and unconditional rows in one call):
   runs     the graph with both samples without error, finite;
-  acts     |out(A+B) - out(B)| >= ACTS * |out(A) - out(base)|, and swapped;
+  acts     |out(A+B) - out(B)| >= ACTS * |out(A) - out(base)|, and swapped, in each of the four runs;
   off      A at strength 0 (its off switch) with B equals B alone, bit for bit or within 1e-6 (euler; a host patch's
            off is not applying it, so only EditLab patches are switched off);
   order    where the maths says the order of the nodes does not matter (two ToVA concepts on other tokens or on
@@ -37,6 +38,9 @@ import torch
 
 PROMPT = "a photo of a dog and a cat"
 SAMPLERS = ("euler", "dpmpp_2m")
+# the Flux families as they run (cfg 1, the positive alone), then under real CFG 2 with an empty negative: the host
+# batches the conditional and unconditional rows into one call, where each patch must act on its rows only
+FLUX_RUNS = SAMPLERS + tuple(f"{s}@cfg2" for s in SAMPLERS)
 STEPS, SEED = 2, 7
 ACTS = 0.5
 EXACT = 1e-6
@@ -259,13 +263,20 @@ def _graph(w, family, patches, noise_mask=True):
     return st.model, st.clip, pos, neg, latent, mask
 
 
-def _sample(model, pos, neg, latent, mask, sampler_name, sampler=None):
+def _setting(run: str) -> tuple[str, float]:
+    """("euler", 1.0) from "euler"; ("euler", 2.0) from "euler@cfg2"."""
+    name, _, cfg = run.partition("@cfg")
+    return name, float(cfg) if cfg else 1.0
+
+
+def _sample(model, pos, neg, latent, mask, run, sampler=None):
     import comfy.sample
     import comfy.samplers
 
+    name, cfg = _setting(run)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
-    sampler = sampler or comfy.samplers.sampler_object(sampler_name)
-    return comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, SEED), 1.0, sampler, sigmas, pos, neg,
+    sampler = sampler or comfy.samplers.sampler_object(name)
+    return comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, SEED), cfg, sampler, sigmas, pos, neg,
                                       latent, noise_mask=mask, disable_pbar=True, seed=SEED)
 
 
@@ -307,7 +318,7 @@ def test_patch_pair(world, family, a, b):
     base = ()
     first, second = (b, a) if (a, b) in REFUSED_ORDER else (a, b)
     failures = []
-    for s in SAMPLERS:
+    for s in FLUX_RUNS:
         both = _out(world, family, base + ((first, 1.0), (second, 1.0)), s)
         _record(key, "runs", bool(torch.isfinite(both).all()))
         plain = _out(world, family, base, s)
@@ -349,7 +360,7 @@ def _loda(w, family, clip, sampler_name, afg=2.0, steps=1):
     import comfy.samplers
 
     return w.conceptsplit.EditLabLODA.execute(
-        sampler=comfy.samplers.sampler_object(sampler_name), clip=clip, prompt=PROMPT, concepts="dog, cat",
+        sampler=comfy.samplers.sampler_object(_setting(sampler_name)[0]), clip=clip, prompt=PROMPT, concepts="dog, cat",
         loda_steps=steps, step_size=20.0, threshold=3.0, afg_strength=afg).result[0]
 
 
@@ -366,7 +377,7 @@ def test_loda_with_afg_on_a_patched_model(world, family, b):
     base = ()
     graph = ((b, 1.0),)
     failures = []
-    for s in SAMPLERS:
+    for s in FLUX_RUNS:
         with torch.inference_mode():
             model0, clip0, pos0, neg0, lat0, mask0 = _graph(world, family, list(base), noise_mask=False)
             loda_base = _sample(model0, pos0, neg0, lat0, mask0, s, _loda(world, family, clip0, s))
@@ -405,23 +416,25 @@ def test_attention_maps_sampling_a_patched_model(world, family, b):
         pytest.skip("ComfyUI 0.3.75 has no attention-backend node")
     graph = ((b, 1.0),)
     failures = []
-    s = "euler"
-    with torch.inference_mode():
-        model, clip, pos, neg, latent, mask = _graph(world, family, list(graph))
-        lat = {"samples": latent} if mask is None else {"samples": latent, "noise_mask": mask}
-        out = world.conceptsplit.EditLabAttentionMaps.execute(
-            model=model, clip=clip, positive=pos, negative=neg, latent_image=lat, prompt=PROMPT, words="dog, cat",
-            seed=SEED, steps=STEPS, cfg=1.0, sampler_name=s, scheduler="simple", start_step=0, end_step=10000)
-    got, heat = out.result[0]["samples"], out.result[1]
-    _record(key, "runs", bool(torch.isfinite(got).all()))
-    want = _out(world, family, graph, s)
-    ok = _same(got, want) and float(heat.max()) > 0
-    _record(key, "acts", ok)
-    _record(key, "off", True, na=True)
-    _record(key, "order", True, na=True)
-    if not ok:
-        failures.append(f"{s}: with {b} the latent moved by {float((got - want).abs().max()):.3g}, "
-                        f"heat max {float(heat.max()):.3g}")
+    for s in FLUX_RUNS:
+        with torch.inference_mode():
+            model, clip, pos, neg, latent, mask = _graph(world, family, list(graph))
+            lat = {"samples": latent} if mask is None else {"samples": latent, "noise_mask": mask}
+            out = world.conceptsplit.EditLabAttentionMaps.execute(
+                model=model, clip=clip, positive=pos, negative=neg, latent_image=lat, prompt=PROMPT,
+                words="dog, cat", seed=SEED, steps=STEPS, cfg=_setting(s)[1], sampler_name=_setting(s)[0],
+                scheduler="simple", start_step=0,
+                end_step=10000)
+        got, heat = out.result[0]["samples"], out.result[1]
+        _record(key, "runs", bool(torch.isfinite(got).all()))
+        want = _out(world, family, graph, s)
+        ok = _same(got, want) and float(heat.max()) > 0
+        _record(key, "acts", ok and RESULTS[key].get("acts") != "FAIL")
+        _record(key, "off", True, na=True)
+        _record(key, "order", True, na=True)
+        if not ok:
+            failures.append(f"{s}: with {b} the latent moved by {float((got - want).abs().max()):.3g}, "
+                            f"heat max {float(heat.max()):.3g}")
     assert not failures, failures
 
 
