@@ -12,9 +12,9 @@ sampler runs: 2 with CFG); "fwd+bwd" is one training step's worth: the forward w
 weight frozen, the gradient flowing to the input, as a LoRA's would through every layer) and its backward, batch 1,
 no gradient checkpointing; "fwd+bwd, checkpointed" is the same step through the pack's own gradient checkpointing
 (``models/checkpointing.py``, what its trainers run by default: every ResBlock and SpatialTransformer of a UNet, every
-double and single block of a Flux), for the families the pack trains on. Flux's blocks add their residuals in place (``img += ...``) into tensors autograd saved,
-which backward refuses; in the training step an ``x += y`` on a tensor that requires grad runs as ``x = x + y``
-(:class:`_OutOfPlaceAdds`): the new tensor is counted.
+double and single block of a Flux), for the families the pack trains on. Flux's blocks add their residuals in place
+(``img += ...``) into tensors autograd saved, which backward refuses; in the training step an ``x += y`` on a tensor
+that requires grad runs as ``x = x + y`` (:class:`_OutOfPlaceAdds`): the new tensor is counted.
 
 Attention: the host is told to use PyTorch's scaled-dot-product attention (``--use-pytorch-cross-attention``, the
 host's default on an NVIDIA GPU), whose fused kernels never hold the N x N logits; the host's CPU default (split

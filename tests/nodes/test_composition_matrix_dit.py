@@ -438,7 +438,7 @@ def test_attention_maps_sampling_a_patched_model(world, family, b):
     assert not failures, failures
 
 
-# -- Wan I2V: the ChronoEdit sampler with a host LoRA and the slider --------------------------------------------------
+# -- Wan I2V: the ChronoEdit sampler with a host LoRA, the slider and the host's attention backend ------------
 
 WAN_W, WAN_H, WAN_FRAMES, WAN_CFG = 48, 32, 5, 2.0
 WAN_PROMPT = "the dog is now red"
@@ -468,7 +468,7 @@ def wan(comfy_host):
 
 def _wan_out(w, patch, strength, k, sampler_name):
     """The ChronoEdit graph (Conditioning with reasoning, then the sampler at ``k`` reasoning steps of 2) on a graph
-    with ``patch`` (None, "host LoraLoader", "SAE Slider") at ``strength``."""
+    with ``patch`` (None, "host LoraLoader", "SAE Slider", "host ModelAttentionBackend") at ``strength``."""
     import comfy.sd
 
     key = ("wan", patch, strength, k, sampler_name)
@@ -480,6 +480,10 @@ def _wan_out(w, patch, strength, k, sampler_name):
             lora = _random_lora(model, 12, 0.3, lambda name: "blocks.0." in name and ("self_attn" in name
                                                                                       or "ffn.0" in name))
             model, _ = comfy.sd.load_lora_for_models(model, None, lora, strength, 0)
+        if patch == "host ModelAttentionBackend" and strength:
+            st = SimpleNamespace(model=model)
+            _backend(None, "Wan I2V", st, strength)
+            model = st.model
         pos = clip.encode_from_tokens_scheduled(clip.tokenize(WAN_PROMPT))
         neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
         if patch == "SAE Slider":
@@ -496,7 +500,7 @@ def _wan_out(w, patch, strength, k, sampler_name):
     return _CACHE[key]
 
 
-WAN_PAIRS = ["host LoraLoader", "SAE Slider"]
+WAN_PAIRS = ["host LoraLoader", "SAE Slider", "host ModelAttentionBackend"]
 
 
 @pytest.mark.parametrize("b", WAN_PAIRS)
@@ -506,6 +510,10 @@ def test_chronoedit_sampler_with_a_patch(wan, b):
     sampling), and B at strength 0 is ChronoEdit alone bit for bit (the slider; a host LoRA's off is not applying
     it)."""
     key = ("Wan I2V", "ChronoEdit sampler", b)
+    if not _applies("Wan I2V", b):
+        for c in CHECKS:
+            _record(key, c, True, na=True)
+        pytest.skip("ComfyUI 0.3.75 has no attention-backend node")
     failures = []
     for s in SAMPLERS:
         both = _wan_out(wan, b, 1.0, 1, s)
