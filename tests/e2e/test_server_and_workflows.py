@@ -166,16 +166,50 @@ def test_composed_workflow_each_patch_acts_in_the_shipped_graph(name, server, ed
         assert not np.array_equal(off, shipped), f"{kind} at strength 0 gives the composed image: it did not act"
 
 
+def _tiny_flux_lora(path: Path) -> None:
+    """A LoRA on every 2-D block weight of the tiny Flux (``--tiny``'s stand-in for Kontext), in the generic
+    ``diffusion_model.<weight>`` key layout the host's LoRA loader reads."""
+    import torch
+    from safetensors.torch import save_file
+
+    from editlab.models.tiny import build_tiny_models
+
+    g = torch.Generator().manual_seed(21)
+    lora = {}
+    for k, w in build_tiny_models("flux", 0).model.model.state_dict().items():
+        if k.startswith("diffusion_model.") and "blocks" in k and k.endswith(".weight") and w.ndim == 2:
+            base = k[:-len(".weight")]
+            lora[f"{base}.lora_up.weight"] = torch.randn(w.shape[0], 2, generator=g) * 0.1
+            lora[f"{base}.lora_down.weight"] = torch.randn(2, w.shape[1], generator=g) * 0.1
+            lora[f"{base}.alpha"] = torch.tensor(2.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(lora, str(path))
+
+
 def test_composed_kontext_slider_acts_beside_the_layered_adapters(server, editlab_cli, tmp_path, workflow_inputs,
-                                                                  object_info):
+                                                                  object_info, comfy_host):
     """The Kontext composition saves the edit plain and slid from one seed through the layered adapters' model and
-    CLIP: the slider changes the image (the product lock keeps the bag's pixels in both)."""
+    CLIP: the slider changes the image (the product lock keeps the bag's pixels in both). The shipped graph has no
+    adapter files chosen (they come from Layered Edit Train): with a LoRA file in both slots the adapters act too
+    (their strengths at 0 give another image), beside the slider."""
     twin = REPO / "workflows" / "api" / "composed_slider_layered_kontext.json"
-    args = [arg for f in workflow_inputs for arg in ("--upload", f)] + overwrite_sets(load_workflow(twin), object_info)
-    done = editlab_cli("run", twin, "--tiny", "--server", server.url, "--out", tmp_path, "-q", *args)
-    assert done.returncode == 0, done.stderr
-    files = [Path(p) for p in done.stdout.split()]
-    (plain,) = [p for p in files if "slider_layered_plain" in p.name]
-    (sunny,) = [p for p in files if "slider_layered_sunny" in p.name]
-    a, b = _pixels(plain), _pixels(sunny)
-    assert a.shape == b.shape and not np.array_equal(a, b)
+    api = load_workflow(twin)
+    (node_id,) = [k for k, v in api.items() if v["class_type"] == "EditLabLayeredAdapters"]
+    name = "editlab_e2e_tiny_flux_layered.safetensors"
+    _tiny_flux_lora(server.models_dir / "loras" / name)
+    args = [arg for f in workflow_inputs for arg in ("--upload", f)] + overwrite_sets(api, object_info)
+    adapters = ["--set", f"{node_id}.pattern_shift_lora={name}", "--set", f"{node_id}.consistency_lora={name}"]
+
+    def run(out, *sets):
+        done = editlab_cli("run", twin, "--tiny", "--server", server.url, "--out", tmp_path / out, "-q", *args,
+                           *adapters, *sets)
+        assert done.returncode == 0, done.stderr
+        files = [Path(p) for p in done.stdout.split()]
+        (plain,) = [p for p in files if "slider_layered_plain" in p.name]
+        (sunny,) = [p for p in files if "slider_layered_sunny" in p.name]
+        return _pixels(plain), _pixels(sunny)
+
+    (a, b), (a_off, b_off) = run("on"), run("off", "--set", f"{node_id}.pattern_shift_strength=0",
+                                            "--set", f"{node_id}.consistency_strength=0")
+    assert a.shape == b.shape and not np.array_equal(a, b), "the slider did not act beside the adapters"
+    assert not np.array_equal(a, a_off) and not np.array_equal(b, b_off), "the layered adapters did not act"
