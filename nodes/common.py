@@ -5,8 +5,7 @@ One place for what a hostile or careless input must never get past:
   value one of its options (the host's min/max check lets NaN through, and does not check linked values).
 - ``checked_image_size``: sizes checked before MediaPipe or OpenCV see an image (a side of 32,768 px aborts the process
   inside OpenCV, with no Python exception to catch).
-- ``input_file`` / ``input_folder``: real paths, inside ComfyUI's input folder, never followed out by a symlink.
-- ``output_file``: a plain file name in a model folder, refused when it exists unless ``overwrite`` says so.
+- (the input and model files: ``files.py``, which reads the host's folders; this module never imports ``host``)
 - ``excerpt``: errors quote at most a short excerpt of a bad value.
 """
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
 import re
 
 from comfy_api.latest import io
@@ -24,7 +22,6 @@ from .errors import EXCERPT_CHARS, MAX_EXPECTED_CHARS, EditLabInputError, excerp
 CATEGORY = "EditLab"
 MAX_SIDE = 16384  # px: any image side handed to MediaPipe / OpenCV (they abort the process at 32,768)
 MAX_PIXELS = 8192 * 8192  # px per image: 67 MP, 768 MB as a float IMAGE already
-MAX_TEXT_FILE_BYTES = 64 * 2**20  # prompts_file / pairs_file
 
 
 # -- every node ---------------------------------------------------------------------------------------------------
@@ -104,94 +101,6 @@ def rgb_images(image, input_name: str, min_side: int = 8, max_side: int = MAX_SI
     if shape[-1] == 1:
         return image.expand(-1, -1, -1, 3)
     return image
-
-
-# -- files --------------------------------------------------------------------------------------------------------
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _resolve_input(name: str, input_name: str, what: str, allow_root: bool = False) -> str:
-    from . import host
-
-    root = os.path.realpath(host.input_directory())
-    name = name.strip()
-    path = os.path.realpath(os.path.join(root, name))  # symlinks resolved: a link out of the folder stays out
-    if "\x00" in name or not _inside(path, root) or (path == root and not allow_root):
-        raise EditLabInputError(input_name, f"{what} inside ComfyUI's input folder (no links or '..' out of it)",
-                                name)
-    return path
-
-
-def input_file(name: str, input_name: str) -> str:
-    """The real path of a text file in ComfyUI's input folder; nothing outside it, even through a symlink."""
-    path = _resolve_input(name, input_name, "a file")
-    if not os.path.isfile(path):
-        raise EditLabInputError(input_name, "an existing file in ComfyUI's input folder", name)
-    if os.path.getsize(path) > MAX_TEXT_FILE_BYTES:
-        raise EditLabInputError(input_name, f"a text file of at most {MAX_TEXT_FILE_BYTES >> 20} MB", name)
-    return path
-
-
-def read_text_lines(name: str, input_name: str) -> list[str]:
-    """The stripped, non-empty, non-comment lines of a UTF-8 text file in the input folder. Errors never quote the
-    file's content."""
-    path = input_file(name, input_name)
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
-    except UnicodeDecodeError as exc:
-        raise EditLabInputError(input_name, f"a UTF-8 text file (byte {exc.start} is not UTF-8)", name) from None
-    except OSError as exc:
-        raise EditLabInputError(input_name, f"a readable file ({exc.strerror})", name) from None
-    return [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
-
-
-def input_folder(name: str, input_name: str) -> str:
-    """The real path of a folder inside ComfyUI's input folder (the folder itself with '.' or '')."""
-    path = _resolve_input(name or ".", input_name, "a folder", allow_root=True)
-    if not os.path.isdir(path):
-        raise EditLabInputError(input_name, "a folder inside ComfyUI's input folder", name)
-    return path
-
-
-def inside_input_folder(path: str) -> bool:
-    """Whether ``path`` (a file found in an input folder) really lies inside ComfyUI's input folder."""
-    from . import host
-
-    return _inside(os.path.realpath(path), os.path.realpath(host.input_directory()))
-
-
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
-
-
-def checked_file_name(name: str, input_name: str, extension: str = ".safetensors") -> str:
-    """A plain file name (no folders, nothing that escapes the model folder), with its extension."""
-    if not isinstance(name, str) or not _FILE_NAME.match(name):
-        raise EditLabInputError(input_name, "a file name of letters, digits, '_', '-' or '.' (no folders)", name)
-    return name if name.endswith(extension) else name + extension
-
-
-def output_file(folder: str, name: str, input_name: str, overwrite: bool = False,
-                extension: str = ".safetensors") -> str:
-    """Where a saving node writes NAME in the model folder ``folder`` (a folder_paths key). An existing file is
-    refused unless ``overwrite`` is on: checked here, before the work, and again by the atomic write."""
-    from . import host
-
-    path = os.path.join(host.model_dirs(folder)[0], checked_file_name(name, input_name, extension))
-    if not overwrite and os.path.lexists(path):
-        raise EditLabInputError(input_name, f"a name not used yet in models/{folder}/ (or turn on overwrite)", name)
-    return path
-
-
-def saved(write, path: str, input_name: str, overwrite: bool):
-    """Run ``write(path, overwrite)`` (an atomic writer), turning a name taken meanwhile into the input's error."""
-    try:
-        return write(path, overwrite)
-    except FileExistsError:
-        raise EditLabInputError(input_name, "a name not used yet (or turn on overwrite)",
-                                os.path.basename(path)) from None
 
 
 def save_as_inputs(folder: str, default: str, verb: str = "Saved as") -> list:

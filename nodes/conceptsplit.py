@@ -24,8 +24,8 @@ from ..models.conceptsplit.train import DEFAULT_TEMPLATES
 from ..models.conceptsplit.tova import Binding, ToVAFileError, ValueLoRA, load_tova, save_tova
 from ..models.saedit.tokens import prompt_tokens, word_positions
 from . import host
-from .common import (CATEGORY, EditLabInputError, EditLabNode, checked_image_size, input_folder, inside_input_folder,
-                     output_file, save_as_inputs, saved)
+from .common import CATEGORY, EditLabInputError, EditLabNode, checked_image_size, save_as_inputs
+from .files import input_folder, inside_input_folder, output_file, saved
 
 CAT = f"{CATEGORY}/ConceptSplit"
 TOVA_FOLDER = host.model_folder("tova", {".safetensors"})

@@ -16,8 +16,8 @@ from ..models.expression.adapter import AdapterFileError, ExpressionAdapter, Loa
 from ..models.expression.blendshapes import (PRESETS, Blendshapes, FaceEncoder, edit, flame,
                                              landmarker_path)
 from ..models.expression.overlay import draw_overlay
-from .common import (CATEGORY, EditLabInputError, EditLabNode, checked_image_size, input_folder, inside_input_folder,
-                     output_file, rgb_images, save_as_inputs, saved)
+from .common import CATEGORY, EditLabInputError, EditLabNode, checked_image_size, rgb_images, save_as_inputs
+from .files import input_folder, inside_input_folder, output_file, saved
 from . import host
 from .host import mediapipe_dirs, model_folder
 

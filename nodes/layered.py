@@ -17,8 +17,8 @@ from comfy_api.latest import io
 from ..models.common import atomic_save_safetensors
 from ..models.layered import LayeredInputError
 from . import host
-from .common import (CATEGORY, EditLabInputError, EditLabNode, inside_input_folder, input_folder, output_file,
-                     rgb_images, saved)
+from .common import CATEGORY, EditLabInputError, EditLabNode, rgb_images
+from .files import inside_input_folder, input_folder, output_file, saved
 
 CAT = f"{CATEGORY}/LayeredEdit"
 log = logging.getLogger("editlab")

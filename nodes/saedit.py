@@ -24,8 +24,8 @@ from ..models.saedit.tokens import (PARTS, content_embeddings, prompt_tokens, to
                                     word_positions)
 from ..models.saedit.train import TrainConfig, train_sae
 from . import host
-from .common import (CATEGORY, EditLabInputError, EditLabNode, excerpt, output_file, read_text_lines,
-                     save_as_inputs, saved)
+from .common import CATEGORY, EditLabInputError, EditLabNode, excerpt, save_as_inputs
+from .files import output_file, read_text_lines, saved
 
 log = logging.getLogger(__name__)
 CAT = f"{CATEGORY}/SAEdit"

@@ -22,7 +22,8 @@ from ..models.worldtoimage.library import ImageLibrary
 from ..models.worldtoimage.scoring import FORMULAS, Score, combine, substitutions
 from ..models.worldtoimage.sources import DEFAULT_ENDPOINTS, SERVICES, LibrarySource, SourceError, WebImageSource
 from . import host
-from .common import CATEGORY, EditLabInputError, EditLabNode, checked_image_size, input_folder
+from .common import CATEGORY, EditLabInputError, EditLabNode, checked_image_size
+from .files import input_folder
 from .llm import LLMType, pil_images
 
 CAT = f"{CATEGORY}/WorldToImage"

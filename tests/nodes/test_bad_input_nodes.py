@@ -14,7 +14,7 @@ import torch
 def pack(comfy_host, tmp_path_factory):
     import folder_paths
 
-    from editlab.nodes import common, conceptsplit, expression, saedit, tiny, tryon
+    from editlab.nodes import common, conceptsplit, expression, files, saedit, tiny, tryon
 
     root = tmp_path_factory.mktemp("models")
     for folder in (saedit.SAE_FOLDER, saedit.DIRECTION_FOLDER, expression.ADAPTER_FOLDER, conceptsplit.TOVA_FOLDER):
@@ -29,7 +29,7 @@ def pack(comfy_host, tmp_path_factory):
     from packinfo import pack_node_modules
 
     nodes = [n for m in pack_node_modules() for n in importlib.import_module(f"editlab.nodes.{m}").NODES]
-    yield {"root": root, "input": inputs, "nodes": nodes, "common": common, "saedit": saedit,
+    yield {"root": root, "input": inputs, "nodes": nodes, "common": common, "files": files, "saedit": saedit,
            "expression": expression}
     folder_paths.set_input_directory(before)
 
@@ -199,8 +199,8 @@ def test_saved_files_have_normal_permissions_and_are_not_replaced(pack, tmp_path
     common = pack["common"]
     (pack["root"] / "sae" / "taken.safetensors").write_bytes(b"mine")
     with pytest.raises(common.EditLabInputError, match="input 'name': expected a name not used yet"):
-        common.output_file("sae", "taken", "name")
-    assert common.output_file("sae", "taken", "name", overwrite=True).endswith("taken.safetensors")
+        pack["files"].output_file("sae", "taken", "name")
+    assert pack["files"].output_file("sae", "taken", "name", overwrite=True).endswith("taken.safetensors")
 
 
 def test_input_paths_never_leave_the_input_folder(pack, tmp_path):
@@ -211,14 +211,14 @@ def test_input_paths_never_leave_the_input_folder(pack, tmp_path):
     (pack["input"] / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
     for name in ("link.txt", "../secret.txt", str(secret), "linked_dir/secret.txt"):
         with pytest.raises(common.EditLabInputError, match="input 'pairs_file': expected a file inside") as caught:
-            common.read_text_lines(name, "pairs_file")
+            pack["files"].read_text_lines(name, "pairs_file")
         assert "root:x" not in str(caught.value)
     for name in ("linked_dir", "..", str(tmp_path)):
         with pytest.raises(common.EditLabInputError, match="input 'folder': expected a folder inside"):
-            common.input_folder(name, "folder")
+            pack["files"].input_folder(name, "folder")
     (pack["input"] / "latin1.txt").write_bytes("caf\xe9 | caf\xe9s\n".encode("latin-1"))
     with pytest.raises(common.EditLabInputError, match="input 'pairs_file': expected a UTF-8 text file") as caught:
-        common.read_text_lines("latin1.txt", "pairs_file")
+        pack["files"].read_text_lines("latin1.txt", "pairs_file")
     assert "caf" not in str(caught.value)
 
 
