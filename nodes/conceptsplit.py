@@ -242,8 +242,10 @@ class EditLabToVATrain(EditLabNode):
                                 tooltip="The caption of every image when captions is 'prompt for every image' "
                                         "(it must hold the word); unused with templates."),
                 io.String.Input("word", default="dog",
-                                tooltip="The concept's word in the prompt: the adapter acts at its tokens only. "
-                                        "The authors bind ToVA to the class noun (dog, cat), no rare token."),
+                                tooltip="The concept's word in the prompt: the adapter acts at its tokens only (all of "
+                                        "them; the authors' script at the word's first token, the same for a "
+                                        "one-token word). The authors bind ToVA to the class noun (dog, cat), no "
+                                        "rare token."),
                 io.Int.Input("resolution", default=512, min=64, max=1024, step=64,
                              tooltip="Training image size in pixels (images are centre-cropped square)."),
                 io.Int.Input("rank", default=32, min=1, max=256, tooltip="LoRA rank (authors: SD 32, SDXL 16)."),

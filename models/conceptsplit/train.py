@@ -50,7 +50,8 @@ def fill_templates(templates, word: str) -> list[str]:
 
 def template_examples(images: int, templates: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(image index, template index) of each training example: max(N, P) examples, example e pairs image e mod N
-    with template e mod P (the authors' dataset, whose length is the number of prompts; at least every image once)."""
+    with template e mod P (as the authors' dataset pairs them; theirs has P examples, so with N > P some images are
+    never drawn: here every image is, at least once)."""
     if images < 1 or templates < 1:
         raise ValueError(f"need at least one image and one template; got {images}, {templates}")
     e = torch.arange(max(images, templates))

@@ -405,6 +405,34 @@ def share_of(contribution, mask) -> float:
     return float(contribution[:, ~mask].sum() / contribution.sum())
 
 
+@pytest.mark.parametrize("arch,down_only", [("sdxl", True), ("sd15", False)])
+def test_the_node_reads_sdxls_maps_from_its_down_blocks_only(nodes, sd15, arch, down_only, monkeypatch):
+    """The LODA node, given an SDXL model, reads the concepts' maps from the down (input) blocks only, as the authors
+    do on SDXL; on SD1.5 the up blocks' layers at that resolution count too."""
+    import comfy.samplers
+
+    from editlab.models.conceptsplit import loda
+    from editlab.models.tiny import build_tiny_models
+
+    if arch == "sd15":
+        models = sd15
+    else:
+        with torch.inference_mode():
+            models = build_tiny_models("sdxl", 0)
+    taps = []
+    real_init = loda.MapTap.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        taps.append(self)
+
+    monkeypatch.setattr(loda.MapTap, "__init__", spy)
+    _run(models.model, models, _loda(nodes, models, comfy.samplers.sampler_object("euler"), 1), steps=2)
+    assert taps and all(t.down_only is down_only for t in taps)
+    names = {n for t in taps for n in t.layers}
+    assert names and all(n.startswith("input.") for n in names) == down_only, sorted(names)
+
+
 def test_bad_input(nodes, sd15):
     import comfy.samplers
 
@@ -475,10 +503,14 @@ def test_flux_maps_are_further_apart_after_the_loda_steps(nodes, flux):
         return float(harmonic_mean_kl(gaussian_smooth(tap.maps())))
 
     plain = comfy.samplers.sampler_object("euler")
+    ratios = []
     for seed in range(5):
         with_loda = kl_at_step_n(_loda(nodes, flux, plain, n, step_size=20.0), seed)
         without = kl_at_step_n(plain, seed)
-        assert with_loda > without, (seed, with_loda, without)
+        ratios.append(with_loda / without)
+    # measured 1.19 to 2.28 (the tiny Flux's maps move far more than the tiny UNet's): each seed apart, and the mean
+    # by at least 10%; a step up the loss, none, or a hundredth of the authors' fails
+    assert all(r > 1.0 for r in ratios) and sum(ratios) / len(ratios) > 1.1, ratios
 
 
 def test_flux_afg_acts_after_the_loda_steps(nodes, flux):

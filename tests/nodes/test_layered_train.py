@@ -112,6 +112,25 @@ def test_consistency_only_keeps_the_stage1_file_bit_identical(trained, flux, lay
     assert not (layered.lora_dir / "again_pattern_shift.safetensors").exists()
 
 
+def test_product_weight_reaches_what_stage_2_learns(trained, flux, layered, pairs_folder):  # noqa: F811
+    """Stage 2 weights the loss inside the product's mask by product_weight (models/layered/train.py, checked against
+    the weighted optimum by hand in tests/unit/test_layered_stage2_weighting.py): through the node, 1 and 20 give
+    different losses on the same fixed points and different consistency LoRAs from the same seed."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    with torch.inference_mode():
+        for w in (1.0, 20.0):
+            _, name2, stats = train(layered, flux, pairs_folder, f"pw{int(w)}", stages="consistency_only",
+                                    pattern=trained["names"][0], steps=4, product_weight=w)
+            runs[w] = (load_file(str(layered.lora_dir / name2)), json.loads(stats)["stage2"])
+    (one, s1), (twenty, s20) = runs[1.0], runs[20.0]
+    assert s1["product_weight"] == 1.0 and s20["product_weight"] == 20.0
+    assert abs(s1["loss_before"] - s20["loss_before"]) > 1e-6 * max(s1["loss_before"], 1e-12), (s1, s20)
+    assert one.keys() == twenty.keys()
+    assert any(not torch.equal(one[k], twenty[k]) for k in one if k.endswith(".lora_up.weight"))
+
+
 def test_interrupted_run_writes_nothing(flux, layered, pairs_folder, monkeypatch):  # noqa: F811
     from editlab.nodes import host
 
