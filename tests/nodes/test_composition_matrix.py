@@ -8,7 +8,8 @@ SDXL (one graph with both, under CFG 3, with euler and dpmpp_2m), the same pairs
            EditLab attention patch with the host's or another pack's additive patch), both orders within 1e-4 on one
            CFG denoiser call at sigma 1 (fp32 rounding through the random UNet: 3e-5; a whole run amplifies it to
            4e-4 after two steps from sigma 14.6; at the layer itself the sum is exact, test_patch_layer.py).
-The host's patches: a stock-format LoRA as LoraLoader applies it, FreeU_V2, PerturbedAttentionGuidance, another pack's
+The EditLab patches: SAE Slider (on the CLIP tokens: it edits the positive conditioning), ToVA Apply, Apply Expression
+and Reference Adapter (both modes). The host's patches: a stock-format LoRA as LoraLoader applies it, FreeU_V2, PerturbedAttentionGuidance, another pack's
 additive attn2 output patch and, on ComfyUI 0.33, its ModelAttentionBackend (0.3.75 has none: n/a there).
 Samplers (LODA with AFG, Attention Maps) compose with every model patch: LODA is sampled on the patched model,
 Attention Maps' latent equals plain sampling of the patched model (it only records).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -29,6 +31,7 @@ SAMPLERS = ("euler", "dpmpp_2m")
 STEPS, CFG, SEED = 2, 3.0, 7
 ACTS = 0.5  # a patch composed keeps at least half of what it changes alone (fixed seed, tiny model)
 EXACT = 1e-6
+SLIDER = 1.0  # the SAE Slider's strength at the patch's strength 1
 ORDER = 1e-4  # two additive output terms in either order, one fp32 denoiser call: rounding of (o + a) + b against
 # (o + b) + a, carried through the rest of the tiny random UNet, reaches 3e-5 (the layer itself: test_patch_layer)
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +120,24 @@ def _build_world(family, tmp_path_factory):
     clip = tiny.clip
     conds = (clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT)),
              clip.encode_from_tokens_scheduled(clip.tokenize("")))
+    from editlab.models.saedit.sae import SAEConfig, SparseAutoencoder
+    from editlab.nodes import saedit
+
+    with torch.inference_mode(False):  # an SAE over the CLIP tokens (SD1.5: CLIP-L; SDXL: CLIP-L and -G together)
+        sae = SparseAutoencoder(SAEConfig(act_size=int(conds[0][0][0].shape[-1]), dict_size=64, top_k=4))
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.normal_(generator=torch.Generator().manual_seed(5)).mul_(0.5)
+            # unit-norm decoder rows, as the authors' SAE keeps them: a slider step of strength s moves the word's
+            # token by about s (random rows of this width would make it several times the token embeddings' size,
+            # and every other patch would be measured against a different network)
+            sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
+    direction = torch.zeros(64)
+    direction[[3, 17, 40]] = torch.tensor([1.0, -0.7, 0.5])
     return dict(tiny=tiny, conds=conds, tova=tova, exp_adapter=exp_adapter, flame=flame, ref_weights=ref_weights,
-                reference=reference, conceptsplit=conceptsplit, expression=expression)
+                reference=reference, conceptsplit=conceptsplit, expression=expression, saedit=saedit,
+                sae=saedit.LoadedSAE(sae, "tiny_clip.safetensors", "clip"),
+                direction=saedit.LoadedDirection(direction, None, None, [], "clip_direction.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -227,14 +246,49 @@ def _reference(w, trained):
     return apply
 
 
+class Graph(NamedTuple):
+    """What a patch changes: the MODEL, and the positive conditioning (None: the world's, as encoded)."""
+    model: object
+    positive: object = None
+
+
+def _on_model(apply):
+    """A model patch as a graph patch: the MODEL changed, the conditioning passed on."""
+    def on_graph(g, strength):
+        g = g if isinstance(g, Graph) else Graph(g)
+        return Graph(apply(g.model, strength), g.positive)
+    return on_graph
+
+
+def _slider(w):
+    """SAE Slider on the positive (CLIP tokens, the word "dog", constant strength 4 at strength 1): a conditioning
+    edit, the MODEL passed on."""
+    def on_graph(g, strength):
+        g = g if isinstance(g, Graph) else Graph(g)
+        positive = w["saedit"].EditLabSAESlider.execute(
+            conditioning=g.positive if g.positive is not None else w["conds"][0], clip=w["tiny"].clip, sae=w["sae"],
+            direction=w["direction"], prompt=PROMPT, word="dog", strength=SLIDER * strength, schedule="constant",
+            part="clip", timing="undelayed").result[0]
+        return Graph(g.model, positive)
+    return on_graph
+
+
 def model_patches(w) -> dict:
-    return {"ToVA Apply (dog)": _tova(w, "dog"), "ToVA Apply (cat)": _tova(w, "cat"),
-            "Apply Expression": _expression(w, 0.3), "Apply Expression (2nd)": _expression(w, 0.9),
-            "Reference Adapter (training-free)": _reference(w, False),
-            "Reference Adapter (trained LoRA)": _reference(w, True),
-            "host LoraLoader": lambda m, s: _host_lora(m, s), "host FreeU_V2": _freeu,
-            "host PerturbedAttentionGuidance": _pag, "pack attn2 output patch": _pack_attn2,
-            **({"host ModelAttentionBackend": _backend} if _has_backend_node() else {})}
+    """name -> patch(graph or MODEL, strength) -> Graph."""
+    on_model = {"ToVA Apply (dog)": _tova(w, "dog"), "ToVA Apply (cat)": _tova(w, "cat"),
+                "Apply Expression": _expression(w, 0.3), "Apply Expression (2nd)": _expression(w, 0.9),
+                "Reference Adapter (training-free)": _reference(w, False),
+                "Reference Adapter (trained LoRA)": _reference(w, True),
+                "host LoraLoader": lambda m, s: _host_lora(m, s), "host FreeU_V2": _freeu,
+                "host PerturbedAttentionGuidance": _pag, "pack attn2 output patch": _pack_attn2,
+                **({"host ModelAttentionBackend": _backend} if _has_backend_node() else {})}
+    return {"SAE Slider": _slider(w), **{name: _on_model(apply) for name, apply in on_model.items()}}
+
+
+def _parts(w, g):
+    """(model, positive, negative) of a graph (or of a bare MODEL, with the world's conditioning)."""
+    g = g if isinstance(g, Graph) else Graph(g)
+    return g.model, g.positive if g.positive is not None else w["conds"][0], w["conds"][1]
 
 
 # Pairs whose composition is order-independent by the maths: EditLab terms added at an attention layer's output
@@ -242,27 +296,29 @@ def model_patches(w) -> dict:
 ADDITIVE = {"ToVA Apply (dog)", "ToVA Apply (cat)", "Apply Expression", "Apply Expression (2nd)"}
 
 
-def _sample(w, model, sampler_name, sampler=None):
+def _sample(w, graph, sampler_name, sampler=None):
     import comfy.sample
     import comfy.samplers
 
+    model, positive, negative = _parts(w, graph)
     latent = torch.zeros(1, 4, 8, 8)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
     sampler = sampler or comfy.samplers.sampler_object(sampler_name)
     return comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, SEED), CFG, sampler, sigmas,
-                                      *w["conds"], latent, disable_pbar=True, seed=SEED)
+                                      positive, negative, latent, disable_pbar=True, seed=SEED)
 
 
-def _one_call(w, model):
+def _one_call(w, graph):
     """One CFG denoiser call at sigma 1 (euler from sigma 1 to 0 returns the denoised latent): where an order check
     looks, so float rounding is not amplified by a whole sampling run."""
     import comfy.sample
     import comfy.samplers
 
+    model, positive, negative = _parts(w, graph)
     latent = torch.zeros(1, 4, 8, 8)
     return comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, SEED), CFG,
-                                      comfy.samplers.sampler_object("euler"), torch.tensor([1.0, 0.0]), *w["conds"],
-                                      latent, disable_pbar=True, seed=SEED)
+                                      comfy.samplers.sampler_object("euler"), torch.tensor([1.0, 0.0]), positive,
+                                      negative, latent, disable_pbar=True, seed=SEED)
 
 
 def _same(a, b) -> bool:
@@ -274,7 +330,7 @@ def _record(key, check, ok, na=False):
 
 
 PATCH_NAMES = [
-    "ToVA Apply (dog)", "Apply Expression", "Reference Adapter (training-free)", "Reference Adapter (trained LoRA)",
+    "SAE Slider", "ToVA Apply (dog)", "Apply Expression", "Reference Adapter (training-free)", "Reference Adapter (trained LoRA)",
     "host LoraLoader", "host FreeU_V2", "host PerturbedAttentionGuidance", "pack attn2 output patch",
     "host ModelAttentionBackend"]
 EDITLAB = [n for n in PATCH_NAMES if not n.startswith(("host", "pack"))]
@@ -421,10 +477,10 @@ def test_attention_maps_sampling_a_patched_model(worlds, alones, family, b):
     node = world["conceptsplit"].EditLabAttentionMaps
     failures = []
     for s in SAMPLERS:
-        patched = patches[b](world["tiny"].model, 1.0)
+        model, positive, negative = _parts(world, patches[b](world["tiny"].model, 1.0))
         latent = {"samples": torch.zeros(1, 4, 8, 8)}
-        out = node.execute(model=patched, clip=world["tiny"].clip, positive=world["conds"][0],
-                           negative=world["conds"][1], latent_image=latent, prompt=PROMPT, words="dog, cat",
+        out = node.execute(model=model, clip=world["tiny"].clip, positive=positive,
+                           negative=negative, latent_image=latent, prompt=PROMPT, words="dog, cat",
                            seed=SEED, steps=STEPS, cfg=CFG, sampler_name=s, scheduler="simple", start_step=0,
                            end_step=10000)
         got, heat = out.result[0]["samples"], out.result[1]
