@@ -19,12 +19,12 @@ test fails when the README's table and the run disagree."""
 from __future__ import annotations
 
 import itertools
-import re
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 import torch
+from matrix_table import assert_readme_carries
 
 PROMPT = "a photo of a dog and a cat"
 SAMPLERS = ("euler", "dpmpp_2m")
@@ -512,19 +512,4 @@ def test_the_readme_carries_this_runs_table():
     if len(RESULTS) < len(MODEL_PAIRS) + 2 * len(SAMPLED):
         pytest.skip("only part of the matrix ran (a -k selection): nothing to compare")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    found = re.search(r"<!-- composition-matrix -->\n(.*?)\n<!-- /composition-matrix -->", readme, re.S)
-    assert found, "README.md has no <!-- composition-matrix --> block"
-    mine, theirs = _rows(table()), _rows(found.group(1))
-    assert list(mine) == list(theirs), f"the README's matrix has other rows than this run's ({ARTIFACT})"
-    for row, cells in mine.items():
-        # the README shows the 0.33 run (the backend rows run there); on 0.3.75 those cells are n/a
-        assert cells == theirs[row] or (set(cells) == {"n/a"} and "host ModelAttentionBackend" in row), \
-            f"{row}: this run {cells}, the README {theirs[row]} ({ARTIFACT})"
-
-
-def _rows(text: str) -> dict:
-    rows = {}
-    for line in text.strip().splitlines()[2:]:
-        parts = [p.strip() for p in line.strip().strip("|").split("|")]
-        rows[tuple(parts[:3])] = parts[3:]
-    return rows
+    assert_readme_carries(readme, "composition-matrix", table(), ARTIFACT)

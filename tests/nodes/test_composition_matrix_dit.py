@@ -29,12 +29,12 @@ The table the run fills is written to out/test-artifacts/composition_matrix_dit.
 from __future__ import annotations
 
 import itertools
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from matrix_table import assert_readme_carries
 
 PROMPT = "a photo of a dog and a cat"
 SAMPLERS = ("euler", "dpmpp_2m")
@@ -604,22 +604,5 @@ def test_the_readme_carries_this_runs_table():
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_text(table() + "\n", encoding="utf-8")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    found = re.search(r"<!-- composition-matrix-dit -->\n(.*?)\n<!-- /composition-matrix-dit -->", readme, re.S)
-    assert found, "README.md has no <!-- composition-matrix-dit --> block"
-    mine = _rows(table())
-    theirs = _rows(found.group(1))
-    assert set(mine) == set(theirs), f"the README's DiT matrix has other rows than this run's ({ARTIFACT})"
-    for row, cells in mine.items():
-        for got, shown in zip(cells, theirs[row]):
-            # the README shows the 0.33 run (the backend rows run there); on 0.3.75 those cells are n/a
-            assert got == shown or (got == "n/a" and "ModelAttentionBackend" in " ".join(row)), \
-                f"{row}: this run {cells}, the README {theirs[row]} ({ARTIFACT})"
-
-
-def _rows(text: str) -> dict:
-    rows = {}
-    for line in text.strip().splitlines()[2:]:
-        parts = [p.strip() for p in line.strip().strip("|").split("|")]
-        rows[tuple(parts[:3])] = parts[3:]
-    return rows
+    assert_readme_carries(readme, "composition-matrix-dit", table(), ARTIFACT)
 
