@@ -7,7 +7,8 @@ SDXL (one graph with both, under CFG 3, with euler and dpmpp_2m), the same pairs
   order    where the maths says the order does not matter (two ToVA concepts, two expression adapters, an
            EditLab attention patch with the host's or another pack's additive patch), both orders within 1e-4 on one
            CFG denoiser call at sigma 1 (fp32 rounding through the random UNet: 3e-5; a whole run amplifies it to
-           4e-4 after two steps from sigma 14.6; at the layer itself the sum is exact, test_patch_layer.py).
+           4e-4 after two steps from sigma 14.6; at the layer itself both orders agree to float rounding,
+           test_patch_layer.py).
 The EditLab patches: SAE Slider (on the CLIP tokens: it edits the positive conditioning), ToVA Apply, Apply Expression
 and Reference Adapter (both modes). The host's patches: a stock-format LoRA as LoraLoader applies it, FreeU_V2, PerturbedAttentionGuidance, another pack's
 additive attn2 output patch and, on ComfyUI 0.33, its ModelAttentionBackend (0.3.75 has none: n/a there).

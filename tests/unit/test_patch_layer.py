@@ -144,3 +144,18 @@ def test_the_base_class_passes_the_inputs_through_unchanged():
     assert spy.input_hook(n, ctx, value, extra) == (n, ctx, value)
     assert torch.equal(spy.output_hook(torch.zeros(1, 2, 3), extra), torch.full((1, 2, 3), 2.0))
     assert torch.equal(spy.output_hook(torch.zeros(1, 2, 3), extra), torch.zeros(1, 2, 3))  # used once
+
+
+def test_two_additive_patches_in_either_order_at_the_layer(setup):
+    """Two ToVA patches (each adds its own term to the values) give the same layer output in either node order:
+    equal to float rounding of (v + a) + b against (v + b) + a (the composition matrix's order check, on a whole
+    network, allows 1e-4 for that rounding carried through the rest of it)."""
+    x, context, attn, _, _ = setup
+    one = ToVAPatch([Binding(adapter(0), [2], 1.0)], {NAME: attn})
+    two = ToVAPatch([Binding(adapter(1), [2, 5], 0.7)], {NAME: attn})
+    with torch.no_grad():
+        ab, _ = host_block_call(attn, [one, two], x, context)
+        ba, _ = host_block_call(attn, [two, one], x, context)
+        alone, _ = host_block_call(attn, [], x, context)
+    assert float((ab - alone).abs().max()) > 1e-2  # both act
+    assert float((ab - ba).abs().max()) <= 1e-6 * float(ab.abs().max())
