@@ -259,8 +259,10 @@ class EditLabToVATrain(EditLabNode):
                 io.Combo.Input("captions", options=list(CAPTION_MODES), default=CAPTION_MODES[0], optional=True,
                                tooltip="templates (authors): each training example is captioned with one of the "
                                        "templates below filled with the word (example e: image e mod N, template "
-                                       "e mod P, as the authors' training script pairs them). prompt for every "
-                                       "image: the prompt input captions all images (the node's old behaviour)."),
+                                       "e mod P, as the authors' training script pairs them; drawn at random from "
+                                       "max(N, P) examples, where their dataset has P and never shows images past "
+                                       "the P-th). prompt for every image: the prompt input captions all images "
+                                       "(the node's old behaviour)."),
                 io.String.Input("templates", multiline=True, default="\n".join(DEFAULT_TEMPLATES), optional=True,
                                 tooltip="Caption templates, one per line, {} where the word goes (ours, in the "
                                         "authors' style: their own list is not published)."),
