@@ -98,7 +98,10 @@ def flux_token_layout(base) -> tuple[int, int] | None:
     dit = getattr(base, "diffusion_model", None)
     if not isinstance(dit, comfy.ldm.flux.model.Flux):
         return None
-    return dit.img_in.weight.shape[1], dit.patch_size
+    try:
+        return int(dit.img_in.weight.shape[1]), int(dit.patch_size)
+    except (AttributeError, IndexError, TypeError):  # weights not reachable (as the host allows for TensorRT)
+        return None
 
 
 def attention_override(model):
