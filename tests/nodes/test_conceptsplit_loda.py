@@ -339,29 +339,15 @@ def test_afg_confines_the_tova_features_measured_at_the_blocks_output(nodes, sd1
     tova_model, = nodes.EditLabToVAApply.execute(model=sd15.model, clip=sd15.clip, prompt=PROMPT, strength=1.0,
                                                  adapter_1=adapter).result
 
-    blocks = {}
-    for name, module in sd15.model.model.diffusion_model.named_modules():
-        if type(module).__name__ == "BasicTransformerBlock":
-            blocks[module.attn2] = module
-    recorded = []
-
-    def record(block, args, kwargs):
-        options = kwargs.get("transformer_options", {})
+    def at_an_afg_layer(options):
         owners = [getattr(p, "owner", None) for p in options.get("patches", {}).get("attn2_patch", [])]
         afg = [o for o in owners if isinstance(o, AFGPatch)]
-        if afg and f"{options['block'][0]}.{options['block'][1]}.{options.get('block_index', 0)}" in afg[0].layers \
-                and not recorded:
-            recorded.append((block, args[0].clone(), kwargs["context"].clone(), options))
+        return bool(afg) and f"{options['block'][0]}.{options['block'][1]}.{options.get('block_index', 0)}" \
+            in afg[0].layers
 
-    hooks = [b.register_forward_pre_hook(record, with_kwargs=True) for b in blocks.values()]
-    try:
-        guided = _loda(nodes, sd15, comfy.samplers.sampler_object("euler"), 2, afg_strength=3.0, afg_mode=mode)
-        _run(tova_model, sd15, guided)
-    finally:
-        for h in hooks:
-            h.remove()
-    assert recorded, "no call of an AFG layer was recorded"
-    block, x, context, options = recorded[0]
+    blocks = [m for m in sd15.model.model.diffusion_model.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    guided = _loda(nodes, sd15, comfy.samplers.sampler_object("euler"), 2, afg_strength=3.0, afg_mode=mode)
+    block, args, kwargs, options = _first_call(blocks, at_an_afg_layer, lambda: _run(tova_model, sd15, guided))
     afg_patch, = guided.afg_patches
 
     def handed_on(keep):
@@ -369,40 +355,79 @@ def test_afg_confines_the_tova_features_measured_at_the_blocks_output(nodes, sd1
         patches = dict(options["patches"])
         for kind in ("attn2_patch", "attn2_output_patch"):
             patches[kind] = [p for p in patches.get(kind, []) if keep(getattr(p, "owner", None))]
-        seen = []
-        hook = block.norm3.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
-        try:
-            with torch.no_grad():
-                block(x, context=context, transformer_options={**options, "patches": patches})
-        finally:
-            hook.remove()
-        return seen[0]
+        return _input_of(block.norm3, lambda: block(args[0], context=kwargs["context"],
+                                                    transformer_options={**options, "patches": patches}))
 
     every = lambda o: True
     no_tova = lambda o: not isinstance(o, ToVAPatch)
     no_afg = lambda o: not isinstance(o, AFGPatch)
     neither = lambda o: no_tova(o) and no_afg(o)
-    chunks = options["cond_or_uncond"]
-    per = x.shape[0] // len(chunks)
-    rows = [i * per + j for i, c in enumerate(chunks) if c == 0 for j in range(per)]  # the conditional rows
+    rows = _conditional_rows(options, args[0].shape[0])
     with_afg = (handed_on(every) - handed_on(no_tova))[rows].norm(dim=-1)  # (rows, positions)
     without_afg = (handed_on(no_afg) - handed_on(neither))[rows].norm(dim=-1)
     hw = tuple(int(v) for v in options["activations_shape"][-2:])
     assert hw[0] * hw[1] == with_afg.shape[-1]
     mask = torch.nn.functional.interpolate(afg_patch.masks[None].float(), size=hw, mode="nearest")[0, 0] \
         .reshape(-1) > 0.5  # the dog's mask at this layer
-    print(f"{mode}: ToVA's share outside the dog's mask {share_of(with_afg, mask):.4f} with AFG, "
-          f"{share_of(without_afg, mask):.4f} without; rows {rows}, layer {hw}")
     assert 0 < int(mask.sum()) < mask.numel()
+    _assert_confined(with_afg, without_afg, mask, mode, f"rows {rows}, layer {hw}")
+
+
+def share_of(contribution, mask) -> float:
+    """The share of a (rows, positions) contribution that lies outside ``mask`` (positions)."""
+    return float(contribution[:, ~mask].sum() / contribution.sum())
+
+
+def _assert_confined(with_afg, without_afg, mask, mode, where):
+    """ToVA's contribution outside the concept's mask: a smaller share with AFG than without (hard: ~none)."""
+    print(f"{mode}: ToVA's share outside the dog's mask {share_of(with_afg, mask):.4f} with AFG, "
+          f"{share_of(without_afg, mask):.4f} without; {where}")
     assert float(without_afg.sum()) > 0
     assert share_of(with_afg, mask) < 0.9 * share_of(without_afg, mask)
     if mode == "hard (authors)":
         assert share_of(with_afg, mask) < 1e-4
 
 
-def share_of(contribution, mask) -> float:
-    """The share of a (rows, positions) contribution that lies outside ``mask`` (positions)."""
-    return float(contribution[:, ~mask].sum() / contribution.sum())
+def _first_call(modules, wanted, run):
+    """(module, args, kwargs, transformer options) of the first forward call of one of ``modules`` whose transformer
+    options ``wanted`` accepts while ``run()`` runs; the tensors cloned, the options copied (the host updates its dict
+    block by block)."""
+    recorded = []
+
+    def record(module, args, kwargs):
+        options = kwargs.get("transformer_options", {})
+        if not recorded and wanted(options):
+            clone = lambda v: v.clone() if torch.is_tensor(v) else v
+            recorded.append((module, [clone(a) for a in args],
+                             {k: clone(v) for k, v in kwargs.items() if k != "transformer_options"}, dict(options)))
+
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in modules]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    assert recorded, "no such call was recorded"
+    return recorded[0]
+
+
+def _input_of(module, call):
+    """What ``module`` is called with (its first argument) while ``call()`` runs, without autograd."""
+    seen = []
+    hook = module.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    try:
+        with torch.no_grad():
+            call()
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def _conditional_rows(options, batch: int) -> list[int]:
+    """The batch rows of the conditional chunks (``cond_or_uncond`` 0), written out."""
+    chunks = options["cond_or_uncond"]
+    per = batch // len(chunks)
+    return [i * per + j for i, c in enumerate(chunks) if c == 0 for j in range(per)]
 
 
 @pytest.mark.parametrize("arch,down_only", [("sdxl", True), ("sd15", False)])
@@ -556,25 +581,14 @@ def test_flux_afg_confines_the_tova_features_measured_at_the_blocks_attention(no
     adapter = nodes.LoadedToVA(a.eval().requires_grad_(False), "dog_flux_afg.safetensors")
     tova_model, = nodes.EditLabToVAApply.execute(model=flux.model, clip=flux.clip, prompt=PROMPT, strength=1.0,
                                                  adapter_1=adapter).result
-    recorded = []
-
-    def record(block, args, kwargs):
-        options = kwargs.get("transformer_options", {})
+    def at_an_afg_block(options):
         head = options.get("optimized_attention_override")
-        if isinstance(head, FluxAFG) and f"double.{options.get('block_index')}" in head.blocks and not recorded:
-            recorded.append((block, {k: (v.clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()
-                                     if k != "transformer_options"}, dict(options)))
+        return isinstance(head, FluxAFG) and f"double.{options.get('block_index')}" in head.blocks
 
-    hooks = [b.register_forward_pre_hook(record, with_kwargs=True) for b in net.double_blocks]
-    try:
-        guided = _loda(nodes, flux, comfy.samplers.sampler_object("euler"), 2, step_size=20.0, afg_strength=3.0,
-                       afg_mode=mode)
-        _flux_run(tova_model, flux, guided)
-    finally:
-        for h in hooks:
-            h.remove()
-    assert recorded, "no call of a double block AFG acts on was recorded"
-    block, inputs, options = recorded[0]
+    guided = _loda(nodes, flux, comfy.samplers.sampler_object("euler"), 2, step_size=20.0, afg_strength=3.0,
+                   afg_mode=mode)
+    block, _, inputs, options = _first_call(net.double_blocks, at_an_afg_block,
+                                            lambda: _flux_run(tova_model, flux, guided))
     afg = options["optimized_attention_override"]
     tova = afg.previous
     assert tova is not None and not isinstance(tova, FluxAFG)
@@ -582,33 +596,21 @@ def test_flux_afg_confines_the_tova_features_measured_at_the_blocks_attention(no
     afg_alone.previous = tova.previous
 
     def attention_out(override):
-        seen = []
-        hook = block.img_attn.proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+        """The image tokens' attention output (img_attn.proj's input) with ``override`` heading the chain."""
         opts = {k: v for k, v in options.items() if k != "optimized_attention_override"}
         if override is not None:
             opts["optimized_attention_override"] = override
-        try:
-            with torch.no_grad():
-                block(**{k: (v.clone() if torch.is_tensor(v) else v) for k, v in inputs.items()},
-                      transformer_options=opts)
-        finally:
-            hook.remove()
-        return seen[0]
+        # the block adds its residuals in place: fresh copies of its inputs for every run
+        fresh = lambda: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        return _input_of(block.img_attn.proj, lambda: block(**fresh(), transformer_options=opts))
 
-    chunks = options["cond_or_uncond"]
-    per = inputs["img"].shape[0] // len(chunks)
-    rows = [i * per + j for i, c in enumerate(chunks) if c == 0 for j in range(per)]  # the conditional rows
+    rows = _conditional_rows(options, inputs["img"].shape[0])
     with_afg = (attention_out(afg) - attention_out(afg_alone))[rows].norm(dim=-1)  # (rows, image tokens)
     without_afg = (attention_out(tova) - attention_out(tova.previous))[rows].norm(dim=-1)
     mask = torch.nn.functional.interpolate(afg.masks[None].float(), size=afg.grid, mode="nearest")[0, 0] \
         .reshape(-1) > 0.5  # the dog's mask on the image token grid
     assert with_afg.shape[-1] == mask.numel() and 0 < int(mask.sum()) < mask.numel()
-    print(f"{mode}: ToVA's share outside the dog's mask {share_of(with_afg, mask):.4f} with AFG, "
-          f"{share_of(without_afg, mask):.4f} without; rows {rows}, grid {afg.grid}")
-    assert float(without_afg.sum()) > 0
-    assert share_of(with_afg, mask) < 0.9 * share_of(without_afg, mask)
-    if mode == "hard (authors)":
-        assert share_of(with_afg, mask) < 1e-4
+    _assert_confined(with_afg, without_afg, mask, mode, f"rows {rows}, grid {afg.grid}")
 
 
 def test_flux_gradient_pass_keeps_nothing_past_the_double_blocks(nodes, flux, monkeypatch):
