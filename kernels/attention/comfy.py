@@ -58,7 +58,9 @@ def replaces_func(override) -> bool:
 def call_chain(previous, func, own: bool, args: tuple, kwargs: dict):
     """Continue an override chain: ``previous`` (the override set before this one) handed ``func``, else ``func``.
     ``own``: ``func`` is this override's own attention (the kernel with maps or a bias), which an override that
-    replaces the function (the host's backend) would drop: then it runs directly."""
+    replaces the function (the host's backend) would drop: then it runs directly; so does a kernel function an
+    override further out asked for (it carries its requests)."""
+    own = own or hasattr(func, "asks")
     if previous is None or (own and replaces_func(previous)):
         return func(*args, **kwargs)
     return previous(func, *args, **kwargs)
@@ -89,13 +91,47 @@ def _host_mask(mask):
     return mask
 
 
-def attention_function(ask: MapRequest) -> Callable:
+def merged(asks: tuple[MapRequest, ...], q_len: int) -> MapRequest:
+    """One request serving all of ``asks``: their keys one after another (a key asked twice is folded by the kernel:
+    its bias the sum of its slots', each slot its probability), each bias on its own slots (zeros where a request has
+    none), and each sink handed its own slots of the probabilities. ``q_len``: the call's query length."""
+    if len(asks) == 1:
+        return asks[0]
+    sizes = [a.keys.numel() for a in asks]
+    bias = None
+    given = [a.bias for a in asks if a.bias is not None]
+    if given:
+        lead = (max(b.shape[0] for b in given), max(b.shape[1] for b in given))
+        device = given[0].device
+        bias = torch.cat([(torch.zeros(1, 1, q_len, s, device=device) if a.bias is None else
+                           a.bias.float().to(device)).expand(*lead, q_len, s) for a, s in zip(asks, sizes)], dim=-1)
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+    def sink(result: AttentionOutput):
+        for a, lo, hi in zip(asks, bounds, bounds[1:]):
+            if a.sink is not None:
+                probs = None if result.probs is None else result.probs[..., lo:hi]
+                a.sink(AttentionOutput(result.out, result.lse, probs))
+
+    return MapRequest(torch.cat([a.keys.cpu() for a in asks]), bias, sink)
+
+
+def with_request(func: Callable, ask: MapRequest) -> Callable:
+    """The attention function serving ``ask`` in place of ``func``; when ``func`` is itself one (an EditLab override
+    further out asked for keys or a bias and handed its function on to this one), one call serves every request."""
+    return attention_function(*getattr(func, "asks", ()), ask)
+
+
+def attention_function(*asks: MapRequest) -> Callable:
     """A function with the signature of ComfyUI's attention functions (``attention_pytorch``: q, k, v, heads, mask,
-    attn_precision, skip_reshape, skip_output_reshape, ...) computing attention with the token-map kernel for
-    ``ask``. With a host mask the reference runs (the kernel's bias covers the chosen keys only)."""
+    attn_precision, skip_reshape, skip_output_reshape, ...) computing attention with the token-map kernel for the
+    requests ``asks`` (one call for all: :func:`merged`). With a host mask the reference runs (the kernel's bias
+    covers the chosen keys only). The function carries its requests (``run.asks``), so an override it is handed to
+    adds its own to the same call (:func:`with_request`)."""
 
     def run(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False, **rest):
         qh, kh, vh = heads_first(q, k, v, heads, skip_reshape, rest.get("enable_gqa", False))
+        ask = merged(asks, qh.shape[2])
         keys = ask.keys  # read on the host by the kernel's entry point (a CPU tensor: no device read)
         bias = None if ask.bias is None else ask.bias.to(qh.device)
         scale = rest.get("scale")
@@ -111,6 +147,7 @@ def attention_function(ask: MapRequest) -> Callable:
         b, h, n, d = out.shape
         return out.transpose(1, 2).reshape(b, n, h * d)
 
+    run.asks = asks
     return run
 
 
@@ -124,7 +161,7 @@ def token_map_override(request: Callable, previous: Callable | None = None) -> C
         def kernel(q, k, v, heads, *more, **rest):
             qh, kh, vh = heads_first(q, k, v, heads, rest.get("skip_reshape", False), rest.get("enable_gqa", False))
             ask = request(qh, kh, vh, rest.get("transformer_options") or {})
-            return (base if ask is None else attention_function(ask))(q, k, v, heads, *more, **rest)
+            return (base if ask is None else with_request(base, ask))(q, k, v, heads, *more, **rest)
 
         if chained is not None:
             return chained(kernel, *args, **kwargs)

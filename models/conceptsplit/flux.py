@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 
 from ...kernels.attention import key_probabilities
-from ...kernels.attention.comfy import MapRequest, attention_function, call_chain, chain_holds
-from ...kernels.dispatch import use_triton
+from ...kernels.attention.comfy import MapRequest, call_chain, chain_holds, with_request
 from ..patch_layer import Hook, cond_rows
 from .tova import moved_values
 
@@ -148,6 +147,8 @@ class FluxMapTap:
     """Attention override (chained to ``previous``) recording, in each double block, each concept's map: the
     attention probability image queries put on the concept's text tokens (softmax over all keys, averaged over
     heads, conditional rows), on the image token grid ``grid`` and resized to ``size``; kept with its gradient.
+    The block's attention itself is computed by the token-map kernel, which hands the probabilities on the
+    concepts' keys out of the same pass (the torch reference, chunked over queries, where Triton cannot serve).
 
     Nothing after the last block it records enters a loss on its maps, so from the first attention call past that
     block (a later double block, or a single block) the rest of the network runs with autograd off: nothing of it is
@@ -185,34 +186,53 @@ class FluxMapTap:
         if torch.is_grad_enabled() and self._past_the_maps(options):
             torch.set_grad_enabled(False)
         name = f"double.{options.get('block_index')}" if options.get("block_type") == "double" else None
+        own, delivered = False, []
         if name in self.blocks and text_length(options) and kwargs.get("skip_reshape") and len(args) >= 2 \
                 and args[0].ndim == 4 and (self.when is None or self.when(options)):
-            self.record(args[0], args[1], name, options)
-        return call_chain(self.previous, func, False, args, kwargs)
+            layout = concept_layout(self.concepts, self.grid, self.blocks[name], args[0], options)
+            if layout is not None:
+                # the maps come out of the attention call itself (the kernel keeps the chosen keys' probabilities
+                # as it goes): one pass, not the host's attention and a second pass for the maps
+                keys, slots, rows, queries = layout
+                func, own = with_request(func, MapRequest(keys, None, lambda r: delivered.append(r.probs))), True
+        out = call_chain(self.previous, func, own, args, kwargs)
+        if own:
+            if delivered:
+                probs = delivered[0][rows][:, :, queries]
+            else:  # an override further in ran attention of its own: the maps in a pass of their own
+                probs = key_probabilities(args[0][rows][:, :, queries], args[1][rows], keys).probs
+            self.collected.append(self.resized(probs, slots))
+        return out
 
-    def record(self, q, k, name, options):
+    def resized(self, probs, slots):
+        """Each concept's map from the image queries' probabilities on the keys (b, h, cells, S): its slots summed,
+        averaged over heads and rows, on the grid, resized to ``size``."""
         import torch.nn.functional as F
 
-        b, h, n, d = q.shape
-        t = min(text_length(options), n)
-        flipped = getattr(self.blocks[name], "flipped_img_txt", False)
-        txt_start, img_start = (n - t, 0) if flipped else (0, t)
-        cells = self.grid[0] * self.grid[1]
-        rows = cond_rows(options.get("cond_or_uncond", [0]), b)
-        if not rows or n - t < cells:
-            return
-        # the probabilities on the concepts' keys only (kernels/attention: on CUDA without the (cells, n) matrix)
-        keys = sorted({txt_start + p for ps in self.concepts for p in ps if p < t})
-        slot = {key: i for i, key in enumerate(keys)}
-        img_q = q[rows][:, :, img_start:img_start + cells]
-        probs = key_probabilities(img_q, k[rows], torch.tensor(keys, dtype=torch.long, device=q.device)).probs
-        probs = probs.mean(1)  # (b, cells, len(keys))
-        maps = torch.stack([probs[:, :, [slot[txt_start + p] for p in ps if p < t]].sum(-1).mean(0).reshape(self.grid)
-                            for ps in self.concepts])
-        self.collected.append(F.interpolate(maps[None], size=self.size, mode="bilinear", align_corners=False)[0])
+        probs = probs.mean(1)  # (b, cells, S)
+        maps = torch.stack([probs[:, :, s].sum(-1).mean(0).reshape(self.grid) for s in slots])
+        return F.interpolate(maps[None], size=self.size, mode="bilinear", align_corners=False)[0]
 
     def maps(self) -> torch.Tensor:
         return torch.stack(self.collected).mean(0)
+
+
+def concept_layout(concepts: list, grid: tuple[int, int], block, q: torch.Tensor, options: dict):
+    """Where the concepts' text tokens and the image tokens sit in a double block's joint sequence (q: [B, H, N, D]):
+    (the concepts' keys, a CPU tensor: the kernel reads them on the host; each concept's slots among them; the
+    conditional rows; the image queries), or None when the call holds no conditional row or too few image tokens.
+    Text first, unless the block says ``flipped_img_txt``."""
+    b, _, n, _ = q.shape
+    t = min(text_length(options), n)
+    txt_start, img_start = (n - t, 0) if getattr(block, "flipped_img_txt", False) else (0, t)
+    cells = grid[0] * grid[1]
+    rows = cond_rows(options.get("cond_or_uncond", [0]), b)
+    if not rows or n - t < cells:
+        return None
+    keys = sorted({txt_start + p for ps in concepts for p in ps if p < t})
+    slot = {key: i for i, key in enumerate(keys)}
+    slots = [[slot[txt_start + p] for p in ps if p < t] for ps in concepts]
+    return torch.tensor(keys, dtype=torch.long), slots, rows, slice(img_start, img_start + cells)
 
 
 def image_grid(diffusion_model, size: tuple[int, int]) -> tuple[int, int]:
@@ -265,7 +285,7 @@ class FluxAFG:
                     if inspect:
                         self.outside.append(record_outside_mass(self, args[0], args[1],
                                                                 self.bias(args[0], name, options), name, options))
-                    func, own = attention_function(MapRequest(*keyed)), True
+                    func, own = with_request(func, MapRequest(*keyed)), True
             else:  # a host mask already (n, n): the bias joins it
                 bias = self.bias(args[0], name, options)
                 if bias is not None:
@@ -289,25 +309,19 @@ class FluxAFG:
         """(keys (S,), bias (b, 1, n, S)): ``bias`` on the concepts' text keys only, for the attention kernel."""
         import torch.nn.functional as F
 
-        b, h, n, d = q.shape
-        t = min(text_length(options), n)
-        flipped = getattr(self.blocks[name], "flipped_img_txt", False)
-        txt_start, img_start = (n - t, 0) if flipped else (0, t)
-        cells = self.grid[0] * self.grid[1]
-        rows = cond_rows(options.get("cond_or_uncond", [0]), b)
-        if not rows or n - t < cells:
+        layout = concept_layout(self.concepts, self.grid, self.blocks[name], q, options)
+        if layout is None:
             return None
+        keys, slots, rows, queries = layout
         masks = F.interpolate(self.masks[None].to(q.device), size=self.grid, mode="nearest")[0].reshape(
             len(self.concepts), -1) > 0.5
-        keys = sorted({txt_start + p for ps in self.concepts for p in ps if p < t})
-        slot = {key: i for i, key in enumerate(keys)}
-        bias = torch.zeros(b, 1, n, len(keys), device=q.device, dtype=torch.float32)
-        for mask, positions in zip(masks, self.concepts):
-            qs = img_start + (~mask).nonzero()[:, 0]
-            cols = torch.tensor([slot[txt_start + p] for p in positions if p < t], device=q.device, dtype=torch.long)
-            for r in rows:
-                bias[r, 0, qs[:, None], cols[None]] = -self.strength
-        return torch.tensor(keys, device=q.device, dtype=torch.long), bias
+        bias = torch.zeros(q.shape[0], 1, q.shape[2], keys.numel(), device=q.device, dtype=torch.float32)
+        image = bias[:, 0, queries]  # (b, cells, S), a view
+        for mask, cols in zip(masks, slots):
+            for r in rows:  # built on the device without reading anything back (no nonzero())
+                if cols:
+                    image[r][:, cols] = torch.where(mask[:, None], image[r][:, cols], -self.strength)
+        return keys, bias
 
 
 def record_outside_mass(afg: FluxAFG, q, k, bias, name, options) -> tuple[float, float]:

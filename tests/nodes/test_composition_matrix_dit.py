@@ -21,7 +21,8 @@ under real CFG 2 with an empty negative (the host then batches the conditional a
            weights), both orders equal within 1e-6 (euler); two ToVA terms added in either order within 1e-4 (fp32
            rounding of the sum through the run: 3e-6).
 Samplers (LODA with AFG, Attention Maps) are sampled on each patched model; Attention Maps only records, so its
-latent must equal plain sampling of that model.
+latent must equal plain sampling of that model, up to the rounding of the recorded blocks' attention, which the
+token-map kernel computes (the maps come out of that pass): within ``RECORDED`` of the latent's largest entry.
 A pair that cannot compose is refused with an error naming both nodes (tested here, listed in the README).
 
 The table the run fills is written to out/test-artifacts/composition_matrix_dit.md; the README carries it between
@@ -44,6 +45,7 @@ FLUX_RUNS = SAMPLERS + tuple(f"{s}@cfg2" for s in SAMPLERS)
 STEPS, SEED = 2, 7
 ACTS = 0.5
 EXACT = 1e-6
+RECORDED = 1e-5  # Attention Maps: the recorded blocks' attention in another order of the same sums (measured 4e-7)
 ORDER = 1e-4  # two ToVA terms added in either order: (v + a) + b against (v + b) + a in fp32, carried through two
 # steps of the tiny Flux, reaches 3e-6 (reading the already-moved values instead, the old way, gave 5e-2)
 ROOT = Path(__file__).resolve().parents[2]
@@ -428,7 +430,7 @@ def test_attention_maps_sampling_a_patched_model(world, family, b):
         got, heat = out.result[0]["samples"], out.result[1]
         _record(key, "runs", bool(torch.isfinite(got).all()))
         want = _out(world, family, graph, s)
-        ok = _same(got, want) and float(heat.max()) > 0
+        ok = float((got - want).abs().max()) <= RECORDED * float(want.abs().max()) and float(heat.max()) > 0
         _record(key, "acts", ok and RESULTS[key].get("acts") != "FAIL")
         _record(key, "off", True, na=True)
         _record(key, "order", True, na=True)

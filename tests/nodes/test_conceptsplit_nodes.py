@@ -425,7 +425,10 @@ def test_attention_maps_node(nodes, sd15):
     latent, images, masks = _maps(nodes, sd15)
     plain = comfy.sample.sample(sd15.model, comfy.sample.prepare_noise(torch.zeros(1, 4, 8, 8), 3), 3, 3.0, "euler",
                                 "simple", *_conds(sd15), torch.zeros(1, 4, 8, 8), disable_pbar=True)
-    assert torch.equal(latent["samples"], plain), "recording must not change sampling"
+    # recording changes no sampling: the recorded blocks' attention is the kernel's (the torch reference here, in
+    # float32), the host's elsewhere: the same sums in another order
+    err = float((latent["samples"] - plain).abs().max() / plain.abs().max())
+    assert err <= 1e-5, f"recording changed sampling by {err:.2e} of the latent's largest entry"
     assert images.shape == (2, 64, 64, 3) and masks.shape == (2, 64, 64)  # one image per word, the decoded size
     assert masks.min() >= 0 and torch.allclose(masks.amax((1, 2)), torch.ones(2), atol=1e-3)
     assert not torch.equal(masks[0], masks[1])
@@ -578,7 +581,10 @@ def test_attention_maps_node_on_flux(nodes, flux):
         start_step=0, end_step=10000).result
     plain = comfy.sample.sample(flux.model, comfy.sample.prepare_noise(latent0, 3), 3, 2.0, "euler", "simple", pos,
                                 neg, latent0, disable_pbar=True)
-    assert torch.equal(latent["samples"], plain), "recording must not change sampling"
+    # recording changes no sampling: the recorded blocks' attention is the kernel's (the torch reference here, in
+    # float32), the host's elsewhere: the same sums in another order
+    err = float((latent["samples"] - plain).abs().max() / plain.abs().max())
+    assert err <= 1e-5, f"recording changed sampling by {err:.2e} of the latent's largest entry"
     assert images.shape == (2, 64, 64, 3) and masks.shape == (2, 64, 64)
     assert torch.allclose(masks.amax((1, 2)), torch.ones(2)) and not torch.equal(masks[0], masks[1])
 

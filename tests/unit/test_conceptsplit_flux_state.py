@@ -172,3 +172,29 @@ def test_two_patches_on_one_word_add_their_terms_in_either_order():
         assert torch.allclose(got[0][0, :, 2].reshape(H * D), want, atol=1e-5)
         outs.append(got[0])
     assert torch.allclose(outs[0], outs[1], atol=1e-6)
+
+
+def test_the_afg_bias_is_minus_strength_outside_each_concepts_mask_on_the_conditional_rows_only():
+    """FluxAFG's bias on the concepts' keys, written out: on a conditional row, an image query outside concept c's
+    mask gets -strength on c's keys and 0 on the other concept's; inside, 0; text queries and the unconditional row,
+    0. The keys come as a CPU tensor (read on the host: nothing read back from a GPU)."""
+    from editlab.models.conceptsplit.flux import TEXT_LENGTH, FluxAFG
+
+    t, grid, concepts = 5, (4, 4), [[1, 2], [3]]
+    masks = torch.zeros(2, 4, 4)
+    masks[0, :2], masks[1, :, :1] = 1, 1  # concept 0: the top half; concept 1: the left column
+    afg = FluxAFG(concepts, masks, {"double.0": SimpleNamespace()}, 2.5, grid)
+    q = torch.zeros(2, H, t + CELLS, D)
+    keys, bias = afg.key_bias(q, "double.0", {"cond_or_uncond": [1, 0], TEXT_LENGTH: t})  # row 1 conditional
+    assert keys.device.type == "cpu" and keys.tolist() == [1, 2, 3]
+    want = torch.zeros(2, 1, t + CELLS, 3)
+    for cell in range(CELLS):
+        row, col = divmod(cell, 4)
+        if row >= 2:
+            want[1, 0, t + cell, :2] = -2.5
+        if col >= 1:
+            want[1, 0, t + cell, 2] = -2.5
+    assert torch.equal(bias, want)
+    # on the meta device, whose tensors have no values to read back: a read (nonzero(), .item()) would raise
+    keys, bias = afg.key_bias(q.to("meta"), "double.0", {"cond_or_uncond": [1, 0], TEXT_LENGTH: t})
+    assert keys.device.type == "cpu" and bias.device.type == "meta" and bias.shape == want.shape

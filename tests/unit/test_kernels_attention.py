@@ -228,7 +228,38 @@ def _sdpa_host(calls):
 FLUX_T, FLUX_GRID, CONCEPTS = 7, (4, 4), [[1, 2], [4]]  # 7 text tokens, then a 4x4 image grid
 
 
-def test_flux_map_tap_takes_its_maps_from_the_kernel(monkeypatch):
+def _tap_maps_by_hand(q, k, bias=None):
+    """Row 0 (conditional), image queries: the probabilities over all keys (``bias``: a dense additive mask first),
+    averaged over heads, each concept's keys summed, on the grid, resized to 8x8."""
+    logits = plain_logits(q[:1], k[:1]) + (0 if bias is None else bias[:1].double())
+    probs = logits.softmax(-1).mean(1)[0, FLUX_T:]
+    want = torch.stack([probs[:, c].sum(-1).reshape(FLUX_GRID) for c in CONCEPTS]).float()
+    return F.interpolate(want[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
+
+
+def _counting_passes(monkeypatch):
+    """Counts the token-map attention calls (each one pass over the keys) and fails a separate maps-only pass."""
+    import editlab.kernels.attention.comfy as comfy_override
+    import editlab.models.conceptsplit.flux as flux
+
+    passes = []
+
+    def counted(*a, **kw):
+        passes.append(1)
+        return attention(*a, **kw)
+
+    def separate(*a, **kw):
+        raise AssertionError("the maps took a second pass over the keys")
+
+    monkeypatch.setattr(comfy_override, "attention", counted)
+    monkeypatch.setattr(flux, "key_probabilities", separate)
+    return passes
+
+
+@pytest.mark.parametrize("mode", ["reference", "triton"])
+def test_flux_map_tap_takes_its_maps_from_the_attention_pass_itself(monkeypatch, mode):
+    """Issue 26: the map tap's maps come out of the block's attention call (one pass over the keys), on the kernel
+    and on the torch reference alike; the output is the host's attention's, the maps the softmax written here."""
     from types import SimpleNamespace
 
     from editlab.models.conceptsplit.flux import FluxMapTap
@@ -236,14 +267,60 @@ def test_flux_map_tap_takes_its_maps_from_the_kernel(monkeypatch):
     n = FLUX_T + 16
     q, k, v = qkv(2, 3, n, n, 64, torch.float32, seed=7)
     tap = FluxMapTap(CONCEPTS, {"double.0": SimpleNamespace()}, (8, 8), FLUX_GRID)
-    calls = []
-    out = _flux_call(tap, monkeypatch, "triton", q, k, v, _sdpa_host(calls))
-    assert calls == [None]  # the host's attention itself ran untouched
-    close(out, F.scaled_dot_product_attention(q, k, v), 1e-6, "host output")
-    probs = plain_logits(q[:1, :, FLUX_T:], k[:1]).softmax(-1).mean(1)[0]  # row 0: image queries, all keys
-    want = torch.stack([probs[:, c].sum(-1).reshape(FLUX_GRID) for c in CONCEPTS]).float()
-    want = F.interpolate(want[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
-    close(tap.maps(), want, 1e-5, "maps")
+    calls, passes = [], _counting_passes(monkeypatch)
+    out = _flux_call(tap, monkeypatch, mode, q, k, v, _sdpa_host(calls))
+    assert calls == [] and passes == [1]  # one attention pass served the block and the maps
+    close(out, F.scaled_dot_product_attention(q, k, v), 1e-5, "block output")
+    close(tap.maps(), _tap_maps_by_hand(q, k), 1e-5, "maps")
+
+
+def test_flux_map_tap_behind_an_override_that_runs_its_own_attention_still_records(monkeypatch):
+    """An override of another make further in that ignores the function it is handed (runs attention of its own):
+    the kernel's maps never arrive, so the tap takes them in a pass of their own; the output is that override's."""
+    from types import SimpleNamespace
+
+    import editlab.models.conceptsplit.flux as flux
+
+    n = FLUX_T + 16
+    q, k, v = qkv(2, 3, n, n, 64, torch.float32, seed=11)
+    own = []
+
+    def theirs(func, q, k, v, heads, **kwargs):
+        own.append(1)
+        return 2 * F.scaled_dot_product_attention(q, k, v)
+
+    tap = flux.FluxMapTap(CONCEPTS, {"double.0": SimpleNamespace()}, (8, 8), FLUX_GRID, previous=theirs)
+    out = _flux_call(tap, monkeypatch, "reference", q, k, v, _sdpa_host([]))
+    assert own == [1]
+    close(out, 2 * F.scaled_dot_product_attention(q, k, v), 1e-6, "their output")
+    close(tap.maps(), _tap_maps_by_hand(q, k), 1e-5, "maps from a separate pass")
+
+
+@pytest.mark.parametrize("afg_outside", [True, False], ids=["AFG wraps the tap", "the tap wraps AFG"])
+def test_the_map_tap_and_afg_in_one_chain_share_one_pass(monkeypatch, afg_outside):
+    """Two EditLab overrides that both ask for the kernel, chained either way: one attention call serves both (the
+    outer one's function is handed in, the inner one adds its request), the output is AFG's dense-mask output and the
+    maps are the probabilities the block really used (AFG's bias included)."""
+    from types import SimpleNamespace
+
+    from editlab.models.conceptsplit.flux import TEXT_LENGTH, FluxAFG, FluxMapTap
+
+    n = FLUX_T + 16
+    q, k, v = qkv(2, 2, n, n, 64, torch.float32, seed=12)
+    masks = (torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(13)) > 0.5).float()
+    blocks = {"double.0": SimpleNamespace()}
+    if afg_outside:
+        tap = FluxMapTap(CONCEPTS, blocks, (8, 8), FLUX_GRID)
+        outer = afg = FluxAFG(CONCEPTS, masks, blocks, 3.0, FLUX_GRID, previous=tap)
+    else:
+        afg = FluxAFG(CONCEPTS, masks, blocks, 3.0, FLUX_GRID)
+        outer = tap = FluxMapTap(CONCEPTS, blocks, (8, 8), FLUX_GRID, previous=afg)
+    calls, passes = [], _counting_passes(monkeypatch)
+    out = _flux_call(outer, monkeypatch, "reference", q, k, v, _sdpa_host(calls))
+    assert calls == [] and passes == [1]
+    dense = afg.bias(q, "double.0", {"cond_or_uncond": [0, 1], TEXT_LENGTH: FLUX_T})
+    close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=dense), 1e-5, "AFG output")
+    close(tap.maps(), _tap_maps_by_hand(q, k, dense), 1e-5, "maps under AFG's bias")
 
 
 def test_flux_afg_through_the_kernel_equals_the_dense_mask(monkeypatch):
