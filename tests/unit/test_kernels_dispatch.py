@@ -146,7 +146,8 @@ def test_the_kernel_benchmark_runs_its_code_without_a_gpu():
     results = bench["dry_run"]()
     impls = {r.impl for r in results}
     assert {"eager torch (dense)", "sparse torch (embedding_bag + index_add_)", "triton kernels",
-            "sdpa with lse + (Nq x S) product", "afg: host dense-mask sdpa", "loda: kernel key_probabilities"} <= impls
+            "sdpa with lse + (Nq x S) product", "afg: host dense-mask sdpa",
+            "the tap before: sdpa + key_probabilities"} <= impls
     assert all(r.status == "ok" or r.status.startswith("not run: ") for r in results)
     assert {r.phase for r in results} == {"fwd", "bwd"} and len(results) == 2 * len({(r.case, r.impl)
                                                                                       for r in results})
