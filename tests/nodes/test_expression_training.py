@@ -192,3 +192,34 @@ def test_raw_output_is_read_back_where_the_network_skips_the_wrappers(sd15):
         finally:
             del net.forward
     assert torch.allclose(read_back, seen, rtol=1e-3, atol=1e-4)
+
+
+def test_the_loss_evaluation_keeps_nothing_for_a_backward(sd15, monkeypatch):
+    """The trainer measures its loss before and after training under no_grad; the expression patch turned autograd
+    back on for its own term there, so every evaluation left that term's saved tensors in the trainer's
+    allow_mutation_on_saved_tensors context (a saved output refers to its own graph node, which holds the
+    context's weak key: nothing freed them before training ended). On the full-size SDXL at 1024 px the 16
+    evaluations reached +19 GB and the process was killed; on SD1.5 at 512 px each added ~90 MB. Here: what the
+    context still holds when training ends, after the evaluations and a training step whose backward ran."""
+    import contextlib
+
+    from editlab.models.expression.adapter import random_adapter
+    from editlab.models.expression.patch import cross_attention_layers
+    from editlab.models.expression.train import train_unet_adapter
+
+    real, held = torch.autograd.graph.allow_mutation_on_saved_tensors, []
+
+    @contextlib.contextmanager
+    def spy():
+        with real() as ctx:
+            yield ctx
+            held.append(len(ctx.original) + len(ctx.cloned))  # before the context's exit clears them
+
+    monkeypatch.setattr(torch.autograd.graph, "allow_mutation_on_saved_tensors", spy)
+    base = sd15.model.model
+    layers = cross_attention_layers(base.diffusion_model)
+    context, pooled = _context(sd15)
+    adapter = random_adapter(52, 32, [a.to_q.weight.shape[0] for _, a in layers], 2, seed=0).train()
+    stats = train_unet_adapter(base, adapter, layers, context, pooled, torch.randn(2, 4, 8, 8), torch.rand(2, 52),
+                               64, 1, 1e-3, 2, 0, torch.device("cpu"))
+    assert stats["steps"] == 1 and held == [0], held
