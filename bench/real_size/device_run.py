@@ -6,7 +6,7 @@ the authors' resolution (Flux and SDXL 1024x1024, SD1.5 512x512), beside the hos
 TrainLoraNode of the same model. Made for a GPU; on the CPU the SD1.5 rows fit this machine.
 
     python -P bench/real_size/device_run.py [--smoke] [--only flux,sdxl,sd15] [--rows tova_train,...] [--steps 2]
-                                            [--out DIR]
+                                            [--size PX] [--out DIR]
 
 Text encoders are the host's classes at the real output widths (Flux: CLIP-L 768 + T5 4096; SDXL: CLIP-L 768 +
 CLIP-G 1280; SD1.5: CLIP-L 768) with few, narrow layers, and the VAE a small KL autoencoder with the real latent
@@ -82,19 +82,28 @@ def setup_host(cpu: bool, root: Path):
     import comfy.model_management  # noqa: F401 - reads args at import
     import folder_paths
 
-    from editlab.nodes import conceptsplit
+    from editlab.nodes import conceptsplit, expression
 
-    for name in (conceptsplit.TOVA_FOLDER, "loras"):
+    for name in (conceptsplit.TOVA_FOLDER, "loras", expression.ADAPTER_FOLDER):
         (root / name).mkdir(parents=True, exist_ok=True)
         folder_paths.folder_names_and_paths[name] = ([str(root / name)], {".safetensors"})
     folder_paths.set_input_directory(str(root / "input"))
     _inputs(root / "input")
 
 
+FACE = HERE.parents[1] / "workflows" / "input" / "editlab_photo.png"  # the shipped portrait (a real face)
+
+
 def _inputs(root: Path, size: int = 256):
-    """Two concept images (ToVA Train) and two edit pairs with product masks (Layered Edit Train)."""
+    """Two concept images (ToVA Train), two edit pairs with product masks (Layered Edit Train), and the shipped
+    portrait as a face folder (Train Expression Adapter: MediaPipe finds the face and measures its blendshapes)."""
+    import shutil
+
     import numpy as np
     from PIL import Image
+
+    (root / "faces").mkdir(parents=True, exist_ok=True)
+    shutil.copy(FACE, root / "faces" / "face.png")
 
     rng = np.random.default_rng(0)
     (root / "concept").mkdir(parents=True, exist_ok=True)
@@ -137,7 +146,7 @@ class Built:
         self.parameters, self.weight_dtype = parameters, weight_dtype
 
 
-def build(family: str, smoke: bool, seed: int = 0) -> Built:
+def build(family: str, smoke: bool, seed: int = 0, size: int | None = None) -> Built:
     import comfy.model_management as mm
     import comfy.sdxl_clip
     import comfy.supported_models
@@ -173,7 +182,7 @@ def build(family: str, smoke: bool, seed: int = 0) -> Built:
     base = model.model
     vae = builders._kl_vae(latent_channels, seed + 2)
     parameters = sum(p.numel() for p in base.diffusion_model.parameters())
-    size = 64 if smoke else SIZES[family]
+    size = 64 if smoke else (size or SIZES[family])
     return Built(family, model, clip, vae, size, parameters, str(dtype).removeprefix("torch."))
 
 
@@ -299,7 +308,10 @@ def phases():
     import comfy.ldm.modules.diffusionmodules.openaimodel as openai
     import comfy.sd
 
+    from editlab.nodes import expression
+
     wrapped = [(comfy.sd.VAE, "encode", "image encoding"), (comfy.sd.CLIP, "encode_from_tokens", "text encoding"),
+               (expression, "_face_folder_images", "face analysis (MediaPipe)"),
                (openai.UNetModel, "forward", "network forward"),
                (comfy.ldm.flux.model.Flux, "forward", "network forward"), (torch.Tensor, "backward", "backward"),
                (torch.autograd, "backward", "backward"), (torch.autograd, "grad", "backward")]
@@ -397,7 +409,7 @@ class Rows:
     def run(self):
         from comfy_extras import nodes_train
 
-        from editlab.nodes import conceptsplit, layered
+        from editlab.nodes import conceptsplit, expression, layered
 
         b, steps = self.b, self.steps
         if self.cuda:  # CUDA's and cuBLAS's start-up, and the kernels' first compilation, outside every row
@@ -428,6 +440,12 @@ class Rows:
                          adapter_1=tova[0])[0]
                 return self.sample(m)
             self.measure("tova_apply", "ToVA Apply (the adapter just trained)", steps, apply)
+        if b.family != "flux":
+            self.measure(
+                "expression_train", "Train Expression Adapter (4 tokens, its default gradient checkpointing)", steps,
+                lambda: call(expression.EditLabTrainExpressionAdapter, model=b.model, clip=b.clip, vae=b.vae,
+                             folder="faces", prompt="a photo of a face", resolution=b.size, steps=steps, lr=1e-4,
+                             batch_size=1, num_tokens=4, seed=0, name=f"real_size_{b.family}", overwrite=True))
         if b.family == "flux":
             self.measure(
                 "layered_train", "Layered Edit Train, both stages (rank 16, reference latent: Kontext's token count, "
@@ -494,6 +512,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--rows", default="", help="only these rows (keys, comma-separated; plain always runs)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="image side in pixels instead of the authors' (e.g. where a row does not fit this machine)")
     args = parser.parse_args(argv)
     args.smoke = args.smoke or benchlib.SMOKE  # benchlib takes --smoke off the command line (and sets its size)
     cuda = torch.cuda.is_available()
@@ -512,7 +532,7 @@ def main(argv=None) -> int:
     for family in [f.strip() for f in args.only.split(",") if f.strip()]:
         t0 = time.monotonic()
         with torch.inference_mode():  # as the stock loaders build under the server: inference-mode weights
-            built = build(family, args.smoke)
+            built = build(family, args.smoke, size=args.size)
         print(f"built {family}: {built.parameters:,} parameters in {time.monotonic() - t0:.1f} s", flush=True)
         with contextlib.nullcontext() if cuda else phases():
             rows = Rows(built, args.steps, [k for k in args.rows.split(",") if k], cpu_memory=not cuda).run()

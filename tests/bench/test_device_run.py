@@ -11,8 +11,8 @@ from conftest import guarded_server_env
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "real_size" / "device_run.py"
 ROWS = {"flux": {"plain", "attention_maps", "tova_train", "tova_apply", "layered_train", "host_train_lora"},
-        "sdxl": {"plain", "attention_maps", "loda", "tova_train", "tova_apply", "host_train_lora"},
-        "sd15": {"plain", "attention_maps", "loda", "tova_train", "tova_apply", "host_train_lora"}}
+        "sdxl": {"plain", "attention_maps", "loda", "tova_train", "tova_apply", "expression_train", "host_train_lora"},
+        "sd15": {"plain", "attention_maps", "loda", "tova_train", "tova_apply", "expression_train", "host_train_lora"}}
 
 
 def test_every_row_runs_at_smoke_size(tmp_path):
@@ -30,4 +30,7 @@ def test_every_row_runs_at_smoke_size(tmp_path):
             assert any(p.startswith("network forward") for p in row["phases_extra_mib"]), row
         trained = {r["key"]: r for r in fam["rows"]}["tova_train"]
         assert {"backward", "network forward (autograd)"} <= set(trained["phases_extra_mib"]), trained
+        if fam["family"] != "flux":  # the expression trainer's face analysis is a phase of its own
+            faces = {r["key"]: r for r in fam["rows"]}["expression_train"]["phases_extra_mib"]
+            assert {"face analysis (MediaPipe)", "backward"} <= set(faces), faces
     assert "| host KSampler (plain sampling) |" in (tmp_path / "device_run_smoke.md").read_text()
