@@ -113,6 +113,28 @@ def text_attention(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor
     return logits.softmax(-1).mean(1)
 
 
+def layer_text_attention(attn, n: torch.Tensor, context: torch.Tensor, extra) -> tuple | None:
+    """At a UNet cross-attention layer: the conditional rows' text-attention probabilities (B_cond, N, T) through the
+    layer's own ``to_q`` / ``to_k`` (so the host's weight handling applies) and the layer's (h, w); None when the call
+    carries no ``activations_shape`` or no conditional row. Gradients flow as the caller's mode allows."""
+    shape = extra.get("activations_shape")
+    rows = cond_rows(extra.get("cond_or_uncond", [0]), n.shape[0])
+    if shape is None or not rows:
+        return None
+    probs = text_attention(attn.to_q(n[rows]), attn.to_k(context[rows]), extra["n_heads"])
+    return probs, (int(shape[-2]), int(shape[-1]))
+
+
+def in_sigma_window(extra, sigma_hi: float, sigma_lo: float) -> bool:
+    """Whether the model call a patch is in lies inside [sigma_lo, sigma_hi] (both ends included, to float
+    rounding); True when the call carries no sigmas."""
+    sigmas = extra.get("sigmas")
+    if sigmas is None:
+        return True
+    sigma = float(sigmas.reshape(-1)[0])
+    return sigma_lo - 1e-6 <= sigma <= sigma_hi + 1e-6
+
+
 def output_delta(attn, delta: torch.Tensor) -> torch.Tensor:
     """``to_out(delta)`` without to_out's bias, through the layer itself so the host's weight handling applies (fp8
     or GGUF casting, low-VRAM offload, LoRA weight patches): ``to_out(delta) - to_out(0)``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..patch_layer import KeptInputPatch, block_name, cond_rows, text_attention  # noqa: F401
+from ..patch_layer import KeptInputPatch, block_name, in_sigma_window, layer_text_attention
 
 
 class AttentionMapRecorder(KeptInputPatch):
@@ -24,33 +24,22 @@ class AttentionMapRecorder(KeptInputPatch):
         self.count = 0
         super().__init__()  # the sums stay on the CPU: nothing moves with the model
 
-    def _active(self, extra) -> bool:
-        sigmas = extra.get("sigmas")
-        if sigmas is None:
-            return True
-        sigma = float(sigmas.reshape(-1)[0])
-        return self.sigma_lo - 1e-6 <= sigma <= self.sigma_hi + 1e-6
-
     def keep(self, n, context, value, extra):
-        if block_name(extra) in self.layers and context is not None and self._active(extra):
+        if block_name(extra) in self.layers and context is not None and in_sigma_window(extra, self.sigma_hi,
+                                                                                         self.sigma_lo):
             return n, context
         return None
 
     def apply(self, out, kept, extra):
-        shape = extra.get("activations_shape")
-        if shape is None:
-            return out
         n, context = kept
-        attn = self.layers[block_name(extra)]
-        rows = cond_rows(extra.get("cond_or_uncond", [0]), n.shape[0])
-        if not rows:
-            return out
         with torch.no_grad():
-            probs = text_attention(attn.to_q(n[rows]), attn.to_k(context[rows]), extra["n_heads"])
-            h, w = int(shape[-2]), int(shape[-1])
+            found = layer_text_attention(self.layers[block_name(extra)], n, context, extra)
+            if found is None:
+                return out
+            probs, (h, w) = found
             for word, positions in self.words.items():
                 cols = [p for p in positions if p < probs.shape[-1]]
-                m = probs[:, :, cols].sum(-1).reshape(len(rows), 1, h, w)
+                m = probs[:, :, cols].sum(-1).reshape(probs.shape[0], 1, h, w)
                 m = F.interpolate(m, size=self.size, mode="bilinear", align_corners=False) if (h, w) != self.size \
                     else m
                 self.sums[word] += m.mean(0)[0].cpu()

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ...kernels.attention.comfy import differentiable_attention
-from ..patch_layer import (KeptInputPatch, block_name, cond_rows, merge_heads, output_delta, split_heads,
-                           text_attention, value_changes, with_attn2_patches)
+from ..patch_layer import (KeptInputPatch, block_name, cond_rows, layer_text_attention, merge_heads, output_delta,
+                           split_heads, value_changes, with_attn2_patches)
 
 EPS = 1e-8
 KERNEL, SIGMA, THRESHOLD, STEP, MASK_QUANTILE = 7, 1.0, 3.0, 20.0, 0.9
@@ -169,14 +169,11 @@ class MapTap(KeptInputPatch):
         return (n, context) if name in self.layers and context is not None else None
 
     def apply(self, out, kept, extra):
-        shape = extra.get("activations_shape")
-        if shape is None:
-            return out
         n, context = kept
-        attn = self.layers[block_name(extra)]
-        rows = cond_rows(extra.get("cond_or_uncond", [0]), n.shape[0])
-        probs = text_attention(attn.to_q(n[rows]), attn.to_k(context[rows]), extra["n_heads"])
-        h, w = int(shape[-2]), int(shape[-1])
+        found = layer_text_attention(self.layers[block_name(extra)], n, context, extra)
+        if found is None:
+            return out
+        probs, (h, w) = found
         self.collected.append(((h, w), torch.stack([probs[:, :, p].sum(-1).mean(0).reshape(h, w)
                                                     for p in self.concepts])))
         return out

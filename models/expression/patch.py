@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..patch_layer import Hook, KeptInputPatch, cross_attention_layers, output_delta, transformer_blocks  # noqa: F401
+from ..patch_layer import (Hook, KeptInputPatch, cross_attention_layers, in_sigma_window, output_delta,  # noqa: F401
+                           transformer_blocks)
 
 
 class ExpressionAttentionPatch(KeptInputPatch):
@@ -40,13 +41,6 @@ class ExpressionAttentionPatch(KeptInputPatch):
     def keep(self, n, context, value, extra):
         return n if self._key(extra) in self.layers else None
 
-    def _active(self, extra) -> bool:
-        sigmas = extra.get("sigmas")
-        if sigmas is None:
-            return True
-        sigma = float(sigmas.reshape(-1)[0])
-        return self.sigma_end - 1e-6 <= sigma <= self.sigma_start + 1e-6
-
     def tokens_for(self, cond_or_uncond: list[int], rows: int, device, dtype) -> torch.Tensor:
         """One token set per batch row: the blendshapes for cond rows, zeros for uncond rows."""
         if self.training:
@@ -64,7 +58,7 @@ class ExpressionAttentionPatch(KeptInputPatch):
         return self._tokens[key]
 
     def apply(self, out, n, extra):
-        if not self._active(extra):
+        if not in_sigma_window(extra, self.sigma_start, self.sigma_end):
             return out
         layer, attn = self.layers[self._key(extra)]
         cond_or_uncond = extra.get("cond_or_uncond", [0])
