@@ -315,12 +315,14 @@ class FluxAFG:
         keys, slots, rows, queries = layout
         masks = F.interpolate(self.masks[None].to(q.device), size=self.grid, mode="nearest")[0].reshape(
             len(self.concepts), -1) > 0.5
-        bias = torch.zeros(q.shape[0], 1, q.shape[2], keys.numel(), device=q.device, dtype=torch.float32)
-        image = bias[:, 0, queries]  # (b, cells, S), a view
+        # the image queries' bias (cells, S), the same on every conditional row; built on the device without
+        # reading anything back (no nonzero())
+        cells = torch.zeros(masks.shape[1], keys.numel(), device=q.device, dtype=torch.float32)
         for mask, cols in zip(masks, slots):
-            for r in rows:  # built on the device without reading anything back (no nonzero())
-                if cols:
-                    image[r][:, cols] = torch.where(mask[:, None], image[r][:, cols], -self.strength)
+            if cols:
+                cells[:, cols] = torch.where(mask[:, None], cells[:, cols], -self.strength)
+        bias = torch.zeros(q.shape[0], 1, q.shape[2], keys.numel(), device=q.device, dtype=torch.float32)
+        bias[rows, 0, queries] = cells
         return keys, bias
 
 
